@@ -1,0 +1,99 @@
+//! Lab backend: answers every HTTP/1.1 request with `200`, header
+//! `x-backend: NAME` and body `NAME\n` (keep-alive), and every UDP datagram
+//! with `NAME\n`, on `[::]:PORT` (dual stack).
+
+use std::{
+    convert::Infallible,
+    net::{Ipv6Addr, SocketAddr},
+};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::Full;
+use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use socket2::{Domain, Protocol, Socket, Type};
+
+#[derive(Parser)]
+#[command(about = "HTTP/UDP backend for the xlb lab")]
+struct Args {
+    /// Name to answer with (body and `x-backend` header).
+    #[arg(long)]
+    name: String,
+    /// TCP and UDP port to listen on.
+    #[arg(long)]
+    port: u16,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_io()
+        .build()?
+        .block_on(serve(args))
+}
+
+/// A dual-stack socket bound to `[::]:port` with SO_REUSEADDR.
+fn bind(port: u16, ty: Type, protocol: Protocol) -> anyhow::Result<Socket> {
+    let socket = Socket::new(Domain::IPV6, ty, Some(protocol))?;
+    socket.set_only_v6(false)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("binding {ty:?} to {addr}"))?;
+    Ok(socket)
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let tcp = bind(args.port, Type::STREAM, Protocol::TCP)?;
+    tcp.listen(1024)?;
+    let listener = tokio::net::TcpListener::from_std(tcp.into())?;
+    let udp = bind(args.port, Type::DGRAM, Protocol::UDP)?;
+    let udp = tokio::net::UdpSocket::from_std(udp.into())?;
+    let body = Bytes::from(format!("{}\n", args.name));
+    eprintln!("{}: serving HTTP and UDP on [::]:{}", args.name, args.port);
+
+    let reply = body.clone();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        loop {
+            match udp.recv_from(&mut buf).await {
+                Ok((_, peer)) => {
+                    if let Err(e) = udp.send_to(&reply, peer).await {
+                        eprintln!("udp reply to {peer}: {e}");
+                    }
+                }
+                Err(e) => eprintln!("udp recv: {e}"),
+            }
+        }
+    });
+
+    let name = hyper::header::HeaderValue::from_str(&args.name).context("--name")?;
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                eprintln!("accept: {e}");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (body, name) = (body.clone(), name.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |_req: Request<Incoming>| {
+                let mut response = Response::new(Full::new(body.clone()));
+                response.headers_mut().insert("x-backend", name.clone());
+                async move { Ok::<_, Infallible>(response) }
+            });
+            // Errors here are client resets and the like; nothing to do.
+            let _ = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

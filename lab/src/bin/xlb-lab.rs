@@ -1,0 +1,126 @@
+//! `xlb-lab`: brings the lab up or down, shows it, and drives traffic from
+//! its client namespace. `cargo xtask lab` and `cargo xtask run` call this.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use clap::{Parser, Subcommand};
+use xlb_lab::{Lab, LabSpec, client, topology};
+
+#[derive(Parser)]
+#[command(about = "xlb's lab of network namespaces")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the namespaces, start the backends and leave them running.
+    Up {
+        #[arg(long, default_value = topology::DEFAULT_PREFIX)]
+        prefix: String,
+        #[arg(long, default_value_t = topology::DEFAULT_BACKENDS)]
+        backends: usize,
+    },
+    /// Remove a lab (idempotent).
+    Down {
+        #[arg(long, default_value = topology::DEFAULT_PREFIX, conflicts_with = "all")]
+        prefix: String,
+        /// Remove every lab, including leftovers of interrupted test runs.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show a lab's namespaces, addresses, backends and XDP attachment.
+    Status {
+        #[arg(long, default_value = topology::DEFAULT_PREFIX)]
+        prefix: String,
+    },
+    /// Send HTTP requests from the client namespace (one connection each)
+    /// and print, every second, how many each backend answered.
+    Load {
+        #[arg(long, default_value = topology::DEFAULT_PREFIX)]
+        prefix: String,
+        /// Where to send them; default: the lab's IPv4 VIP, port 80.
+        #[arg(long)]
+        target: Option<SocketAddr>,
+        /// Requests per second.
+        #[arg(long, default_value_t = 50)]
+        rate: u32,
+        /// Stop after this many seconds (default: run until killed).
+        #[arg(long)]
+        duration: Option<u64>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Up { prefix, backends } => {
+            let lab = Lab::up(LabSpec {
+                prefix: prefix.clone(),
+                backends,
+            })?;
+            println!(
+                "lab {prefix} is up; XDP on the load balancer's peer: {}",
+                lab.xdp_peer_mode()
+            );
+            lab.keep();
+            print!("{}", Lab::status(&prefix)?);
+        }
+        Command::Down { prefix, all } => {
+            if all {
+                let removed = Lab::down_all()?;
+                println!("lab: removed {} namespace(s)", removed.len());
+            } else {
+                Lab::down_prefix(&prefix)?;
+                println!("lab {prefix}: down");
+            }
+        }
+        Command::Status { prefix } => print!("{}", Lab::status(&prefix)?),
+        Command::Load {
+            prefix,
+            target,
+            rate,
+            duration,
+        } => {
+            let target = target.unwrap_or(SocketAddr::new(IpAddr::V4(topology::VIP_V4), 80));
+            let lab = Lab::existing(&prefix)?;
+            lab.in_client(|| load(target, rate, duration.map(Duration::from_secs)))??;
+        }
+    }
+    Ok(())
+}
+
+/// Sends `rate` requests per second to `target`, printing a line of answers
+/// by backend (and failures) each second.
+fn load(target: SocketAddr, rate: u32, duration: Option<Duration>) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let gap = Duration::from_secs(1) / rate.max(1);
+    let mut second = BTreeMap::<String, u64>::new();
+    let mut total = BTreeMap::<String, u64>::new();
+    let mut next_report = start + Duration::from_secs(1);
+    let mut next_request = start;
+    while duration.is_none_or(|d| start.elapsed() < d) {
+        let now = Instant::now();
+        if now < next_request {
+            std::thread::sleep(next_request - now);
+        }
+        next_request += gap;
+        let answer = client::http_get(target, Duration::from_millis(500))
+            .unwrap_or_else(|_| "failed".to_owned());
+        *second.entry(answer.clone()).or_default() += 1;
+        *total.entry(answer).or_default() += 1;
+        if Instant::now() >= next_report {
+            next_report += Duration::from_secs(1);
+            let line: Vec<String> = second.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!("client -> {target}: {}", line.join(" "));
+            second.clear();
+        }
+    }
+    let line: Vec<String> = total.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("client -> {target} total: {}", line.join(" "));
+    Ok(())
+}

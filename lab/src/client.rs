@@ -1,0 +1,150 @@
+//! Small blocking HTTP and UDP clients for talking to lab backends (directly
+//! or through a VIP). They use the calling thread's network namespace: wrap
+//! calls in [`crate::netns::run_in`] or [`crate::Lab::in_client`].
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use anyhow::{Context as _, anyhow, bail, ensure};
+
+/// A sensible per-request timeout for lab traffic.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Sends `GET /` on a new TCP connection (`Connection: close`) and returns
+/// the backend name from the body (`b0`, …). `timeout` bounds the connect
+/// and each read or write.
+pub fn http_get(addr: SocketAddr, timeout: Duration) -> anyhow::Result<String> {
+    let mut conn = HttpConn::connect(addr, timeout)?;
+    conn.request(false)
+}
+
+/// A keep-alive HTTP/1.1 connection sending `GET /` requests one at a time.
+pub struct HttpConn {
+    addr: SocketAddr,
+    timeout: Duration,
+    reader: BufReader<TcpStream>,
+}
+
+impl HttpConn {
+    /// Opens a TCP connection to `addr`; `timeout` bounds the connect and
+    /// every later read or write.
+    pub fn connect(addr: SocketAddr, timeout: Duration) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            addr,
+            timeout,
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// Local address of the connection (useful to check SNAT or hashing).
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.reader.get_ref().local_addr()?)
+    }
+
+    /// Sends `GET /` on this connection, keeping it open, and returns the
+    /// backend name from the body.
+    pub fn get(&mut self) -> anyhow::Result<String> {
+        self.request(true)
+    }
+
+    fn request(&mut self, keep_alive: bool) -> anyhow::Result<String> {
+        let (addr, timeout) = (self.addr, self.timeout);
+        self.exchange(keep_alive)
+            .map_err(|e| explain_timeout(e, timeout))
+            .with_context(|| format!("HTTP GET http://{addr}/"))
+    }
+
+    fn exchange(&mut self, keep_alive: bool) -> anyhow::Result<String> {
+        let connection = if keep_alive { "keep-alive" } else { "close" };
+        let req = format!(
+            "GET / HTTP/1.1\r\nHost: {}\r\nConnection: {connection}\r\n\r\n",
+            self.addr
+        );
+        self.reader.get_mut().write_all(req.as_bytes())?;
+
+        let mut status = String::new();
+        self.reader.read_line(&mut status)?;
+        ensure!(!status.is_empty(), "connection closed before a response");
+        let code = status.split_whitespace().nth(1).unwrap_or_default();
+        ensure!(
+            code == "200",
+            "unexpected status line {:?}",
+            status.trim_end()
+        );
+
+        let mut length = None;
+        let mut backend = None;
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line)?;
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let Some((name, value)) = line.split_once(':') else {
+                bail!("malformed header line {line:?}");
+            };
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                length = Some(value.parse::<usize>().context("content-length")?);
+            } else if name.eq_ignore_ascii_case("x-backend") {
+                backend = Some(value.to_owned());
+            }
+        }
+        let length = length.ok_or_else(|| anyhow!("response without content-length"))?;
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body)?;
+        let name = String::from_utf8(body)
+            .context("non-UTF-8 body")?
+            .trim_end()
+            .to_owned();
+        if let Some(header) = backend {
+            ensure!(header == name, "x-backend {header:?} but body {name:?}");
+        }
+        Ok(name)
+    }
+}
+
+/// Sends one UDP datagram to `addr` and returns the reply (the backend name),
+/// waiting at most `timeout`.
+pub fn udp_ask(addr: SocketAddr, timeout: Duration) -> anyhow::Result<String> {
+    let ask = || -> anyhow::Result<String> {
+        let local: SocketAddr = match addr {
+            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let socket = UdpSocket::bind(local)?;
+        socket.connect(addr)?;
+        socket.set_read_timeout(Some(timeout))?;
+        socket.send(b"who?\n")?;
+        let mut buf = [0; 1500];
+        let n = socket.recv(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).trim_end().to_owned())
+    };
+    ask()
+        .map_err(|e| explain_timeout(e, timeout))
+        .with_context(|| format!("UDP request to {addr}"))
+}
+
+/// Socket timeouts surface as `EAGAIN`; say what they mean.
+fn explain_timeout(e: anyhow::Error, timeout: Duration) -> anyhow::Error {
+    let timed_out = e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )
+    });
+    if timed_out {
+        e.context(format!("no answer within {timeout:?}"))
+    } else {
+        e
+    }
+}

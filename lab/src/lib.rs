@@ -1,0 +1,26 @@
+//! A network-namespace lab for xlb: a client, a load-balancer host and N
+//! backends (`xlb-lab-httpd`, HTTP and UDP on ports 8000+i) joined by a
+//! bridge, with IPv4 and IPv6 everywhere.
+//!
+//! ```text
+//!  P-client eth0 ─ client ┐
+//!  P-lb     eth0 ─ lb     ├─ br0 (in P-sw)
+//!  P-b<i>   eth0 ─ b<i>   ┘
+//! ```
+//!
+//! The lb forwards between the client subnet (10.10.1.0/24, fd10:1::/64)
+//! and the backend subnet (10.10.2.0/24, fd10:2::/64); the client routes the
+//! VIP networks through it. See [`topology`] for every name and address,
+//! [`Lab`] to build one, [`client`] to send traffic and [`netns`] to run
+//! code inside a namespace.
+
+pub mod client;
+pub mod lab;
+pub mod netns;
+pub mod procs;
+pub mod topology;
+pub mod xdp;
+
+pub use lab::{BackendStatus, Lab, LabSpec, LabStatus, NsStatus};
+pub use topology::{Backend, Role, Topology};
+pub use xdp::XdpMode;

@@ -1,0 +1,106 @@
+//! End-to-end lab test: needs root, `ip`, `ethtool` and the
+//! `xlb-lab-httpd` binary (cargo builds it for integration tests). Fails,
+//! never skips, when the host cannot run it.
+
+use std::time::{Duration, Instant};
+
+use xlb_lab::{
+    Lab, LabSpec, XdpMode,
+    client::{self, DEFAULT_TIMEOUT, HttpConn},
+    netns, topology,
+};
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the lab tests need root (network namespaces, veth, XDP); run them as root"
+    );
+}
+
+fn lab_namespaces(prefix: &str) -> Vec<String> {
+    netns::list()
+        .expect("listing namespaces")
+        .into_iter()
+        .filter(|ns| topology::role_of(prefix, ns).is_some())
+        .collect()
+}
+
+#[test]
+fn lab_serves_every_backend_over_v4_and_v6_then_cleans_up() {
+    require_root();
+    let spec = LabSpec::for_test(2);
+    let prefix = spec.prefix.clone();
+    let started = Instant::now();
+    let lab = Lab::up(spec).unwrap_or_else(|e| panic!("lab up failed: {e:#}"));
+    eprintln!("lab up in {:?}", started.elapsed());
+
+    assert_eq!(lab_namespaces(&prefix).len(), 5);
+    assert_eq!(lab.xdp_peer_mode(), XdpMode::Native);
+    let status = Lab::status(&prefix).expect("status");
+    assert!(status.is_up(), "{status}");
+    eprintln!("{status}");
+
+    // A second handle on the running lab sees the same lab and leaves it up.
+    let other = Lab::existing(&prefix).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(other.backend_count(), 2);
+    assert_eq!(other.xdp_peer_mode(), XdpMode::Native);
+    drop(other);
+    assert_eq!(lab_namespaces(&prefix).len(), 5);
+
+    for b in lab.backends() {
+        for addr in [b.addr_v4(), b.addr_v6()] {
+            let (http, udp) = lab
+                .in_client(|| {
+                    (
+                        client::http_get(addr, DEFAULT_TIMEOUT),
+                        client::udp_ask(addr, DEFAULT_TIMEOUT),
+                    )
+                })
+                .expect("entering the client namespace");
+            assert_eq!(http.unwrap_or_else(|e| panic!("{e:#}")), b.name);
+            assert_eq!(udp.unwrap_or_else(|e| panic!("{e:#}")), b.name);
+        }
+    }
+
+    let b1 = lab.backend(1);
+    let names = lab
+        .in_client(|| -> anyhow::Result<Vec<String>> {
+            let mut conn = HttpConn::connect(b1.addr_v6(), DEFAULT_TIMEOUT)?;
+            let local = conn.local_addr()?;
+            assert_eq!(local.ip(), std::net::IpAddr::V6(topology::CLIENT_V6));
+            (0..3).map(|_| conn.get()).collect()
+        })
+        .expect("entering the client namespace")
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(names, ["b1"; 3]);
+
+    // The VIP is on no interface: nothing answers it before xlb runs.
+    let vip = std::net::SocketAddr::from((topology::VIP_V4, 80));
+    let res = lab
+        .in_client(|| client::http_get(vip, Duration::from_millis(300)))
+        .unwrap();
+    assert!(
+        res.is_err(),
+        "VIP answered without a load balancer: {res:?}"
+    );
+
+    let started = Instant::now();
+    drop(lab);
+    eprintln!("lab down in {:?}", started.elapsed());
+    assert_eq!(lab_namespaces(&prefix), Vec::<String>::new());
+    assert!(!topology::run_dir(&prefix).exists());
+    assert!(!topology::pin_dir(&prefix).exists());
+}
+
+#[test]
+fn down_of_an_absent_lab_succeeds() {
+    require_root();
+    let prefix = topology::test_prefix();
+    Lab::down_prefix(&prefix).expect("first down");
+    Lab::down_prefix(&prefix).expect("second down");
+    let status = Lab::status(&prefix).expect("status");
+    assert!(!status.is_up());
+    assert!(Lab::existing(&prefix).is_err());
+}

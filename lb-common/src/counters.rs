@@ -1,0 +1,76 @@
+//! Counters the data plane keeps in per-CPU arrays; userspace sums the CPUs.
+
+use crate::impl_pod;
+
+/// Packets and bytes seen for one service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficCounters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl TrafficCounters {
+    /// Adds another CPU's (or period's) counts to this one.
+    pub fn add(&mut self, other: &Self) {
+        self.packets = self.packets.wrapping_add(other.packets);
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+    }
+}
+
+impl_pod!(TrafficCounters);
+
+macro_rules! global_counters {
+    ($($(#[doc = $doc:literal])* $name:ident => $label:literal,)*) => {
+        /// Why the data plane passed or dropped a packet; indexes `GLOBAL_STATS`.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum GlobalCounter {
+            $($(#[doc = $doc])* $name,)*
+        }
+
+        impl GlobalCounter {
+            /// Every counter, in index order.
+            pub const ALL: &'static [GlobalCounter] = &[$(GlobalCounter::$name,)*];
+
+            /// Stable snake_case name, used in logs and metrics.
+            pub const fn label(self) -> &'static str {
+                match self {
+                    $(GlobalCounter::$name => $label,)*
+                }
+            }
+        }
+    };
+}
+
+global_counters! {
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...): passed.
+    PassNotIp => "pass_not_ip",
+    /// IP but neither TCP nor UDP: passed.
+    PassNotTcpUdp => "pass_not_tcp_udp",
+    /// A non-first IPv4 fragment or an IPv6 packet with extension headers:
+    /// its ports are not visible, so it is passed.
+    PassFragment => "pass_fragment",
+    /// TCP or UDP to an address/port that is not a service: passed.
+    PassNotService => "pass_not_service",
+    /// A header was cut short or inconsistent: passed to the kernel, which
+    /// drops it by its own rules.
+    PassMalformed => "pass_malformed",
+    /// Service traffic passed on unchanged.
+    PassService => "pass_service",
+}
+
+/// Number of [`GlobalCounter`]s; sizes `GLOBAL_STATS`.
+pub const GLOBAL_COUNTERS: u32 = GlobalCounter::ALL.len() as u32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_indexed_densely() {
+        for (i, c) in GlobalCounter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "{}", c.label());
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The xlb agent as a library: configuration, loading and attaching the XDP
+//! data plane, and reading its counters. The `xlb` binary is a thin CLI on
+//! top; tests and the lab use the library directly.
+
+pub mod config;
+pub mod dataplane;
+pub mod xdp;
+
+/// The compiled `lb-ebpf` object, built by `build.rs` and embedded here.
+pub fn ebpf_object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"))
+}

@@ -1,0 +1,120 @@
+//! Attaching XDP programs to interfaces, native mode first.
+
+use std::{fmt, path::Path, str::FromStr};
+
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Ebpf,
+    programs::{Xdp, XdpMode, links::FdLink},
+};
+
+/// Which XDP mode to attach in, as asked by the operator.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ModeRequest {
+    /// Native (driver) mode, falling back to generic mode if the driver
+    /// refuses it.
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+impl FromStr for ModeRequest {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "native" | "driver" | "drv" => Ok(Self::Native),
+            "generic" | "skb" => Ok(Self::Generic),
+            other => Err(anyhow!(
+                "unknown XDP mode {other:?}; expected auto, native or generic"
+            )),
+        }
+    }
+}
+
+/// The XDP mode a program ended up attached in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachedMode {
+    Native,
+    Generic,
+}
+
+impl fmt::Display for AttachedMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Native => "native",
+            Self::Generic => "generic",
+        })
+    }
+}
+
+/// Attaches `program` to `iface` as `request` asks; in `Auto`, a refused
+/// native attach is logged and retried in generic mode.
+pub fn attach(
+    program: &mut Xdp,
+    iface: &str,
+    request: ModeRequest,
+) -> anyhow::Result<(aya::programs::xdp::XdpLinkId, AttachedMode)> {
+    let native = XdpMode::Driver;
+    let generic = XdpMode::Skb;
+    match request {
+        ModeRequest::Native => program_attach(program, iface, native, AttachedMode::Native),
+        ModeRequest::Generic => program_attach(program, iface, generic, AttachedMode::Generic),
+        ModeRequest::Auto => match program_attach(program, iface, native, AttachedMode::Native) {
+            Ok(attached) => Ok(attached),
+            Err(err) => {
+                tracing::warn!(
+                    iface,
+                    "native XDP refused ({err:#}); falling back to generic mode, \
+                     which runs later in the stack and is slower"
+                );
+                program_attach(program, iface, generic, AttachedMode::Generic)
+            }
+        },
+    }
+}
+
+fn program_attach(
+    program: &mut Xdp,
+    iface: &str,
+    mode: XdpMode,
+    attached: AttachedMode,
+) -> anyhow::Result<(aya::programs::xdp::XdpLinkId, AttachedMode)> {
+    let link = program
+        .attach(iface, mode)
+        .with_context(|| format!("attaching XDP in {attached} mode to {iface}"))?;
+    Ok((link, attached))
+}
+
+/// Attaches the `xdp_pass` program to `iface` in native mode (in the calling
+/// thread's network namespace) and pins the link at `pin_path`, so it stays
+/// attached after this process exits. Removing the pin (or the interface)
+/// detaches it.
+///
+/// Native XDP on a veth only delivers frames sent with `XDP_TX` or a redirect
+/// if its peer runs a native XDP program too; this is that program.
+pub fn attach_pass(iface: &str, pin_path: &Path) -> anyhow::Result<()> {
+    if pin_path.exists() {
+        // A pin left by an earlier run holds the old attachment; drop it first.
+        std::fs::remove_file(pin_path)
+            .with_context(|| format!("removing stale pin {}", pin_path.display()))?;
+    }
+    let mut ebpf = Ebpf::load(crate::ebpf_object()).context("loading the xlb eBPF object")?;
+    let program: &mut Xdp = ebpf
+        .program_mut("xdp_pass")
+        .context("xdp_pass program missing from the eBPF object")?
+        .try_into()?;
+    program.load().context("loading xdp_pass")?;
+    let link_id = program
+        .attach(iface, XdpMode::Driver)
+        .with_context(|| format!("attaching xdp_pass in native mode to {iface}"))?;
+    let link: FdLink = program
+        .take_link(link_id)?
+        .try_into()
+        .context("xdp_pass was attached through netlink, not a bpf_link; cannot pin it")?;
+    link.pin(pin_path)
+        .with_context(|| format!("pinning the xdp_pass link at {}", pin_path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! Builds Ethernet frames for packet fixtures.
+//!
+//! Headers and checksums come from `etherparse`, not from xlb's own code, so
+//! a fixture checks xlb against an independent implementation.
+
+use std::net::{IpAddr, SocketAddr};
+
+use etherparse::{IpHeaders, IpNumber, Ipv4Header, Ipv6Header, PacketBuilder};
+
+/// MAC address of the fixture's sender.
+pub const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+/// MAC address of the fixture's receiver (the load balancer).
+pub const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+/// Transport of a fixture frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp {
+        syn: bool,
+        ack: bool,
+        fin: bool,
+        rst: bool,
+    },
+    Udp,
+}
+
+impl Transport {
+    pub const SYN: Self = Self::Tcp {
+        syn: true,
+        ack: false,
+        fin: false,
+        rst: false,
+    };
+    pub const ACK: Self = Self::Tcp {
+        syn: false,
+        ack: true,
+        fin: false,
+        rst: false,
+    };
+}
+
+/// A frame to build: addresses, transport and the optional extras that
+/// exercise the parser.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub transport: Transport,
+    pub payload: Vec<u8>,
+    /// 802.1Q/802.1ad tags, outermost first: (TPID, VLAN id).
+    pub vlans: Vec<(u16, u16)>,
+    /// IPv4 options (a multiple of 4 bytes, at most 40).
+    pub ipv4_options: Vec<u8>,
+    /// IPv4 "more fragments" flag and fragment offset (in 8-byte units).
+    pub ipv4_fragment: Option<(bool, u16)>,
+}
+
+impl Frame {
+    fn new(src: SocketAddr, dst: SocketAddr, transport: Transport) -> Self {
+        Self {
+            src,
+            dst,
+            transport,
+            payload: b"hello".to_vec(),
+            vlans: Vec::new(),
+            ipv4_options: Vec::new(),
+            ipv4_fragment: None,
+        }
+    }
+
+    /// A TCP segment with the given flags.
+    pub fn tcp(src: &str, dst: &str, transport: Transport) -> Self {
+        Self::new(addr(src), addr(dst), transport)
+    }
+
+    /// A UDP datagram.
+    pub fn udp(src: &str, dst: &str) -> Self {
+        Self::new(addr(src), addr(dst), Transport::Udp)
+    }
+
+    /// Adds an 802.1Q tag (outer tags first).
+    pub fn vlan(mut self, id: u16) -> Self {
+        self.vlans.push((0x8100, id));
+        self
+    }
+
+    /// Adds an 802.1ad (QinQ service) tag.
+    pub fn service_vlan(mut self, id: u16) -> Self {
+        self.vlans.push((0x88a8, id));
+        self
+    }
+
+    /// Sets IPv4 options.
+    pub fn ipv4_options(mut self, options: &[u8]) -> Self {
+        self.ipv4_options = options.to_vec();
+        self
+    }
+
+    /// Marks the packet an IPv4 fragment.
+    pub fn ipv4_fragment(mut self, more_fragments: bool, offset: u16) -> Self {
+        self.ipv4_fragment = Some((more_fragments, offset));
+        self
+    }
+
+    /// Serializes the frame with correct lengths and checksums.
+    pub fn build(&self) -> Vec<u8> {
+        let ip = match (self.src.ip(), self.dst.ip()) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                let mut header = Ipv4Header::new(0, 64, IpNumber(0), src.octets(), dst.octets())
+                    .expect("empty payload fits");
+                header.options = self
+                    .ipv4_options
+                    .as_slice()
+                    .try_into()
+                    .expect("valid IPv4 options");
+                if let Some((more, offset)) = self.ipv4_fragment {
+                    header.dont_fragment = false;
+                    header.more_fragments = more;
+                    header.fragment_offset = offset.try_into().expect("13-bit offset");
+                }
+                IpHeaders::Ipv4(header, Default::default())
+            }
+            (IpAddr::V6(src), IpAddr::V6(dst)) => IpHeaders::Ipv6(
+                Ipv6Header {
+                    hop_limit: 64,
+                    source: src.octets(),
+                    destination: dst.octets(),
+                    ..Default::default()
+                },
+                Default::default(),
+            ),
+            _ => panic!("source and destination must be of one family"),
+        };
+        let ether_type: u16 = if self.src.is_ipv4() { 0x0800 } else { 0x86dd };
+
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&DST_MAC);
+        frame.extend_from_slice(&SRC_MAC);
+        for &(tpid, id) in &self.vlans {
+            frame.extend_from_slice(&tpid.to_be_bytes());
+            frame.extend_from_slice(&id.to_be_bytes()); // TCI: PCP 0, DEI 0, VID
+        }
+        frame.extend_from_slice(&ether_type.to_be_bytes());
+
+        let builder = PacketBuilder::ip(ip);
+        let (sport, dport) = (self.src.port(), self.dst.port());
+        match self.transport {
+            Transport::Udp => builder.udp(sport, dport).write(&mut frame, &self.payload),
+            Transport::Tcp { syn, ack, fin, rst } => {
+                let mut tcp = builder.tcp(sport, dport, 1000, 64240);
+                if syn {
+                    tcp = tcp.syn();
+                }
+                if ack {
+                    tcp = tcp.ack(2000);
+                }
+                if fin {
+                    tcp = tcp.fin();
+                }
+                if rst {
+                    tcp = tcp.rst();
+                }
+                tcp.write(&mut frame, &self.payload)
+            }
+        }
+        .expect("frame serializes");
+        frame
+    }
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse()
+        .unwrap_or_else(|e| panic!("bad socket address {s:?}: {e}"))
+}

@@ -1,0 +1,88 @@
+//! `cargo xtask`: xlb's developer tasks.
+
+mod cmd;
+mod run;
+mod setup;
+mod test;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "xlb developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what the build and the tests need (idempotent, quick when done).
+    Setup,
+    /// Build everything, the eBPF object included.
+    Build {
+        /// Build with optimizations.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run xlb: in the lab by default, or on a real interface with --iface.
+    Run(run::RunArgs),
+    /// Bring the lab of network namespaces up or down, or show it.
+    Lab {
+        #[command(subcommand)]
+        action: LabAction,
+    },
+    /// Run every test: unit, packet-level, namespace tests, fmt and clippy.
+    Test,
+}
+
+#[derive(Subcommand)]
+enum LabAction {
+    /// Create the namespaces and start the backends.
+    Up {
+        /// Number of backends.
+        #[arg(long, default_value_t = 4)]
+        backends: usize,
+    },
+    /// Remove every lab namespace and process (idempotent).
+    Down,
+    /// Show what the lab holds.
+    Status,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::setup(),
+        Command::Build { release } => {
+            setup::setup()?;
+            cmd::build(release)
+        }
+        Command::Run(args) => run::run(args),
+        Command::Lab { action } => {
+            setup::setup()?;
+            cmd::build(false)?;
+            let lab = cmd::binary(false, "xlb-lab");
+            match action {
+                LabAction::Up { backends } => cmd::status(
+                    cmd::command(&lab)
+                        .args(["up", "--prefix", run::LAB_PREFIX, "--backends"])
+                        .arg(backends.to_string()),
+                ),
+                LabAction::Down => cmd::status(cmd::command(&lab).args(["down", "--all"])),
+                LabAction::Status => {
+                    cmd::status(cmd::command(&lab).args(["status", "--prefix", run::LAB_PREFIX]))
+                }
+            }
+        }
+        Command::Test => test::test(),
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
