@@ -56,8 +56,26 @@ global_counters! {
     /// A header was cut short or inconsistent: passed to the kernel, which
     /// drops it by its own rules.
     PassMalformed => "pass_malformed",
-    /// Service traffic passed on unchanged.
-    PassService => "pass_service",
+    /// Rewritten, but the next hop's MAC address is not known yet: passed to
+    /// the kernel, which resolves it and forwards the packet.
+    PassNoNeighbour => "pass_no_neighbour",
+    /// Rewritten, but the route lookup failed (no route, forwarding off,
+    /// packet too big): passed to the kernel to handle as it would.
+    PassRouteLookup => "pass_route_lookup",
+    /// Rewritten for an interface xlb does not redirect to: passed to the
+    /// kernel to forward.
+    PassOtherInterface => "pass_other_interface",
+    /// Sent back out of the interface it came in on (`XDP_TX`).
+    ForwardTx => "forward_tx",
+    /// Redirected to another interface xlb is attached to.
+    ForwardRedirect => "forward_redirect",
+    /// A new flow for a service with no usable backend: dropped.
+    DropNoBackend => "drop_no_backend",
+    /// A new `nat` flow found every candidate source port taken: dropped.
+    DropSnatPortsBusy => "drop_snat_ports_busy",
+    /// A map or table held something inconsistent (a slot or backend id out
+    /// of range): dropped.
+    DropInternal => "drop_internal",
 }
 
 /// Number of [`GlobalCounter`]s; sizes `GLOBAL_STATS`.

@@ -11,18 +11,33 @@
 #[cfg(any(feature = "std", test))]
 extern crate alloc;
 
+pub mod backend;
 pub mod checksum;
 pub mod counters;
+pub mod flow;
 pub mod hash;
 #[cfg(any(feature = "std", test))]
 pub mod maglev;
 pub mod service;
 
+pub use backend::{Backend, BackendCounters};
 pub use counters::{GlobalCounter, TrafficCounters};
+pub use flow::{Flow, FlowKey, Reply};
 pub use service::{IpProto, Service, ServiceKey};
 
 /// Most services the data plane holds; sizes `SERVICES` and `SERVICE_STATS`.
 pub const MAX_SERVICES: u32 = 1024;
+/// Most backends over all services; sizes `BACKENDS` and `BACKEND_STATS`.
+pub const MAX_BACKENDS: u32 = 16_384;
+/// Slots shared by every service's two Maglev tables (`MAGLEV_SLOTS`): two
+/// default-size tables take 131 074; 10 000 backends need two tables of
+/// about a million.
+pub const MAGLEV_SLOTS: u32 = 1 << 21;
+/// Most interfaces one agent attaches to; sizes `INTERFACES`.
+pub const MAX_INTERFACES: u32 = 64;
+/// Default capacity of the flow table (`FLOWS`) and of `REPLIES`; the agent
+/// may load the maps larger or smaller.
+pub const DEFAULT_FLOW_CAPACITY: u32 = 1 << 18;
 
 /// Implements `aya::Pod` for map keys and values when built for userspace.
 macro_rules! impl_pod {

@@ -1,4 +1,4 @@
-//! How the data plane recognises traffic for a service.
+//! How the data plane recognises traffic for a service and schedules it.
 
 use crate::impl_pod;
 
@@ -30,13 +30,7 @@ impl ServiceKey {
     /// Key for an IPv4 service; `addr` and the result are in network byte order.
     #[inline(always)]
     pub const fn v4(addr: [u8; 4], port_be: u16, proto: u8) -> Self {
-        let [a, b, c, d] = addr;
-        Self {
-            addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d],
-            port_be,
-            proto,
-            _pad: 0,
-        }
+        Self::v6(ipv4_mapped(addr), port_be, proto)
     }
 
     /// Key for an IPv6 service.
@@ -51,14 +45,48 @@ impl ServiceKey {
     }
 }
 
+/// `addr` as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`).
+#[inline(always)]
+pub const fn ipv4_mapped(addr: [u8; 4]) -> [u8; 16] {
+    let [a, b, c, d] = addr;
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d]
+}
+
+/// Hash only the client's address (nginx `ip_hash`) instead of the 5-tuple.
+pub const SERVICE_F_HASH_SOURCE: u32 = 1 << 0;
+/// `dnat` mode: keep the client's address, rewrite only the destination.
+/// Without it the service is in `nat` mode (source becomes the SNAT address).
+pub const SERVICE_F_DNAT: u32 = 1 << 1;
+
 /// Value of the `SERVICES` map.
+///
+/// Userspace replaces the whole entry to switch tables: it writes the new
+/// Maglev table into the slots the entry does not point at, then points the
+/// entry at them, so a packet sees either the old table or the new one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Service {
     /// Index of this service in the per-service arrays (`SERVICE_STATS`),
     /// below [`crate::MAX_SERVICES`].
     pub id: u32,
-    pub _reserved: u32,
+    /// `SERVICE_F_*` flags.
+    pub flags: u32,
+    /// Slots in the active Maglev table (a prime); 0 when no backend is
+    /// usable, and new flows are dropped.
+    pub table_size: u32,
+    /// Index in `MAGLEV_SLOTS` of the active table's first slot.
+    pub table_start: u32,
+    /// Source address of `nat` mode, network byte order, IPv4-mapped for
+    /// IPv4. Unused in `dnat` mode.
+    pub snat_addr: [u8; 16],
+}
+
+impl Service {
+    /// Whether this service rewrites the source (`nat` mode).
+    #[inline(always)]
+    pub const fn is_nat(&self) -> bool {
+        self.flags & SERVICE_F_DNAT == 0
+    }
 }
 
 impl_pod!(ServiceKey, Service);
@@ -72,7 +100,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<ServiceKey>(), 16 + 2 + 1 + 1);
-        assert_eq!(size_of::<Service>(), 8);
+        assert_eq!(size_of::<Service>(), 4 * 4 + 16);
     }
 
     #[test]

@@ -1,39 +1,111 @@
 //! The xlb XDP data plane.
 //!
-//! Entry points map the `try_*` functions' results to XDP actions; anything
-//! the program does not understand is passed to the kernel unchanged.
+//! The entry point maps `try_xlb`'s verdict to an XDP action and counts its
+//! reason. Packets for a service go to a backend chosen by the flow table or
+//! Maglev; backends' replies are rewritten back to the service's address;
+//! anything else is passed to the kernel unchanged.
 
 #![no_std]
 #![no_main]
 
+mod forward;
 mod maps;
 mod parse;
+mod rewrite;
+mod schedule;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::GlobalCounter;
+use lb_common::{GlobalCounter, Reply, Service};
 
 use crate::{
-    maps::{count_global, count_service},
-    parse::{Parsed, parse},
+    forward::forward,
+    maps::{REPLIES, count_backend, count_global, count_service},
+    parse::{Packet, parse},
+    rewrite::{Endpoint, rewrite},
+    schedule::{schedule, track_reply},
 };
 
 /// Main entry point, attached to every interface xlb serves.
 #[xdp]
 pub fn xlb(ctx: XdpContext) -> u32 {
-    let counter = match try_xlb(&ctx) {
-        Ok(counter) | Err(counter) => counter,
-    };
+    let (action, counter) = try_xlb(&ctx);
     count_global(counter);
-    xdp_action::XDP_PASS
+    action
 }
 
-fn try_xlb(ctx: &XdpContext) -> Result<GlobalCounter, GlobalCounter> {
-    let Parsed { service_key, .. } = parse(ctx)?;
-    let Some(service) = maps::service(&service_key) else {
-        return Ok(GlobalCounter::PassNotService);
+fn try_xlb(ctx: &XdpContext) -> (u32, GlobalCounter) {
+    let packet = match parse(ctx) {
+        Ok(packet) => packet,
+        Err(counter) => return (xdp_action::XDP_PASS, counter),
     };
-    count_service(service.id, ctx.data_end() - ctx.data());
-    Ok(GlobalCounter::PassService)
+    let key = &packet.key;
+    if let Some(service) = maps::service(key.service_key()) {
+        return to_backend(ctx, &packet, service);
+    }
+    // SAFETY: a map value stays valid for the rest of this run (RCU).
+    if let Some(reply) = unsafe { REPLIES.get(key) } {
+        return to_client(ctx, &packet, reply);
+    }
+    (xdp_action::XDP_PASS, GlobalCounter::PassNotService)
+}
+
+/// A client's packet for `service`: pick the backend, rewrite, send.
+#[inline(never)]
+fn to_backend(ctx: &XdpContext, packet: &Packet, service: &Service) -> (u32, GlobalCounter) {
+    let bytes = ctx.data_end() - ctx.data();
+    count_service(service.id, bytes);
+    let scheduled = match schedule(packet, service) {
+        Ok(scheduled) => scheduled,
+        Err(counter) => return (xdp_action::XDP_DROP, counter),
+    };
+    count_backend(scheduled.backend_id, |c| {
+        c.packets += 1;
+        c.bytes += bytes as u64;
+    });
+    let src = if service.is_nat() {
+        Endpoint {
+            addr: &service.snat_addr,
+            port_be: scheduled.snat_port_be,
+        }
+    } else {
+        Endpoint {
+            addr: &packet.key.src,
+            port_be: packet.key.src_port_be,
+        }
+    };
+    let dst = Endpoint {
+        addr: &scheduled.backend.addr,
+        port_be: scheduled.backend.port_be,
+    };
+    send(ctx, packet, &src, &dst)
+}
+
+/// A backend's reply: rewrite it to come from the service, send it on.
+#[inline(never)]
+fn to_client(ctx: &XdpContext, packet: &Packet, reply: &Reply) -> (u32, GlobalCounter) {
+    let bytes = ctx.data_end() - ctx.data();
+    count_backend(reply.backend, |c| {
+        c.reply_packets += 1;
+        c.reply_bytes += bytes as u64;
+    });
+    track_reply(packet, reply);
+    let src = Endpoint {
+        addr: &reply.vip,
+        port_be: reply.vip_port_be,
+    };
+    let dst = Endpoint {
+        addr: &reply.client,
+        port_be: reply.client_port_be,
+    };
+    send(ctx, packet, &src, &dst)
+}
+
+#[inline(always)]
+fn send(ctx: &XdpContext, packet: &Packet, src: &Endpoint, dst: &Endpoint) -> (u32, GlobalCounter) {
+    if let Err(counter) = rewrite(ctx, packet, src, dst) {
+        return (xdp_action::XDP_DROP, counter);
+    }
+    forward(ctx, packet, src, dst)
 }
 
 /// Passes every frame. Attached in native mode to the peer of a veth that xlb

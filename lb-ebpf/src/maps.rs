@@ -4,19 +4,47 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    GlobalCounter, MAX_SERVICES, Service, ServiceKey, TrafficCounters, counters::GLOBAL_COUNTERS,
+    Backend, BackendCounters, DEFAULT_FLOW_CAPACITY, Flow, FlowKey, GlobalCounter, MAGLEV_SLOTS,
+    MAX_BACKENDS, MAX_INTERFACES, MAX_SERVICES, Reply, Service, ServiceKey, TrafficCounters,
+    counters::GLOBAL_COUNTERS,
 };
 
 /// Services by (VIP, port, protocol); filled by userspace.
 #[map]
-static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
+pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Every service's two Maglev tables, back to back: slot → backend id.
+#[map]
+pub static MAGLEV: Array<u32> = Array::with_max_entries(MAGLEV_SLOTS, 0);
+
+/// Backends by id.
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Client flow (as received) → its backend.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, Flow> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+
+/// Backend reply (as received) → how to rewrite it for the client.
+#[map]
+pub static REPLIES: LruHashMap<FlowKey, Reply> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+
+/// Interfaces xlb is attached to, by ifindex, for redirects between them.
+#[map]
+pub static INTERFACES: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
 
 /// Per-CPU packet and byte counters, indexed by `Service::id`.
 #[map]
 static SERVICE_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+/// Per-CPU counters per backend id.
+#[map]
+static BACKEND_STATS: PerCpuArray<BackendCounters> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 /// Per-CPU counters of what happened to packets, indexed by `GlobalCounter`.
 #[map]
@@ -37,6 +65,15 @@ pub fn count_service(id: u32, bytes: usize) {
             (*counters).packets += 1;
             (*counters).bytes += bytes as u64;
         }
+    }
+}
+
+/// Updates backend `id`'s counters with `update`.
+#[inline(always)]
+pub fn count_backend(id: u32, update: impl FnOnce(&mut BackendCounters)) {
+    if let Some(counters) = BACKEND_STATS.get_ptr_mut(id) {
+        // SAFETY: per-CPU slot, so nothing else writes it concurrently.
+        update(unsafe { &mut *counters });
     }
 }
 

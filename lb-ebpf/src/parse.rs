@@ -4,7 +4,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{GlobalCounter, IpProto, ServiceKey};
+use lb_common::{FlowKey, GlobalCounter, IpProto, service::ipv4_mapped};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -20,43 +20,116 @@ const ETH_P_8021AD: u16 = 0x88a8;
 /// IPv4 "more fragments" flag and fragment offset mask, host order.
 const IPV4_MF: u16 = 0x2000;
 const IPV4_OFFSET_MASK: u16 = 0x1fff;
+/// Offset of the EtherType in the Ethernet header.
+const ETHER_TYPE: usize = 12;
+/// Offsets in the IPv6 header.
+const IPV6_NEXT_HEADER: usize = 6;
+const IPV6_SRC: usize = 8;
+const IPV6_DST: usize = 24;
 /// Most VLAN tags parsed in front of the IP header (802.1ad + 802.1Q).
 const MAX_VLAN_TAGS: usize = 2;
 
-/// What the parser learned about a TCP or UDP packet.
-pub struct Parsed {
-    /// Destination (VIP, port, protocol) of the packet.
-    pub service_key: ServiceKey,
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// A TCP or UDP packet the load balancer may handle.
+pub struct Packet {
+    /// Offset of the IP header from the start of the frame. A `u8`, so the
+    /// verifier knows its bound wherever it is loaded again.
+    l3_offset: u8,
+    /// Offset of the TCP or UDP header from the start of the frame.
+    l4_offset: u8,
+    pub ipv6: bool,
+    /// TCP flags byte; 0 for UDP.
+    pub tcp_flags: u8,
+    /// The 5-tuple, addresses IPv4-mapped.
+    pub key: FlowKey,
+}
+
+impl Packet {
+    #[inline(always)]
+    pub fn is_tcp(&self) -> bool {
+        self.key.proto == IpProto::Tcp as u8
+    }
+
+    /// Whether the TCP flags include every flag in `flags`.
+    #[inline(always)]
+    pub fn has_flags(&self, flags: u8) -> bool {
+        self.tcp_flags & flags == flags
+    }
+
+    /// Offset of the IP header.
+    #[inline(always)]
+    pub fn l3_offset(&self) -> usize {
+        usize::from(self.l3_offset)
+    }
+
+    /// Offset of the TCP or UDP header.
+    #[inline(always)]
+    pub fn l4_offset(&self) -> usize {
+        usize::from(self.l4_offset)
+    }
+
+    /// Offset of the TCP or UDP checksum field.
+    #[inline(always)]
+    pub fn l4_checksum_offset(&self) -> usize {
+        self.l4_offset() + if self.is_tcp() { 16 } else { 6 }
+    }
 }
 
 /// Returns a pointer to a `T` at `offset` if the whole `T` lies inside the
 /// packet.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    let (start, end) = bounds(ctx);
     if start + offset + size_of::<T>() > end {
         return None;
     }
-    Some((start + offset) as *const T)
+    Some((start + offset) as *mut T)
+}
+
+/// The packet's first and one-past-last byte addresses.
+#[inline(always)]
+pub fn bounds(ctx: &XdpContext) -> (usize, usize) {
+    // SAFETY: `ctx.ctx` is the kernel's `xdp_md` for this run. The loads are
+    // volatile so LLVM cannot hoist them into a caller and pass the values
+    // as arguments: their zero-extension there is pointer arithmetic the
+    // verifier refuses.
+    unsafe {
+        let md = ctx.ctx;
+        (
+            core::ptr::read_volatile(&raw const (*md).data) as usize,
+            core::ptr::read_volatile(&raw const (*md).data_end) as usize,
+        )
+    }
 }
 
 /// Reads a `T` at `offset`, bounds-checked.
 #[inline(always)]
-fn read_at<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+pub fn read_at<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
     // SAFETY: `ptr_at` checked that the `T` lies inside the packet; packet
     // data has no alignment guarantee, hence the unaligned read.
     ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
 }
 
-/// Parses a frame down to its TCP/UDP ports. `Err` carries the reason the
-/// packet is not one the load balancer handles.
+/// Writes `value` at `offset`, bounds-checked.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Parsed, GlobalCounter> {
+pub fn write_at<T>(ctx: &XdpContext, offset: usize, value: T) -> Option<()> {
+    // SAFETY: `ptr_at` checked that the `T` lies inside the packet, which
+    // this program may modify; the write is unaligned like the data.
+    ptr_at::<T>(ctx, offset).map(|p| unsafe { p.write_unaligned(value) })
+}
+
+/// Parses a frame down to its TCP/UDP ports. `Err` carries the reason the
+/// packet is not one the load balancer handles. Not inlined, so its
+/// temporaries do not add to the stack of the forwarding path.
+#[inline(never)]
+pub fn parse(ctx: &XdpContext) -> Result<Packet, GlobalCounter> {
     use GlobalCounter::*;
 
-    let eth: EthHdr = read_at(ctx, 0).ok_or(PassMalformed)?;
-    let mut ether_type = u16::from_be(eth.ether_type);
+    let mut ether_type = u16::from_be(read_at::<u16>(ctx, ETHER_TYPE).ok_or(PassMalformed)?);
     let mut l3_offset = EthHdr::LEN;
     for _ in 0..MAX_VLAN_TAGS {
         if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
@@ -67,7 +140,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, GlobalCounter> {
         l3_offset += VlanHdr::LEN;
     }
 
-    let (l4_offset, proto, destination): (usize, u8, Destination) = match ether_type {
+    let mut key = FlowKey::default();
+    let (l4_offset, ipv6) = match ether_type {
         ETH_P_IP => {
             let ip: Ipv4Hdr = read_at(ctx, l3_offset).ok_or(PassMalformed)?;
             let header_len = usize::from(ip.vihl & 0x0f) * 4;
@@ -77,54 +151,56 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, GlobalCounter> {
             if u16::from_be_bytes(ip.frags) & (IPV4_MF | IPV4_OFFSET_MASK) != 0 {
                 return Err(PassFragment);
             }
-            (
-                l3_offset + header_len,
-                ip.proto,
-                Destination::V4(ip.dst_addr),
-            )
+            key.src = ipv4_mapped(ip.src_addr);
+            key.dst = ipv4_mapped(ip.dst_addr);
+            key.proto = ip.proto;
+            (l3_offset + header_len, false)
         }
         ETH_P_IPV6 => {
-            let ip: Ipv6Hdr = read_at(ctx, l3_offset).ok_or(PassMalformed)?;
-            if ip.vcf[0] >> 4 != 6 {
+            // Field by field: a copy of the whole header costs stack.
+            let version: u8 = read_at(ctx, l3_offset).ok_or(PassMalformed)?;
+            let next_hdr: u8 = read_at(ctx, l3_offset + IPV6_NEXT_HEADER).ok_or(PassMalformed)?;
+            key.src = read_at(ctx, l3_offset + IPV6_SRC).ok_or(PassMalformed)?;
+            key.dst = read_at(ctx, l3_offset + IPV6_DST).ok_or(PassMalformed)?;
+            if version >> 4 != 6 {
                 return Err(PassMalformed);
             }
-            if is_ipv6_extension_header(ip.next_hdr) {
+            if is_ipv6_extension_header(next_hdr) {
                 return Err(PassFragment);
             }
-            (
-                l3_offset + Ipv6Hdr::LEN,
-                ip.next_hdr,
-                Destination::V6(ip.dst_addr),
-            )
+            key.proto = next_hdr;
+            (l3_offset + Ipv6Hdr::LEN, true)
         }
         _ => return Err(PassNotIp),
     };
 
-    let dst_port = if proto == IpProto::Tcp as u8 {
+    let (ports, tcp_flags) = if key.proto == IpProto::Tcp as u8 {
         let tcp: TcpHdr = read_at(ctx, l4_offset).ok_or(PassMalformed)?;
         if usize::from(tcp.doff()) * 4 < TcpHdr::LEN {
             return Err(PassMalformed);
         }
-        tcp.dest
-    } else if proto == IpProto::Udp as u8 {
+        let flags = tcp.fin() as u8
+            | (tcp.syn() as u8) << 1
+            | (tcp.rst() as u8) << 2
+            | (tcp.ack() as u8) << 4;
+        ((tcp.source, tcp.dest), flags)
+    } else if key.proto == IpProto::Udp as u8 {
         let udp: UdpHdr = read_at(ctx, l4_offset).ok_or(PassMalformed)?;
-        udp.dst
+        ((udp.src, udp.dst), 0)
     } else {
         return Err(PassNotTcpUdp);
     };
+    key.src_port_be = u16::from_ne_bytes(ports.0);
+    key.dst_port_be = u16::from_ne_bytes(ports.1);
 
-    let port_be = u16::from_ne_bytes(dst_port);
-    let service_key = match destination {
-        Destination::V4(addr) => ServiceKey::v4(addr, port_be, proto),
-        Destination::V6(addr) => ServiceKey::v6(addr, port_be, proto),
-    };
-    Ok(Parsed { service_key })
-}
-
-/// Destination address by family, kept until the port is known.
-enum Destination {
-    V4([u8; 4]),
-    V6([u8; 16]),
+    // At most 14 + 2 * 4 + 60 bytes: both fit a u8.
+    Ok(Packet {
+        l3_offset: l3_offset as u8,
+        l4_offset: l4_offset as u8,
+        ipv6,
+        tcp_flags,
+        key,
+    })
 }
 
 /// IPv6 extension headers that may sit between the IPv6 and TCP/UDP header:

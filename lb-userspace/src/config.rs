@@ -3,10 +3,14 @@
 //! Every field is documented in `docs/configuration.md`. Unknown fields are
 //! rejected; errors name the field and the line.
 
-use std::{collections::HashSet, net::IpAddr, path::Path};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
 
 use anyhow::{Context as _, bail};
-use lb_common::{IpProto, ServiceKey};
+use lb_common::{IpProto, ServiceKey, maglev};
 use serde::Deserialize;
 
 /// A whole configuration file.
@@ -34,6 +38,67 @@ pub struct ServiceConfig {
     /// `tcp` (default) or `udp`.
     #[serde(default)]
     pub protocol: Protocol,
+    /// How packets reach the backends: `nat` (default) or `dnat`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// What picks the backend of a new flow: `five-tuple` (default) or
+    /// `source-ip` (nginx `ip_hash`).
+    #[serde(default)]
+    pub hash: HashPolicy,
+    /// Source address towards the backends in `nat` mode (required there).
+    pub snat: Option<IpAddr>,
+    /// Slots in the service's Maglev table: a prime, at least 100 per
+    /// backend for an even spread.
+    #[serde(default = "default_table_size")]
+    pub table_size: u32,
+    /// The backends (nginx `server` lines).
+    #[serde(default, rename = "backend")]
+    pub backends: Vec<BackendConfig>,
+}
+
+fn default_table_size() -> u32 {
+    maglev::DEFAULT_TABLE_SIZE
+}
+
+/// One backend server of a service.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Address and port, e.g. `10.0.0.10:8000` or `[fd00::10]:8000`.
+    pub address: SocketAddr,
+    /// Relative share of new flows (nginx `weight`); 0 takes none.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Most weight one backend may have.
+pub const MAX_WEIGHT: u32 = 1_000;
+
+/// How packets reach a service's backends.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Full NAT: destination becomes the backend, source the SNAT address.
+    #[default]
+    Nat,
+    /// Destination NAT: the client's address is kept; the load balancer
+    /// must be the backends' route back to clients.
+    Dnat,
+}
+
+/// What the Maglev lookup hashes.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum HashPolicy {
+    /// Source and destination address and port, and protocol.
+    #[default]
+    FiveTuple,
+    /// Only the client's address: a client always reaches one backend.
+    SourceIp,
 }
 
 /// Transport protocol of a service.
@@ -101,6 +166,7 @@ impl Config {
             if service.port == 0 {
                 bail!("service {:?}: port must be 1-65535", service.name);
             }
+            service.validate()?;
             if !keys.insert(service.key()) {
                 bail!(
                     "service {:?}: {}:{} {:?} is already another service's address",
@@ -115,9 +181,64 @@ impl Config {
     }
 }
 
+impl ServiceConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        let name = &self.name;
+        let family = |ip: IpAddr| if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+        match (self.mode, self.snat) {
+            (Mode::Nat, None) => bail!("service {name:?}: mode \"nat\" needs a `snat` address"),
+            (_, Some(snat)) if snat.is_ipv4() != self.vip.is_ipv4() => bail!(
+                "service {name:?}: snat {snat} is {} but the vip is {}",
+                family(snat),
+                family(self.vip)
+            ),
+            _ => {}
+        }
+        if !maglev::is_prime(self.table_size) || self.table_size > lb_common::MAGLEV_SLOTS / 2 {
+            bail!(
+                "service {name:?}: table_size {} must be a prime of at most {} (e.g. 65537, 10007, 1009)",
+                self.table_size,
+                lb_common::MAGLEV_SLOTS / 2
+            );
+        }
+        if self.backends.len() > self.table_size as usize {
+            bail!(
+                "service {name:?}: {} backends do not fit a table of {} slots",
+                self.backends.len(),
+                self.table_size
+            );
+        }
+        let mut seen = HashSet::new();
+        for backend in &self.backends {
+            let address = backend.address;
+            if address.is_ipv4() != self.vip.is_ipv4() {
+                bail!(
+                    "service {name:?}: backend {address} is {} but the vip is {}",
+                    family(address.ip()),
+                    family(self.vip)
+                );
+            }
+            if address.port() == 0 {
+                bail!("service {name:?}: backend {address} needs a port");
+            }
+            if backend.weight > MAX_WEIGHT {
+                bail!("service {name:?}: backend {address}: weight must be 0-{MAX_WEIGHT}");
+            }
+            if !seen.insert(address) {
+                bail!("service {name:?}: backend {address} is listed twice");
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A minimal valid service, to which tests append lines.
+    const WEB: &str =
+        "[[service]]\nname = \"web\"\nvip = \"10.0.0.1\"\nport = 80\nmode = \"dnat\"\n";
 
     #[test]
     fn parses_a_service() {
@@ -128,44 +249,81 @@ mod tests {
             name = "web"
             vip = "10.0.0.1"
             port = 80
+            snat = "10.0.1.100"
+            [[service.backend]]
+            address = "10.0.1.10:8000"
+            [[service.backend]]
+            address = "10.0.1.11:8001"
+            weight = 3
             "#,
         )
         .unwrap();
         assert_eq!(config.interfaces, ["eth0"]);
-        assert_eq!(config.services[0].protocol, Protocol::Tcp);
-        assert_eq!(config.services[0].key().port_be, 80u16.to_be());
+        let web = &config.services[0];
+        assert_eq!(web.protocol, Protocol::Tcp);
+        assert_eq!((web.mode, web.hash), (Mode::Nat, HashPolicy::FiveTuple));
+        assert_eq!(web.table_size, 65_537);
+        assert_eq!(web.key().port_be, 80u16.to_be());
+        assert_eq!(web.backends[0].weight, 1);
+        assert_eq!(web.backends[1].weight, 3);
+    }
+
+    #[test]
+    fn service_rules_are_enforced() {
+        for (extra, needle) in [
+            ("mode = \"nat\"\n", "needs a `snat`"),
+            ("table_size = 65536\n", "prime"),
+            ("hash = \"round-robin\"\n", "round-robin"),
+            (
+                "[[service.backend]]\naddress = \"[fd00::1]:80\"\n",
+                "is IPv6",
+            ),
+            (
+                "[[service.backend]]\naddress = \"10.0.0.2:0\"\n",
+                "needs a port",
+            ),
+            (
+                "[[service.backend]]\naddress = \"10.0.0.2:80\"\nweight = 1001\n",
+                "weight",
+            ),
+            (
+                "[[service.backend]]\naddress = \"10.0.0.2:80\"\n[[service.backend]]\naddress = \"10.0.0.2:80\"\n",
+                "twice",
+            ),
+        ] {
+            // `mode` appears twice in the first case; drop the default one.
+            let text = if extra.starts_with("mode") {
+                format!("{}{extra}", WEB.replace("mode = \"dnat\"\n", ""))
+            } else {
+                format!("{WEB}{extra}")
+            };
+            let err = format!("{:#}", Config::parse(&text).unwrap_err());
+            assert!(err.contains(needle), "{needle:?} not in {err}");
+        }
     }
 
     #[test]
     fn unknown_fields_name_the_field_and_line() {
-        let err = Config::parse(
-            "[[service]]\nname = \"web\"\nvip = \"10.0.0.1\"\nport = 80\nweight = 3\n",
-        )
-        .unwrap_err()
-        .to_string();
+        let err = Config::parse(&format!("{WEB}weight = 3\n"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("weight"), "{err}");
-        assert!(err.contains("line 5"), "{err}");
+        assert!(err.contains("line 6"), "{err}");
     }
 
     #[test]
     fn bad_values_are_rejected() {
         for (text, needle) in [
             (
-                "[[service]]\nname = \"a\"\nvip = \"10.0.0.300\"\nport = 80\n",
+                &"[[service]]\nname = \"a\"\nvip = \"10.0.0.300\"\nport = 80\n".to_owned(),
                 "line 3",
             ),
             (
-                "[[service]]\nname = \"a\"\nvip = \"10.0.0.1\"\nport = 70000\n",
+                &"[[service]]\nname = \"a\"\nvip = \"10.0.0.1\"\nport = 70000\n".to_owned(),
                 "line 4",
             ),
-            (
-                "[[service]]\nname = \"a\"\nvip = \"10.0.0.1\"\nport = 80\nprotocol = \"sctp\"\n",
-                "sctp",
-            ),
-            (
-                "[[service]]\nname = \"a\"\nvip = \"10.0.0.1\"\nport = 0\n",
-                "port",
-            ),
+            (&format!("{WEB}protocol = \"sctp\"\n"), "sctp"),
+            (&WEB.replace("port = 80", "port = 0"), "port"),
         ] {
             let err = Config::parse(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{needle:?} not in {err}");
@@ -176,8 +334,8 @@ mod tests {
     fn duplicate_names_and_addresses_are_rejected() {
         let two = |a: &str, b: &str| {
             format!(
-                "[[service]]\nname = \"{a}\"\nvip = \"10.0.0.1\"\nport = 80\n\
-                 [[service]]\nname = \"{b}\"\nvip = \"10.0.0.1\"\nport = 80\n"
+                "[[service]]\nname = \"{a}\"\nvip = \"10.0.0.1\"\nport = 80\nmode = \"dnat\"\n\
+                 [[service]]\nname = \"{b}\"\nvip = \"10.0.0.1\"\nport = 80\nmode = \"dnat\"\n"
             )
         };
         assert!(

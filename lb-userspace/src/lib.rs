@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod dataplane;
+mod slots;
 pub mod xdp;
 
 /// The compiled `lb-ebpf` object, built by `build.rs` and embedded here.

@@ -84,7 +84,7 @@ async fn run(
     stats_interval: f64,
 ) -> anyhow::Result<()> {
     let mut dataplane = Dataplane::load()?;
-    dataplane.set_services(&config.services)?;
+    dataplane.apply(&config)?;
     for iface in &ifaces {
         dataplane.attach(iface, xdp_mode)?;
     }
@@ -100,7 +100,7 @@ async fn run(
         3600.0
     });
     let mut ticker = tokio::time::interval(period);
-    let mut previous = vec![Default::default(); config.services.len()];
+    let mut previous = std::collections::HashMap::new();
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
@@ -117,28 +117,43 @@ async fn run(
     Ok(())
 }
 
-/// Prints one line per service with totals and rates since the last report.
+/// Prints, per service and per backend, totals and rates since the last
+/// report.
 fn report(
     dataplane: &Dataplane,
     config: &Config,
-    previous: &mut [lb_common::TrafficCounters],
+    previous: &mut std::collections::HashMap<String, (u64, u64)>,
     period: Duration,
 ) -> anyhow::Result<()> {
     let secs = period.as_secs_f64();
-    for (id, service) in config.services.iter().enumerate() {
-        let now = dataplane.service_counters(id as u32)?;
-        let before = previous[id];
+    let mut rate = |name: String, packets: u64, bytes: u64| {
+        let (p0, b0) = previous
+            .insert(name, (packets, bytes))
+            .unwrap_or((packets, bytes));
+        (
+            packets.saturating_sub(p0) as f64 / secs,
+            bytes.saturating_sub(b0) as f64 / secs,
+        )
+    };
+    for service in &config.services {
+        let now = dataplane.service_counters(&service.name)?;
+        let (pps, bps) = rate(service.name.clone(), now.packets, now.bytes);
         println!(
-            "{:<16} {:>39}:{:<5} {:>10} pkts {:>12} bytes {:>9.0} pkt/s {:>11.0} B/s",
-            service.name,
-            service.vip,
-            service.port,
-            now.packets,
-            now.bytes,
-            (now.packets - before.packets) as f64 / secs,
-            (now.bytes - before.bytes) as f64 / secs,
+            "{} {}:{} {:>10} pkts {:>9.0} pkt/s {:>11.0} B/s",
+            service.name, service.vip, service.port, now.packets, pps, bps
         );
-        previous[id] = now;
+        for backend in &service.backends {
+            let c = dataplane.backend_counters(&service.name, backend.address)?;
+            let (pps, _) = rate(
+                format!("{}/{}", service.name, backend.address),
+                c.packets,
+                c.bytes,
+            );
+            println!(
+                "  -> {:<24} weight {:<4} {:>8} flows {:>10} pkts {:>9.0} pkt/s {:>10} replies",
+                backend.address, backend.weight, c.new_flows, c.packets, pps, c.reply_packets
+            );
+        }
     }
     Ok(())
 }

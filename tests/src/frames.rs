@@ -7,10 +7,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use etherparse::{IpHeaders, IpNumber, Ipv4Header, Ipv6Header, PacketBuilder};
 
-/// MAC address of the fixture's sender.
-pub const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-/// MAC address of the fixture's receiver (the load balancer).
-pub const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+/// Default MAC address of a frame's sender: the fixture's client.
+pub const SRC_MAC: [u8; 6] = crate::fixture::CLIENT_MAC;
+/// Default MAC address of a frame's receiver: the fixture's load balancer.
+pub const DST_MAC: [u8; 6] = crate::fixture::LB_MAC;
 
 /// Transport of a fixture frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +37,24 @@ impl Transport {
         fin: false,
         rst: false,
     };
+    pub const SYN_ACK: Self = Self::Tcp {
+        syn: true,
+        ack: true,
+        fin: false,
+        rst: false,
+    };
+    pub const FIN_ACK: Self = Self::Tcp {
+        syn: false,
+        ack: true,
+        fin: true,
+        rst: false,
+    };
+    pub const RST: Self = Self::Tcp {
+        syn: false,
+        ack: false,
+        fin: false,
+        rst: true,
+    };
 }
 
 /// A frame to build: addresses, transport and the optional extras that
@@ -53,6 +71,9 @@ pub struct Frame {
     pub ipv4_options: Vec<u8>,
     /// IPv4 "more fragments" flag and fragment offset (in 8-byte units).
     pub ipv4_fragment: Option<(bool, u16)>,
+    /// Ethernet source and destination.
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
 }
 
 impl Frame {
@@ -65,7 +86,28 @@ impl Frame {
             vlans: Vec::new(),
             ipv4_options: Vec::new(),
             ipv4_fragment: None,
+            src_mac: SRC_MAC,
+            dst_mac: DST_MAC,
         }
+    }
+
+    /// The same frame between other endpoints (flags, payload, tags and
+    /// options kept): what a load balancer's rewrite should produce.
+    pub fn rewritten(&self, src: &str, dst: &str, src_mac: [u8; 6], dst_mac: [u8; 6]) -> Self {
+        Self {
+            src: addr(src),
+            dst: addr(dst),
+            src_mac,
+            dst_mac,
+            ..self.clone()
+        }
+    }
+
+    /// Sets the Ethernet addresses.
+    pub fn macs(mut self, src: [u8; 6], dst: [u8; 6]) -> Self {
+        self.src_mac = src;
+        self.dst_mac = dst;
+        self
     }
 
     /// A TCP segment with the given flags.
@@ -134,8 +176,8 @@ impl Frame {
         let ether_type: u16 = if self.src.is_ipv4() { 0x0800 } else { 0x86dd };
 
         let mut frame = Vec::new();
-        frame.extend_from_slice(&DST_MAC);
-        frame.extend_from_slice(&SRC_MAC);
+        frame.extend_from_slice(&self.dst_mac);
+        frame.extend_from_slice(&self.src_mac);
         for &(tpid, id) in &self.vlans {
             frame.extend_from_slice(&tpid.to_be_bytes());
             frame.extend_from_slice(&id.to_be_bytes()); // TCI: PCP 0, DEI 0, VID
@@ -165,6 +207,31 @@ impl Frame {
         }
         .expect("frame serializes");
         frame
+    }
+}
+
+impl Frame {
+    /// The flow key the data plane derives from this frame.
+    pub fn flow_key(&self) -> lb_common::FlowKey {
+        lb_common::FlowKey {
+            src: mapped(self.src.ip()),
+            dst: mapped(self.dst.ip()),
+            src_port_be: self.src.port().to_be(),
+            dst_port_be: self.dst.port().to_be(),
+            proto: if self.transport == Transport::Udp {
+                17
+            } else {
+                6
+            },
+            ..Default::default()
+        }
+    }
+}
+
+fn mapped(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
     }
 }
 

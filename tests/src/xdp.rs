@@ -27,19 +27,32 @@ impl Action {
     }
 }
 
-/// Runs the loaded program once on `frame`; returns its action and the
-/// frame as the program left it.
-pub fn run(dataplane: &mut Dataplane, frame: &[u8]) -> (Action, Vec<u8>) {
+/// Runs the loaded program once on `frame`, as received on the interface
+/// with index `ifindex` (0: none, the kernel's default); returns its action
+/// and the frame as the program left it.
+pub fn run_on(dataplane: &mut Dataplane, ifindex: u32, frame: &[u8]) -> (Action, Vec<u8>) {
     let program = dataplane.program().expect("program loaded");
     // Room for the program to grow the frame (encapsulation, VLAN push).
     let mut out = vec![0u8; frame.len() + 256];
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+    // rx_queue_index, egress_ifindex.
+    let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .collect();
     let result = program
         .test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
+            ctx_in: (ifindex != 0).then_some(ctx.as_slice()),
             ..TestRunOptions::new()
         })
         .expect("BPF_PROG_TEST_RUN");
     out.truncate(result.data_size_out as usize);
     (Action::from_raw(result.return_value), out)
+}
+
+/// [`run_on`] without an ingress interface.
+pub fn run(dataplane: &mut Dataplane, frame: &[u8]) -> (Action, Vec<u8>) {
+    run_on(dataplane, 0, frame)
 }

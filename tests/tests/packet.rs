@@ -1,157 +1,413 @@
-//! Packet-level tests: fixture frames through the loaded XDP program with
-//! `BPF_PROG_TEST_RUN`, checking the action, the output bytes and counters.
+//! Packet fixtures, in the style of Katran's tester: each case is an input
+//! frame, the expected XDP action and the byte-exact expected output frame,
+//! run through the loaded program with `BPF_PROG_TEST_RUN` inside a private
+//! namespace (see `xlb_tests::fixture`). Expected frames are built from
+//! scratch by `etherparse`, so their checksums check ours independently.
 
-use lb_common::GlobalCounter;
+use lb_common::{
+    GlobalCounter,
+    flow::{flow_hash, snat_port},
+};
 use xlb::{config::Config, dataplane::Dataplane};
 use xlb_tests::{
+    fixture::{CLIENT_MAC, FixtureNet, LB_MAC, backend_mac},
     frames::{Frame, Transport},
     require_root,
-    xdp::{Action, run},
+    xdp::{Action, run_on},
 };
 
 const CONFIG: &str = r#"
 [[service]]
-name = "web4"
+name = "web"
 vip = "10.0.0.100"
 port = 80
+snat = "10.1.0.100"
+[[service.backend]]
+address = "10.1.0.10:8000"
 
 [[service]]
-name = "dns6"
+name = "web-dnat"
+vip = "10.0.0.100"
+port = 81
+mode = "dnat"
+[[service.backend]]
+address = "10.1.0.11:8001"
+
+[[service]]
+name = "web6"
 vip = "fd00::100"
+port = 80
+snat = "fd01::100"
+[[service.backend]]
+address = "[fd01::10]:8000"
+
+[[service]]
+name = "web6-dnat"
+vip = "fd00::100"
+port = 81
+mode = "dnat"
+[[service.backend]]
+address = "[fd01::11]:8001"
+
+[[service]]
+name = "dns"
+vip = "10.0.0.100"
 port = 53
 protocol = "udp"
+snat = "10.1.0.100"
+[[service.backend]]
+address = "10.1.0.12:5353"
+
+[[service]]
+name = "pair"
+vip = "10.0.0.101"
+port = 80
+snat = "10.1.0.100"
+table_size = 1009
+[[service.backend]]
+address = "10.1.0.10:8000"
+[[service.backend]]
+address = "10.1.0.11:8000"
+
+[[service]]
+name = "unresolved"
+vip = "10.0.0.102"
+port = 80
+mode = "dnat"
+[[service.backend]]
+address = "10.1.0.13:8000"
+
+[[service]]
+name = "empty"
+vip = "10.0.0.103"
+port = 80
+mode = "dnat"
 "#;
 
-fn dataplane() -> Dataplane {
+/// A loaded data plane inside a fixture namespace.
+struct Harness {
+    dp: Dataplane,
+    ifindex: u32,
+}
+
+impl Harness {
+    fn run(&mut self, frame: &Frame) -> (Action, Vec<u8>) {
+        run_on(&mut self.dp, self.ifindex, &frame.build())
+    }
+
+    fn raw(&mut self, frame: &[u8]) -> (Action, Vec<u8>) {
+        run_on(&mut self.dp, self.ifindex, frame)
+    }
+
+    fn counter(&self, counter: GlobalCounter) -> u64 {
+        self.dp.global_counter(counter).unwrap()
+    }
+
+    /// Runs `input`; checks the action, the output bytes and that `counter`
+    /// counted it.
+    fn expect(&mut self, input: &Frame, action: Action, output: &Frame, counter: GlobalCounter) {
+        let before = self.counter(counter);
+        let (got_action, got) = self.run(input);
+        assert_eq!(got_action, action, "action for {input:?}");
+        assert_bytes(&got, &output.build());
+        assert_eq!(self.counter(counter), before + 1, "{counter:?} not counted");
+    }
+
+    /// Runs a raw frame; checks it passes unchanged, counted under `counter`.
+    fn expect_pass_raw(&mut self, frame: &[u8], counter: GlobalCounter) {
+        let before = self.counter(counter);
+        let (action, out) = self.raw(frame);
+        assert_eq!(action, Action::Pass);
+        assert_bytes(&out, frame);
+        assert_eq!(self.counter(counter), before + 1, "{counter:?} not counted");
+    }
+
+    fn new_flows(&self, service: &str, backend: &str) -> u64 {
+        self.dp
+            .backend_counters(service, backend.parse().unwrap())
+            .unwrap()
+            .new_flows
+    }
+}
+
+fn assert_bytes(got: &[u8], want: &[u8]) {
+    if got != want {
+        let first = got
+            .iter()
+            .zip(want)
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.len().min(want.len()));
+        panic!(
+            "frames differ at byte {first} (lengths {} and {})\n got: {}\nwant: {}",
+            got.len(),
+            want.len(),
+            hex(got),
+            hex(want)
+        );
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs `test` against a fresh data plane in a fresh fixture namespace.
+fn with_harness(test: impl FnOnce(&mut Harness) + Send) {
     require_root();
-    let config = Config::parse(CONFIG).unwrap();
-    let mut dataplane = Dataplane::load().expect("load the data plane");
-    dataplane.set_services(&config.services).unwrap();
-    dataplane
+    let fx = FixtureNet::new().expect("fixture namespace");
+    let ifindex = fx.ifindex();
+    fx.run(|| {
+        let mut dp = Dataplane::load().expect("load the data plane");
+        dp.apply(&Config::parse(CONFIG).unwrap()).unwrap();
+        test(&mut Harness { dp, ifindex });
+    });
 }
 
-fn global(dataplane: &Dataplane, counter: GlobalCounter) -> u64 {
-    let all = dataplane.global_counters().unwrap();
-    all.iter().find(|(c, _)| *c == counter).unwrap().1
-}
-
-/// Runs `frame` and checks it passes byte-for-byte unchanged, counted under
-/// `counter`.
-fn expect_pass(dataplane: &mut Dataplane, frame: &[u8], counter: GlobalCounter) {
-    let before = global(dataplane, counter);
-    let (action, out) = run(dataplane, frame);
-    assert_eq!(action, Action::Pass);
-    assert_eq!(out, frame, "frame changed");
-    assert_eq!(
-        global(dataplane, counter),
-        before + 1,
-        "{counter:?} not counted"
-    );
+/// The source port `nat` mode picks for a flow's first attempt.
+fn first_snat_port(client: &Frame) -> u16 {
+    snat_port(flow_hash(&client.flow_key(), false), 0)
 }
 
 #[test]
-fn service_traffic_is_counted_per_service_and_passed() {
-    let mut dp = dataplane();
-    let syn = Frame::tcp("10.0.0.1:40000", "10.0.0.100:80", Transport::SYN).build();
-    let dns = Frame::udp("[fd00::1]:40000", "[fd00::100]:53").build();
-    for _ in 0..3 {
-        expect_pass(&mut dp, &syn, GlobalCounter::PassService);
-    }
-    expect_pass(&mut dp, &dns, GlobalCounter::PassService);
+fn nat_new_flow_established_flow_and_reply_ipv4() {
+    with_harness(|h| {
+        let syn = Frame::tcp("10.0.0.2:40000", "10.0.0.100:80", Transport::SYN);
+        let port = first_snat_port(&syn);
+        let to_backend = |f: &Frame| {
+            f.rewritten(
+                &format!("10.1.0.100:{port}"),
+                "10.1.0.10:8000",
+                LB_MAC,
+                backend_mac(0),
+            )
+        };
+        h.expect(
+            &syn,
+            Action::Tx,
+            &to_backend(&syn),
+            GlobalCounter::ForwardTx,
+        );
+        assert_eq!(h.new_flows("web", "10.1.0.10:8000"), 1);
 
-    let web = dp.service_counters(0).unwrap();
-    assert_eq!((web.packets, web.bytes), (3, 3 * syn.len() as u64));
-    let dns_counters = dp.service_counters(1).unwrap();
-    assert_eq!(
-        (dns_counters.packets, dns_counters.bytes),
-        (1, dns.len() as u64)
-    );
+        // The backend's SYN-ACK goes back to the client from the VIP.
+        let syn_ack = Frame::tcp(
+            "10.1.0.10:8000",
+            &format!("10.1.0.100:{port}"),
+            Transport::SYN_ACK,
+        )
+        .macs(backend_mac(0), LB_MAC);
+        let to_client = syn_ack.rewritten("10.0.0.100:80", "10.0.0.2:40000", LB_MAC, CLIENT_MAC);
+        h.expect(&syn_ack, Action::Tx, &to_client, GlobalCounter::ForwardTx);
+
+        // The rest of the connection hits the flow table: same port, no new flow.
+        let mut ack = Frame::tcp("10.0.0.2:40000", "10.0.0.100:80", Transport::ACK);
+        ack.payload = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+        h.expect(
+            &ack,
+            Action::Tx,
+            &to_backend(&ack),
+            GlobalCounter::ForwardTx,
+        );
+        assert_eq!(h.new_flows("web", "10.1.0.10:8000"), 1);
+        let counters =
+            h.dp.backend_counters("web", "10.1.0.10:8000".parse().unwrap())
+                .unwrap();
+        assert_eq!((counters.packets, counters.reply_packets), (2, 1));
+    });
 }
 
 #[test]
-fn vlan_tagged_and_optioned_service_traffic_is_recognised() {
-    let mut dp = dataplane();
-    let base = Frame::tcp("10.0.0.1:40000", "10.0.0.100:80", Transport::ACK);
-    let frames = [
-        base.clone().vlan(7).build(),
-        base.clone().service_vlan(100).vlan(7).build(),
-        // Record route (7), 7 bytes + end of list, padded to 8.
-        base.clone().ipv4_options(&[7, 7, 4, 0, 0, 0, 0, 0]).build(),
-        base.clone().ipv4_options(&[1; 40]).build(), // 40 NOPs: a 60-byte header
-    ];
-    for frame in &frames {
-        expect_pass(&mut dp, frame, GlobalCounter::PassService);
-    }
-    assert_eq!(dp.service_counters(0).unwrap().packets, frames.len() as u64);
+fn dnat_keeps_the_client_address_ipv4() {
+    with_harness(|h| {
+        let syn = Frame::tcp("10.0.0.2:40001", "10.0.0.100:81", Transport::SYN);
+        let out = syn.rewritten("10.0.0.2:40001", "10.1.0.11:8001", LB_MAC, backend_mac(1));
+        h.expect(&syn, Action::Tx, &out, GlobalCounter::ForwardTx);
+
+        let syn_ack = Frame::tcp("10.1.0.11:8001", "10.0.0.2:40001", Transport::SYN_ACK)
+            .macs(backend_mac(1), LB_MAC);
+        let back = syn_ack.rewritten("10.0.0.100:81", "10.0.0.2:40001", LB_MAC, CLIENT_MAC);
+        h.expect(&syn_ack, Action::Tx, &back, GlobalCounter::ForwardTx);
+    });
+}
+
+#[test]
+fn nat_and_dnat_ipv6() {
+    with_harness(|h| {
+        let syn = Frame::tcp("[fd00::2]:40000", "[fd00::100]:80", Transport::SYN);
+        let port = first_snat_port(&syn);
+        let snat = format!("[fd01::100]:{port}");
+        let out = syn.rewritten(&snat, "[fd01::10]:8000", LB_MAC, backend_mac(0));
+        h.expect(&syn, Action::Tx, &out, GlobalCounter::ForwardTx);
+        let syn_ack =
+            Frame::tcp("[fd01::10]:8000", &snat, Transport::SYN_ACK).macs(backend_mac(0), LB_MAC);
+        let back = syn_ack.rewritten("[fd00::100]:80", "[fd00::2]:40000", LB_MAC, CLIENT_MAC);
+        h.expect(&syn_ack, Action::Tx, &back, GlobalCounter::ForwardTx);
+
+        let syn = Frame::tcp("[fd00::2]:40001", "[fd00::100]:81", Transport::SYN);
+        let out = syn.rewritten("[fd00::2]:40001", "[fd01::11]:8001", LB_MAC, backend_mac(1));
+        h.expect(&syn, Action::Tx, &out, GlobalCounter::ForwardTx);
+        let syn_ack = Frame::tcp("[fd01::11]:8001", "[fd00::2]:40001", Transport::SYN_ACK)
+            .macs(backend_mac(1), LB_MAC);
+        let back = syn_ack.rewritten("[fd00::100]:81", "[fd00::2]:40001", LB_MAC, CLIENT_MAC);
+        h.expect(&syn_ack, Action::Tx, &back, GlobalCounter::ForwardTx);
+    });
+}
+
+#[test]
+fn udp_request_and_reply() {
+    with_harness(|h| {
+        let query = Frame::udp("10.0.0.2:5000", "10.0.0.100:53");
+        let port = first_snat_port(&query);
+        let snat = format!("10.1.0.100:{port}");
+        let out = query.rewritten(&snat, "10.1.0.12:5353", LB_MAC, backend_mac(2));
+        h.expect(&query, Action::Tx, &out, GlobalCounter::ForwardTx);
+        let answer = Frame::udp("10.1.0.12:5353", &snat).macs(backend_mac(2), LB_MAC);
+        let back = answer.rewritten("10.0.0.100:53", "10.0.0.2:5000", LB_MAC, CLIENT_MAC);
+        h.expect(&answer, Action::Tx, &back, GlobalCounter::ForwardTx);
+    });
+}
+
+#[test]
+fn vlan_tags_and_ipv4_options_survive_the_rewrite() {
+    with_harness(|h| {
+        for (i, input) in [
+            Frame::tcp("10.0.0.2:41000", "10.0.0.100:81", Transport::SYN).vlan(7),
+            Frame::tcp("10.0.0.2:41001", "10.0.0.100:81", Transport::SYN)
+                .service_vlan(100)
+                .vlan(7),
+            // Record route, then 40 bytes of options: a 60-byte header.
+            Frame::tcp("10.0.0.2:41002", "10.0.0.100:81", Transport::SYN)
+                .ipv4_options(&[7, 7, 4, 0, 0, 0, 0, 0]),
+            Frame::tcp("10.0.0.2:41003", "10.0.0.100:81", Transport::SYN).ipv4_options(&[1; 40]),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let client = format!("10.0.0.2:{}", 41000 + i);
+            let out = input.rewritten(&client, "10.1.0.11:8001", LB_MAC, backend_mac(1));
+            h.expect(input, Action::Tx, &out, GlobalCounter::ForwardTx);
+        }
+    });
+}
+
+#[test]
+fn a_flow_whose_backend_failed_is_scheduled_again() {
+    with_harness(|h| {
+        let syn = Frame::tcp("10.0.0.2:42000", "10.0.0.101:80", Transport::SYN);
+        let hash = flow_hash(&syn.flow_key(), false);
+        let first = h.dp.lookup("pair", hash).unwrap().unwrap();
+        let port = first_snat_port(&syn);
+        let snat = format!("10.1.0.100:{port}");
+        let mac_of =
+            |addr: std::net::SocketAddr| backend_mac(addr.ip().to_string().ends_with(".11") as u8);
+        let out = syn.rewritten(&snat, &first.to_string(), LB_MAC, mac_of(first));
+        h.expect(&syn, Action::Tx, &out, GlobalCounter::ForwardTx);
+
+        h.dp.set_failed("pair", first, true).unwrap();
+        let second = h.dp.lookup("pair", hash).unwrap().unwrap();
+        assert_ne!(first, second);
+        let ack = Frame::tcp("10.0.0.2:42000", "10.0.0.101:80", Transport::ACK);
+        // The old reply entry is released, so the flow gets the same port.
+        let out = ack.rewritten(&snat, &second.to_string(), LB_MAC, mac_of(second));
+        h.expect(&ack, Action::Tx, &out, GlobalCounter::ForwardTx);
+        assert_eq!(h.new_flows("pair", &second.to_string()), 1);
+
+        // With both failed, the service has no usable backend: new flows drop.
+        h.dp.set_failed("pair", second, true).unwrap();
+        let other = Frame::tcp("10.0.0.2:42001", "10.0.0.101:80", Transport::SYN);
+        let before = h.counter(GlobalCounter::DropNoBackend);
+        assert_eq!(h.run(&other).0, Action::Drop);
+        assert_eq!(h.counter(GlobalCounter::DropNoBackend), before + 1);
+    });
+}
+
+#[test]
+fn a_service_without_backends_drops_and_counts() {
+    with_harness(|h| {
+        let syn = Frame::tcp("10.0.0.2:43000", "10.0.0.103:80", Transport::SYN);
+        let before = h.counter(GlobalCounter::DropNoBackend);
+        assert_eq!(h.run(&syn).0, Action::Drop);
+        assert_eq!(h.counter(GlobalCounter::DropNoBackend), before + 1);
+    });
+}
+
+#[test]
+fn an_unresolved_next_hop_goes_to_the_kernel_rewritten() {
+    with_harness(|h| {
+        let syn = Frame::tcp("10.0.0.2:44000", "10.0.0.102:80", Transport::SYN);
+        // Rewritten, MACs untouched: the kernel resolves and forwards it.
+        let out = syn.rewritten("10.0.0.2:44000", "10.1.0.13:8000", syn.src_mac, syn.dst_mac);
+        h.expect(&syn, Action::Pass, &out, GlobalCounter::PassNoNeighbour);
+    });
 }
 
 #[test]
 fn traffic_that_is_not_for_a_service_passes_untouched() {
-    let mut dp = dataplane();
-    use GlobalCounter::*;
-    let other_port = Frame::tcp("10.0.0.1:40000", "10.0.0.100:81", Transport::SYN).build();
-    let other_proto = Frame::udp("10.0.0.1:40000", "10.0.0.100:80").build();
-    let other_vip = Frame::udp("[fd00::1]:40000", "[fd00::101]:53").build();
-    for frame in [&other_port, &other_proto, &other_vip] {
-        expect_pass(&mut dp, frame, PassNotService);
-    }
+    with_harness(|h| {
+        use GlobalCounter::*;
+        let other_port = Frame::tcp("10.0.0.2:40000", "10.0.0.100:82", Transport::SYN).build();
+        let other_proto = Frame::udp("10.0.0.2:40000", "10.0.0.100:80").build();
+        let other_vip = Frame::udp("[fd00::2]:40000", "[fd00::101]:53").build();
+        for frame in [&other_port, &other_proto, &other_vip] {
+            h.expect_pass_raw(frame, PassNotService);
+        }
+        let mut arp = other_port.clone();
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        h.expect_pass_raw(&arp, PassNotIp);
 
-    let mut arp = other_port.clone();
-    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    expect_pass(&mut dp, &arp, PassNotIp);
+        let mut icmp = other_port.clone();
+        icmp[23] = 1; // IPv4 protocol: ICMP
+        h.expect_pass_raw(&icmp, PassNotTcpUdp);
 
-    let mut icmp = other_port.clone();
-    icmp[23] = 1; // IPv4 protocol: ICMP
-    expect_pass(&mut dp, &icmp, PassNotTcpUdp);
-
-    for fragment in [
-        Frame::tcp("10.0.0.1:40000", "10.0.0.100:80", Transport::SYN).ipv4_fragment(true, 0),
-        Frame::tcp("10.0.0.1:40000", "10.0.0.100:80", Transport::SYN).ipv4_fragment(false, 8),
-    ] {
-        expect_pass(&mut dp, &fragment.build(), PassFragment);
-    }
-
-    let mut v6_ext = Frame::udp("[fd00::1]:40000", "[fd00::100]:53").build();
-    v6_ext[20] = 0; // IPv6 next header: hop-by-hop options
-    expect_pass(&mut dp, &v6_ext, PassFragment);
-
-    assert_eq!(dp.service_counters(0).unwrap().packets, 0);
-    assert_eq!(dp.service_counters(1).unwrap().packets, 0);
+        for fragment in [
+            Frame::tcp("10.0.0.2:40000", "10.0.0.100:80", Transport::SYN).ipv4_fragment(true, 0),
+            Frame::tcp("10.0.0.2:40000", "10.0.0.100:80", Transport::SYN).ipv4_fragment(false, 8),
+        ] {
+            h.expect_pass_raw(&fragment.build(), PassFragment);
+        }
+        let mut v6_ext = Frame::udp("[fd00::2]:40000", "[fd00::100]:80").build();
+        v6_ext[20] = 0; // IPv6 next header: hop-by-hop options
+        h.expect_pass_raw(&v6_ext, PassFragment);
+        assert_eq!(h.dp.service_counters("web").unwrap().packets, 0);
+    });
 }
 
 #[test]
 fn truncated_and_malformed_headers_pass_and_are_counted() {
-    let mut dp = dataplane();
-    let tcp = Frame::tcp("10.0.0.1:40000", "10.0.0.100:80", Transport::SYN).build();
-    let tagged = Frame::tcp("10.0.0.1:40000", "10.0.0.100:80", Transport::SYN)
-        .vlan(3)
-        .build();
-    let v6 = Frame::udp("[fd00::1]:40000", "[fd00::100]:53").build();
-    // Cut right after the Ethernet header (the kernel refuses shorter test
-    // frames), inside the VLAN tag, the IPv4 header, the TCP
-    // header, the IPv6 header and the UDP header.
-    for frame in [
-        &tcp[..14],
-        &tagged[..16],
-        &tcp[..30],
-        &tcp[..40],
-        &v6[..40],
-        &v6[..58],
-    ] {
-        expect_pass(&mut dp, frame, GlobalCounter::PassMalformed);
-    }
+    with_harness(|h| {
+        let tcp = Frame::tcp("10.0.0.2:40000", "10.0.0.100:80", Transport::SYN).build();
+        let tagged = Frame::tcp("10.0.0.2:40000", "10.0.0.100:80", Transport::SYN)
+            .vlan(3)
+            .build();
+        let v6 = Frame::udp("[fd00::2]:40000", "[fd00::100]:80").build();
+        // Cut right after the Ethernet header (the kernel refuses shorter test
+        // frames), inside the VLAN tag, the IPv4 header, the TCP header, the
+        // IPv6 header and the UDP header.
+        for frame in [
+            &tcp[..14],
+            &tagged[..16],
+            &tcp[..30],
+            &tcp[..40],
+            &v6[..40],
+            &v6[..58],
+        ] {
+            h.expect_pass_raw(frame, GlobalCounter::PassMalformed);
+        }
+        let mut short_ihl = tcp.clone();
+        short_ihl[14] = 0x44; // IHL 4: shorter than the fixed header
+        h.expect_pass_raw(&short_ihl, GlobalCounter::PassMalformed);
 
-    let mut short_ihl = tcp.clone();
-    short_ihl[14] = 0x44; // IHL 4: shorter than the fixed header
-    expect_pass(&mut dp, &short_ihl, GlobalCounter::PassMalformed);
+        let mut bad_version = tcp.clone();
+        bad_version[14] = 0x65; // says IPv6 inside an IPv4 ethertype
+        h.expect_pass_raw(&bad_version, GlobalCounter::PassMalformed);
 
-    let mut bad_version = tcp.clone();
-    bad_version[14] = 0x65; // says IPv6 inside an IPv4 ethertype
-    expect_pass(&mut dp, &bad_version, GlobalCounter::PassMalformed);
-
-    let mut short_doff = tcp.clone();
-    short_doff[14 + 20 + 12] = 0x40; // TCP data offset 4 words
-    expect_pass(&mut dp, &short_doff, GlobalCounter::PassMalformed);
-
-    assert_eq!(dp.service_counters(0).unwrap().packets, 0);
+        let mut short_doff = tcp.clone();
+        short_doff[14 + 20 + 12] = 0x40; // TCP data offset 4 words
+        h.expect_pass_raw(&short_doff, GlobalCounter::PassMalformed);
+        assert_eq!(h.dp.service_counters("web").unwrap().packets, 0);
+    });
 }

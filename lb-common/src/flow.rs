@@ -1,0 +1,250 @@
+//! The flow table: which backend each connection is pinned to, and how its
+//! replies are matched on the way back.
+
+use crate::{hash::mix64, impl_pod};
+
+/// A flow's 5-tuple as it appears on the wire.
+///
+/// The destination half comes first and is laid out exactly like a
+/// [`ServiceKey`](crate::ServiceKey), so the data plane looks a packet's
+/// service up with [`FlowKey::service_key`] instead of a copy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Destination address, network byte order, IPv4-mapped for IPv4.
+    pub dst: [u8; 16],
+    /// Destination port, network byte order.
+    pub dst_port_be: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    pub _pad: u8,
+    /// Source address, network byte order, IPv4-mapped for IPv4.
+    pub src: [u8; 16],
+    /// Source port, network byte order.
+    pub src_port_be: u16,
+    pub _pad2: u16,
+}
+
+impl FlowKey {
+    /// The destination half, as a service key.
+    #[inline(always)]
+    pub fn service_key(&self) -> &crate::ServiceKey {
+        // SAFETY: both types are `repr(C)` and `ServiceKey`'s fields are,
+        // in order and type, the first fields of `FlowKey` (checked by a
+        // test), with no stricter alignment.
+        unsafe { &*(self as *const Self as *const crate::ServiceKey) }
+    }
+}
+
+/// Waiting for the backend's SYN-ACK.
+pub const FLOW_SYN_SENT: u8 = 0;
+/// Handshake done, or a flow that did not start with a SYN (UDP, or TCP
+/// picked up mid-stream).
+pub const FLOW_ESTABLISHED: u8 = 1;
+/// A FIN or RST was seen: the entry lives only [`CLOSING_TIMEOUT_NS`] more.
+pub const FLOW_CLOSING: u8 = 2;
+
+/// Idle time after which a TCP flow's entry no longer counts (like IPVS's
+/// established timeout).
+pub const TCP_IDLE_TIMEOUT_NS: u64 = 900 * NS_PER_SEC;
+/// Idle time for a TCP flow still in its handshake.
+pub const SYN_TIMEOUT_NS: u64 = 30 * NS_PER_SEC;
+/// Idle time for a TCP flow after FIN or RST.
+pub const CLOSING_TIMEOUT_NS: u64 = 10 * NS_PER_SEC;
+/// Idle time for a UDP flow.
+pub const UDP_IDLE_TIMEOUT_NS: u64 = 60 * NS_PER_SEC;
+/// The data plane refreshes `last_seen_ns` at most this often, to spare a
+/// write per packet.
+pub const LAST_SEEN_GRANULARITY_NS: u64 = NS_PER_SEC;
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// Value of the `FLOWS` map: where a client's flow goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    /// Backend id (index in `BACKENDS`).
+    pub backend: u32,
+    /// Source port the load balancer uses towards the backend in `nat`
+    /// mode, network byte order; 0 in `dnat` mode.
+    pub snat_port_be: u16,
+    /// `FLOW_*` state.
+    pub state: u8,
+    pub _pad: u8,
+    /// Monotonic time (coarse) of the last packet, in nanoseconds.
+    pub last_seen_ns: u64,
+}
+
+impl Flow {
+    /// How long this flow may stay idle before it is scheduled again.
+    #[inline(always)]
+    pub const fn timeout_ns(&self, proto: u8) -> u64 {
+        if proto == crate::IpProto::Udp as u8 {
+            UDP_IDLE_TIMEOUT_NS
+        } else {
+            match self.state {
+                FLOW_SYN_SENT => SYN_TIMEOUT_NS,
+                FLOW_CLOSING => CLOSING_TIMEOUT_NS,
+                _ => TCP_IDLE_TIMEOUT_NS,
+            }
+        }
+    }
+
+    /// Whether the flow has been idle longer than its timeout at `now_ns`.
+    #[inline(always)]
+    pub const fn is_expired(&self, proto: u8, now_ns: u64) -> bool {
+        now_ns.saturating_sub(self.last_seen_ns) > self.timeout_ns(proto)
+    }
+}
+
+/// Value of the `REPLIES` map, keyed by a reply's 5-tuple as the backend
+/// sends it (backend → SNAT address in `nat` mode, backend → client in
+/// `dnat` mode): how to rewrite it back into the service's answer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reply {
+    /// The service's virtual IP: the reply's new source.
+    pub vip: [u8; 16],
+    /// The client's address: the reply's new destination.
+    pub client: [u8; 16],
+    /// The service's port, network byte order.
+    pub vip_port_be: u16,
+    /// The client's port, network byte order.
+    pub client_port_be: u16,
+    /// Backend id, for its counters.
+    pub backend: u32,
+}
+
+impl_pod!(FlowKey, Flow, Reply);
+
+/// First port of the range `nat` mode takes source ports from.
+pub const SNAT_PORT_MIN: u16 = 1024;
+/// Number of ports in that range (1024–65535).
+pub const SNAT_PORT_COUNT: u32 = 65536 - SNAT_PORT_MIN as u32;
+/// Source ports tried for a new `nat` flow before it is dropped as
+/// colliding with live flows.
+pub const SNAT_PORT_ATTEMPTS: u32 = 8;
+
+/// The `attempt`-th source port candidate (host byte order) for a new `nat`
+/// flow with hash `hash`: a start picked by the hash, then strides of a
+/// prime coprime with the range, so every attempt tries a different port.
+#[inline(always)]
+pub const fn snat_port(hash: u32, attempt: u32) -> u16 {
+    let start = (hash >> 8) % SNAT_PORT_COUNT;
+    SNAT_PORT_MIN + ((start + attempt * 7919) % SNAT_PORT_COUNT) as u16
+}
+
+/// Hash of a flow for the Maglev lookup: the full 5-tuple, or with
+/// `source_only` just the client's address (nginx `ip_hash`).
+#[inline(always)]
+pub fn flow_hash(key: &FlowKey, source_only: bool) -> u32 {
+    let mut h = 0x9e37_79b9_7f4a_7c15u64;
+    h = mix_words(h, &key.src);
+    if !source_only {
+        h = mix_words(h, &key.dst);
+        let ports = (u64::from(key.src_port_be) << 16) | u64::from(key.dst_port_be);
+        h = mix64(h ^ (ports << 8 | u64::from(key.proto)));
+    }
+    (mix64(h) >> 32) as u32
+}
+
+#[inline(always)]
+fn mix_words(mut h: u64, addr: &[u8; 16]) -> u64 {
+    let hi = u64::from_ne_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]);
+    let lo = u64::from_ne_bytes([
+        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+    ]);
+    h = (h ^ hi).wrapping_mul(0xff51_afd7_ed55_8ccd).rotate_left(29);
+    (h ^ lo).wrapping_mul(0xc4ce_b9fe_1a85_ec53).rotate_left(31)
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::size_of;
+
+    use super::*;
+
+    fn key(src_last: u8, sport: u16) -> FlowKey {
+        FlowKey {
+            src: crate::service::ipv4_mapped([10, 0, 0, src_last]),
+            dst: crate::service::ipv4_mapped([10, 0, 0, 100]),
+            src_port_be: sport.to_be(),
+            dst_port_be: 80u16.to_be(),
+            proto: 6,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_destination_half_is_a_service_key() {
+        let k = key(1, 1000);
+        let service = k.service_key();
+        assert_eq!(
+            *service,
+            crate::ServiceKey::v6(k.dst, k.dst_port_be, k.proto)
+        );
+        assert!(core::mem::align_of::<crate::ServiceKey>() <= core::mem::align_of::<FlowKey>());
+    }
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<FlowKey>(), 16 + 2 + 1 + 1 + 16 + 2 + 2);
+        assert_eq!(size_of::<Flow>(), 4 + 2 + 1 + 1 + 8);
+        assert_eq!(size_of::<Reply>(), 16 + 16 + 2 + 2 + 4);
+    }
+
+    #[test]
+    fn source_hash_ignores_everything_but_the_source() {
+        assert_eq!(
+            flow_hash(&key(1, 1000), true),
+            flow_hash(&key(1, 2000), true)
+        );
+        assert_ne!(
+            flow_hash(&key(1, 1000), true),
+            flow_hash(&key(2, 1000), true)
+        );
+        assert_ne!(
+            flow_hash(&key(1, 1000), false),
+            flow_hash(&key(1, 2000), false)
+        );
+    }
+
+    #[test]
+    fn hashes_spread_evenly() {
+        let mut buckets = [0u32; 8];
+        for sport in 0..8000u16 {
+            buckets[(flow_hash(&key(1, 10_000 + sport), false) % 8) as usize] += 1;
+        }
+        assert!(
+            buckets.iter().all(|&n| (900..1100).contains(&n)),
+            "{buckets:?}"
+        );
+    }
+
+    #[test]
+    fn snat_ports_stay_in_range_and_differ_per_attempt() {
+        for hash in [0, 1, 0xdead_beef, u32::MAX] {
+            let ports: std::vec::Vec<u16> = (0..SNAT_PORT_ATTEMPTS)
+                .map(|a| snat_port(hash, a))
+                .collect();
+            assert!(ports.iter().all(|&p| p >= SNAT_PORT_MIN));
+            let mut unique = ports.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(unique.len(), ports.len(), "{ports:?}");
+        }
+    }
+
+    #[test]
+    fn flows_expire_by_state() {
+        let flow = |state| Flow {
+            state,
+            last_seen_ns: 0,
+            ..Default::default()
+        };
+        assert!(!flow(FLOW_ESTABLISHED).is_expired(6, TCP_IDLE_TIMEOUT_NS));
+        assert!(flow(FLOW_CLOSING).is_expired(6, CLOSING_TIMEOUT_NS + 1));
+        assert!(flow(FLOW_ESTABLISHED).is_expired(17, UDP_IDLE_TIMEOUT_NS + 1));
+    }
+}

@@ -1,0 +1,84 @@
+//! Rewriting addresses and ports with incremental checksum updates.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{GlobalCounter, checksum};
+
+use crate::parse::{Packet, read_at, write_at};
+
+/// IPv4: offset of the checksum and of the addresses in the IP header.
+const IPV4_CHECK: usize = 10;
+const IPV4_ADDRS: usize = 12;
+/// IPv6: offset of the addresses in the IP header.
+const IPV6_ADDRS: usize = 8;
+
+/// One end of a connection: address (IPv4-mapped for IPv4) and port, both
+/// in network byte order. Borrows the address to keep the stack small.
+#[derive(Clone, Copy)]
+pub struct Endpoint<'a> {
+    pub addr: &'a [u8; 16],
+    pub port_be: u16,
+}
+
+/// Sets the packet's source and destination to `src` and `dst`, updating
+/// the IPv4 header checksum and the TCP/UDP checksum (pseudo-header
+/// included). `packet.key` still holds the old values.
+#[inline(never)]
+pub fn rewrite(
+    ctx: &XdpContext,
+    packet: &Packet,
+    src: &Endpoint,
+    dst: &Endpoint,
+) -> Result<(), GlobalCounter> {
+    let ports_old = ports(packet.key.src_port_be, packet.key.dst_port_be);
+    let ports_new = ports(src.port_be, dst.port_be);
+    write_at(ctx, packet.l4_offset(), ports_new).ok_or(GlobalCounter::PassMalformed)?;
+
+    let check_at = packet.l4_checksum_offset();
+    let l4_check =
+        u16::from_be_bytes(read_at::<[u8; 2]>(ctx, check_at).ok_or(GlobalCounter::PassMalformed)?);
+    // A zero UDP checksum over IPv4 means "none": leave it so.
+    let keep_l4 = !packet.is_tcp() && !packet.ipv6 && l4_check == 0;
+    let mut l4_check = checksum::update(l4_check, &ports_old, &ports_new);
+
+    if packet.ipv6 {
+        let at = packet.l3_offset() + IPV6_ADDRS;
+        write_at(ctx, at, *src.addr).ok_or(GlobalCounter::PassMalformed)?;
+        write_at(ctx, at + 16, *dst.addr).ok_or(GlobalCounter::PassMalformed)?;
+        l4_check = checksum::update(l4_check, &packet.key.src, src.addr);
+        l4_check = checksum::update(l4_check, &packet.key.dst, dst.addr);
+    } else {
+        let old = addrs4(&packet.key.src, &packet.key.dst);
+        let new = addrs4(src.addr, dst.addr);
+        write_at(ctx, packet.l3_offset() + IPV4_ADDRS, new).ok_or(GlobalCounter::PassMalformed)?;
+        let ip_check_at = packet.l3_offset() + IPV4_CHECK;
+        let ip_check = u16::from_be_bytes(
+            read_at::<[u8; 2]>(ctx, ip_check_at).ok_or(GlobalCounter::PassMalformed)?,
+        );
+        let ip_check = checksum::update(ip_check, &old, &new);
+        write_at(ctx, ip_check_at, ip_check.to_be_bytes()).ok_or(GlobalCounter::PassMalformed)?;
+        l4_check = checksum::update(l4_check, &old, &new);
+    }
+
+    if !keep_l4 {
+        if !packet.is_tcp() && l4_check == 0 {
+            l4_check = 0xffff; // UDP sends a computed zero as all ones
+        }
+        write_at(ctx, check_at, l4_check.to_be_bytes()).ok_or(GlobalCounter::PassMalformed)?;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn ports(src_be: u16, dst_be: u16) -> [u8; 4] {
+    let [a, b] = src_be.to_ne_bytes();
+    let [c, d] = dst_be.to_ne_bytes();
+    [a, b, c, d]
+}
+
+/// The IPv4 source and destination as they sit in the header.
+#[inline(always)]
+fn addrs4(src: &[u8; 16], dst: &[u8; 16]) -> [u8; 8] {
+    [
+        src[12], src[13], src[14], src[15], dst[12], dst[13], dst[14], dst[15],
+    ]
+}

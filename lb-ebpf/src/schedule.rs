@@ -1,0 +1,213 @@
+//! Choosing a backend for a client's packet: the flow table first, Maglev
+//! for new flows, and in `nat` mode a free source port.
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_coarse_ns};
+use lb_common::{
+    Backend, Flow, FlowKey, GlobalCounter, Reply, Service,
+    flow::{
+        FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SENT, LAST_SEEN_GRANULARITY_NS,
+        SNAT_PORT_ATTEMPTS, flow_hash, snat_port,
+    },
+    service::SERVICE_F_HASH_SOURCE,
+};
+
+use crate::{
+    maps::{BACKENDS, FLOWS, MAGLEV, REPLIES, count_backend},
+    parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+};
+
+/// The backend a client packet goes to.
+pub struct Scheduled {
+    pub backend_id: u32,
+    pub backend: &'static Backend,
+    /// Source port towards the backend in `nat` mode (network byte order).
+    pub snat_port_be: u16,
+}
+
+/// Finds the packet's flow or schedules a new one.
+#[inline(always)]
+pub fn schedule(packet: &Packet, service: &Service) -> Result<Scheduled, GlobalCounter> {
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let key = &packet.key;
+    let mut stale = None;
+    if let Some(flow) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: a pointer into the flow map's value, valid for this run;
+        // racing writers only touch the same plain fields.
+        let flow = unsafe { &mut *flow };
+        if let Some(backend) = backend(flow.backend)
+            && !backend.is_failed()
+            && !flow.is_expired(key.proto, now)
+        {
+            track(packet, flow, now);
+            return Ok(Scheduled {
+                backend_id: flow.backend,
+                backend,
+                snat_port_be: flow.snat_port_be,
+            });
+        }
+        stale = Some(*flow);
+    }
+    if let Some(old) = stale {
+        forget_reply(packet, service, &old);
+    }
+    new_flow(packet, service, now)
+}
+
+/// Keeps an existing flow's state and timestamp current.
+#[inline(always)]
+fn track(packet: &Packet, flow: &mut Flow, now: u64) {
+    if packet.is_tcp() {
+        if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            if flow.state != FLOW_CLOSING {
+                flow.state = FLOW_CLOSING;
+            }
+        } else if flow.state == FLOW_SYN_SENT
+            && packet.has_flags(TCP_SYN)
+            && !packet.has_flags(TCP_ACK)
+        {
+            // The client sent its SYN again: the backend did not answer.
+            count_backend(flow.backend, |c| c.syn_retries += 1);
+        }
+    }
+    if now.wrapping_sub(flow.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
+        flow.last_seen_ns = now;
+    }
+}
+
+/// Schedules a flow with Maglev and records it (and its reply path).
+#[inline(never)]
+fn new_flow(packet: &Packet, service: &Service, now: u64) -> Result<Scheduled, GlobalCounter> {
+    if service.table_size == 0 {
+        return Err(GlobalCounter::DropNoBackend);
+    }
+    let key = &packet.key;
+    let hash = flow_hash(key, service.flags & SERVICE_F_HASH_SOURCE != 0);
+    let slot = service.table_start.wrapping_add(hash % service.table_size);
+    let backend_id = *MAGLEV.get(slot).ok_or(GlobalCounter::DropInternal)?;
+    let backend = backend(backend_id).ok_or(GlobalCounter::DropInternal)?;
+
+    let reply = Reply {
+        vip: key.dst,
+        client: key.src,
+        vip_port_be: key.dst_port_be,
+        client_port_be: key.src_port_be,
+        backend: backend_id,
+    };
+    let mut reply_key = FlowKey {
+        src: backend.addr,
+        dst: key.src,
+        src_port_be: backend.port_be,
+        dst_port_be: key.src_port_be,
+        proto: key.proto,
+        ..Default::default()
+    };
+    let mut snat_port_be = 0;
+    if service.is_nat() {
+        reply_key.dst = service.snat_addr;
+        let mut claimed = false;
+        for attempt in 0..SNAT_PORT_ATTEMPTS {
+            let port_be = snat_port(hash, attempt).to_be();
+            reply_key.dst_port_be = port_be;
+            if REPLIES.insert(reply_key, reply, BPF_NOEXIST as u64).is_ok() {
+                snat_port_be = port_be;
+                claimed = true;
+                break;
+            }
+        }
+        if !claimed {
+            return Err(GlobalCounter::DropSnatPortsBusy);
+        }
+    } else {
+        REPLIES
+            .insert(reply_key, reply, 0)
+            .map_err(|_| GlobalCounter::DropInternal)?;
+    }
+
+    let starts_handshake =
+        packet.is_tcp() && packet.has_flags(TCP_SYN) && !packet.has_flags(TCP_ACK);
+    let flow = Flow {
+        backend: backend_id,
+        snat_port_be,
+        state: if starts_handshake {
+            FLOW_SYN_SENT
+        } else {
+            FLOW_ESTABLISHED
+        },
+        _pad: 0,
+        last_seen_ns: now,
+    };
+    FLOWS
+        .insert(key, flow, 0)
+        .map_err(|_| GlobalCounter::DropInternal)?;
+    count_backend(backend_id, |c| c.new_flows += 1);
+    Ok(Scheduled {
+        backend_id,
+        backend,
+        snat_port_be,
+    })
+}
+
+/// Removes the reply entry of a flow about to be scheduled again, so its
+/// source port is free and stale replies no longer match.
+#[inline(always)]
+fn forget_reply(packet: &Packet, service: &Service, old: &Flow) {
+    let Some(backend) = backend(old.backend) else {
+        return;
+    };
+    let key = &packet.key;
+    let reply_key = FlowKey {
+        src: backend.addr,
+        dst: if service.is_nat() {
+            service.snat_addr
+        } else {
+            key.src
+        },
+        src_port_be: backend.port_be,
+        dst_port_be: if service.is_nat() {
+            old.snat_port_be
+        } else {
+            key.src_port_be
+        },
+        proto: key.proto,
+        ..Default::default()
+    };
+    let _ = REPLIES.remove(reply_key);
+}
+
+/// Updates the client flow's state from a backend's reply: a SYN-ACK
+/// completes the handshake; a RST before that counts as a refusal.
+#[inline(always)]
+pub fn track_reply(packet: &Packet, reply: &Reply) {
+    if !packet.is_tcp() || packet.tcp_flags & (TCP_SYN | TCP_RST | TCP_FIN) == 0 {
+        return;
+    }
+    let client_key = FlowKey {
+        src: reply.client,
+        dst: reply.vip,
+        src_port_be: reply.client_port_be,
+        dst_port_be: reply.vip_port_be,
+        proto: packet.key.proto,
+        ..Default::default()
+    };
+    let Some(flow) = FLOWS.get_ptr_mut(client_key) else {
+        return;
+    };
+    // SAFETY: a pointer into the flow map's value, valid for this run.
+    let flow = unsafe { &mut *flow };
+    if packet.tcp_flags & TCP_RST != 0 {
+        if flow.state == FLOW_SYN_SENT {
+            count_backend(reply.backend, |c| c.handshake_rsts += 1);
+        }
+        flow.state = FLOW_CLOSING;
+    } else if packet.tcp_flags & TCP_FIN != 0 {
+        flow.state = FLOW_CLOSING;
+    } else if packet.has_flags(TCP_SYN | TCP_ACK) && flow.state == FLOW_SYN_SENT {
+        flow.state = FLOW_ESTABLISHED;
+    }
+}
+
+#[inline(always)]
+fn backend(id: u32) -> Option<&'static Backend> {
+    BACKENDS.get(id)
+}

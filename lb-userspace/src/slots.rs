@@ -1,0 +1,74 @@
+//! First-fit allocation of ranges in the shared `MAGLEV` slot array.
+
+/// A range of slots: `[start, start + len)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Range {
+    pub start: u32,
+    pub len: u32,
+}
+
+/// Which ranges of a fixed-size array are in use.
+#[derive(Debug)]
+pub struct SlotAllocator {
+    capacity: u32,
+    /// Allocated ranges, sorted by start.
+    used: Vec<Range>,
+}
+
+impl SlotAllocator {
+    pub fn new(capacity: u32) -> Self {
+        Self {
+            capacity,
+            used: Vec::new(),
+        }
+    }
+
+    /// Reserves `len` consecutive slots, or `None` if no gap is that large.
+    pub fn allocate(&mut self, len: u32) -> Option<Range> {
+        let mut start = 0u32;
+        let mut index = 0;
+        for range in &self.used {
+            if range.start - start >= len {
+                break;
+            }
+            start = range.start + range.len;
+            index += 1;
+        }
+        if self.capacity.checked_sub(start)? < len {
+            return None;
+        }
+        let range = Range { start, len };
+        self.used.insert(index, range);
+        Some(range)
+    }
+
+    /// Returns `range` (from [`allocate`](Self::allocate)) to the pool.
+    pub fn free(&mut self, range: Range) {
+        self.used.retain(|r| *r != range);
+    }
+
+    /// Slots in use.
+    pub fn used(&self) -> u32 {
+        self.used.iter().map(|r| r.len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_fit_reuses_gaps_and_refuses_overflow() {
+        let mut slots = SlotAllocator::new(100);
+        let a = slots.allocate(40).unwrap();
+        let b = slots.allocate(40).unwrap();
+        assert_eq!((a.start, b.start), (0, 40));
+        assert_eq!(slots.allocate(21), None);
+        slots.free(a);
+        assert_eq!(slots.allocate(30).unwrap().start, 0);
+        assert_eq!(slots.allocate(10).unwrap().start, 30);
+        assert_eq!(slots.allocate(20).unwrap().start, 80);
+        assert_eq!(slots.used(), 100);
+        assert_eq!(slots.allocate(1), None);
+    }
+}
