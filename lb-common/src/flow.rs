@@ -41,18 +41,40 @@ pub const FLOW_SYN_SENT: u8 = 0;
 /// Handshake done, or a flow that did not start with a SYN (UDP, or TCP
 /// picked up mid-stream).
 pub const FLOW_ESTABLISHED: u8 = 1;
-/// A FIN or RST was seen: the entry lives only [`CLOSING_TIMEOUT_NS`] more.
+/// A FIN or RST was seen: the entry lives only [`FlowTimeouts::closing_ns`]
+/// more.
 pub const FLOW_CLOSING: u8 = 2;
 
-/// Idle time after which a TCP flow's entry no longer counts (like IPVS's
-/// established timeout).
-pub const TCP_IDLE_TIMEOUT_NS: u64 = 900 * NS_PER_SEC;
-/// Idle time for a TCP flow still in its handshake.
-pub const SYN_TIMEOUT_NS: u64 = 30 * NS_PER_SEC;
-/// Idle time for a TCP flow after FIN or RST.
-pub const CLOSING_TIMEOUT_NS: u64 = 10 * NS_PER_SEC;
-/// Idle time for a UDP flow.
-pub const UDP_IDLE_TIMEOUT_NS: u64 = 60 * NS_PER_SEC;
+/// How long a flow may stay idle before its entry no longer counts and its
+/// next packet is scheduled again. The data plane reads it from a global
+/// that the agent sets when it loads the program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowTimeouts {
+    /// TCP flow still in its handshake.
+    pub syn_ns: u64,
+    /// Established TCP flow (like IPVS's established timeout).
+    pub tcp_idle_ns: u64,
+    /// TCP flow after a FIN or RST.
+    pub closing_ns: u64,
+    /// UDP flow.
+    pub udp_idle_ns: u64,
+}
+
+impl FlowTimeouts {
+    pub const DEFAULT: Self = Self {
+        syn_ns: 30 * NS_PER_SEC,
+        tcp_idle_ns: 900 * NS_PER_SEC,
+        closing_ns: 10 * NS_PER_SEC,
+        udp_idle_ns: 60 * NS_PER_SEC,
+    };
+}
+
+impl Default for FlowTimeouts {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
 /// The data plane refreshes `last_seen_ns` at most this often, to spare a
 /// write per packet.
 pub const LAST_SEEN_GRANULARITY_NS: u64 = NS_PER_SEC;
@@ -77,22 +99,22 @@ pub struct Flow {
 impl Flow {
     /// How long this flow may stay idle before it is scheduled again.
     #[inline(always)]
-    pub const fn timeout_ns(&self, proto: u8) -> u64 {
+    pub const fn timeout_ns(&self, proto: u8, timeouts: &FlowTimeouts) -> u64 {
         if proto == crate::IpProto::Udp as u8 {
-            UDP_IDLE_TIMEOUT_NS
+            timeouts.udp_idle_ns
         } else {
             match self.state {
-                FLOW_SYN_SENT => SYN_TIMEOUT_NS,
-                FLOW_CLOSING => CLOSING_TIMEOUT_NS,
-                _ => TCP_IDLE_TIMEOUT_NS,
+                FLOW_SYN_SENT => timeouts.syn_ns,
+                FLOW_CLOSING => timeouts.closing_ns,
+                _ => timeouts.tcp_idle_ns,
             }
         }
     }
 
     /// Whether the flow has been idle longer than its timeout at `now_ns`.
     #[inline(always)]
-    pub const fn is_expired(&self, proto: u8, now_ns: u64) -> bool {
-        now_ns.saturating_sub(self.last_seen_ns) > self.timeout_ns(proto)
+    pub const fn is_expired(&self, proto: u8, now_ns: u64, timeouts: &FlowTimeouts) -> bool {
+        now_ns.saturating_sub(self.last_seen_ns) > self.timeout_ns(proto, timeouts)
     }
 }
 
@@ -114,7 +136,7 @@ pub struct Reply {
     pub backend: u32,
 }
 
-impl_pod!(FlowKey, Flow, Reply);
+impl_pod!(FlowKey, Flow, Reply, FlowTimeouts);
 
 /// First port of the range `nat` mode takes source ports from.
 pub const SNAT_PORT_MIN: u16 = 1024;
@@ -243,8 +265,12 @@ mod tests {
             last_seen_ns: 0,
             ..Default::default()
         };
-        assert!(!flow(FLOW_ESTABLISHED).is_expired(6, TCP_IDLE_TIMEOUT_NS));
-        assert!(flow(FLOW_CLOSING).is_expired(6, CLOSING_TIMEOUT_NS + 1));
-        assert!(flow(FLOW_ESTABLISHED).is_expired(17, UDP_IDLE_TIMEOUT_NS + 1));
+        let t = FlowTimeouts::DEFAULT;
+        assert!(!flow(FLOW_ESTABLISHED).is_expired(6, t.tcp_idle_ns, &t));
+        assert!(flow(FLOW_ESTABLISHED).is_expired(6, t.tcp_idle_ns + 1, &t));
+        assert!(!flow(FLOW_CLOSING).is_expired(6, t.closing_ns, &t));
+        assert!(flow(FLOW_CLOSING).is_expired(6, t.closing_ns + 1, &t));
+        assert!(flow(FLOW_SYN_SENT).is_expired(6, t.syn_ns + 1, &t));
+        assert!(flow(FLOW_ESTABLISHED).is_expired(17, t.udp_idle_ns + 1, &t));
     }
 }

@@ -5,7 +5,7 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_coarse_n
 use lb_common::{
     Backend, Flow, FlowKey, GlobalCounter, Reply, Service,
     flow::{
-        FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SENT, LAST_SEEN_GRANULARITY_NS,
+        FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SENT, FlowTimeouts, LAST_SEEN_GRANULARITY_NS,
         SNAT_PORT_ATTEMPTS, flow_hash, snat_port,
     },
     service::SERVICE_F_HASH_SOURCE,
@@ -15,6 +15,17 @@ use crate::{
     maps::{BACKENDS, FLOWS, MAGLEV, REPLIES, count_backend},
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
+
+/// Idle timeouts of flows; the agent sets them when it loads the program.
+#[unsafe(no_mangle)]
+static FLOW_TIMEOUTS: FlowTimeouts = FlowTimeouts::DEFAULT;
+
+#[inline(always)]
+fn timeouts() -> FlowTimeouts {
+    // SAFETY: a plain read of a global; volatile so the compiler does not
+    // fold in the default, which the loader replaces.
+    unsafe { core::ptr::read_volatile(&raw const FLOW_TIMEOUTS) }
+}
 
 /// The backend a client packet goes to.
 pub struct Scheduled {
@@ -37,7 +48,7 @@ pub fn schedule(packet: &Packet, service: &Service) -> Result<Scheduled, GlobalC
         let flow = unsafe { &mut *flow };
         if let Some(backend) = backend(flow.backend)
             && !backend.is_failed()
-            && !flow.is_expired(key.proto, now)
+            && !flow.is_expired(key.proto, now, &timeouts())
         {
             track(packet, flow, now);
             return Ok(Scheduled {

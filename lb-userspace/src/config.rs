@@ -269,6 +269,13 @@ mod tests {
     }
 
     #[test]
+    fn the_lab_example_is_valid() {
+        let config = Config::parse(include_str!("../../examples/lab.toml")).unwrap();
+        assert_eq!(config.services.len(), 2);
+        assert_eq!(config.services[0].backends.len(), 4);
+    }
+
+    #[test]
     fn service_rules_are_enforced() {
         for (extra, needle) in [
             ("mode = \"nat\"\n", "needs a `snat`"),

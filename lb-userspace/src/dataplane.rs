@@ -22,6 +22,7 @@ use lb_common::{
     Backend, BackendCounters, GlobalCounter, MAGLEV_SLOTS, MAX_BACKENDS, MAX_SERVICES, Service,
     ServiceKey, TrafficCounters,
     backend::BACKEND_F_FAILED,
+    flow::FlowTimeouts,
     maglev::{self, Candidate},
     service::{SERVICE_F_DNAT, SERVICE_F_HASH_SOURCE, ipv4_mapped},
 };
@@ -40,12 +41,15 @@ pub const PROGRAM: &str = "xlb";
 pub struct LoadOptions {
     /// Entries of the flow table (`FLOWS`) and of `REPLIES`.
     pub flow_capacity: u32,
+    /// Idle timeouts of flows.
+    pub timeouts: FlowTimeouts,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             flow_capacity: lb_common::DEFAULT_FLOW_CAPACITY,
+            timeouts: FlowTimeouts::DEFAULT,
         }
     }
 }
@@ -87,6 +91,7 @@ impl Dataplane {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("FLOWS", options.flow_capacity)
             .map_max_entries("REPLIES", options.flow_capacity)
+            .override_global("FLOW_TIMEOUTS", &options.timeouts, true)
             .load(crate::ebpf_object())
             .context("loading the xlb eBPF object")?;
         xdp_program(&mut ebpf)?

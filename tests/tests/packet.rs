@@ -8,7 +8,13 @@ use lb_common::{
     GlobalCounter,
     flow::{flow_hash, snat_port},
 };
-use xlb::{config::Config, dataplane::Dataplane};
+use std::time::Duration;
+
+use lb_common::flow::FlowTimeouts;
+use xlb::{
+    config::Config,
+    dataplane::{Dataplane, LoadOptions},
+};
 use xlb_tests::{
     fixture::{CLIENT_MAC, FixtureNet, LB_MAC, backend_mac},
     frames::{Frame, Transport},
@@ -157,11 +163,15 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Runs `test` against a fresh data plane in a fresh fixture namespace.
 fn with_harness(test: impl FnOnce(&mut Harness) + Send) {
+    with_harness_loaded(LoadOptions::default(), test);
+}
+
+fn with_harness_loaded(options: LoadOptions, test: impl FnOnce(&mut Harness) + Send) {
     require_root();
     let fx = FixtureNet::new().expect("fixture namespace");
     let ifindex = fx.ifindex();
     fx.run(|| {
-        let mut dp = Dataplane::load().expect("load the data plane");
+        let mut dp = Dataplane::load_with(options).expect("load the data plane");
         dp.apply(&Config::parse(CONFIG).unwrap()).unwrap();
         test(&mut Harness { dp, ifindex });
     });
@@ -409,5 +419,99 @@ fn truncated_and_malformed_headers_pass_and_are_counted() {
         short_doff[14 + 20 + 12] = 0x40; // TCP data offset 4 words
         h.expect_pass_raw(&short_doff, GlobalCounter::PassMalformed);
         assert_eq!(h.dp.service_counters("web").unwrap().packets, 0);
+    });
+}
+
+#[test]
+fn fin_and_rst_shorten_a_flow_and_idle_udp_flows_expire() {
+    const SHORT: Duration = Duration::from_millis(50);
+    let timeouts = FlowTimeouts {
+        syn_ns: 10_000_000_000,
+        tcp_idle_ns: 10_000_000_000,
+        closing_ns: SHORT.as_nanos() as u64,
+        udp_idle_ns: SHORT.as_nanos() as u64,
+    };
+    let options = LoadOptions {
+        timeouts,
+        ..LoadOptions::default()
+    };
+    let idle = || std::thread::sleep(3 * SHORT);
+    with_harness_loaded(options, |h| {
+        let backend = "10.1.0.11:8001";
+        let tcp = |transport| Frame::tcp("10.0.0.2:45000", "10.0.0.100:81", transport);
+        h.run(&tcp(Transport::SYN));
+        idle();
+        h.run(&tcp(Transport::ACK));
+        assert_eq!(
+            h.new_flows("web-dnat", backend),
+            1,
+            "an idle but open flow was scheduled again"
+        );
+        h.run(&tcp(Transport::FIN_ACK));
+        idle();
+        h.run(&tcp(Transport::ACK));
+        assert_eq!(
+            h.new_flows("web-dnat", backend),
+            2,
+            "a flow past its FIN kept its entry"
+        );
+        h.run(&tcp(Transport::RST));
+        idle();
+        h.run(&tcp(Transport::ACK));
+        assert_eq!(
+            h.new_flows("web-dnat", backend),
+            3,
+            "a flow past its RST kept its entry"
+        );
+
+        let udp = Frame::udp("10.0.0.2:5001", "10.0.0.100:53");
+        h.run(&udp);
+        h.run(&udp);
+        assert_eq!(h.new_flows("dns", "10.1.0.12:5353"), 1);
+        idle();
+        h.run(&udp);
+        assert_eq!(
+            h.new_flows("dns", "10.1.0.12:5353"),
+            2,
+            "an idle UDP flow kept its entry"
+        );
+    });
+}
+
+#[test]
+fn handshake_failures_are_counted_for_passive_health_checks() {
+    with_harness(|h| {
+        let backend = "10.1.0.11:8001";
+        let counters = |h: &Harness| {
+            h.dp.backend_counters("web-dnat", backend.parse().unwrap())
+                .unwrap()
+        };
+
+        // The client repeats its SYN: the backend did not answer the first.
+        let syn = Frame::tcp("10.0.0.2:46000", "10.0.0.100:81", Transport::SYN);
+        h.run(&syn);
+        h.run(&syn);
+        assert_eq!(counters(h).syn_retries, 1);
+
+        // The backend refuses a handshake with a RST.
+        let syn = Frame::tcp("10.0.0.2:46001", "10.0.0.100:81", Transport::SYN);
+        h.run(&syn);
+        let refusal =
+            Frame::tcp(backend, "10.0.0.2:46001", Transport::RST).macs(backend_mac(1), LB_MAC);
+        let out = refusal.rewritten("10.0.0.100:81", "10.0.0.2:46001", LB_MAC, CLIENT_MAC);
+        h.expect(&refusal, Action::Tx, &out, GlobalCounter::ForwardTx);
+        assert_eq!(counters(h).handshake_rsts, 1);
+
+        // After a completed handshake, neither a repeated SYN nor a RST is a
+        // handshake failure.
+        let syn = Frame::tcp("10.0.0.2:46002", "10.0.0.100:81", Transport::SYN);
+        h.run(&syn);
+        h.run(
+            &Frame::tcp(backend, "10.0.0.2:46002", Transport::SYN_ACK).macs(backend_mac(1), LB_MAC),
+        );
+        h.run(&syn);
+        h.run(&Frame::tcp(backend, "10.0.0.2:46002", Transport::RST).macs(backend_mac(1), LB_MAC));
+        let c = counters(h);
+        assert_eq!((c.syn_retries, c.handshake_rsts), (1, 1), "{c:?}");
     });
 }

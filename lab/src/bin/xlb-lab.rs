@@ -44,9 +44,10 @@ enum Command {
     Load {
         #[arg(long, default_value = topology::DEFAULT_PREFIX)]
         prefix: String,
-        /// Where to send them; default: the lab's IPv4 VIP, port 80.
-        #[arg(long)]
-        target: Option<SocketAddr>,
+        /// Where to send them, in turn (repeatable); default: the lab's IPv4
+        /// and IPv6 VIPs, port 80.
+        #[arg(long = "target")]
+        targets: Vec<SocketAddr>,
         /// Requests per second.
         #[arg(long, default_value_t = 50)]
         rate: u32,
@@ -82,45 +83,57 @@ fn main() -> anyhow::Result<()> {
         Command::Status { prefix } => print!("{}", Lab::status(&prefix)?),
         Command::Load {
             prefix,
-            target,
+            mut targets,
             rate,
             duration,
         } => {
-            let target = target.unwrap_or(SocketAddr::new(IpAddr::V4(topology::VIP_V4), 80));
+            if targets.is_empty() {
+                targets = vec![
+                    SocketAddr::new(IpAddr::V4(topology::VIP_V4), 80),
+                    SocketAddr::new(IpAddr::V6(topology::VIP_V6), 80),
+                ];
+            }
             let lab = Lab::existing(&prefix)?;
-            lab.in_client(|| load(target, rate, duration.map(Duration::from_secs)))??;
+            lab.in_client(|| load(&targets, rate, duration.map(Duration::from_secs)))??;
         }
     }
     Ok(())
 }
 
-/// Sends `rate` requests per second to `target`, printing a line of answers
-/// by backend (and failures) each second.
-fn load(target: SocketAddr, rate: u32, duration: Option<Duration>) -> anyhow::Result<()> {
+/// Sends `rate` requests per second to `targets` in turn, printing a line
+/// per target of answers by backend (and failures) each second.
+fn load(targets: &[SocketAddr], rate: u32, duration: Option<Duration>) -> anyhow::Result<()> {
     let start = Instant::now();
     let gap = Duration::from_secs(1) / rate.max(1);
-    let mut second = BTreeMap::<String, u64>::new();
-    let mut total = BTreeMap::<String, u64>::new();
+    let mut second = vec![BTreeMap::<String, u64>::new(); targets.len()];
+    let mut total = second.clone();
     let mut next_report = start + Duration::from_secs(1);
     let mut next_request = start;
-    while duration.is_none_or(|d| start.elapsed() < d) {
+    let print = |label: &str, counts: &[BTreeMap<String, u64>]| {
+        for (target, counts) in targets.iter().zip(counts) {
+            let line: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!("client -> {target}{label}: {}", line.join(" "));
+        }
+    };
+    for i in (0..targets.len()).cycle() {
+        if duration.is_some_and(|d| start.elapsed() >= d) {
+            break;
+        }
         let now = Instant::now();
         if now < next_request {
             std::thread::sleep(next_request - now);
         }
         next_request += gap;
-        let answer = client::http_get(target, Duration::from_millis(500))
+        let answer = client::http_get(targets[i], Duration::from_millis(500))
             .unwrap_or_else(|_| "failed".to_owned());
-        *second.entry(answer.clone()).or_default() += 1;
-        *total.entry(answer).or_default() += 1;
+        *second[i].entry(answer.clone()).or_default() += 1;
+        *total[i].entry(answer).or_default() += 1;
         if Instant::now() >= next_report {
             next_report += Duration::from_secs(1);
-            let line: Vec<String> = second.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            println!("client -> {target}: {}", line.join(" "));
-            second.clear();
+            print("", &second);
+            second.iter_mut().for_each(BTreeMap::clear);
         }
     }
-    let line: Vec<String> = total.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    println!("client -> {target} total: {}", line.join(" "));
+    print(" total", &total);
     Ok(())
 }
