@@ -10,6 +10,11 @@
 //! | client | 10.0.0.2 | fd00::2 | [`CLIENT_MAC`] |
 //! | backend i (0–2) | 10.1.0.(10+i) | fd01::(10+i) | [`backend_mac`] |
 //! | backend 3 | 10.1.0.13 | fd01::13 | none: its neighbour is unknown |
+//!
+//! Two more veths stand for other NICs: `fy0` (10.2.0.1/24, neighbour
+//! 10.2.0.10 at [`backend_mac`]`(0)`), which tests attach xlb to so it can
+//! redirect there, and `fz0` (10.3.0.1/24, neighbour 10.3.0.10), which xlb
+//! is not attached to.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -25,6 +30,10 @@ pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x02];
 pub const fn backend_mac(i: u8) -> [u8; 6] {
     [0x02, 0, 0, 0, 0x03, 0x10 + i]
 }
+
+/// MAC addresses of `fy0` and `fz0`, the fixture's other NICs.
+pub const FY0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x04, 0x01];
+pub const FZ0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x05, 0x01];
 
 /// Backends with a static neighbour entry.
 pub const RESOLVED_BACKENDS: u8 = 3;
@@ -71,6 +80,20 @@ impl FixtureNet {
             neigh(format!("10.1.0.{}", 10 + i), &backend_mac(i))?;
             neigh(format!("fd01::{}", 10 + i), &backend_mac(i))?;
         }
+        for (nic, peer, net4, nic_mac) in [
+            ("fy0", "fy1", "10.2.0", FY0_MAC),
+            ("fz0", "fz1", "10.3.0", FZ0_MAC),
+        ] {
+            ip(&format!("link add {nic} type veth peer name {peer}"))?;
+            ip(&format!("link set {nic} address {}", mac(&nic_mac)))?;
+            ip(&format!("link set {nic} up"))?;
+            ip(&format!("link set {peer} up"))?;
+            ip(&format!("addr add {net4}.1/24 dev {nic}"))?;
+            ip(&format!(
+                "neigh replace {net4}.10 lladdr {} dev {nic} nud permanent",
+                mac(&backend_mac(0))
+            ))?;
+        }
         let ifindex = netns::run_in(&net.ns, || -> anyhow::Result<u32> {
             netns::sysctl("net/ipv4/ip_forward", "1")?;
             netns::sysctl("net/ipv6/conf/all/forwarding", "1")?;
@@ -86,6 +109,11 @@ impl FixtureNet {
     /// Index of `fx0`, the interface fixture frames arrive on.
     pub fn ifindex(&self) -> u32 {
         self.ifindex
+    }
+
+    /// Name of the namespace.
+    pub fn name(&self) -> &str {
+        &self.ns
     }
 
     /// Runs `f` on a thread inside the namespace.

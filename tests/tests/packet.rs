@@ -16,7 +16,7 @@ use xlb::{
     dataplane::{Dataplane, LoadOptions},
 };
 use xlb_tests::{
-    fixture::{CLIENT_MAC, FixtureNet, LB_MAC, backend_mac},
+    fixture::{CLIENT_MAC, FY0_MAC, FZ0_MAC, FixtureNet, LB_MAC, backend_mac},
     frames::{Frame, Transport},
     require_root,
     xdp::{Action, run_on},
@@ -82,6 +82,22 @@ port = 80
 mode = "dnat"
 [[service.backend]]
 address = "10.1.0.13:8000"
+
+[[service]]
+name = "elsewhere"
+vip = "10.0.0.104"
+port = 80
+mode = "dnat"
+[[service.backend]]
+address = "10.2.0.10:8000"
+
+[[service]]
+name = "unattached"
+vip = "10.0.0.105"
+port = 80
+mode = "dnat"
+[[service.backend]]
+address = "10.3.0.10:8000"
 
 [[service]]
 name = "empty"
@@ -513,5 +529,21 @@ fn handshake_failures_are_counted_for_passive_health_checks() {
         h.run(&Frame::tcp(backend, "10.0.0.2:46002", Transport::RST).macs(backend_mac(1), LB_MAC));
         let c = counters(h);
         assert_eq!((c.syn_retries, c.handshake_rsts), (1, 1), "{c:?}");
+    });
+}
+
+#[test]
+fn backends_behind_another_interface_are_reached_by_redirect() {
+    with_harness(|h| {
+        // xlb attached to fy0 (in generic mode: nothing is sent here) puts it
+        // in the redirect map; fz0 stays out of it.
+        h.dp.attach("fy0", xlb::xdp::ModeRequest::Generic).unwrap();
+        let syn = Frame::tcp("10.0.0.2:47000", "10.0.0.104:80", Transport::SYN);
+        let out = syn.rewritten("10.0.0.2:47000", "10.2.0.10:8000", FY0_MAC, backend_mac(0));
+        h.expect(&syn, Action::Redirect, &out, GlobalCounter::ForwardRedirect);
+
+        let syn = Frame::tcp("10.0.0.2:47001", "10.0.0.105:80", Transport::SYN);
+        let out = syn.rewritten("10.0.0.2:47001", "10.3.0.10:8000", FZ0_MAC, backend_mac(0));
+        h.expect(&syn, Action::Pass, &out, GlobalCounter::PassOtherInterface);
     });
 }
