@@ -6,27 +6,64 @@
 use std::{
     collections::HashSet,
     net::{IpAddr, SocketAddr},
-    path::Path,
+    path::{Path, PathBuf},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 use lb_common::{IpProto, ServiceKey, maglev};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A whole configuration file.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Interfaces the data plane attaches to.
     #[serde(default)]
     pub interfaces: Vec<String>,
+    /// How the agent runs.
+    #[serde(default)]
+    pub agent: AgentConfig,
     /// Services, in the order they get their ids.
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
 }
 
+/// Settings of the agent process itself.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Instance name: keeps the pins, lock and socket of several agents on
+    /// one host apart.
+    pub name: String,
+    /// Unix socket of the control API (mode 0600: root only).
+    pub control_socket: PathBuf,
+    /// Local address to serve Prometheus metrics on (`/metrics`); off if
+    /// absent.
+    pub metrics: Option<SocketAddr>,
+    /// Directory under bpffs for the pinned program link and maps.
+    pub pin_dir: PathBuf,
+    /// Directory for the lock and state files.
+    pub run_dir: PathBuf,
+    /// XDP mode: `auto`, `native` or `generic`.
+    pub xdp_mode: String,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            name: "xlb".into(),
+            control_socket: "/run/xlb/xlb.sock".into(),
+            metrics: None,
+            pin_dir: "/sys/fs/bpf/xlb".into(),
+            run_dir: "/run/xlb".into(),
+            xdp_mode: "auto".into(),
+        }
+    }
+}
+
 /// One load-balanced service: a virtual IP, port and protocol.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     /// Unique name, used by the CLI, logs and metrics.
@@ -51,9 +88,66 @@ pub struct ServiceConfig {
     /// backend for an even spread.
     #[serde(default = "default_table_size")]
     pub table_size: u32,
+    /// Active health check; none means backends count as healthy unless
+    /// passive checks say otherwise.
+    pub health_check: Option<HealthCheck>,
     /// The backends (nginx `server` lines).
     #[serde(default, rename = "backend")]
     pub backends: Vec<BackendConfig>,
+}
+
+/// An active health check, run against every backend of a service.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// `tcp` (a connect) or `http` (a GET expecting a status).
+    #[serde(rename = "type")]
+    pub kind: CheckKind,
+    /// Path of the HTTP GET.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Status code an HTTP check expects.
+    #[serde(default = "default_status")]
+    pub expect_status: u16,
+    /// Time between checks of one backend.
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long a check may take before it counts as failed.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive passes that bring a failed backend back.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Consecutive failures that take a backend out.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+}
+
+/// Kind of active health check.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    Tcp,
+    Http,
+}
+
+fn default_path() -> String {
+    "/".into()
+}
+fn default_status() -> u16 {
+    200
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
 }
 
 fn default_table_size() -> u32 {
@@ -61,7 +155,7 @@ fn default_table_size() -> u32 {
 }
 
 /// One backend server of a service.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     /// Address and port, e.g. `10.0.0.10:8000` or `[fd00::10]:8000`.
@@ -69,17 +163,55 @@ pub struct BackendConfig {
     /// Relative share of new flows (nginx `weight`); 0 takes none.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Gets new flows only while no primary backend is usable.
+    #[serde(default)]
+    pub backup: bool,
+    /// Never used (nginx `down`).
+    #[serde(default)]
+    pub down: bool,
+    /// Failed connection attempts within `fail_timeout` that take the
+    /// backend out for `fail_timeout`; 0 turns passive checks off.
+    #[serde(default = "default_max_fails")]
+    pub max_fails: u32,
+    /// The window for `max_fails`, and how long the backend then stays out.
+    #[serde(default = "default_fail_timeout", with = "humantime_serde")]
+    pub fail_timeout: Duration,
+    /// Time over which a recovered or added backend's weight ramps up to
+    /// `weight`; 0 (default) means at once.
+    #[serde(default, with = "humantime_serde")]
+    pub slow_start: Duration,
 }
 
 fn default_weight() -> u32 {
     1
+}
+fn default_max_fails() -> u32 {
+    1
+}
+fn default_fail_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl BackendConfig {
+    /// A primary backend of weight 1 with nginx's defaults.
+    pub fn new(address: SocketAddr) -> Self {
+        Self {
+            address,
+            weight: default_weight(),
+            backup: false,
+            down: false,
+            max_fails: default_max_fails(),
+            fail_timeout: default_fail_timeout(),
+            slow_start: Duration::ZERO,
+        }
+    }
 }
 
 /// Most weight one backend may have.
 pub const MAX_WEIGHT: u32 = 1_000;
 
 /// How packets reach a service's backends.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Full NAT: destination becomes the backend, source the SNAT address.
@@ -91,7 +223,7 @@ pub enum Mode {
 }
 
 /// What the Maglev lookup hashes.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum HashPolicy {
     /// Source and destination address and port, and protocol.
@@ -102,7 +234,7 @@ pub enum HashPolicy {
 }
 
 /// Transport protocol of a service.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -132,6 +264,19 @@ impl ServiceConfig {
 }
 
 impl Config {
+    /// The configuration as TOML text, as `xlb config dump` writes it.
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        Ok(toml::to_string(self)?)
+    }
+
+    /// The service named `name`.
+    pub fn service(&self, name: &str) -> anyhow::Result<&ServiceConfig> {
+        self.services
+            .iter()
+            .find(|s| s.name == name)
+            .with_context(|| format!("no service named {name:?}"))
+    }
+
     /// Parses and validates a configuration from TOML text.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -146,7 +291,12 @@ impl Config {
         Self::parse(&text).with_context(|| format!("in {}", path.display()))
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
+    /// Checks every rule the types alone do not express.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.agent.name.is_empty() || self.agent.name.contains('/') {
+            bail!("agent.name must be a non-empty name without '/'");
+        }
+        self.agent.xdp_mode.parse::<crate::xdp::ModeRequest>().context("agent.xdp_mode")?;
         if self.services.len() > lb_common::MAX_SERVICES as usize {
             bail!(
                 "{} services configured; at most {} are supported",
@@ -207,6 +357,20 @@ impl ServiceConfig {
                 self.backends.len(),
                 self.table_size
             );
+        }
+        if let Some(check) = &self.health_check {
+            if check.rise == 0 || check.fall == 0 {
+                bail!("service {name:?}: health_check rise and fall must be at least 1");
+            }
+            if check.interval.is_zero() || check.timeout.is_zero() {
+                bail!("service {name:?}: health_check interval and timeout must be above 0");
+            }
+            if !check.path.starts_with('/') {
+                bail!("service {name:?}: health_check path must start with '/'");
+            }
+            if !(100..=599).contains(&check.expect_status) {
+                bail!("service {name:?}: health_check expect_status must be 100-599");
+            }
         }
         let mut seen = HashSet::new();
         for backend in &self.backends {

@@ -10,16 +10,22 @@ use std::{
     collections::{HashMap, HashSet, VecDeque},
     net::{IpAddr, SocketAddr},
     os::fd::{AsFd as _, AsRawFd as _},
+    path::PathBuf,
 };
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, DevMapHash, HashMap as BpfHashMap, Map, MapData, PerCpuArray},
-    programs::{Xdp, xdp::XdpLinkId},
+    programs::{
+        Xdp,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
+use serde::{Deserialize, Serialize};
 use lb_common::{
-    Backend, BackendCounters, GlobalCounter, MAGLEV_SLOTS, MAX_BACKENDS, MAX_SERVICES, Service,
+    Backend, BackendCounters, Flow, FlowKey, GlobalCounter, MAGLEV_SLOTS, MAX_BACKENDS, MAX_SERVICES, Service,
     ServiceKey, TrafficCounters,
     backend::BACKEND_F_FAILED,
     flow::FlowTimeouts,
@@ -28,7 +34,7 @@ use lb_common::{
 };
 
 use crate::{
-    config::{Config, HashPolicy, Mode, ServiceConfig},
+    config::{BackendConfig, Config, HashPolicy, Mode, ServiceConfig},
     slots::{Range, SlotAllocator},
     xdp::{self, AttachedMode, ModeRequest},
 };
@@ -37,12 +43,16 @@ use crate::{
 pub const PROGRAM: &str = "xlb";
 
 /// Sizes chosen when loading the data plane.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct LoadOptions {
     /// Entries of the flow table (`FLOWS`) and of `REPLIES`.
     pub flow_capacity: u32,
     /// Idle timeouts of flows.
     pub timeouts: FlowTimeouts,
+    /// bpffs directory to pin every map in (and to reuse pinned maps from,
+    /// so a restarted agent keeps flows and counters); `None` keeps the maps
+    /// private to this process.
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -50,14 +60,29 @@ impl Default for LoadOptions {
         Self {
             flow_capacity: lb_common::DEFAULT_FLOW_CAPACITY,
             timeouts: FlowTimeouts::DEFAULT,
+            pin_dir: None,
         }
     }
 }
+
+/// Every map of the eBPF object.
+pub const MAPS: &[&str] = &[
+    "SERVICES",
+    "MAGLEV",
+    "BACKENDS",
+    "FLOWS",
+    "REPLIES",
+    "INTERFACES",
+    "SERVICE_STATS",
+    "BACKEND_STATS",
+    "GLOBAL_STATS",
+];
 
 /// The xlb eBPF object, loaded into the kernel, and what userspace knows
 /// about its maps' contents.
 pub struct Dataplane {
     ebpf: Ebpf,
+    options: LoadOptions,
     links: Vec<(String, XdpLinkId, AttachedMode)>,
     services: HashMap<String, ServiceState>,
     backend_ids: IdPool,
@@ -65,19 +90,45 @@ pub struct Dataplane {
 }
 
 /// A service as programmed into the maps.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct ServiceState {
     id: u32,
-    key: ServiceKey,
     config: ServiceConfig,
     /// Two tables' worth of slots; `active` says which half packets use.
     range: Range,
     active: u32,
-    /// Backend id per slot of the active table; empty with no usable backend.
-    table: Vec<u32>,
+    /// What each half of the range holds (backend id per slot), as far as
+    /// known: only changed slots are written. Not kept across restarts.
+    #[serde(skip)]
+    halves: [Vec<u32>; 2],
+    /// Whether the active table is empty (no usable backend).
+    empty: bool,
     /// Backend ids by address.
     backends: HashMap<SocketAddr, u32>,
-    /// Backends taken out by health checks or the operator.
+    /// Backends taken out with [`Dataplane::set_failed`].
     failed: HashSet<SocketAddr>,
+}
+
+impl ServiceState {
+    fn key(&self) -> ServiceKey {
+        self.config.key()
+    }
+
+    fn table(&self) -> &[u32] {
+        if self.empty {
+            &[]
+        } else {
+            &self.halves[self.active as usize]
+        }
+    }
+}
+
+/// What a restarted agent needs to carry on with pinned maps: which ids and
+/// slot ranges the maps' contents use.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DataplaneState {
+    services: HashMap<String, ServiceState>,
+    backend_ids: IdPool,
 }
 
 impl Dataplane {
@@ -88,10 +139,23 @@ impl Dataplane {
 
     /// Like [`load`](Self::load), with explicit map sizes.
     pub fn load_with(options: LoadOptions) -> anyhow::Result<Self> {
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries("FLOWS", options.flow_capacity)
             .map_max_entries("REPLIES", options.flow_capacity)
-            .override_global("FLOW_TIMEOUTS", &options.timeouts, true)
+            .override_global("FLOW_TIMEOUTS", &options.timeouts, true);
+        let pins: Vec<(&str, PathBuf)> = match &options.pin_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {} (is bpffs mounted?)", dir.display()))?;
+                MAPS.iter().map(|name| (*name, dir.join(name))).collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
             .load(crate::ebpf_object())
             .context("loading the xlb eBPF object")?;
         xdp_program(&mut ebpf)?
@@ -99,6 +163,7 @@ impl Dataplane {
             .context("loading the xlb XDP program (verifier)")?;
         Ok(Self {
             ebpf,
+            options,
             links: Vec::new(),
             services: HashMap::new(),
             backend_ids: IdPool::new(MAX_BACKENDS),
@@ -111,11 +176,37 @@ impl Dataplane {
         xdp_program(&mut self.ebpf)
     }
 
-    /// Attaches the program to `iface`; returns the mode it got.
+    /// Attaches the program to `iface`; returns the mode it got. With a pin
+    /// directory, the attachment is pinned there too, and an attachment an
+    /// earlier agent pinned is taken over in place: the kernel swaps the
+    /// program without a moment unattached.
     pub fn attach(&mut self, iface: &str, request: ModeRequest) -> anyhow::Result<AttachedMode> {
         let ifindex = ifindex(iface)?;
         accept_local(iface)?;
-        let (link, mode) = xdp::attach(xdp_program(&mut self.ebpf)?, iface, request)?;
+        let program = xdp_program(&mut self.ebpf)?;
+        let (link, mode) = match self.options.pin_dir.as_deref().map(|d| link_pin(d, iface)) {
+            Some(pin) if pin.exists() => {
+                let pinned = PinnedLink::from_pin(&pin)
+                    .with_context(|| format!("opening the pinned attachment {}", pin.display()))?;
+                let link = XdpLink::try_from(FdLink::from(pinned))?;
+                let id = program
+                    .attach_to_link(link)
+                    .with_context(|| format!("taking over the XDP attachment on {iface}"))?;
+                tracing::info!(iface, "took over the running XDP attachment");
+                (id, xdp::attached_mode(iface)?)
+            }
+            Some(pin) => {
+                let (id, mode) = xdp::attach(program, iface, request)?;
+                let link: FdLink = program
+                    .take_link(id)?
+                    .try_into()
+                    .context("the attachment is not a bpf_link; cannot pin it")?;
+                let pinned = link.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?;
+                let id = program.attach_to_link(XdpLink::try_from(FdLink::from(pinned))?)?;
+                (id, mode)
+            }
+            None => xdp::attach(program, iface, request)?,
+        };
         let mut interfaces: DevMapHash<&mut MapData> = self.map_mut("INTERFACES")?;
         interfaces
             .insert(ifindex, ifindex, None, 0)
@@ -123,6 +214,72 @@ impl Dataplane {
         tracing::info!(iface, %mode, "XDP program attached");
         self.links.push((iface.to_owned(), link, mode));
         Ok(mode)
+    }
+
+    /// Detaches from every interface and removes every pin: the data plane
+    /// stops. Without this, pinned attachments keep forwarding after the
+    /// process ends.
+    pub fn shut_down(mut self) -> anyhow::Result<()> {
+        if let Some(dir) = self.options.pin_dir.clone() {
+            for (iface, _, _) in &self.links {
+                let pin = link_pin(&dir, iface);
+                if pin.exists() {
+                    std::fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
+                }
+            }
+            for name in MAPS {
+                let _ = std::fs::remove_file(dir.join(name));
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+        let program = xdp_program(&mut self.ebpf)?;
+        for (iface, link, _) in std::mem::take(&mut self.links) {
+            program
+                .detach(link)
+                .with_context(|| format!("detaching from {iface}"))?;
+        }
+        Ok(())
+    }
+
+    /// Ids and ranges in use, for a later agent to carry on with the
+    /// pinned maps.
+    pub fn export_state(&self) -> DataplaneState {
+        DataplaneState {
+            services: self.services.clone(),
+            backend_ids: self.backend_ids.clone(),
+        }
+    }
+
+    /// Adopts the ids and ranges an earlier agent recorded; call right after
+    /// loading with the same pin directory, before [`apply`](Self::apply).
+    pub fn import_state(&mut self, state: DataplaneState) {
+        for service in state.services.values() {
+            self.slots.reserve(service.range);
+        }
+        self.services = state.services;
+        self.backend_ids = state.backend_ids;
+    }
+
+    /// Live flows per backend of `service`: flow-table entries that point at
+    /// it and have not passed their idle timeout.
+    pub fn live_flows(&self, service: &str) -> anyhow::Result<HashMap<SocketAddr, u64>> {
+        let state = self.service_state(service)?;
+        let by_id: HashMap<u32, SocketAddr> = state.backends.iter().map(|(a, id)| (*id, *a)).collect();
+        let mut counts: HashMap<SocketAddr, u64> = state.backends.keys().map(|a| (*a, 0)).collect();
+        let flows: BpfHashMap<&MapData, FlowKey, Flow> = self.map("FLOWS")?;
+        let now = coarse_monotonic_ns();
+        for entry in flows.iter() {
+            let Ok((key, flow)) = entry else { continue };
+            if flow.is_expired(key.proto, now, &self.options.timeouts) {
+                continue;
+            }
+            if let Some(addr) = by_id.get(&flow.backend)
+                && key.service_key() == &state.key()
+            {
+                *counts.entry(*addr).or_default() += 1;
+            }
+        }
+        Ok(counts)
     }
 
     /// Interfaces the program is attached to, with their modes.
@@ -179,10 +336,11 @@ impl Dataplane {
     /// The backend that the active table of `service` gives a flow hash.
     pub fn lookup(&self, service: &str, hash: u32) -> anyhow::Result<Option<SocketAddr>> {
         let state = self.service_state(service)?;
-        if state.table.is_empty() {
+        let table = state.table();
+        if table.is_empty() {
             return Ok(None);
         }
-        let id = state.table[(hash % state.config.table_size) as usize];
+        let id = table[(hash % state.config.table_size) as usize];
         Ok(state
             .backends
             .iter()
@@ -272,7 +430,7 @@ impl Dataplane {
     fn apply_service(&mut self, config: &ServiceConfig) -> anyhow::Result<()> {
         let key = config.key();
         // A renamed key or a resized table needs a fresh entry or range.
-        if let Some(old_key) = self.services.get(&config.name).map(|old| old.key)
+        if let Some(old_key) = self.services.get(&config.name).map(ServiceState::key)
             && old_key != key
         {
             let mut services: BpfHashMap<&mut MapData, ServiceKey, Service> =
@@ -300,6 +458,7 @@ impl Dataplane {
                     // until the switch below; free it only after that.
                     let old = std::mem::replace(&mut state.range, range);
                     state.active = 1; // so the first write goes to half 0
+                    state.halves = Default::default();
                     self.write_service(&config.name, config)?;
                     self.slots.free(old);
                     return Ok(());
@@ -310,11 +469,11 @@ impl Dataplane {
                         config.name.clone(),
                         ServiceState {
                             id,
-                            key,
                             config: config.clone(),
                             range,
                             active: 1,
-                            table: Vec::new(),
+                            halves: Default::default(),
+                            empty: true,
                             backends: HashMap::new(),
                             failed: HashSet::new(),
                         },
@@ -364,7 +523,7 @@ impl Dataplane {
             let mut backends: Array<&mut MapData, Backend> = self.map_mut("BACKENDS")?;
             for backend in &config.backends {
                 let id = state.backends[&backend.address];
-                let flags = if state.failed.contains(&backend.address) {
+                let flags = if is_failed(state, backend) {
                     BACKEND_F_FAILED
                 } else {
                     0
@@ -385,11 +544,7 @@ impl Dataplane {
             .zip(&identities)
             .map(|(b, identity)| Candidate {
                 identity,
-                weight: if state.failed.contains(&b.address) {
-                    0
-                } else {
-                    b.weight
-                },
+                weight: if is_failed(state, b) { 0 } else { b.weight },
             })
             .collect();
         let table =
@@ -402,12 +557,19 @@ impl Dataplane {
             })
             .unwrap_or_default();
 
-        let half = 1 - state.active;
+        // An unchanged table stays where it is; a changed one goes into the
+        // other half, writing only the slots that differ from what that half
+        // held before.
+        let unchanged = !table.is_empty() && state.halves[state.active as usize] == table;
+        let half = if unchanged { state.active } else { 1 - state.active };
         let start = state.range.start + half * config.table_size;
-        if !table.is_empty() {
+        if !table.is_empty() && !unchanged {
+            let old = &state.halves[half as usize];
             let mut slots: Array<&mut MapData, u32> = self.map_mut("MAGLEV")?;
             for (i, &id) in table.iter().enumerate() {
-                slots.set(start + i as u32, id, 0)?;
+                if old.get(i) != Some(&id) {
+                    slots.set(start + i as u32, id, 0)?;
+                }
             }
         }
         let entry = Service {
@@ -434,8 +596,10 @@ impl Dataplane {
             .context("updating the service entry")?;
 
         state.active = half;
-        state.table = table;
-        state.key = config.key();
+        state.empty = table.is_empty();
+        if !table.is_empty() {
+            state.halves[half as usize] = table;
+        }
         state.config = config.clone();
         Ok(())
     }
@@ -446,7 +610,7 @@ impl Dataplane {
         };
         let mut services: BpfHashMap<&mut MapData, ServiceKey, Service> =
             self.map_mut("SERVICES")?;
-        services.remove(&state.key).context("removing a service")?;
+        services.remove(&state.key()).context("removing a service")?;
         self.slots.free(state.range);
         for id in state.backends.values() {
             self.backend_ids.release(*id);
@@ -506,6 +670,7 @@ pub struct MapMemory {
 
 /// Backend ids handed out oldest-released first, so an id a live flow may
 /// still name is not reused at once.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct IdPool {
     next: u32,
     limit: u32,
@@ -532,6 +697,25 @@ impl IdPool {
     fn release(&mut self, id: u32) {
         self.released.push_back(id);
     }
+}
+
+/// Whether `backend` is to be marked failed in the data plane.
+fn is_failed(state: &ServiceState, backend: &BackendConfig) -> bool {
+    backend.down || state.failed.contains(&backend.address)
+}
+
+/// Where the attachment to `iface` is pinned.
+fn link_pin(dir: &std::path::Path, iface: &str) -> PathBuf {
+    dir.join(format!("link-{iface}"))
+}
+
+/// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the clock the data plane stamps
+/// flows with (`bpf_ktime_get_coarse_ns`).
+fn coarse_monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn mapped(ip: IpAddr) -> [u8; 16] {

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod dataplane;
+pub mod health;
 mod slots;
 pub mod xdp;
 

@@ -1,7 +1,7 @@
 //! First-fit allocation of ranges in the shared `MAGLEV` slot array.
 
 /// A range of slots: `[start, start + len)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Range {
     pub start: u32,
     pub len: u32,
@@ -40,6 +40,12 @@ impl SlotAllocator {
         let range = Range { start, len };
         self.used.insert(index, range);
         Some(range)
+    }
+
+    /// Marks `range` as in use (one recorded by an earlier process).
+    pub fn reserve(&mut self, range: Range) {
+        let index = self.used.partition_point(|r| r.start < range.start);
+        self.used.insert(index, range);
     }
 
     /// Returns `range` (from [`allocate`](Self::allocate)) to the pool.

@@ -88,6 +88,23 @@ fn program_attach(
     Ok((link, attached))
 }
 
+/// The mode of the XDP program attached to `iface`, as the kernel reports
+/// it (`ip link` shows `xdp` for native, `xdpgeneric` for generic).
+pub fn attached_mode(iface: &str) -> anyhow::Result<AttachedMode> {
+    let out = std::process::Command::new("ip")
+        .args(["-d", "link", "show", "dev", iface])
+        .output()
+        .context("running ip link")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.contains("xdpgeneric") {
+        Ok(AttachedMode::Generic)
+    } else if text.contains(" xdp") || text.contains("prog/xdp") {
+        Ok(AttachedMode::Native)
+    } else {
+        Err(anyhow!("no XDP program attached to {iface}"))
+    }
+}
+
 /// Attaches the `xdp_pass` program to `iface` in native mode (in the calling
 /// thread's network namespace) and pins the link at `pin_path`, so it stays
 /// attached after this process exits. Removing the pin (or the interface)

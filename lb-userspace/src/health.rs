@@ -1,0 +1,325 @@
+//! What a backend's state is and what it means for the data plane: active
+//! check results (rise/fall), passive failures (nginx `max_fails` within
+//! `fail_timeout`), operator state (down, drain), backup servers and slow
+//! start. Pure: time comes in as an argument, so all of it is unit-tested.
+
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::BackendConfig;
+
+/// Weights are scaled by this before they reach the Maglev table, so slow
+/// start can ramp even a weight of 1 smoothly.
+pub const WEIGHT_SCALE: u32 = 100;
+
+/// What the operator asked for a backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Admin {
+    /// In service (subject to health).
+    #[default]
+    Up,
+    /// Out of service: gets nothing, its flows move (nginx `down`).
+    Down,
+    /// No new flows; existing ones run to their end.
+    Drain,
+}
+
+/// Health of one backend as checks see it.
+#[derive(Clone, Debug)]
+pub struct Health {
+    /// Result of active checks after rise/fall; starts healthy.
+    pub active_ok: bool,
+    ok_streak: u32,
+    fail_streak: u32,
+    /// Recent failed attempts seen by the data plane.
+    failures: VecDeque<Instant>,
+    /// Out because of passive failures until then.
+    pub passive_out_until: Option<Instant>,
+    /// Last cumulative failure count read from the data plane.
+    last_failure_count: Option<u64>,
+    /// When the backend last became usable; drives slow start.
+    usable_since: Option<Instant>,
+}
+
+impl Health {
+    /// A backend that counts as usable since `since` (pass a time at least
+    /// `slow_start` ago for no ramp).
+    pub fn new(since: Instant) -> Self {
+        Self {
+            active_ok: true,
+            ok_streak: 0,
+            fail_streak: 0,
+            failures: VecDeque::new(),
+            passive_out_until: None,
+            last_failure_count: None,
+            usable_since: Some(since),
+        }
+    }
+
+    /// Records an active check result; `rise` passes in a row bring a
+    /// failed backend back, `fall` failures in a row take it out. Returns
+    /// whether `active_ok` changed.
+    pub fn record_check(&mut self, passed: bool, rise: u32, fall: u32) -> bool {
+        if passed {
+            self.ok_streak += 1;
+            self.fail_streak = 0;
+            if !self.active_ok && self.ok_streak >= rise {
+                self.active_ok = true;
+                return true;
+            }
+        } else {
+            self.fail_streak += 1;
+            self.ok_streak = 0;
+            if self.active_ok && self.fail_streak >= fall {
+                self.active_ok = false;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Feeds the data plane's cumulative count of failed attempts (SYNs
+    /// that got no answer, handshakes refused). With `max_fails` of them
+    /// within `fail_timeout`, the backend is out for `fail_timeout`.
+    /// Returns whether it was just taken out.
+    pub fn record_failures(&mut self, count: u64, backend: &BackendConfig, now: Instant) -> bool {
+        let new = count.saturating_sub(self.last_failure_count.unwrap_or(count));
+        self.last_failure_count = Some(count);
+        if backend.max_fails == 0 {
+            return false;
+        }
+        if self.passive_out_until.is_some_and(|until| now < until) {
+            return false; // already out; attempts made meanwhile do not count
+        }
+        for _ in 0..new.min(u64::from(backend.max_fails)) {
+            self.failures.push_back(now);
+        }
+        while self
+            .failures
+            .front()
+            .is_some_and(|&t| now.duration_since(t) > backend.fail_timeout)
+        {
+            self.failures.pop_front();
+        }
+        if self.failures.len() >= backend.max_fails as usize {
+            self.failures.clear();
+            self.passive_out_until = Some(now + backend.fail_timeout);
+            return true;
+        }
+        false
+    }
+
+    /// Whether checks allow traffic at `now`.
+    pub fn is_healthy(&self, now: Instant) -> bool {
+        self.active_ok && !self.passive_out_until.is_some_and(|until| now < until)
+    }
+}
+
+/// A backend's runtime state: its configuration (as changed at runtime),
+/// the operator's wish, and its health.
+#[derive(Clone, Debug)]
+pub struct BackendState {
+    pub config: BackendConfig,
+    pub admin: Admin,
+    pub health: Health,
+}
+
+/// What the data plane should do with a backend at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Effective {
+    /// Its flows move elsewhere and it gets none (down or unhealthy).
+    pub failed: bool,
+    /// Scaled weight in the Maglev table; 0 takes no new flows.
+    pub weight: u32,
+}
+
+impl BackendState {
+    pub fn new(config: BackendConfig, since: Instant) -> Self {
+        let admin = if config.down { Admin::Down } else { Admin::Up };
+        Self {
+            config,
+            admin,
+            health: Health::new(since),
+        }
+    }
+
+    /// Usable for new flows if its turn comes (ignoring backup rules).
+    fn usable(&self, now: Instant) -> bool {
+        self.admin == Admin::Up && self.health.is_healthy(now) && self.config.weight > 0
+    }
+
+    /// Notes when the backend became usable, for slow start. Call on every
+    /// evaluation.
+    pub fn track_usable(&mut self, now: Instant) {
+        let up = self.admin != Admin::Down && self.health.is_healthy(now);
+        match (up, self.health.usable_since) {
+            (true, None) => self.health.usable_since = Some(now),
+            (false, Some(_)) => self.health.usable_since = None,
+            _ => {}
+        }
+    }
+
+    /// Weight after slow start at `now`.
+    fn ramped_weight(&self, now: Instant) -> u32 {
+        let full = self.config.weight * WEIGHT_SCALE;
+        let ramp = self.config.slow_start;
+        match self.health.usable_since {
+            Some(since) if !ramp.is_zero() && now.duration_since(since) < ramp => {
+                let done = now.duration_since(since).as_secs_f64() / ramp.as_secs_f64();
+                ((f64::from(full) * done).ceil() as u32).clamp(1, full)
+            }
+            _ => full,
+        }
+    }
+}
+
+/// Decides every backend of one service at `now`: backups get new flows
+/// only while no primary is usable.
+pub fn evaluate(backends: &mut [BackendState], now: Instant) -> Vec<Effective> {
+    for b in backends.iter_mut() {
+        b.track_usable(now);
+    }
+    let primary_usable = backends.iter().any(|b| !b.config.backup && b.usable(now));
+    backends
+        .iter()
+        .map(|b| {
+            let failed = b.admin == Admin::Down || !b.health.is_healthy(now);
+            let in_turn = b.config.backup != primary_usable;
+            let weight = if !failed && b.admin == Admin::Up && in_turn {
+                b.ramped_weight(now)
+            } else {
+                0
+            };
+            Effective { failed, weight }
+        })
+        .collect()
+}
+
+/// The most a clock jump may make `Instant` arithmetic go wrong by; used by
+/// callers that schedule re-evaluation.
+pub const EVALUATION_PERIOD: Duration = Duration::from_millis(250);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(weight: u32, backup: bool) -> BackendConfig {
+        BackendConfig {
+            weight,
+            backup,
+            ..BackendConfig::new("10.0.0.1:80".parse().unwrap())
+        }
+    }
+
+    fn states(configs: &[BackendConfig], t0: Instant) -> Vec<BackendState> {
+        // Usable since long before t0: no slow start at startup.
+        let since = t0 - Duration::from_secs(3600);
+        configs.iter().map(|c| BackendState::new(c.clone(), since)).collect()
+    }
+
+    #[test]
+    fn weights_scale_and_down_backends_are_failed() {
+        let t0 = Instant::now();
+        let mut down = backend(1, false);
+        down.down = true;
+        let mut s = states(&[backend(1, false), backend(3, false), down], t0);
+        let e = evaluate(&mut s, t0);
+        assert_eq!(e[0], Effective { failed: false, weight: 100 });
+        assert_eq!(e[1], Effective { failed: false, weight: 300 });
+        assert_eq!(e[2], Effective { failed: true, weight: 0 });
+    }
+
+    #[test]
+    fn rise_and_fall() {
+        let mut h = Health::new(Instant::now());
+        assert!(!h.record_check(false, 2, 3));
+        assert!(!h.record_check(false, 2, 3));
+        assert!(!h.record_check(true, 2, 3)); // a pass resets the streak
+        for _ in 0..2 {
+            assert!(!h.record_check(false, 2, 3));
+        }
+        assert!(h.record_check(false, 2, 3));
+        assert!(!h.active_ok);
+        assert!(!h.record_check(true, 2, 3));
+        assert!(h.record_check(true, 2, 3));
+        assert!(h.active_ok);
+    }
+
+    #[test]
+    fn passive_failures_take_a_backend_out_for_fail_timeout() {
+        let t0 = Instant::now();
+        let mut cfg = backend(1, false);
+        cfg.max_fails = 3;
+        cfg.fail_timeout = Duration::from_secs(10);
+        let mut h = Health::new(t0);
+        assert!(!h.record_failures(5, &cfg, t0)); // first read sets the baseline
+        assert!(!h.record_failures(7, &cfg, t0 + Duration::from_secs(1)));
+        // The two old ones fall out of the 10 s window before the third.
+        assert!(!h.record_failures(8, &cfg, t0 + Duration::from_secs(12)));
+        assert!(h.is_healthy(t0 + Duration::from_secs(12)));
+        let t1 = t0 + Duration::from_secs(13);
+        assert!(h.record_failures(10, &cfg, t1));
+        assert!(!h.is_healthy(t1 + Duration::from_secs(9)));
+        assert!(h.is_healthy(t1 + Duration::from_secs(11)), "tried again after fail_timeout");
+    }
+
+    #[test]
+    fn max_fails_zero_turns_passive_checks_off() {
+        let t0 = Instant::now();
+        let mut cfg = backend(1, false);
+        cfg.max_fails = 0;
+        let mut h = Health::new(t0);
+        h.record_failures(0, &cfg, t0);
+        assert!(!h.record_failures(1000, &cfg, t0));
+        assert!(h.is_healthy(t0));
+    }
+
+    #[test]
+    fn backups_serve_only_while_no_primary_is_usable() {
+        let t0 = Instant::now();
+        let mut s = states(&[backend(1, false), backend(1, false), backend(1, true)], t0);
+        assert_eq!(evaluate(&mut s, t0)[2].weight, 0);
+        s[0].admin = Admin::Down;
+        s[1].health.active_ok = false;
+        let e = evaluate(&mut s, t0);
+        assert_eq!((e[0].failed, e[1].failed), (true, true));
+        assert_eq!(e[2], Effective { failed: false, weight: 100 });
+        // A draining primary takes no new flows either: the backup does.
+        s[1].health.active_ok = true;
+        s[1].admin = Admin::Drain;
+        assert_eq!(evaluate(&mut s, t0)[2].weight, 100);
+        s[1].admin = Admin::Up;
+        let e = evaluate(&mut s, t0);
+        assert_eq!((e[1].weight, e[2].weight), (100, 0));
+        assert!(!e[2].failed, "the backup's existing flows keep running");
+    }
+
+    #[test]
+    fn drain_keeps_flows_but_takes_no_new_ones() {
+        let t0 = Instant::now();
+        let mut s = states(&[backend(2, false)], t0);
+        s[0].admin = Admin::Drain;
+        assert_eq!(evaluate(&mut s, t0)[0], Effective { failed: false, weight: 0 });
+    }
+
+    #[test]
+    fn slow_start_ramps_a_recovered_backend() {
+        let t0 = Instant::now();
+        let mut cfg = backend(2, false);
+        cfg.slow_start = Duration::from_secs(10);
+        let mut s = states(&[cfg], t0);
+        assert_eq!(evaluate(&mut s, t0)[0].weight, 200);
+        s[0].health.active_ok = false;
+        assert_eq!(evaluate(&mut s, t0)[0], Effective { failed: true, weight: 0 });
+        s[0].health.active_ok = true;
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(evaluate(&mut s, t1)[0].weight, 1, "ramp starts at the bottom");
+        assert_eq!(evaluate(&mut s, t1 + Duration::from_secs(5))[0].weight, 100);
+        assert_eq!(evaluate(&mut s, t1 + Duration::from_secs(10))[0].weight, 200);
+    }
+}
