@@ -7,9 +7,6 @@ use anyhow::Context as _;
 
 use crate::netns;
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-const BPF_FS: &str = "/sys/fs/bpf";
-
 /// XDP attachment of an interface, as the kernel reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XdpMode {
@@ -37,41 +34,11 @@ impl fmt::Display for XdpMode {
     }
 }
 
-/// Mounts bpffs at `/sys/fs/bpf` unless it is already there.
-pub fn ensure_bpffs() -> anyhow::Result<()> {
-    // Labs brought up in parallel (tests) must not mount it twice.
-    static MOUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = MOUNTING.lock().unwrap_or_else(|e| e.into_inner());
-    let path = std::ffi::CString::new(BPF_FS).expect("no NUL");
-    // SAFETY: statfs writes into a zeroed, properly sized struct.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
-        return Ok(());
-    }
-    std::fs::create_dir_all(BPF_FS).with_context(|| format!("creating {BPF_FS}"))?;
-    let src = std::ffi::CString::new("bpf").expect("no NUL");
-    // SAFETY: all pointers are valid NUL-terminated strings or null.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            path.as_ptr(),
-            src.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("mounting bpffs at {BPF_FS}"));
-    }
-    Ok(())
-}
-
 /// Attaches the pass-through XDP program in native mode to `iface` in
 /// namespace `ns`, pinning its link at `pin` (bpffs is mounted and the pin's
 /// directory created if needed). Returns the mode the kernel reports.
 pub fn attach_pass(ns: &str, iface: &str, pin: &Path) -> anyhow::Result<XdpMode> {
-    ensure_bpffs()?;
+    xlb::xdp::ensure_bpffs()?;
     if let Some(dir) = pin.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

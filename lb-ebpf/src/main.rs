@@ -34,10 +34,10 @@ pub fn xlb(ctx: XdpContext) -> u32 {
 }
 
 fn try_xlb(ctx: &XdpContext) -> (u32, GlobalCounter) {
-    let packet = match parse(ctx) {
-        Ok(packet) => packet,
-        Err(counter) => return (xdp_action::XDP_PASS, counter),
-    };
+    let mut packet = Packet::default();
+    if let Err(counter) = parse(ctx, &mut packet) {
+        return (xdp_action::XDP_PASS, counter);
+    }
     let key = &packet.key;
     if let Some(service) = maps::service(key.service_key()) {
         return to_backend(ctx, &packet, service);

@@ -35,6 +35,7 @@ pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 /// A TCP or UDP packet the load balancer may handle.
+#[derive(Default)]
 pub struct Packet {
     /// Offset of the IP header from the start of the frame. A `u8`, so the
     /// verifier knows its bound wherever it is loaded again.
@@ -122,11 +123,13 @@ pub fn write_at<T>(ctx: &XdpContext, offset: usize, value: T) -> Option<()> {
     ptr_at::<T>(ctx, offset).map(|p| unsafe { p.write_unaligned(value) })
 }
 
-/// Parses a frame down to its TCP/UDP ports. `Err` carries the reason the
-/// packet is not one the load balancer handles. Not inlined, so its
+/// Parses a frame down to its TCP/UDP ports into `packet`. `Err` carries
+/// the reason the packet is not one the load balancer handles. (Filling an
+/// out-parameter rather than returning `Result<Packet, _>` keeps a niche-
+/// optimised enum out of the object's BTF, which the kernel refuses.) Not inlined, so its
 /// temporaries do not add to the stack of the forwarding path.
 #[inline(never)]
-pub fn parse(ctx: &XdpContext) -> Result<Packet, GlobalCounter> {
+pub fn parse(ctx: &XdpContext, packet: &mut Packet) -> Result<(), GlobalCounter> {
     use GlobalCounter::*;
 
     let mut ether_type = u16::from_be(read_at::<u16>(ctx, ETHER_TYPE).ok_or(PassMalformed)?);
@@ -140,7 +143,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, GlobalCounter> {
         l3_offset += VlanHdr::LEN;
     }
 
-    let mut key = FlowKey::default();
+    let key = &mut packet.key;
     let (l4_offset, ipv6) = match ether_type {
         ETH_P_IP => {
             let ip: Ipv4Hdr = read_at(ctx, l3_offset).ok_or(PassMalformed)?;
@@ -194,13 +197,11 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, GlobalCounter> {
     key.dst_port_be = u16::from_ne_bytes(ports.1);
 
     // At most 14 + 2 * 4 + 60 bytes: both fit a u8.
-    Ok(Packet {
-        l3_offset: l3_offset as u8,
-        l4_offset: l4_offset as u8,
-        ipv6,
-        tcp_flags,
-        key,
-    })
+    packet.l3_offset = l3_offset as u8;
+    packet.l4_offset = l4_offset as u8;
+    packet.ipv6 = ipv6;
+    packet.tcp_flags = tcp_flags;
+    Ok(())
 }
 
 /// IPv6 extension headers that may sit between the IPv6 and TCP/UDP header:

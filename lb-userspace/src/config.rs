@@ -296,7 +296,10 @@ impl Config {
         if self.agent.name.is_empty() || self.agent.name.contains('/') {
             bail!("agent.name must be a non-empty name without '/'");
         }
-        self.agent.xdp_mode.parse::<crate::xdp::ModeRequest>().context("agent.xdp_mode")?;
+        self.agent
+            .xdp_mode
+            .parse::<crate::xdp::ModeRequest>()
+            .context("agent.xdp_mode")?;
         if self.services.len() > lb_common::MAX_SERVICES as usize {
             bail!(
                 "{} services configured; at most {} are supported",

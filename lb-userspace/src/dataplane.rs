@@ -23,15 +23,15 @@ use aya::{
         xdp::{XdpLink, XdpLinkId},
     },
 };
-use serde::{Deserialize, Serialize};
 use lb_common::{
-    Backend, BackendCounters, Flow, FlowKey, GlobalCounter, MAGLEV_SLOTS, MAX_BACKENDS, MAX_SERVICES, Service,
-    ServiceKey, TrafficCounters,
+    Backend, BackendCounters, Flow, FlowKey, GlobalCounter, MAGLEV_SLOTS, MAX_BACKENDS,
+    MAX_SERVICES, Service, ServiceKey, TrafficCounters,
     backend::BACKEND_F_FAILED,
-    flow::FlowTimeouts,
+    flow::{FLOW_CLOSING, FlowTimeouts},
     maglev::{self, Candidate},
     service::{SERVICE_F_DNAT, SERVICE_F_HASH_SOURCE, ipv4_mapped},
 };
+use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{BackendConfig, Config, HashPolicy, Mode, ServiceConfig},
@@ -146,6 +146,9 @@ impl Dataplane {
             .override_global("FLOW_TIMEOUTS", &options.timeouts, true);
         let pins: Vec<(&str, PathBuf)> = match &options.pin_dir {
             Some(dir) => {
+                if dir.starts_with(xdp::BPF_FS) {
+                    xdp::ensure_bpffs()?;
+                }
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("creating {} (is bpffs mounted?)", dir.display()))?;
                 MAPS.iter().map(|name| (*name, dir.join(name))).collect()
@@ -201,7 +204,9 @@ impl Dataplane {
                     .take_link(id)?
                     .try_into()
                     .context("the attachment is not a bpf_link; cannot pin it")?;
-                let pinned = link.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?;
+                let pinned = link
+                    .pin(&pin)
+                    .with_context(|| format!("pinning {}", pin.display()))?;
                 let id = program.attach_to_link(XdpLink::try_from(FdLink::from(pinned))?)?;
                 (id, mode)
             }
@@ -224,7 +229,8 @@ impl Dataplane {
             for (iface, _, _) in &self.links {
                 let pin = link_pin(&dir, iface);
                 if pin.exists() {
-                    std::fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
+                    std::fs::remove_file(&pin)
+                        .with_context(|| format!("removing {}", pin.display()))?;
                 }
             }
             for name in MAPS {
@@ -261,16 +267,18 @@ impl Dataplane {
     }
 
     /// Live flows per backend of `service`: flow-table entries that point at
-    /// it and have not passed their idle timeout.
+    /// it, have not passed their idle timeout and have seen no FIN or RST.
     pub fn live_flows(&self, service: &str) -> anyhow::Result<HashMap<SocketAddr, u64>> {
         let state = self.service_state(service)?;
-        let by_id: HashMap<u32, SocketAddr> = state.backends.iter().map(|(a, id)| (*id, *a)).collect();
+        let by_id: HashMap<u32, SocketAddr> =
+            state.backends.iter().map(|(a, id)| (*id, *a)).collect();
         let mut counts: HashMap<SocketAddr, u64> = state.backends.keys().map(|a| (*a, 0)).collect();
         let flows: BpfHashMap<&MapData, FlowKey, Flow> = self.map("FLOWS")?;
         let now = coarse_monotonic_ns();
         for entry in flows.iter() {
             let Ok((key, flow)) = entry else { continue };
-            if flow.is_expired(key.proto, now, &self.options.timeouts) {
+            if flow.state == FLOW_CLOSING || flow.is_expired(key.proto, now, &self.options.timeouts)
+            {
                 continue;
             }
             if let Some(addr) = by_id.get(&flow.backend)
@@ -561,7 +569,11 @@ impl Dataplane {
         // other half, writing only the slots that differ from what that half
         // held before.
         let unchanged = !table.is_empty() && state.halves[state.active as usize] == table;
-        let half = if unchanged { state.active } else { 1 - state.active };
+        let half = if unchanged {
+            state.active
+        } else {
+            1 - state.active
+        };
         let start = state.range.start + half * config.table_size;
         if !table.is_empty() && !unchanged {
             let old = &state.halves[half as usize];
@@ -610,7 +622,9 @@ impl Dataplane {
         };
         let mut services: BpfHashMap<&mut MapData, ServiceKey, Service> =
             self.map_mut("SERVICES")?;
-        services.remove(&state.key()).context("removing a service")?;
+        services
+            .remove(&state.key())
+            .context("removing a service")?;
         self.slots.free(state.range);
         for id in state.backends.values() {
             self.backend_ids.release(*id);
@@ -712,7 +726,10 @@ fn link_pin(dir: &std::path::Path, iface: &str) -> PathBuf {
 /// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the clock the data plane stamps
 /// flows with (`bpf_ktime_get_coarse_ns`).
 fn coarse_monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

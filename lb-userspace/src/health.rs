@@ -116,7 +116,7 @@ impl Health {
 
     /// Whether checks allow traffic at `now`.
     pub fn is_healthy(&self, now: Instant) -> bool {
-        self.active_ok && !self.passive_out_until.is_some_and(|until| now < until)
+        self.active_ok && self.passive_out_until.is_none_or(|until| now >= until)
     }
 }
 
@@ -219,7 +219,10 @@ mod tests {
     fn states(configs: &[BackendConfig], t0: Instant) -> Vec<BackendState> {
         // Usable since long before t0: no slow start at startup.
         let since = t0 - Duration::from_secs(3600);
-        configs.iter().map(|c| BackendState::new(c.clone(), since)).collect()
+        configs
+            .iter()
+            .map(|c| BackendState::new(c.clone(), since))
+            .collect()
     }
 
     #[test]
@@ -229,9 +232,27 @@ mod tests {
         down.down = true;
         let mut s = states(&[backend(1, false), backend(3, false), down], t0);
         let e = evaluate(&mut s, t0);
-        assert_eq!(e[0], Effective { failed: false, weight: 100 });
-        assert_eq!(e[1], Effective { failed: false, weight: 300 });
-        assert_eq!(e[2], Effective { failed: true, weight: 0 });
+        assert_eq!(
+            e[0],
+            Effective {
+                failed: false,
+                weight: 100
+            }
+        );
+        assert_eq!(
+            e[1],
+            Effective {
+                failed: false,
+                weight: 300
+            }
+        );
+        assert_eq!(
+            e[2],
+            Effective {
+                failed: true,
+                weight: 0
+            }
+        );
     }
 
     #[test]
@@ -265,7 +286,10 @@ mod tests {
         let t1 = t0 + Duration::from_secs(13);
         assert!(h.record_failures(10, &cfg, t1));
         assert!(!h.is_healthy(t1 + Duration::from_secs(9)));
-        assert!(h.is_healthy(t1 + Duration::from_secs(11)), "tried again after fail_timeout");
+        assert!(
+            h.is_healthy(t1 + Duration::from_secs(11)),
+            "tried again after fail_timeout"
+        );
     }
 
     #[test]
@@ -282,13 +306,22 @@ mod tests {
     #[test]
     fn backups_serve_only_while_no_primary_is_usable() {
         let t0 = Instant::now();
-        let mut s = states(&[backend(1, false), backend(1, false), backend(1, true)], t0);
+        let mut s = states(
+            &[backend(1, false), backend(1, false), backend(1, true)],
+            t0,
+        );
         assert_eq!(evaluate(&mut s, t0)[2].weight, 0);
         s[0].admin = Admin::Down;
         s[1].health.active_ok = false;
         let e = evaluate(&mut s, t0);
         assert_eq!((e[0].failed, e[1].failed), (true, true));
-        assert_eq!(e[2], Effective { failed: false, weight: 100 });
+        assert_eq!(
+            e[2],
+            Effective {
+                failed: false,
+                weight: 100
+            }
+        );
         // A draining primary takes no new flows either: the backup does.
         s[1].health.active_ok = true;
         s[1].admin = Admin::Drain;
@@ -304,7 +337,13 @@ mod tests {
         let t0 = Instant::now();
         let mut s = states(&[backend(2, false)], t0);
         s[0].admin = Admin::Drain;
-        assert_eq!(evaluate(&mut s, t0)[0], Effective { failed: false, weight: 0 });
+        assert_eq!(
+            evaluate(&mut s, t0)[0],
+            Effective {
+                failed: false,
+                weight: 0
+            }
+        );
     }
 
     #[test]
@@ -315,11 +354,24 @@ mod tests {
         let mut s = states(&[cfg], t0);
         assert_eq!(evaluate(&mut s, t0)[0].weight, 200);
         s[0].health.active_ok = false;
-        assert_eq!(evaluate(&mut s, t0)[0], Effective { failed: true, weight: 0 });
+        assert_eq!(
+            evaluate(&mut s, t0)[0],
+            Effective {
+                failed: true,
+                weight: 0
+            }
+        );
         s[0].health.active_ok = true;
         let t1 = t0 + Duration::from_secs(1);
-        assert_eq!(evaluate(&mut s, t1)[0].weight, 1, "ramp starts at the bottom");
+        assert_eq!(
+            evaluate(&mut s, t1)[0].weight,
+            1,
+            "ramp starts at the bottom"
+        );
         assert_eq!(evaluate(&mut s, t1 + Duration::from_secs(5))[0].weight, 100);
-        assert_eq!(evaluate(&mut s, t1 + Duration::from_secs(10))[0].weight, 200);
+        assert_eq!(
+            evaluate(&mut s, t1 + Duration::from_secs(10))[0].weight,
+            200
+        );
     }
 }

@@ -2,9 +2,14 @@
 //! data plane, and reading its counters. The `xlb` binary is a thin CLI on
 //! top; tests and the lab use the library directly.
 
+pub mod agent;
+pub mod checks;
 pub mod config;
+pub mod control;
 pub mod dataplane;
 pub mod health;
+mod lock;
+pub mod metrics;
 mod slots;
 pub mod xdp;
 

@@ -1,42 +1,131 @@
-//! `xlb`: the load balancer's agent and command-line interface.
+//! `xlb`: the load balancer's agent (`xlb run`) and the command-line
+//! interface that talks to it.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use anyhow::Context as _;
-use clap::{Parser, Subcommand};
-use xlb::{config::Config, dataplane::Dataplane, xdp::ModeRequest};
+use clap::{Args, Parser, Subcommand};
+use xlb::{
+    agent::{self, RunOptions},
+    config::{BackendConfig, Config},
+    control::{self, Request},
+};
 
 #[derive(Parser)]
 #[command(version, about = "xlb: an XDP layer-4 load balancer")]
 struct Cli {
+    /// Control socket of the agent.
+    #[arg(long, global = true, default_value_os_t = control::default_socket())]
+    socket: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the data plane, attach it and report its counters until stopped.
+    /// Run the agent: load and attach the data plane, check backends,
+    /// serve the control API, until SIGTERM or SIGINT.
     Run {
         /// Configuration file.
         #[arg(short, long)]
         config: PathBuf,
-        /// Interface to attach to (repeatable); replaces `interfaces` from the
-        /// configuration file.
+        /// Interface to attach to (repeatable); replaces `interfaces` from
+        /// the configuration file.
         #[arg(short, long = "iface")]
         ifaces: Vec<String>,
-        /// XDP mode: auto (native, else generic), native or generic.
-        #[arg(long, default_value = "auto")]
-        xdp_mode: ModeRequest,
-        /// Seconds between counter reports; 0 turns them off.
-        #[arg(long, default_value_t = 1.0)]
-        stats_interval: f64,
     },
     /// Validate a configuration file without touching the kernel.
     Check {
-        /// Configuration file.
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Services and backends: state, weight, health, live flows, rates.
+    Status {
+        /// Print the agent's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Data-plane counters.
+    Stats {
+        /// Print again every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read the configuration file (a bad file changes nothing).
+    Reload,
+    /// The running configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Change backends of the running agent.
+    Server {
+        #[command(subcommand)]
+        action: ServerAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Print the running configuration, runtime changes included, as TOML.
+    Dump,
+}
+
+#[derive(Args)]
+struct Target {
+    /// Service name.
+    service: String,
+    /// Backend address and port.
+    address: SocketAddr,
+}
+
+#[derive(Subcommand)]
+enum ServerAction {
+    /// Add a backend.
+    Add {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        #[arg(long)]
+        backup: bool,
+        #[arg(long, default_value_t = 1)]
+        max_fails: u32,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        fail_timeout: Duration,
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        slow_start: Duration,
+    },
+    /// Remove a backend now (see `drain --remove` for a graceful removal).
+    Remove(Target),
+    /// No new flows to a backend; existing ones continue. Reports the live
+    /// flows left.
+    Drain {
+        #[command(flatten)]
+        target: Target,
+        /// Wait until no live flow is left (or --timeout passes).
+        #[arg(long)]
+        wait: bool,
+        /// Longest wait.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Remove the backend once drained (implies --wait).
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Undo a drain.
+    Undrain(Target),
+    /// Set a backend's weight.
+    SetWeight {
+        #[command(flatten)]
+        target: Target,
+        weight: u32,
+    },
+    /// Put a backend (back) in service.
+    Up(Target),
+    /// Take a backend out of service; its flows move.
+    Down(Target),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,113 +136,207 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
-        Command::Check { config } => {
-            let config = Config::load(&config)?;
-            println!("configuration ok: {} service(s)", config.services.len());
-            Ok(())
-        }
-        Command::Run {
-            config,
-            ifaces,
-            xdp_mode,
-            stats_interval,
-        } => {
-            let config = Config::load(&config)?;
-            let ifaces = if ifaces.is_empty() {
-                config.interfaces.clone()
-            } else {
-                ifaces
-            };
-            anyhow::ensure!(
-                !ifaces.is_empty(),
-                "no interface to attach to: set `interfaces` in the configuration or pass --iface"
-            );
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?
-                .block_on(run(config, ifaces, xdp_mode, stats_interval))
-        }
-    }
-}
-
-async fn run(
-    config: Config,
-    ifaces: Vec<String>,
-    xdp_mode: ModeRequest,
-    stats_interval: f64,
-) -> anyhow::Result<()> {
-    let mut dataplane = Dataplane::load()?;
-    dataplane.apply(&config)?;
-    for iface in &ifaces {
-        dataplane.attach(iface, xdp_mode)?;
-    }
-    tracing::info!(
-        services = config.services.len(),
-        "xlb running; Ctrl-C stops it"
-    );
-
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let period = Duration::from_secs_f64(if stats_interval > 0.0 {
-        stats_interval
-    } else {
-        3600.0
-    });
-    let mut ticker = tokio::time::interval(period);
-    let mut previous = std::collections::HashMap::new();
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm.recv() => break,
-            _ = ticker.tick() => {
-                if stats_interval > 0.0 {
-                    report(&dataplane, &config, &mut previous, period)
-                        .context("reading counters")?;
-                }
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Run { config, ifaces } => {
+                let socket = (cli.socket != control::default_socket()).then_some(cli.socket);
+                agent::run(&config, RunOptions { ifaces, socket }).await
             }
+            Command::Check { config } => {
+                let config = Config::load(&config)?;
+                println!("configuration ok: {} service(s)", config.services.len());
+                Ok(())
+            }
+            Command::Status { json } => {
+                let status = control::call(&cli.socket, &Request::Status).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&status)?);
+                } else {
+                    print_status(&status);
+                }
+                Ok(())
+            }
+            Command::Stats { watch, json } => loop {
+                let stats = control::call(&cli.socket, &Request::Stats).await?;
+                if json {
+                    println!("{}", serde_json::to_string(&stats)?);
+                } else {
+                    print_stats(&stats);
+                }
+                if !watch {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            },
+            Command::Reload => print_answer(control::call(&cli.socket, &Request::Reload).await?),
+            Command::Config {
+                action: ConfigAction::Dump,
+            } => {
+                let text = control::call(&cli.socket, &Request::ConfigDump).await?;
+                print!("{}", text.as_str().unwrap_or_default());
+                Ok(())
+            }
+            Command::Server { action } => server(&cli.socket, action).await,
         }
+    })
+}
+
+async fn server(socket: &std::path::Path, action: ServerAction) -> anyhow::Result<()> {
+    let request = match action {
+        ServerAction::Add {
+            target,
+            weight,
+            backup,
+            max_fails,
+            fail_timeout,
+            slow_start,
+        } => Request::ServerAdd {
+            service: target.service,
+            backend: BackendConfig {
+                weight,
+                backup,
+                max_fails,
+                fail_timeout,
+                slow_start,
+                ..BackendConfig::new(target.address)
+            },
+        },
+        ServerAction::Remove(t) => Request::ServerRemove {
+            service: t.service,
+            address: t.address,
+        },
+        ServerAction::Undrain(t) => Request::ServerUndrain {
+            service: t.service,
+            address: t.address,
+        },
+        ServerAction::Up(t) => Request::ServerUp {
+            service: t.service,
+            address: t.address,
+        },
+        ServerAction::Down(t) => Request::ServerDown {
+            service: t.service,
+            address: t.address,
+        },
+        ServerAction::SetWeight { target, weight } => Request::ServerSetWeight {
+            service: target.service,
+            address: target.address,
+            weight,
+        },
+        ServerAction::Drain {
+            target,
+            wait,
+            timeout,
+            remove,
+        } => {
+            let (service, address) = (target.service, target.address);
+            let request = Request::ServerDrain {
+                service: service.clone(),
+                address,
+            };
+            print_answer(control::call(socket, &request).await?)?;
+            let status = control::call(socket, &Request::Status).await?;
+            let left = agent::live_flows_of(&status, &service, address)?;
+            println!("{left} live flow(s) on {address}");
+            if !(wait || remove) {
+                return Ok(());
+            }
+            let deadline = std::time::Instant::now() + timeout;
+            let left = agent::wait_drained(socket, &service, address, deadline).await?;
+            if left > 0 {
+                anyhow::bail!(
+                    "{left} live flow(s) still on {address} after {timeout:?}; not removed"
+                );
+            }
+            println!("{address} drained");
+            if !remove {
+                return Ok(());
+            }
+            Request::ServerRemove { service, address }
+        }
+    };
+    print_answer(control::call(socket, &request).await?)
+}
+
+fn print_answer(answer: serde_json::Value) -> anyhow::Result<()> {
+    match answer.as_str() {
+        Some(text) => println!("{text}"),
+        None => println!("{answer}"),
     }
-    tracing::info!("stopping; detaching XDP program");
     Ok(())
 }
 
-/// Prints, per service and per backend, totals and rates since the last
-/// report.
-fn report(
-    dataplane: &Dataplane,
-    config: &Config,
-    previous: &mut std::collections::HashMap<String, (u64, u64)>,
-    period: Duration,
-) -> anyhow::Result<()> {
-    let secs = period.as_secs_f64();
-    let mut rate = |name: String, packets: u64, bytes: u64| {
-        let (p0, b0) = previous
-            .insert(name, (packets, bytes))
-            .unwrap_or((packets, bytes));
-        (
-            packets.saturating_sub(p0) as f64 / secs,
-            bytes.saturating_sub(b0) as f64 / secs,
-        )
-    };
-    for service in &config.services {
-        let now = dataplane.service_counters(&service.name)?;
-        let (pps, bps) = rate(service.name.clone(), now.packets, now.bytes);
+fn print_status(status: &serde_json::Value) {
+    for attachment in status["attachments"].as_array().into_iter().flatten() {
         println!(
-            "{} {}:{} {:>10} pkts {:>9.0} pkt/s {:>11.0} B/s",
-            service.name, service.vip, service.port, now.packets, pps, bps
+            "attached to {} ({} XDP)",
+            attachment["interface"].as_str().unwrap_or("?"),
+            attachment["mode"].as_str().unwrap_or("?")
         );
-        for backend in &service.backends {
-            let c = dataplane.backend_counters(&service.name, backend.address)?;
-            let (pps, _) = rate(
-                format!("{}/{}", service.name, backend.address),
-                c.packets,
-                c.bytes,
-            );
+    }
+    for service in status["services"].as_array().into_iter().flatten() {
+        println!(
+            "\n{} {}:{} {} {}",
+            service["name"].as_str().unwrap_or("?"),
+            service["vip"].as_str().unwrap_or("?"),
+            service["port"],
+            service["protocol"].as_str().unwrap_or("?"),
+            service["mode"].as_str().unwrap_or("?"),
+        );
+        println!(
+            "  {:<26} {:<10} {:>6} {:>9} {:>7} {:>9} {:>11}  health",
+            "backend", "state", "weight", "effective", "flows", "pkt/s", "B/s"
+        );
+        for b in service["backends"].as_array().into_iter().flatten() {
+            let note = b["runtime_change"]
+                .as_str()
+                .map(|c| format!(" [{c}]"))
+                .unwrap_or_default();
+            let backup = if b["backup"] == true { " (backup)" } else { "" };
             println!(
-                "  -> {:<24} weight {:<4} {:>8} flows {:>10} pkts {:>9.0} pkt/s {:>10} replies",
-                backend.address, backend.weight, c.new_flows, c.packets, pps, c.reply_packets
+                "  {:<26} {:<10} {:>6} {:>9.2} {:>7} {:>9.0} {:>11.0}  {}{}{}",
+                b["address"].as_str().unwrap_or("?"),
+                b["state"].as_str().unwrap_or("?"),
+                b["weight"].as_u64().unwrap_or(0),
+                b["effective_weight"].as_f64().unwrap_or(0.0),
+                b["live_flows"].as_u64().unwrap_or(0),
+                b["packets_per_second"].as_f64().unwrap_or(0.0),
+                b["bytes_per_second"].as_f64().unwrap_or(0.0),
+                b["health"].as_str().unwrap_or("?"),
+                backup,
+                note,
+            );
+        }
+        for removed in service["removed_at_runtime"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            println!(
+                "  {:<26} removed at runtime",
+                removed.as_str().unwrap_or("?")
             );
         }
     }
-    Ok(())
+}
+
+fn print_stats(stats: &serde_json::Value) {
+    let mut line = Vec::new();
+    for (service, c) in stats["services"].as_object().into_iter().flatten() {
+        line.push(format!(
+            "{service}: {} pkts {} bytes",
+            c["packets"], c["bytes"]
+        ));
+    }
+    let global: Vec<String> = stats["global"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, v)| v.as_u64() != Some(0))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!("{} | {}", line.join(", "), global.join(" "));
 }

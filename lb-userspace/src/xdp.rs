@@ -88,6 +88,43 @@ fn program_attach(
     Ok((link, attached))
 }
 
+/// Where bpffs is mounted.
+pub const BPF_FS: &str = "/sys/fs/bpf";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Mounts bpffs at [`BPF_FS`] unless it is already there. Pins outlive
+/// processes only on this shared mount: run the agent in another network
+/// namespace with `nsenter --net=…`, not `ip netns exec` (which gives the
+/// process a private `/sys`).
+pub fn ensure_bpffs() -> anyhow::Result<()> {
+    // Callers on several threads (tests) must not mount it twice.
+    static MOUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = MOUNTING.lock().unwrap_or_else(|e| e.into_inner());
+    let path = std::ffi::CString::new(BPF_FS).expect("no NUL");
+    // SAFETY: statfs writes into a zeroed, properly sized struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    std::fs::create_dir_all(BPF_FS).with_context(|| format!("creating {BPF_FS}"))?;
+    let src = std::ffi::CString::new("bpf").expect("no NUL");
+    // SAFETY: all pointers are valid NUL-terminated strings or null.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            path.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("mounting bpffs at {BPF_FS}"));
+    }
+    Ok(())
+}
+
 /// The mode of the XDP program attached to `iface`, as the kernel reports
 /// it (`ip link` shows `xdp` for native, `xdpgeneric` for generic).
 pub fn attached_mode(iface: &str) -> anyhow::Result<AttachedMode> {
