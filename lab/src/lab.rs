@@ -234,6 +234,56 @@ impl Lab {
         })
     }
 
+    /// Pid of backend `i`'s server.
+    pub fn backend_pid(&self, i: usize) -> anyhow::Result<i32> {
+        let path = procs::pid_path(&self.topo.run_dir(), &self.topo.backend(i));
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Ok(text.trim().parse()?)
+    }
+
+    /// Freezes backend `i`'s server (SIGSTOP): the kernel still completes
+    /// handshakes into its backlog, but nothing is answered. A hung backend.
+    pub fn pause_backend(&self, i: usize) -> anyhow::Result<()> {
+        signal(self.backend_pid(i)?, libc::SIGSTOP)
+    }
+
+    /// Lets a paused backend run again (SIGCONT).
+    pub fn resume_backend(&self, i: usize) -> anyhow::Result<()> {
+        signal(self.backend_pid(i)?, libc::SIGCONT)
+    }
+
+    /// Kills backend `i`'s server: connections to it are refused.
+    pub fn stop_backend(&mut self, i: usize) -> anyhow::Result<()> {
+        let pid = self.backend_pid(i)?;
+        signal(pid, libc::SIGKILL)?;
+        if let Some(child) = self.children.iter_mut().find(|c| c.id() as i32 == pid) {
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+
+    /// Starts backend `i`'s server again and waits until it answers.
+    pub fn start_backend(&mut self, i: usize) -> anyhow::Result<()> {
+        let (run_dir, b) = (self.topo.run_dir(), self.topo.backend(i));
+        let mut child = procs::spawn_backend(&procs::httpd_path()?, &run_dir, &b)?;
+        procs::wait_ready(&mut child, &run_dir, &b)?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// Makes backend `i` answer `GET /health` with `status` (`None`: 200).
+    pub fn set_health_status(&self, i: usize, status: Option<u16>) -> anyhow::Result<()> {
+        let path = procs::health_path(&self.topo.run_dir(), &self.topo.backend(i));
+        match status {
+            Some(status) => std::fs::write(&path, status.to_string())?,
+            None => {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        Ok(())
+    }
+
     fn build(&mut self, httpd: &Path) -> anyhow::Result<()> {
         let topo = self.topo.clone();
         for ns in topo.namespaces() {
@@ -325,6 +375,15 @@ impl Lab {
         self.children.clear();
         result
     }
+}
+
+fn signal(pid: i32, sig: libc::c_int) -> anyhow::Result<()> {
+    // SAFETY: kill has no memory-safety preconditions.
+    if unsafe { libc::kill(pid, sig) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("signalling pid {pid}"));
+    }
+    Ok(())
 }
 
 /// Fails early with a clear message when the lab cannot be built here.

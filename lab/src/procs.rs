@@ -55,6 +55,11 @@ pub fn log_path(run_dir: &Path, b: &Backend) -> PathBuf {
     run_dir.join(format!("{}.log", b.name))
 }
 
+/// Path of the file that sets backend `b`'s `GET /health` status.
+pub fn health_path(run_dir: &Path, b: &Backend) -> PathBuf {
+    run_dir.join(format!("{}.health", b.name))
+}
+
 /// Path of backend `b`'s pid file in `run_dir`.
 pub fn pid_path(run_dir: &Path, b: &Backend) -> PathBuf {
     run_dir.join(format!("{}.pid", b.name))
@@ -67,10 +72,18 @@ pub fn spawn_backend(httpd: &Path, run_dir: &Path, b: &Backend) -> anyhow::Resul
     let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let err = out.try_clone()?;
     let port = b.port.to_string();
+    let health = health_path(run_dir, b);
     let mut cmd = netns::exec(
         &b.ns,
         &httpd.to_string_lossy(),
-        ["--name", &b.name, "--port", &port],
+        [
+            "--name",
+            &b.name,
+            "--port",
+            &port,
+            "--health-file",
+            &health.to_string_lossy(),
+        ],
     );
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     // SAFETY: setsid is async-signal-safe and touches no parent state.

@@ -580,7 +580,11 @@ impl Agent {
                 let effective = applied
                     .and_then(|a| a.service(&service.name).ok())
                     .and_then(|s| s.backends.iter().find(|b| b.address == backend.address));
-                let (counters, pps, bps) = self.rates.get(&key).cloned().unwrap_or_default();
+                let counters = self
+                    .dataplane
+                    .backend_counters(&service.name, backend.address)
+                    .unwrap_or_default();
+                let (_, pps, bps) = self.rates.get(&key).cloned().unwrap_or_default();
                 let health_text =
                     if let Some(until) = state.health.passive_out_until.filter(|u| *u > now) {
                         format!(

@@ -1,6 +1,9 @@
-//! One agent per instance name and per interface: `flock`ed files in the
-//! run directory, released by the kernel when the process ends, however it
-//! ends.
+//! One agent per instance name and per interface: `flock`ed files,
+//! released by the kernel when the process ends, however it ends. Instance
+//! locks live in the agent's run directory; interface locks in
+//! [`IFACE_LOCK_DIR`], named after the network namespace and interface
+//! index, so any two agents on one interface meet there whatever their
+//! configuration.
 
 use std::{
     fs::File,
@@ -10,6 +13,9 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+
+/// Where interface locks live, for every agent on the host.
+pub const IFACE_LOCK_DIR: &str = "/run/xlb/interfaces";
 
 /// Held locks; dropping releases them.
 pub struct Locks {
@@ -22,17 +28,32 @@ impl Locks {
     pub fn acquire(run_dir: &Path, name: &str, ifaces: &[String]) -> anyhow::Result<Self> {
         std::fs::create_dir_all(run_dir)
             .with_context(|| format!("creating {}", run_dir.display()))?;
+        std::fs::create_dir_all(IFACE_LOCK_DIR)
+            .with_context(|| format!("creating {IFACE_LOCK_DIR}"))?;
         let mut files = vec![lock(
             &run_dir.join(format!("{name}.lock")),
             &format!("instance {name:?}"),
         )?];
+        let netns: String = std::fs::read_link("/proc/self/ns/net")
+            .context("reading this process's network namespace")?
+            .to_string_lossy()
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect();
         for iface in ifaces {
-            files.push(lock(
-                &run_dir.join(format!("iface-{iface}.lock")),
-                &format!("interface {iface}"),
-            )?);
+            let path = Path::new(IFACE_LOCK_DIR).join(format!("{netns}-{}.lock", ifindex(iface)?));
+            files.push(lock(&path, &format!("interface {iface}"))?);
         }
         Ok(Self { _files: files })
+    }
+}
+
+fn ifindex(iface: &str) -> anyhow::Result<u32> {
+    let name = std::ffi::CString::new(iface)?;
+    // SAFETY: `name` is a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => bail!("no interface named {iface}"),
+        index => Ok(index),
     }
 }
 
@@ -65,19 +86,21 @@ mod tests {
 
     #[test]
     fn a_second_holder_is_refused() {
+        // Two agents with different run directories and names still meet on
+        // the interface lock.
         let dir = std::env::temp_dir().join(format!("xlb-lock-test-{}", std::process::id()));
-        let first = Locks::acquire(&dir, "a", &["eth9".into()]).unwrap();
-        let err = Locks::acquire(&dir, "b", &["eth9".into()])
+        let other = dir.join("other");
+        let first = Locks::acquire(&dir, "a", &["lo".into()]).unwrap();
+        let err = Locks::acquire(&other, "b", &["lo".into()])
             .err()
             .unwrap()
             .to_string();
-        assert!(
-            err.contains("interface eth9") && err.contains(&std::process::id().to_string()),
-            "{err}"
-        );
-        assert!(Locks::acquire(&dir, "a", &[]).is_err());
+        let pid = std::process::id().to_string();
+        assert!(err.contains("interface lo") && err.contains(&pid), "{err}");
+        let err = Locks::acquire(&dir, "a", &[]).err().unwrap().to_string();
+        assert!(err.contains("instance \"a\""), "{err}");
         drop(first);
-        Locks::acquire(&dir, "a", &["eth9".into()]).unwrap();
+        Locks::acquire(&other, "b", &["lo".into()]).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -82,9 +82,18 @@ fn program_attach(
     mode: XdpMode,
     attached: AttachedMode,
 ) -> anyhow::Result<(aya::programs::xdp::XdpLinkId, AttachedMode)> {
-    let link = program
-        .attach(iface, mode)
-        .with_context(|| format!("attaching XDP in {attached} mode to {iface}"))?;
+    let link = program.attach(iface, mode).map_err(|e| {
+        let busy = format!("{e:?}").contains("Device or resource busy");
+        let err =
+            anyhow::Error::new(e).context(format!("attaching XDP in {attached} mode to {iface}"));
+        if busy {
+            err.context(format!(
+                "another XDP program is already attached to {iface}; detach it first"
+            ))
+        } else {
+            err
+        }
+    })?;
     Ok((link, attached))
 }
 

@@ -1,5 +1,6 @@
 //! Helpers shared by xlb's packet-level and namespace tests.
 
+pub mod agent;
 pub mod fixture;
 pub mod frames;
 pub mod xdp;

@@ -1,6 +1,8 @@
 //! Lab backend: answers every HTTP/1.1 request with `200`, header
 //! `x-backend: NAME` and body `NAME\n` (keep-alive), and every UDP datagram
-//! with `NAME\n`, on `[::]:PORT` (dual stack).
+//! with `NAME\n`, on `[::]:PORT` (dual stack). `GET /health` answers with
+//! the status code written in `--health-file` if that file exists (tests use
+//! it to make a backend "return errors"), else 200.
 
 use std::{
     convert::Infallible,
@@ -24,6 +26,9 @@ struct Args {
     /// TCP and UDP port to listen on.
     #[arg(long)]
     port: u16,
+    /// File holding the status code for `GET /health`.
+    #[arg(long)]
+    health_file: Option<std::path::PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -82,11 +87,20 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             }
         };
         let _ = stream.set_nodelay(true);
-        let (body, name) = (body.clone(), name.clone());
+        let (body, name, health_file) = (body.clone(), name.clone(), args.health_file.clone());
         tokio::spawn(async move {
-            let service = service_fn(move |_req: Request<Incoming>| {
+            let service = service_fn(move |req: Request<Incoming>| {
                 let mut response = Response::new(Full::new(body.clone()));
                 response.headers_mut().insert("x-backend", name.clone());
+                if req.uri().path() == "/health"
+                    && let Some(status) = health_file
+                        .as_deref()
+                        .and_then(|f| std::fs::read_to_string(f).ok())
+                        .and_then(|s| s.trim().parse::<u16>().ok())
+                        .and_then(|s| hyper::StatusCode::from_u16(s).ok())
+                {
+                    *response.status_mut() = status;
+                }
                 async move { Ok::<_, Infallible>(response) }
             });
             // Errors here are client resets and the like; nothing to do.

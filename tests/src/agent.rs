@@ -1,0 +1,223 @@
+//! A real `xlb run` process in a lab's load-balancer namespace, and the
+//! `xlb` CLI talking to it, as a user would run them.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use xlb_lab::{Lab, topology};
+
+/// The `xlb` binary next to the test binary's directory (`cargo xtask
+/// test` builds it first).
+pub fn xlb_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join("xlb");
+    assert!(
+        path.is_file(),
+        "{} missing: run `cargo xtask build` first",
+        path.display()
+    );
+    path
+}
+
+/// A running agent; dropping it stops it with SIGTERM (which also removes
+/// its pins) and deletes its files.
+pub struct Agent {
+    child: Option<Child>,
+    pub name: String,
+    pub config_path: PathBuf,
+    pub socket: PathBuf,
+    dir: PathBuf,
+    netns: String,
+}
+
+impl Agent {
+    /// Writes `services` (TOML `[[service]]` tables) into a configuration
+    /// for the lab's lb interface, with its own instance name, socket, pin
+    /// and run directories, and starts `xlb run` in the lb namespace.
+    pub fn start(lab: &Lab, services: &str) -> anyhow::Result<Self> {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "t{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(format!("xlb-agent-{name}"));
+        std::fs::create_dir_all(&dir)?;
+        let socket = dir.join("xlb.sock");
+        let config_path = dir.join("xlb.toml");
+        let mut agent = Self {
+            child: None,
+            name,
+            config_path,
+            socket,
+            dir,
+            netns: lab.lb_ns(),
+        };
+        agent.write_config(services)?;
+        agent.spawn()?;
+        Ok(agent)
+    }
+
+    /// Replaces the configuration file's services (the agent sees it on
+    /// reload).
+    pub fn write_config(&self, services: &str) -> anyhow::Result<()> {
+        let text = format!(
+            "interfaces = [\"{iface}\"]\n\n[agent]\nname = \"{name}\"\ncontrol_socket = \"{socket}\"\n\
+             run_dir = \"{run}\"\nxdp_mode = \"native\"\n\n{services}",
+            iface = topology::LB_IFACE,
+            name = self.name,
+            socket = self.socket.display(),
+            run = self.dir.display(),
+        );
+        std::fs::write(&self.config_path, text)?;
+        Ok(())
+    }
+
+    /// The `xlb run` command for this agent (not started).
+    pub fn run_command(&self) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.netns))
+            .arg(xlb_binary())
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info")
+            .env("RUST_BACKTRACE", "0");
+        cmd
+    }
+
+    /// Starts `xlb run` and waits until its control socket answers.
+    pub fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::File::create(self.dir.join("agent.log"))?;
+        let child = self
+            .run_command()
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting xlb run")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.cli(&["status", "--json"]).is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("xlb run exited ({status}): {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("xlb run did not answer within 10 s: {}", self.log())
+    }
+
+    /// Kills the agent with SIGKILL, leaving the data plane pinned.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends a signal to the agent.
+    pub fn signal(&self, sig: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(child.id() as i32, sig) };
+        }
+    }
+
+    /// Runs `xlb --socket … args`; `Ok(stdout)` on success, `Err(stderr)`.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.cli_output(args)?;
+        if !out.status.success() {
+            bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs the CLI and returns its whole output, whatever its exit status.
+    pub fn cli_output(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Command::new(xlb_binary())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .context("running the xlb CLI")
+    }
+
+    /// `xlb status --json`.
+    pub fn status(&self) -> serde_json::Value {
+        let text = self.cli(&["status", "--json"]).expect("xlb status");
+        serde_json::from_str(&text).expect("status JSON")
+    }
+
+    /// One backend's entry in `xlb status --json`.
+    pub fn backend(&self, service: &str, address: &str) -> serde_json::Value {
+        let status = self.status();
+        let svc = status["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == service)
+            .unwrap_or_else(|| panic!("no service {service}"))
+            .clone();
+        svc["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["address"] == address)
+            .unwrap_or_else(|| panic!("no backend {address} in {svc}"))
+            .clone()
+    }
+
+    /// Polls `cond` until it holds or `timeout` passes.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut cond: impl FnMut(&Self) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !cond(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; agent log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // A killed agent leaves its pins: remove them too.
+        let pins = Path::new(xlb::xdp::BPF_FS).join("xlb").join(&self.name);
+        if let Ok(entries) = std::fs::read_dir(&pins) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&pins);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
