@@ -46,8 +46,12 @@ pub fn schedule(packet: &Packet, service: &Service) -> Result<Scheduled, GlobalC
         // SAFETY: a pointer into the flow map's value, valid for this run;
         // racing writers only touch the same plain fields.
         let flow = unsafe { &mut *flow };
+        // A SYN on a closing flow is a new connection reusing the 5-tuple.
+        let reused =
+            flow.state == FLOW_CLOSING && packet.has_flags(TCP_SYN) && !packet.has_flags(TCP_ACK);
         if let Some(backend) = backend(flow.backend)
             && !backend.is_failed()
+            && !reused
             && !flow.is_expired(key.proto, now, &timeouts())
         {
             track(packet, flow, now);

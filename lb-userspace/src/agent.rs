@@ -444,6 +444,7 @@ impl Agent {
             Request::Status => self.status(),
             Request::Stats => self.stats(),
             Request::Metrics => Ok(json!(metrics::render(self.stats()?, self.status()?))),
+            Request::Flows { service, limit } => Ok(json!(self.dataplane.flows(&service, limit)?)),
             Request::Reload => {
                 self.reload()?;
                 Ok(json!("reloaded"))

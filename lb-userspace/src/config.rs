@@ -439,7 +439,7 @@ mod tests {
     fn the_lab_example_is_valid() {
         let config = Config::parse(include_str!("../../examples/lab.toml")).unwrap();
         assert_eq!(config.services.len(), 2);
-        assert_eq!(config.services[0].backends.len(), 4);
+        assert_eq!(config.services[0].backends.len(), 5);
     }
 
     #[test]

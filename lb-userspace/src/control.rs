@@ -28,6 +28,8 @@ pub enum Request {
     Stats,
     /// Everything in Prometheus text format.
     Metrics,
+    /// Flow-table entries of a service.
+    Flows { service: String, limit: usize },
     /// Re-read the configuration file and apply it.
     Reload,
     /// The running configuration, runtime changes included, as TOML.

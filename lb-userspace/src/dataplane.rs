@@ -290,6 +290,39 @@ impl Dataplane {
         Ok(counts)
     }
 
+    /// Flow-table entries of `service` (at most `limit`): client, backend,
+    /// state and idle time; expired ones left out.
+    pub fn flows(&self, service: &str, limit: usize) -> anyhow::Result<Vec<FlowInfo>> {
+        let state = self.service_state(service)?;
+        let by_id: HashMap<u32, SocketAddr> =
+            state.backends.iter().map(|(a, id)| (*id, *a)).collect();
+        let flows: BpfHashMap<&MapData, FlowKey, Flow> = self.map("FLOWS")?;
+        let now = coarse_monotonic_ns();
+        let mut out = Vec::new();
+        for entry in flows.iter() {
+            let Ok((key, flow)) = entry else { continue };
+            if key.service_key() != &state.key()
+                || flow.is_expired(key.proto, now, &self.options.timeouts)
+            {
+                continue;
+            }
+            out.push(FlowInfo {
+                client: SocketAddr::new(unmapped(key.src), u16::from_be(key.src_port_be)),
+                backend: by_id.get(&flow.backend).copied(),
+                state: match flow.state {
+                    lb_common::flow::FLOW_SYN_SENT => "syn-sent",
+                    FLOW_CLOSING => "closing",
+                    _ => "established",
+                },
+                idle_seconds: now.saturating_sub(flow.last_seen_ns) as f64 / 1e9,
+            });
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     /// Interfaces the program is attached to, with their modes.
     pub fn attachments(&self) -> impl Iterator<Item = (&str, AttachedMode)> {
         self.links
@@ -674,6 +707,16 @@ impl Dataplane {
     }
 }
 
+/// One flow-table entry, as `xlb flows` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowInfo {
+    pub client: SocketAddr,
+    /// `None` if the backend has left the service.
+    pub backend: Option<SocketAddr>,
+    pub state: &'static str,
+    pub idle_seconds: f64,
+}
+
 /// One map's size and the kernel memory charged for it.
 #[derive(Clone, Debug)]
 pub struct MapMemory {
@@ -733,6 +776,11 @@ fn coarse_monotonic_ns() -> u64 {
     // SAFETY: `ts` is a valid, writable timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn unmapped(addr: [u8; 16]) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(addr);
+    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
 }
 
 fn mapped(ip: IpAddr) -> [u8; 16] {

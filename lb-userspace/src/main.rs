@@ -52,6 +52,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The flow table of a service: which client goes to which backend.
+    Flows {
+        service: String,
+        /// Most entries to show.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
     /// Re-read the configuration file (a bad file changes nothing).
     Reload,
     /// The running configuration.
@@ -172,6 +179,23 @@ fn main() -> anyhow::Result<()> {
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             },
+            Command::Flows { service, limit } => {
+                let flows = control::call(&cli.socket, &Request::Flows { service, limit }).await?;
+                println!(
+                    "{:<44} {:<44} {:<12} {:>8}",
+                    "client", "backend", "state", "idle s"
+                );
+                for f in flows.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<44} {:<44} {:<12} {:>8.1}",
+                        f["client"].as_str().unwrap_or("?"),
+                        f["backend"].as_str().unwrap_or("(removed)"),
+                        f["state"].as_str().unwrap_or("?"),
+                        f["idle_seconds"].as_f64().unwrap_or(0.0)
+                    );
+                }
+                Ok(())
+            }
             Command::Reload => print_answer(control::call(&cli.socket, &Request::Reload).await?),
             Command::Config {
                 action: ConfigAction::Dump,

@@ -547,3 +547,26 @@ fn backends_behind_another_interface_are_reached_by_redirect() {
         h.expect(&syn, Action::Pass, &out, GlobalCounter::PassOtherInterface);
     });
 }
+
+#[test]
+fn a_syn_reusing_a_closed_flows_tuple_starts_a_new_flow() {
+    with_harness(|h| {
+        let backend = "10.1.0.11:8001";
+        let tcp = |transport| Frame::tcp("10.0.0.2:48000", "10.0.0.100:81", transport);
+        h.run(&tcp(Transport::SYN));
+        h.run(&tcp(Transport::FIN_ACK));
+        assert_eq!(h.new_flows("web-dnat", backend), 1);
+        h.run(&tcp(Transport::SYN));
+        assert_eq!(
+            h.new_flows("web-dnat", backend),
+            2,
+            "a new connection on a closing tuple kept the old flow"
+        );
+        // ... and is a fresh flow: its SYN again counts as a retry.
+        h.run(&tcp(Transport::SYN));
+        let c =
+            h.dp.backend_counters("web-dnat", backend.parse().unwrap())
+                .unwrap();
+        assert_eq!(c.syn_retries, 1);
+    });
+}

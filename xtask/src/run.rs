@@ -1,7 +1,12 @@
 //! `cargo xtask run`: xlb in the lab (default) or on a real interface.
+//!
+//! In the lab it starts the agent on the load balancer, a client that keeps
+//! sending requests to both VIPs and prints which backend answered, and a
+//! short show of what the agent does while traffic flows: a backend killed
+//! and brought back, a backup taking over, a drain.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command},
     sync::{
         Arc,
@@ -17,6 +22,8 @@ use crate::{cmd, setup, workspace_root};
 
 /// Name prefix of the lab `cargo xtask run` and `cargo xtask lab` manage.
 pub const LAB_PREFIX: &str = "xlb";
+/// Backends in the lab `cargo xtask run` uses: four, and a backup.
+const RUN_BACKENDS: usize = 5;
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -30,8 +37,11 @@ pub struct RunArgs {
     #[arg(long)]
     duration: Option<u64>,
     /// Requests per second the lab client sends.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 40)]
     rate: u32,
+    /// Skip the show of failover, backup and drain.
+    #[arg(long)]
+    no_demo: bool,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -54,11 +64,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             .args(["run", "--iface", iface, "--config"])
             .arg(&config)
             .spawn()?;
-        return wait(&mut [&mut agent], &stop, deadline);
+        return wait(&mut [&mut agent], &stop, deadline, None);
     }
 
     let lab = cmd::binary(true, "xlb-lab");
-    cmd::status(cmd::command(&lab).args(["up", "--prefix", LAB_PREFIX, "--backends", "4"]))?;
+    cmd::status(
+        cmd::command(&lab)
+            .args(["up", "--prefix", LAB_PREFIX, "--backends"])
+            .arg(RUN_BACKENDS.to_string()),
+    )?;
     let result = run_in_lab(&args, &xlb, &lab, &stop, deadline);
     lab_down_all(true)?;
     result
@@ -66,38 +80,119 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 
 fn run_in_lab(
     args: &RunArgs,
-    xlb: &PathBuf,
-    lab: &PathBuf,
-    stop: &AtomicBool,
+    xlb: &Path,
+    lab: &Path,
+    stop: &Arc<AtomicBool>,
     deadline: Option<Instant>,
 ) -> anyhow::Result<()> {
     let config = args
         .config
         .clone()
         .unwrap_or_else(|| workspace_root().join("examples/lab.toml"));
-    let netns = |role: &str| format!("{LAB_PREFIX}-{role}");
-    let mut agent = cmd::command("ip")
-        .args(["netns", "exec", &netns("lb")])
+    // nsenter, not `ip netns exec`: the agent must see the host's bpffs so
+    // its pins outlive it.
+    let mut agent = cmd::command("nsenter")
+        .arg(format!("--net=/run/netns/{LAB_PREFIX}-lb"))
         .arg(xlb)
-        .args(["run", "--iface", "eth0", "--config"])
+        .args(["run", "--config"])
         .arg(&config)
         .spawn()
         .context("starting xlb in the lab")?;
-    // Give the agent a moment to attach before traffic starts.
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(800));
     let mut client = cmd::command(lab)
         .args(["load", "--prefix", LAB_PREFIX, "--rate"])
         .arg(args.rate.to_string())
         .spawn()
         .context("starting the lab client")?;
     println!(
-        "xtask: xlb runs in namespace {} on eth0; the client in {} sends {} req/s to the VIP. \
-         Ctrl-C stops.",
-        netns("lb"),
-        netns("client"),
+        "xtask: xlb runs in namespace {LAB_PREFIX}-lb on eth0; the client in {LAB_PREFIX}-client sends \
+         {} req/s to the VIPs. `xlb --socket /run/xlb/lab.sock status` shows the agent's view. Ctrl-C stops.",
         args.rate
     );
-    wait(&mut [&mut agent, &mut client], stop, deadline)
+    let demo = (!args.no_demo).then(|| {
+        let (xlb, lab, stop) = (xlb.to_owned(), lab.to_owned(), stop.clone());
+        std::thread::spawn(move || demo(&xlb, &lab, &stop))
+    });
+    wait(&mut [&mut agent, &mut client], stop, deadline, demo)
+}
+
+/// Failover, backup and drain while the client keeps sending requests.
+fn demo(xlb: &Path, lab: &Path, stop: &AtomicBool) -> anyhow::Result<()> {
+    let pause = |secs: u64| {
+        let until = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < until {
+            if stop.load(Ordering::SeqCst) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        true
+    };
+    let xlb_cli = |args: &[&str]| {
+        let _ = Command::new(xlb)
+            .args(["--socket", "/run/xlb/lab.sock"])
+            .args(args)
+            .status();
+    };
+    let backend = |action: &str, index: &str| {
+        let _ = Command::new(lab)
+            .args(["backend", "--prefix", LAB_PREFIX, action, index])
+            .status();
+    };
+    let say = |text: &str| println!("\n===== {text} =====\n");
+    let primaries = [
+        "10.10.2.10:8000",
+        "10.10.2.11:8001",
+        "10.10.2.12:8002",
+        "10.10.2.13:8003",
+    ];
+
+    if !pause(5) {
+        return Ok(());
+    }
+    say("killing backend b1: the health check takes it out, traffic moves to the others");
+    backend("stop", "1");
+    if !pause(5) {
+        return Ok(());
+    }
+    xlb_cli(&["status"]);
+    say("starting b1 again: after 2 good checks it is back");
+    backend("start", "1");
+    if !pause(5) {
+        return Ok(());
+    }
+    say("taking every primary down: the backup b4 takes over");
+    for address in primaries {
+        xlb_cli(&["server", "down", "web", address]);
+    }
+    if !pause(5) {
+        return Ok(());
+    }
+    xlb_cli(&["status"]);
+    say("primaries up again: b4 gets no new connections");
+    for address in primaries {
+        xlb_cli(&["server", "up", "web", address]);
+    }
+    if !pause(5) {
+        return Ok(());
+    }
+    say("draining b3: no new connections, waiting for its live flows to end");
+    xlb_cli(&[
+        "server",
+        "drain",
+        "web",
+        primaries[3],
+        "--wait",
+        "--timeout",
+        "30s",
+    ]);
+    xlb_cli(&["status"]);
+    if !pause(5) {
+        return Ok(());
+    }
+    say("undraining b3; the show is over, traffic keeps flowing until Ctrl-C");
+    xlb_cli(&["server", "undrain", "web", primaries[3]]);
+    Ok(())
 }
 
 /// Waits until Ctrl-C, the deadline, or a child exits; then stops them all.
@@ -105,19 +200,20 @@ fn wait(
     children: &mut [&mut Child],
     stop: &AtomicBool,
     deadline: Option<Instant>,
+    demo: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
 ) -> anyhow::Result<()> {
     let mut exited = None;
     while !stop.load(Ordering::SeqCst) && deadline.is_none_or(|d| Instant::now() < d) {
-        if let Some((i, status)) = children
+        if let Some(status) = children
             .iter_mut()
-            .enumerate()
-            .find_map(|(i, c)| c.try_wait().ok().flatten().map(|s| (i, s)))
+            .find_map(|c| c.try_wait().ok().flatten())
         {
-            exited = Some((i, status));
+            exited = Some(status);
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    stop.store(true, Ordering::SeqCst);
     for child in children.iter_mut() {
         // SIGINT lets xlb detach cleanly; kill() would skip that.
         let _ = Command::new("kill")
@@ -127,8 +223,12 @@ fn wait(
     for child in children.iter_mut() {
         let _ = child.wait();
     }
+    if let Some(demo) = demo {
+        // The demo sees the stop flag or finishes its current step.
+        let _ = demo.join();
+    }
     match exited {
-        Some((_, status)) if !status.success() => anyhow::bail!("a lab process exited: {status}"),
+        Some(status) if !status.success() => anyhow::bail!("a lab process exited: {status}"),
         _ => Ok(()),
     }
 }

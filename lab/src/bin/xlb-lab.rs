@@ -39,6 +39,16 @@ enum Command {
         #[arg(long, default_value = topology::DEFAULT_PREFIX)]
         prefix: String,
     },
+    /// Stop, start, pause (hang) or resume one backend's server.
+    Backend {
+        #[arg(long, default_value = topology::DEFAULT_PREFIX)]
+        prefix: String,
+        /// What to do.
+        #[arg(value_parser = ["stop", "start", "pause", "resume"])]
+        action: String,
+        /// Backend index (0 for b0).
+        index: usize,
+    },
     /// Send HTTP requests from the client namespace (one connection each)
     /// and print, every second, how many each backend answered.
     Load {
@@ -81,6 +91,24 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Status { prefix } => print!("{}", Lab::status(&prefix)?),
+        Command::Backend {
+            prefix,
+            action,
+            index,
+        } => {
+            let mut lab = Lab::existing(&prefix)?;
+            anyhow::ensure!(
+                index < lab.backend_count(),
+                "lab {prefix} has no backend {index}"
+            );
+            match action.as_str() {
+                "stop" => lab.stop_backend(index)?,
+                "start" => lab.start_backend(index)?,
+                "pause" => lab.pause_backend(index)?,
+                _ => lab.resume_backend(index)?,
+            }
+            println!("lab {prefix}: backend b{index}: {action}");
+        }
         Command::Load {
             prefix,
             mut targets,
