@@ -25,6 +25,9 @@ pub fn xlb_binary() -> PathBuf {
     path
 }
 
+/// Where agents started here serve metrics, inside the lab's lb namespace.
+pub const METRICS: &str = "127.0.0.1:9100";
+
 /// A running agent; dropping it stops it with SIGTERM (which also removes
 /// its pins) and deletes its files.
 pub struct Agent {
@@ -69,7 +72,7 @@ impl Agent {
     pub fn write_config(&self, services: &str) -> anyhow::Result<()> {
         let text = format!(
             "interfaces = [\"{iface}\"]\n\n[agent]\nname = \"{name}\"\ncontrol_socket = \"{socket}\"\n\
-             run_dir = \"{run}\"\nxdp_mode = \"native\"\n\n{services}",
+             run_dir = \"{run}\"\nxdp_mode = \"native\"\nmetrics = \"{METRICS}\"\n\n{services}",
             iface = topology::LB_IFACE,
             name = self.name,
             socket = self.socket.display(),

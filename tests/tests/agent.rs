@@ -156,6 +156,46 @@ fn status_cli_errors_one_agent_per_interface_and_a_clean_stop() {
     );
     assert!(agent.cli(&["stats"]).unwrap().contains("forward_tx="));
 
+    // Prometheus metrics, from inside the load balancer's namespace.
+    let metrics = netns::run_in(&lab.lb_ns(), || {
+        use std::io::{Read as _, Write as _};
+        let mut conn = std::net::TcpStream::connect(xlb_tests::agent::METRICS)?;
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+        let mut text = String::new();
+        conn.read_to_string(&mut text)?;
+        anyhow::Ok(text)
+    })
+    .unwrap()
+    .unwrap();
+    let line = format!(
+        "xlb_backend_flows_total{{service=\"web\",backend=\"{}\"}}",
+        addr(&lab, 0)
+    );
+    assert!(metrics.contains(&line), "{line} missing from:\n{metrics}");
+    assert!(
+        metrics.contains("xlb_datapath_packets_total{reason=\"forward_tx\"}"),
+        "{metrics}"
+    );
+
+    // `xlb check` validates without an agent, naming the line of an error.
+    let bad = std::env::temp_dir().join(format!("xlb-bad-{}.toml", std::process::id()));
+    std::fs::write(
+        &bad,
+        "[[service]]\nname = \"web\"\nvip = \"10.0.0.1\"\nport = 80\nwieght = 2\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(xlb_tests::agent::xlb_binary())
+        .args(["check", "-c"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&bad);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("wieght") && err.contains("line 5"),
+        "{err}"
+    );
+
     // Runtime changes show as such and can be dumped.
     agent
         .cli(&["server", "set-weight", "web", &addr(&lab, 0), "3"])
