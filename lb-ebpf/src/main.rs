@@ -56,7 +56,19 @@ fn to_backend(ctx: &XdpContext, packet: &Packet, service: &Service) -> (u32, Glo
     count_service(service.id, bytes);
     let scheduled = match schedule(packet, service) {
         Ok(scheduled) => scheduled,
-        Err(counter) => return (xdp_action::XDP_DROP, counter),
+        Err(counter) => {
+            if counter != GlobalCounter::DropNoBackend {
+                // Rare: every candidate source port taken, or maps that
+                // disagree. Worth a line in the agent's log.
+                aya_log_ebpf::warn!(
+                    ctx,
+                    "dropped a new flow of service {}: {}",
+                    service.id,
+                    counter.label()
+                );
+            }
+            return (xdp_action::XDP_DROP, counter);
+        }
     };
     count_backend(scheduled.backend_id, |c| {
         c.packets += 1;

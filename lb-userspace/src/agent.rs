@@ -98,6 +98,7 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
         ..LoadOptions::default()
     })?;
     let adopting = adopted.is_some();
+    let kernel_log = spawn_kernel_log(&mut dataplane)?;
     if let Some(state) = adopted {
         dataplane.import_state(state);
         tracing::info!(pins = %pin_dir.display(), "re-adopting the running data plane");
@@ -171,6 +172,7 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
 
     tracing::info!("stopping: detaching the data plane");
     control.abort();
+    kernel_log.abort();
     if let Some(metrics) = metrics {
         metrics.abort();
     }
@@ -180,6 +182,22 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
     let _ = std::fs::remove_file(&config.agent.control_socket);
     let _ = std::fs::remove_file(&agent.state_path);
     agent.dataplane.shut_down()
+}
+
+/// Forwards the data plane's log records to this process's log.
+fn spawn_kernel_log(dataplane: &mut Dataplane) -> anyhow::Result<JoinHandle<()>> {
+    let logger = dataplane.kernel_logger(log::logger())?;
+    // SAFETY: the logger owns its ring buffer's fd, which stays open and the
+    // same for as long as the logger lives inside the `AsyncFd`.
+    let mut fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)?
+    };
+    Ok(tokio::spawn(async move {
+        while let Ok(mut guard) = fd.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    }))
 }
 
 /// The state an earlier agent left, if its pinned maps are still there.

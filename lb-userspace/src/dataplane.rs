@@ -221,6 +221,22 @@ impl Dataplane {
         Ok(mode)
     }
 
+    /// Starts reading the program's log records (`aya-log`: rare events
+    /// such as a flow dropped for want of a source port) into `logger`. The
+    /// caller flushes the returned reader when its fd is readable.
+    pub fn kernel_logger<T: log::Log>(
+        &mut self,
+        logger: T,
+    ) -> anyhow::Result<aya_log::EbpfLogger<T>> {
+        aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, logger)
+            .context("reading the data plane's log")
+    }
+
+    /// The loaded object, for tests and benchmarks that reach into maps.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// Detaches from every interface and removes every pin: the data plane
     /// stops. Without this, pinned attachments keep forwarding after the
     /// process ends.
@@ -447,7 +463,8 @@ impl Dataplane {
                 | Map::HashMap(d)
                 | Map::LruHashMap(d)
                 | Map::PerCpuArray(d)
-                | Map::DevMapHash(d) => d,
+                | Map::DevMapHash(d)
+                | Map::RingBuf(d) => d,
                 _ => bail!("map {name} has a type map_memory does not know"),
             };
             let info = data.info()?;

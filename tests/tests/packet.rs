@@ -570,3 +570,58 @@ fn a_syn_reusing_a_closed_flows_tuple_starts_a_new_flow() {
         assert_eq!(c.syn_retries, 1);
     });
 }
+
+/// Collects log records, as the agent's logger would print them.
+#[derive(Clone, Default)]
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{} {}", record.level(), record.args()));
+    }
+    fn flush(&self) {}
+}
+
+#[test]
+fn a_nat_flow_finding_every_source_port_taken_is_dropped_and_logged() {
+    use lb_common::{FlowKey, Reply, flow::SNAT_PORT_ATTEMPTS, service::ipv4_mapped};
+    with_harness(|h| {
+        let syn = Frame::tcp("10.0.0.2:49000", "10.0.0.100:80", Transport::SYN);
+        let hash = flow_hash(&syn.flow_key(), false);
+        {
+            let map = h.dp.ebpf_mut().map_mut("REPLIES").unwrap();
+            let mut replies: aya::maps::HashMap<_, FlowKey, Reply> =
+                aya::maps::HashMap::try_from(map).unwrap();
+            for attempt in 0..SNAT_PORT_ATTEMPTS {
+                let taken = FlowKey {
+                    dst: ipv4_mapped([10, 1, 0, 100]),
+                    dst_port_be: snat_port(hash, attempt).to_be(),
+                    proto: 6,
+                    src: ipv4_mapped([10, 1, 0, 10]),
+                    src_port_be: 8000u16.to_be(),
+                    ..Default::default()
+                };
+                replies.insert(taken, Reply::default(), 0).unwrap();
+            }
+        }
+        let capture = Capture::default();
+        let mut logger = h.dp.kernel_logger(capture.clone()).unwrap();
+        let before = h.counter(GlobalCounter::DropSnatPortsBusy);
+        assert_eq!(h.run(&syn).0, Action::Drop);
+        assert_eq!(h.counter(GlobalCounter::DropSnatPortsBusy), before + 1);
+        logger.flush();
+        let lines = capture.0.lock().unwrap().clone();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("WARN") && l.contains("drop_snat_ports_busy")),
+            "{lines:?}"
+        );
+    });
+}
