@@ -139,16 +139,21 @@ fn new_flow(packet: &Packet, service: &Service, now: u64) -> Result<Scheduled, G
             .map_err(|_| GlobalCounter::DropInternal)?;
     }
 
-    let starts_handshake =
-        packet.is_tcp() && packet.has_flags(TCP_SYN) && !packet.has_flags(TCP_ACK);
+    // A flow picked up with a FIN or RST (its backend failed, or the flow
+    // table forgot it) is ending: it must not linger as established.
+    let state = if !packet.is_tcp() {
+        FLOW_ESTABLISHED
+    } else if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        FLOW_CLOSING
+    } else if packet.has_flags(TCP_SYN) && !packet.has_flags(TCP_ACK) {
+        FLOW_SYN_SENT
+    } else {
+        FLOW_ESTABLISHED
+    };
     let flow = Flow {
         backend: backend_id,
         snat_port_be,
-        state: if starts_handshake {
-            FLOW_SYN_SENT
-        } else {
-            FLOW_ESTABLISHED
-        },
+        state,
         _pad: 0,
         last_seen_ns: now,
     };

@@ -625,3 +625,18 @@ fn a_nat_flow_finding_every_source_port_taken_is_dropped_and_logged() {
         );
     });
 }
+
+#[test]
+fn a_flow_picked_up_by_its_fin_or_rst_is_closing_not_established() {
+    with_harness(|h| {
+        for (port, transport) in [(50000, Transport::RST), (50001, Transport::FIN_ACK)] {
+            let frame = Frame::tcp(&format!("10.0.0.2:{port}"), "10.0.0.100:81", transport);
+            assert_eq!(h.run(&frame).0, Action::Tx);
+        }
+        let flows = h.dp.flows("web-dnat", 10).unwrap();
+        assert_eq!(flows.len(), 2, "{flows:?}");
+        assert!(flows.iter().all(|f| f.state == "closing"), "{flows:?}");
+        let live = h.dp.live_flows("web-dnat").unwrap();
+        assert_eq!(live.values().sum::<u64>(), 0, "{live:?}");
+    });
+}
