@@ -127,6 +127,22 @@ fn assert_connections_work(lab: &Lab, conns: &mut [(HttpConn, String)]) {
     .unwrap();
 }
 
+/// Asserts no request reached backend `name` and none failed.
+fn assert_avoided(counts: &BTreeMap<String, usize>, name: &str) {
+    assert_eq!(
+        (counts.get(name), counts.get("failed")),
+        (None, None),
+        "{counts:?}"
+    );
+}
+
+fn health(agent: &Agent, lab: &Lab, i: usize) -> String {
+    agent.backend("web", &addr(lab, i))["health"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 fn state(agent: &Agent, lab: &Lab, i: usize) -> String {
     agent.backend("web", &addr(lab, i))["state"]
         .as_str()
@@ -272,11 +288,7 @@ fn active_checks_take_out_hung_and_erroring_backends_and_bring_them_back() {
         state(a, &lab, 1) == "unhealthy"
     });
     let counts = requests(&lab, 40);
-    assert_eq!(
-        (counts.get("b1"), counts.get("failed")),
-        (None, None),
-        "{counts:?}"
-    );
+    assert_avoided(&counts, "b1");
     lab.resume_backend(1).unwrap();
     agent.wait_for("b1 back", timeout, |a| state(a, &lab, 1) == "active");
     assert!(requests(&lab, 40).contains_key("b1"));
@@ -286,17 +298,10 @@ fn active_checks_take_out_hung_and_erroring_backends_and_bring_them_back() {
     agent.wait_for("b2 unhealthy", timeout, |a| {
         state(a, &lab, 2) == "unhealthy"
     });
-    let health = agent.backend("web", &addr(&lab, 2))["health"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let health = health(&agent, &lab, 2);
     assert!(health.contains("status 500"), "{health}");
     let counts = requests(&lab, 40);
-    assert_eq!(
-        (counts.get("b2"), counts.get("failed")),
-        (None, None),
-        "{counts:?}"
-    );
+    assert_avoided(&counts, "b2");
     lab.set_health_status(2, None).unwrap();
     agent.wait_for("b2 back", timeout, |a| state(a, &lab, 2) == "active");
     assert!(requests(&lab, 40).contains_key("b2"));
@@ -325,17 +330,10 @@ fn passive_failures_follow_max_fails_and_fail_timeout() {
         failed >= 3,
         "taken out after {failed} failed attempts, max_fails is 3"
     );
-    let health = agent.backend("web", &addr(&lab, 1))["health"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let health = health(&agent, &lab, 1);
     assert!(health.contains("failed attempts"), "{health}");
     let counts = requests(&lab, 30);
-    assert_eq!(
-        (counts.get("b1"), counts.get("failed")),
-        (None, None),
-        "{counts:?}"
-    );
+    assert_avoided(&counts, "b1");
 
     // After fail_timeout it is tried again; alive again, it stays in.
     lab.start_backend(1).unwrap();
