@@ -8,6 +8,7 @@
 #![no_std]
 #![no_main]
 
+mod floor;
 mod forward;
 mod maps;
 mod parse;
