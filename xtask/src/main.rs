@@ -1,5 +1,6 @@
 //! `cargo xtask`: xlb's developer tasks.
 
+mod bench;
 mod cmd;
 mod run;
 mod setup;
@@ -35,6 +36,8 @@ enum Command {
     },
     /// Run every test: unit, packet-level, namespace tests, fmt and clippy.
     Test,
+    /// Benchmark xlb beside the floor and its peers; writes bench/results/.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -76,6 +79,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Test => test::test(),
+        Command::Bench(args) => bench::bench(args),
     }
 }
 

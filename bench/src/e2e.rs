@@ -1,0 +1,782 @@
+//! End to end in a lab: the same four backends behind nothing, xlb (`nat`
+//! and `dnat`), nftables DNAT, nginx `stream` and HAProxy `mode tcp`, loaded
+//! by wrk from the client namespace, with keep-alive connections and with
+//! one connection per request.
+//!
+//! Everything runs in the bench's own lab (`xlbbench-*` namespaces), torn
+//! down when the bench ends, passing or failing.
+
+use std::{
+    collections::BTreeMap,
+    ffi::OsStr,
+    net::{SocketAddr, SocketAddrV4},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+use xlb::{
+    config::Config,
+    dataplane::Dataplane,
+    xdp::{AttachedMode, ModeRequest},
+};
+use xlb_lab::{
+    Lab, LabSpec, client, netns,
+    topology::{self, LB_IFACE},
+};
+
+use crate::{
+    machine::{CpuTimes, ticks_per_second},
+    peers,
+};
+
+/// Prefix of the bench's lab namespaces.
+pub const PREFIX: &str = "xlbbench";
+/// Backends behind every setup.
+const BACKENDS: usize = 4;
+const VIP_PORT: u16 = 80;
+
+/// How to load the setups.
+#[derive(Clone, Debug, Serialize)]
+pub struct Options {
+    /// Seconds per measured wrk run (each after a 1 s warm-up run).
+    pub duration_s: u32,
+    /// wrk connections.
+    pub connections: u32,
+    /// wrk threads, and the peers' workers.
+    pub threads: u32,
+    /// Setups to run (all when empty).
+    #[serde(skip)]
+    pub only: Vec<String>,
+    /// Where the setups' configuration files are written.
+    #[serde(skip)]
+    pub configs_dir: PathBuf,
+}
+
+/// Everything the end-to-end part measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct E2eResults {
+    pub options: Options,
+    pub setups: Vec<SetupResult>,
+}
+
+impl E2eResults {
+    pub fn setup(&self, name: &str) -> Option<&SetupResult> {
+        self.setups.iter().find(|s| s.name == name)
+    }
+}
+
+/// One setup: what it is and its runs.
+#[derive(Clone, Debug, Serialize)]
+pub struct SetupResult {
+    pub name: String,
+    pub description: String,
+    /// What wrk loads.
+    pub url: String,
+    /// Backends that answered 40 one-shot requests before the runs.
+    pub reached: BTreeMap<String, usize>,
+    pub runs: Vec<RunResult>,
+    /// xlb only: ns per packet its program took in the lab under keep-alive
+    /// load (the kernel's BPF run-time statistics, in a separate run).
+    pub xlb_ns_per_packet: Option<f64>,
+    /// Why the setup could not be measured, if it could not.
+    pub error: Option<String>,
+}
+
+impl SetupResult {
+    pub fn run(&self, load: Load) -> Option<&RunResult> {
+        self.runs.iter().find(|r| r.load == load)
+    }
+}
+
+/// Keep-alive connections, or one connection per request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Load {
+    KeepAlive,
+    NewConnection,
+}
+
+impl Load {
+    pub fn label(self) -> &'static str {
+        match self {
+            Load::KeepAlive => "keep-alive",
+            Load::NewConnection => "new connection per request",
+        }
+    }
+}
+
+/// One wrk run.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunResult {
+    pub load: Load,
+    /// The wrk command, as run in the client namespace.
+    pub command: String,
+    pub requests: u64,
+    pub seconds: f64,
+    pub requests_per_s: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub errors: WrkErrors,
+    /// CPU time of the whole machine during the run (clock ticks).
+    pub cpu: CpuTimes,
+    /// Busy CPU time of the whole machine per request (all CPUs, µs).
+    pub cpu_us_per_request: f64,
+    /// xlb's counters over the run (xlb setups only; non-zero ones).
+    pub xlb_counters: BTreeMap<String, u64>,
+    /// What makes this run untrustworthy; empty when all answers came.
+    pub problems: Vec<String>,
+}
+
+impl RunResult {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// wrk's error counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WrkErrors {
+    pub connect: u64,
+    pub read: u64,
+    pub write: u64,
+    pub timeout: u64,
+    pub non_2xx_3xx: u64,
+}
+
+impl WrkErrors {
+    pub fn total(&self) -> u64 {
+        self.connect + self.read + self.write + self.timeout + self.non_2xx_3xx
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Setup {
+    None,
+    /// xlb in a mode (`nat`, `dnat`), attached natively or in generic mode.
+    Xlb(&'static str, ModeRequest),
+    Nftables,
+    Nginx,
+    Haproxy,
+}
+
+/// Every setup; the last ones only run when asked for by name.
+const SETUPS: [Setup; 8] = [
+    Setup::None,
+    Setup::Xlb("nat", ModeRequest::Native),
+    Setup::Xlb("dnat", ModeRequest::Native),
+    Setup::Nftables,
+    Setup::Nginx,
+    Setup::Haproxy,
+    Setup::Xlb("nat", ModeRequest::Generic),
+    Setup::Xlb("dnat", ModeRequest::Generic),
+];
+
+/// Setups run unless `--only` names others.
+const DEFAULT_SETUPS: usize = 6;
+
+impl Setup {
+    fn name(self) -> String {
+        match self {
+            Setup::Xlb(mode, ModeRequest::Generic) => format!("xlb-{mode}-generic"),
+            Setup::Xlb(mode, _) => format!("xlb-{mode}"),
+            Setup::None => "none".into(),
+            Setup::Nftables => "nftables".into(),
+            Setup::Nginx => "nginx".into(),
+            Setup::Haproxy => "haproxy".into(),
+        }
+    }
+}
+
+fn vip() -> SocketAddrV4 {
+    SocketAddrV4::new(topology::VIP_V4, VIP_PORT)
+}
+
+fn backends(lab: &Lab) -> Vec<SocketAddrV4> {
+    lab.backends()
+        .iter()
+        .map(|b| SocketAddrV4::new(b.v4, b.port))
+        .collect()
+}
+
+/// Runs every (selected) setup in a fresh lab.
+pub fn run(options: &Options) -> anyhow::Result<E2eResults> {
+    for name in &options.only {
+        if !SETUPS.iter().any(|s| &s.name() == name) {
+            bail!("unknown setup {name:?}");
+        }
+    }
+    let lab = Lab::up(LabSpec {
+        prefix: PREFIX.into(),
+        backends: BACKENDS,
+    })
+    .context("bringing up the bench's lab")?;
+    let result = run_in(&lab, options);
+    let _ = std::fs::remove_dir_all(peers::RUN_DIR);
+    lab.down()?;
+    result
+}
+
+fn run_in(lab: &Lab, options: &Options) -> anyhow::Result<E2eResults> {
+    let backends = backends(lab);
+    std::fs::create_dir_all(&options.configs_dir)?;
+    let configs = &options.configs_dir;
+    let write = |name: &str, text: String| -> anyhow::Result<PathBuf> {
+        let path = configs.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(std::fs::canonicalize(&path)?)
+    };
+    for mode in ["nat", "dnat"] {
+        write(
+            &format!("xlb-{mode}.toml"),
+            peers::xlb(vip(), topology::SNAT_V4, &backends, mode),
+        )?;
+    }
+    write("nftables.nft", peers::nftables(vip(), &backends))?;
+    write(
+        "nginx.conf",
+        peers::nginx(vip(), &backends, options.threads),
+    )?;
+    write(
+        "haproxy.cfg",
+        peers::haproxy(vip(), &backends, options.threads),
+    )?;
+
+    let mut setups = Vec::new();
+    for (i, setup) in SETUPS.into_iter().enumerate() {
+        let wanted = if options.only.is_empty() {
+            i < DEFAULT_SETUPS
+        } else {
+            options.only.contains(&setup.name())
+        };
+        if !wanted {
+            continue;
+        }
+        if let Some(gone) = lab.namespaces().into_iter().find(|ns| !netns::exists(ns)) {
+            bail!(
+                "namespace {gone} of the bench's lab was removed from outside (`cargo xtask \
+                 test` and `cargo xtask lab down` remove every xlb* namespace); run the bench \
+                 again when nothing else uses the labs"
+            );
+        }
+        eprintln!("bench: end to end, {}", setup.name());
+        let result = measure_setup(lab, setup, options);
+        if let Some(e) = &result.error {
+            eprintln!("bench:   FAILED: {e}");
+        }
+        for r in &result.runs {
+            eprintln!(
+                "bench:   {:<27} {:>8.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us  {:>5.1} us CPU/req{}",
+                r.load.label(),
+                r.requests_per_s,
+                r.p50_us,
+                r.p99_us,
+                r.cpu_us_per_request,
+                if r.ok() {
+                    String::new()
+                } else {
+                    format!("  PROBLEMS: {}", r.problems.join("; "))
+                }
+            );
+        }
+        setups.push(result);
+    }
+    Ok(E2eResults {
+        options: options.clone(),
+        setups,
+    })
+}
+
+/// What a started setup holds until it is stopped.
+struct Running {
+    description: String,
+    url: String,
+    dataplane: Option<Dataplane>,
+    child: Option<Child>,
+    /// Commands undoing the setup, run in order when it stops.
+    undo: Vec<Command>,
+}
+
+impl Running {
+    fn stop(mut self) -> anyhow::Result<()> {
+        let mut errors = Vec::new();
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child);
+        }
+        // Detaches xlb.
+        drop(self.dataplane.take());
+        for mut cmd in self.undo.drain(..) {
+            if let Err(e) = netns::run(&mut cmd) {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}", errors.join("; "))
+        }
+    }
+}
+
+/// SIGTERM, then SIGKILL after 5 s.
+fn stop_child(child: &mut Child) {
+    // SAFETY: kill on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn measure_setup(lab: &Lab, setup: Setup, options: &Options) -> SetupResult {
+    let mut result = SetupResult {
+        name: setup.name(),
+        description: String::new(),
+        url: String::new(),
+        reached: BTreeMap::new(),
+        runs: Vec::new(),
+        xlb_ns_per_packet: None,
+        error: None,
+    };
+    let mut running = match start(lab, setup, options) {
+        Ok(running) => running,
+        Err(e) => {
+            result.error = Some(format!("{e:#}"));
+            return result;
+        }
+    };
+    result.description = running.description.clone();
+    result.url = running.url.clone();
+    let outcome = (|| -> anyhow::Result<()> {
+        let target = target_of(&running.url)?;
+        result.reached = reach(lab, target)?;
+        for load in [Load::KeepAlive, Load::NewConnection] {
+            // Warm-up: caches, conntrack, the peers' connection pools.
+            let _ = wrk(lab, &running.url, load, options, 1);
+            std::thread::sleep(Duration::from_millis(500));
+            let before = match &running.dataplane {
+                Some(dp) => Some(dp.global_counters()?),
+                None => None,
+            };
+            let mut run = wrk(lab, &running.url, load, options, options.duration_s)?;
+            if let (Some(dp), Some(before)) = (&running.dataplane, before) {
+                let after = dp.global_counters()?;
+                for ((counter, b), (_, a)) in before.iter().zip(&after) {
+                    if a > b {
+                        run.xlb_counters.insert(counter.label().to_owned(), a - b);
+                    }
+                }
+                let forwarded = run.xlb_counters.get("forward_tx").copied().unwrap_or(0);
+                if forwarded < run.requests {
+                    run.problems.push(format!(
+                        "xlb forwarded only {forwarded} packets for {} requests",
+                        run.requests
+                    ));
+                }
+            }
+            result.runs.push(run);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        if let Some(dp) = &mut running.dataplane {
+            result.xlb_ns_per_packet = Some(in_situ_ns(lab, dp, &running.url, options)?);
+        }
+        Ok(())
+    })();
+    if let Err(e) = outcome {
+        result.error = Some(format!("{e:#}"));
+    }
+    if let Err(e) = running.stop() {
+        let stop = format!("stopping: {e:#}");
+        result.error = Some(match result.error.take() {
+            Some(e) => format!("{e}; {stop}"),
+            None => stop,
+        });
+    }
+    result
+}
+
+/// ns per packet of xlb's program under a short keep-alive load, from the
+/// kernel's run-time statistics (enabled only for this run: they add two
+/// clock reads to every run of every program).
+fn in_situ_ns(lab: &Lab, dp: &mut Dataplane, url: &str, options: &Options) -> anyhow::Result<f64> {
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("enabling BPF run-time statistics")?;
+    let before = dp.program()?.info()?;
+    wrk(lab, url, Load::KeepAlive, options, 3)?;
+    let after = dp.program()?.info()?;
+    let runs = after.run_count() - before.run_count();
+    anyhow::ensure!(runs > 0, "the program did not run");
+    Ok((after.run_time() - before.run_time()).as_nanos() as f64 / runs as f64)
+}
+
+fn target_of(url: &str) -> anyhow::Result<SocketAddr> {
+    let hostport = url
+        .strip_prefix("http://")
+        .and_then(|r| r.strip_suffix('/'))
+        .with_context(|| format!("unexpected url {url}"))?;
+    let with_port = if hostport.contains(':') {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:80")
+    };
+    Ok(with_port.parse()?)
+}
+
+/// Brings `setup` up in the lab.
+fn start(lab: &Lab, setup: Setup, options: &Options) -> anyhow::Result<Running> {
+    let lb = lab.lb_ns();
+    let configs = &options.configs_dir;
+    let vip_url = format!("http://{}/", topology::VIP_V4);
+    let backends = backends(lab);
+    let mut running = Running {
+        description: String::new(),
+        url: vip_url.clone(),
+        dataplane: None,
+        child: None,
+        undo: Vec::new(),
+    };
+    match setup {
+        Setup::None => {
+            running.url = format!("http://{}/", backends[0]);
+            running.description = format!(
+                "no load balancer: the client talks to one backend ({}) through the lb host's \
+                 kernel forwarding",
+                backends[0]
+            );
+        }
+        Setup::Xlb(mode, request) => {
+            let text = std::fs::read_to_string(configs.join(format!("xlb-{mode}.toml")))?;
+            let config = Config::parse(&text)?;
+            let (dataplane, attached) = lab
+                .in_lb(|| -> anyhow::Result<(Dataplane, AttachedMode)> {
+                    let mut dataplane = Dataplane::load()?;
+                    dataplane.apply(&config)?;
+                    let attached = dataplane.attach(LB_IFACE, request)?;
+                    Ok((dataplane, attached))
+                })?
+                .context("attaching xlb in the lab")?;
+            running.dataplane = Some(dataplane);
+            running.description = format!(
+                "xlb, mode {mode}, XDP ({attached}) on the lb's {LB_IFACE}; {}",
+                if mode == "nat" {
+                    format!("backends see SNAT {}", topology::SNAT_V4)
+                } else {
+                    "backends see the client and route back through the lb".into()
+                }
+            );
+        }
+        Setup::Nftables => {
+            let file = configs.join("nftables.nft");
+            netns::run(&mut netns::exec(
+                &lb,
+                "nft",
+                [OsStr::new("-f"), file.as_os_str()],
+            ))?;
+            running.undo.push(netns::exec(
+                &lb,
+                "nft",
+                ["delete", "table", "ip", peers::NFT_TABLE],
+            ));
+            running.description = "nftables: DNAT to `numgen random mod 4` in the lb's \
+                                   prerouting hook, conntrack for replies"
+                .into();
+        }
+        Setup::Nginx | Setup::Haproxy => {
+            // The proxy must own the VIP to accept connections for it.
+            let vip_cidr = format!("{}/32", topology::VIP_V4);
+            netns::run(&mut netns::ip_in(
+                &lb,
+                ["addr", "add", &vip_cidr, "dev", "lo"],
+            ))?;
+            running
+                .undo
+                .push(netns::ip_in(&lb, ["addr", "del", &vip_cidr, "dev", "lo"]));
+            let (name, program, args): (&str, &str, Vec<String>) = if setup == Setup::Nginx {
+                let dir = format!("{}/nginx", peers::RUN_DIR);
+                (
+                    "nginx",
+                    "nginx",
+                    vec![
+                        "-p".into(),
+                        dir.clone(),
+                        "-e".into(),
+                        format!("{dir}/error.log"),
+                        "-c".into(),
+                        path_arg(&configs.join("nginx.conf"))?,
+                        "-g".into(),
+                        "daemon off;".into(),
+                    ],
+                )
+            } else {
+                (
+                    "haproxy",
+                    "haproxy",
+                    vec![
+                        "-f".into(),
+                        path_arg(&configs.join("haproxy.cfg"))?,
+                        "-db".into(),
+                    ],
+                )
+            };
+            let dir = Path::new(peers::RUN_DIR).join(name);
+            std::fs::create_dir_all(&dir)?;
+            let log = std::fs::File::create(dir.join("output.log"))?;
+            let mut cmd = netns::exec(&lb, program, &args);
+            cmd.stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log);
+            running.child = Some(
+                cmd.spawn()
+                    .with_context(|| format!("starting {}", netns::show(&cmd)))?,
+            );
+            running.description = if setup == Setup::Nginx {
+                format!(
+                    "nginx {} stream proxy on the lb, {} workers, reuseport, round robin",
+                    version("nginx", "-v"),
+                    options.threads
+                )
+            } else {
+                format!(
+                    "HAProxy {} mode tcp on the lb, {} threads, a listener per thread, round robin",
+                    version("haproxy", "-v"),
+                    options.threads
+                )
+            };
+        }
+    }
+    Ok(running)
+}
+
+/// A path as a command-line argument.
+fn path_arg(path: &Path) -> anyhow::Result<String> {
+    path.to_str()
+        .map(str::to_owned)
+        .with_context(|| format!("non-UTF-8 path {}", path.display()))
+}
+
+/// The version a program reports (`nginx/1.22.1` → `1.22.1`).
+fn version(program: &str, flag: &str) -> String {
+    let out = Command::new(program).arg(flag).output();
+    let text = out
+        .map(|o| {
+            let mut t = String::from_utf8_lossy(&o.stdout).into_owned();
+            t += &String::from_utf8_lossy(&o.stderr);
+            t
+        })
+        .unwrap_or_default();
+    text.split(|c: char| c.is_whitespace() || c == '/')
+        .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()) && w.contains('.'))
+        .unwrap_or("?")
+        .to_owned()
+}
+
+/// Waits (up to 5 s) until `target` answers from the client, then sends 40
+/// one-shot requests and counts which backend answered each.
+fn reach(lab: &Lab, target: SocketAddr) -> anyhow::Result<BTreeMap<String, usize>> {
+    lab.in_client(|| -> anyhow::Result<BTreeMap<String, usize>> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match client::http_get(target, Duration::from_millis(500)) {
+                Ok(_) => break,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(e).with_context(|| format!("{target} does not answer"));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        let mut counts = BTreeMap::new();
+        for _ in 0..40 {
+            let name = client::http_get(target, client::DEFAULT_TIMEOUT)?;
+            *counts.entry(name).or_insert(0) += 1;
+        }
+        Ok(counts)
+    })?
+}
+
+/// Runs wrk from the client namespace for `seconds` and reads its report.
+fn wrk(
+    lab: &Lab,
+    url: &str,
+    load: Load,
+    options: &Options,
+    seconds: u32,
+) -> anyhow::Result<RunResult> {
+    let mut args = vec![
+        "-t".to_owned(),
+        options.threads.to_string(),
+        "-c".into(),
+        options.connections.to_string(),
+        "-d".into(),
+        format!("{seconds}s"),
+        "--latency".into(),
+    ];
+    if load == Load::NewConnection {
+        args.extend(["-H".into(), "Connection: close".into()]);
+    }
+    args.push(url.to_owned());
+    let mut cmd = netns::exec(&lab.client_ns(), "wrk", &args);
+    let command = netns::show(&cmd).replace("Connection: close", "'Connection: close'");
+    let before = CpuTimes::now()?;
+    let output = netns::run(&mut cmd)?;
+    let cpu = CpuTimes::now()?.since(&before);
+    let report = parse_wrk(&output).with_context(|| format!("reading wrk's report:\n{output}"))?;
+
+    let mut problems = Vec::new();
+    if report.requests == 0 {
+        problems.push("no answers".to_owned());
+    }
+    let e = report.errors;
+    if e.total() > 0 {
+        problems.push(format!(
+            "wrk errors: connect {}, read {}, write {}, timeout {}, non-2xx/3xx {}",
+            e.connect, e.read, e.write, e.timeout, e.non_2xx_3xx
+        ));
+    }
+    let busy_s = cpu.busy() as f64 / ticks_per_second();
+    Ok(RunResult {
+        load,
+        command,
+        requests: report.requests,
+        seconds: report.seconds,
+        requests_per_s: report.requests_per_s,
+        p50_us: report.p50_us,
+        p99_us: report.p99_us,
+        errors: report.errors,
+        cpu,
+        cpu_us_per_request: if report.requests > 0 {
+            busy_s * 1e6 / report.requests as f64
+        } else {
+            0.0
+        },
+        xlb_counters: BTreeMap::new(),
+        problems,
+    })
+}
+
+/// What wrk's `--latency` report says.
+#[derive(Debug, Default, PartialEq)]
+struct WrkReport {
+    requests: u64,
+    seconds: f64,
+    requests_per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+    errors: WrkErrors,
+}
+
+fn parse_wrk(text: &str) -> anyhow::Result<WrkReport> {
+    let mut report = WrkReport::default();
+    let (mut p50, mut p99, mut rps) = (None, None, None);
+    for line in text.lines().map(str::trim) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["50%", v] => p50 = Some(duration_us(v)?),
+            ["99%", v] => p99 = Some(duration_us(v)?),
+            ["Requests/sec:", v] => rps = Some(v.parse()?),
+            [n, "requests", "in", t, ..] => {
+                report.requests = n.parse()?;
+                report.seconds = duration_us(t.trim_end_matches(','))? / 1e6;
+            }
+            ["Socket", "errors:", rest @ ..] => {
+                let numbers: Vec<u64> = rest
+                    .iter()
+                    .filter_map(|w| w.trim_end_matches(',').parse().ok())
+                    .collect();
+                if let [connect, read, write, timeout] = numbers[..] {
+                    report.errors.connect = connect;
+                    report.errors.read = read;
+                    report.errors.write = write;
+                    report.errors.timeout = timeout;
+                } else {
+                    bail!("cannot read {line:?}");
+                }
+            }
+            ["Non-2xx", "or", "3xx", "responses:", n] => report.errors.non_2xx_3xx = n.parse()?,
+            _ => {}
+        }
+    }
+    report.p50_us = p50.context("no 50% latency")?;
+    report.p99_us = p99.context("no 99% latency")?;
+    report.requests_per_s = rps.context("no Requests/sec")?;
+    Ok(report)
+}
+
+/// wrk's durations (`310.00us`, `1.20ms`, `2.00s`, `1.00m`) in µs.
+fn duration_us(text: &str) -> anyhow::Result<f64> {
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .with_context(|| format!("no unit in {text:?}"))?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse()?;
+    let scale = match unit {
+        "us" => 1.0,
+        "ms" => 1e3,
+        "s" => 1e6,
+        "m" => 60e6,
+        "h" => 3600e6,
+        _ => bail!("unknown unit in {text:?}"),
+    };
+    Ok(value * scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_wrk_report() {
+        let text = "Running 8s test @ http://10.10.100.1/
+  2 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   420.12us  200.00us   8.00ms   90.00%
+    Req/Sec    38.00k     2.00k   42.00k    70.00%
+  Latency Distribution
+     50%  310.00us
+     75%  500.00us
+     90%  800.00us
+     99%    1.20ms
+  604321 requests in 8.00s, 70.00MB read
+  Socket errors: connect 0, read 12, write 0, timeout 3
+  Non-2xx or 3xx responses: 5
+Requests/sec:  75540.12
+Transfer/sec:      8.75MB
+";
+        let r = parse_wrk(text).unwrap();
+        assert_eq!(r.requests, 604_321);
+        assert_eq!(r.seconds, 8.0);
+        assert_eq!(r.p50_us, 310.0);
+        assert_eq!(r.p99_us, 1200.0);
+        assert_eq!(r.requests_per_s, 75_540.12);
+        assert_eq!(
+            r.errors,
+            WrkErrors {
+                connect: 0,
+                read: 12,
+                write: 0,
+                timeout: 3,
+                non_2xx_3xx: 5
+            }
+        );
+        assert!(parse_wrk("nothing").is_err());
+        assert_eq!(duration_us("1.00m").unwrap(), 60e6);
+    }
+
+    #[test]
+    fn urls_give_targets() {
+        assert_eq!(
+            target_of("http://10.10.100.1/").unwrap(),
+            "10.10.100.1:80".parse().unwrap()
+        );
+        assert_eq!(
+            target_of("http://10.10.2.10:8000/").unwrap(),
+            "10.10.2.10:8000".parse().unwrap()
+        );
+    }
+}

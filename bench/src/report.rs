@@ -1,0 +1,387 @@
+//! The results as JSON (serde) and as Markdown, with the issue's targets
+//! evaluated (reported, never asserted).
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::{
+    dataplane::{DataplaneResults, PathResult},
+    e2e::{E2eResults, Load, RunResult},
+    machine::Machine,
+};
+
+/// Everything one bench run found.
+#[derive(Debug, Serialize)]
+pub struct Results {
+    pub machine: Machine,
+    /// Fraction of the machine's CPU busy in the second before the bench
+    /// started (other work on the machine makes the numbers noisier).
+    pub busy_before: f64,
+    pub targets: Vec<Target>,
+    pub dataplane: Option<DataplaneResults>,
+    pub e2e: Option<E2eResults>,
+}
+
+/// A target from the issue and how this run did against it.
+#[derive(Debug, Serialize)]
+pub struct Target {
+    pub target: String,
+    /// The measured ratio.
+    pub value: Option<f64>,
+    /// How it was computed.
+    pub detail: String,
+    /// `None` when it could not be measured (or a run behind it had errors).
+    pub met: Option<bool>,
+}
+
+impl Results {
+    pub fn new(
+        machine: Machine,
+        busy_before: f64,
+        dataplane: Option<DataplaneResults>,
+        e2e: Option<E2eResults>,
+    ) -> Self {
+        let mut targets = Vec::new();
+        if let Some(dp) = &dataplane {
+            targets.push(floor_target(dp));
+        }
+        if let Some(e2e) = &e2e {
+            targets.extend(e2e_targets(e2e));
+        }
+        Self {
+            machine,
+            busy_before,
+            targets,
+            dataplane,
+            e2e,
+        }
+    }
+}
+
+fn floor_target(dp: &DataplaneResults) -> Target {
+    let target = "established-flow cost within 1.5x of the floor".to_owned();
+    let established = dp.baseline().path("established");
+    let floor = dp.reference("floor", "repeat=1");
+    match (established, floor) {
+        (Some(e), Some(f)) if f.net_median > 0.0 => {
+            let net = e.net_median / f.net_median;
+            let raw = e.raw.median / f.raw.median;
+            Target {
+                target,
+                value: Some(net),
+                detail: format!(
+                    "net of the do-nothing program: {:.0} ns / {:.0} ns = {net:.2}x \
+                     (raw, harness included: {:.0} / {:.0} ns = {raw:.2}x)",
+                    e.net_median, f.net_median, e.raw.median, f.raw.median
+                ),
+                met: Some(net <= 1.5),
+            }
+        }
+        _ => Target {
+            target,
+            value: None,
+            detail: "not measured".into(),
+            met: None,
+        },
+    }
+}
+
+fn e2e_targets(e2e: &E2eResults) -> Vec<Target> {
+    let run = |setup: &str, load| e2e.setup(setup).and_then(|s| s.run(load));
+    let none_ka = run("none", Load::KeepAlive);
+    let none_new = run("none", Load::NewConnection);
+    let mut targets = Vec::new();
+    for mode in ["xlb-nat", "xlb-dnat"] {
+        targets.push(ratio_target(
+            format!("{mode}: keep-alive req/s >= 0.95x no load balancer"),
+            run(mode, Load::KeepAlive),
+            none_ka,
+            0.95,
+        ));
+        let xlb = run(mode, Load::KeepAlive);
+        let peers: Vec<(&str, Option<&RunResult>)> = ["nginx", "haproxy", "nftables"]
+            .iter()
+            .map(|p| (*p, run(p, Load::KeepAlive)))
+            .collect();
+        let target = format!("{mode}: keep-alive req/s ahead of nginx, HAProxy and nftables");
+        targets.push(
+            match (xlb, peers.iter().all(|(_, r)| r.is_some_and(RunResult::ok))) {
+                (Some(x), true) if x.ok() => {
+                    let (best_name, best) = peers
+                        .iter()
+                        .map(|(n, r)| (*n, r.expect("checked").requests_per_s))
+                        .max_by(|a, b| a.1.total_cmp(&b.1))
+                        .expect("three peers");
+                    let ratio = x.requests_per_s / best;
+                    Target {
+                        target,
+                        value: Some(ratio),
+                        detail: format!(
+                            "{:.0} req/s vs the best peer, {best_name}, {best:.0} req/s: {ratio:.2}x",
+                            x.requests_per_s
+                        ),
+                        met: Some(ratio > 1.0),
+                    }
+                }
+                _ => Target {
+                    target,
+                    value: None,
+                    detail: "a run is missing or had errors".into(),
+                    met: None,
+                },
+            },
+        );
+        targets.push(ratio_target(
+            format!("{mode}: one-connection-per-request req/s >= 0.9x no load balancer"),
+            run(mode, Load::NewConnection),
+            none_new,
+            0.9,
+        ));
+    }
+    targets
+}
+
+fn ratio_target(
+    target: String,
+    run: Option<&RunResult>,
+    base: Option<&RunResult>,
+    goal: f64,
+) -> Target {
+    match (run, base) {
+        (Some(r), Some(b)) if r.ok() && b.ok() && b.requests_per_s > 0.0 => {
+            let ratio = r.requests_per_s / b.requests_per_s;
+            Target {
+                target,
+                value: Some(ratio),
+                detail: format!(
+                    "{:.0} / {:.0} req/s = {ratio:.2}x",
+                    r.requests_per_s, b.requests_per_s
+                ),
+                met: Some(ratio >= goal),
+            }
+        }
+        _ => Target {
+            target,
+            value: None,
+            detail: "a run is missing or had errors".into(),
+            met: None,
+        },
+    }
+}
+
+/// The results as Markdown: targets, data plane, scale, end to end.
+pub fn markdown(r: &Results) -> String {
+    let mut md = String::new();
+    let m = &r.machine;
+    let _ = writeln!(md, "# xlb bench results\n");
+    let _ = writeln!(
+        md,
+        "Run {} on {} ({} CPUs{}), {} GiB, kernel {}, {}; code `{}`. \
+         CPU busy in the second before the run: {:.0}%.\n",
+        m.date,
+        m.cpu_model,
+        m.cpus,
+        if m.virtualized {
+            ", virtual machine"
+        } else {
+            ""
+        },
+        m.memory_gib,
+        m.kernel,
+        m.os,
+        m.commit,
+        r.busy_before * 100.0
+    );
+
+    let _ = writeln!(md, "## Targets\n");
+    let _ = writeln!(md, "| target | measured | met |\n|---|---|---|");
+    for t in &r.targets {
+        let met = match t.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "n/a",
+        };
+        let _ = writeln!(md, "| {} | {} | {met} |", t.target, t.detail);
+    }
+    md.push('\n');
+
+    if let Some(dp) = &r.dataplane {
+        dataplane_markdown(&mut md, dp);
+    }
+    if let Some(e2e) = &r.e2e {
+        e2e_markdown(&mut md, e2e);
+    }
+    md
+}
+
+fn dataplane_markdown(md: &mut String, dp: &DataplaneResults) {
+    let base = dp.baseline();
+    let floor_net = dp.reference("floor", "repeat=1").map(|f| f.net_median);
+    let _ = writeln!(md, "## Data plane: ns per packet (BPF_PROG_TEST_RUN)\n");
+    let _ = writeln!(
+        md,
+        "Baseline: {} service, {} backends (`nat`), Maglev table {}, flow table of {} holding \
+         {} established flows; IPv4 TCP frames of 59-77 bytes. `repeat=1`: that many single \
+         runs, each checked; `repeat=N`: calls of N runs, for frames the program does not \
+         rewrite. *net* = median minus the median of the do-nothing program timed the same \
+         way, interleaved.\n",
+        base.services, base.backends_per_service, base.table_size, base.flow_capacity, base.flows
+    );
+    let _ = writeln!(
+        md,
+        "| path | method | median | p10 | p90 | do-nothing | net | net / floor |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|"
+    );
+    let row = |md: &mut String, p: &PathResult| {
+        let vs_floor = match floor_net {
+            Some(f) if f > 0.0 && p.path != "do-nothing" => {
+                format!("{:.1}x", p.net_median / f)
+            }
+            _ => String::new(),
+        };
+        let precision = if p.method.starts_with("repeat=1 ") {
+            0
+        } else {
+            1
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.*} | {:.*} | {:.*} | {:.*} | {:.*} | {vs_floor} |",
+            p.path,
+            p.method,
+            precision,
+            p.raw.median,
+            precision,
+            p.raw.p10,
+            precision,
+            p.raw.p90,
+            precision,
+            p.overhead.median,
+            precision,
+            p.net_median,
+        );
+    };
+    for p in &dp.reference {
+        row(md, p);
+    }
+    for p in &base.paths {
+        row(md, p);
+    }
+    md.push('\n');
+
+    let _ = writeln!(md, "### Scale: net ns per packet (median)\n");
+    let _ = writeln!(
+        md,
+        "One dimension at a time; `repeat=1` loops except the last column.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| scenario | services x backends | table | flows / capacity | established | new flow | \
+         reply | passthrough | passthrough (repeat=N) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for s in &dp.scenarios {
+        let find = |path: &str, single: bool| {
+            s.paths
+                .iter()
+                .find(|p| p.path == path && p.method.starts_with("repeat=1 ") == single)
+        };
+        let net = |path: &str| {
+            find(path, true).map_or("-".to_owned(), |p| format!("{:.0}", p.net_median))
+        };
+        let repeated =
+            find("passthrough", false).map_or("-".to_owned(), |p| format!("{:.1}", p.net_median));
+        let _ = writeln!(
+            md,
+            "| {} | {} x {} | {} | {} / {} | {} | {} | {} | {} | {repeated} |",
+            s.name,
+            s.services,
+            s.backends_per_service,
+            s.table_size,
+            s.flows,
+            s.flow_capacity,
+            net("established"),
+            net("new flow"),
+            net("reply"),
+            net("passthrough"),
+        );
+    }
+    md.push('\n');
+}
+
+fn e2e_markdown(md: &mut String, e2e: &E2eResults) {
+    let o = &e2e.options;
+    let _ = writeln!(md, "## End to end in the lab\n");
+    let _ = writeln!(
+        md,
+        "wrk, {} threads, {} connections, {} s per run after a 1 s warm-up, from the client \
+         namespace; 4 backends (`xlb-lab-httpd`). CPU = busy time of the whole machine \
+         (wrk, backends and load balancer together) per request, from /proc/stat.\n",
+        o.threads, o.connections, o.duration_s
+    );
+    let none = e2e.setup("none");
+    let _ = writeln!(
+        md,
+        "| setup | keep-alive req/s | vs none | p50 / p99 ms | CPU us/req | new-conn req/s | \
+         vs none | p50 / p99 ms | CPU us/req |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let mut problems = Vec::new();
+    for s in &e2e.setups {
+        let mut cells = vec![s.name.clone()];
+        for load in [Load::KeepAlive, Load::NewConnection] {
+            match s.run(load) {
+                Some(r) => {
+                    let flag = if r.ok() {
+                        ""
+                    } else {
+                        problems.push(format!(
+                            "{} ({}): {}",
+                            s.name,
+                            load.label(),
+                            r.problems.join("; ")
+                        ));
+                        " (errors)"
+                    };
+                    let vs = none
+                        .and_then(|n| n.run(load))
+                        .filter(|n| n.requests_per_s > 0.0)
+                        .map_or(String::new(), |n| {
+                            format!("{:.2}", r.requests_per_s / n.requests_per_s)
+                        });
+                    cells.push(format!("{:.0}{flag}", r.requests_per_s));
+                    cells.push(vs);
+                    cells.push(format!("{:.2} / {:.2}", r.p50_us / 1e3, r.p99_us / 1e3));
+                    cells.push(format!("{:.1}", r.cpu_us_per_request));
+                }
+                None => cells.extend(std::iter::repeat_n("-".to_owned(), 4)),
+            }
+        }
+        let _ = writeln!(md, "| {} |", cells.join(" | "));
+        if let Some(e) = &s.error {
+            problems.push(format!("{}: {e}", s.name));
+        }
+    }
+    md.push('\n');
+    for s in &e2e.setups {
+        let reached: Vec<String> = s.reached.iter().map(|(b, n)| format!("{b} {n}")).collect();
+        let _ = writeln!(
+            md,
+            "- **{}**: {}; `{}`; 40 one-shot requests reached {}.",
+            s.name,
+            s.description,
+            s.url,
+            if reached.is_empty() {
+                "-".to_owned()
+            } else {
+                reached.join(", ")
+            }
+        );
+    }
+    if !problems.is_empty() {
+        let _ = writeln!(md, "\nProblems:\n");
+        for p in problems {
+            let _ = writeln!(md, "- {p}");
+        }
+    }
+    md.push('\n');
+}
