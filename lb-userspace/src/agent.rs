@@ -95,7 +95,8 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
     let adopted = previous_state(&pin_dir, &state_path);
     let mut dataplane = Dataplane::load_with(LoadOptions {
         pin_dir: Some(pin_dir.clone()),
-        ..LoadOptions::default()
+        flow_capacity: config.flows.table_size,
+        timeouts: config.flows.timeouts(),
     })?;
     let adopting = adopted.is_some();
     let kernel_log = spawn_kernel_log(&mut dataplane)?;
@@ -442,9 +443,17 @@ impl Agent {
     /// file's settings replace runtime changes; health and drains are kept.
     fn reload(&mut self) -> anyhow::Result<()> {
         let mut config = Config::load(&self.config_path)?;
-        // Interfaces and agent settings are fixed for the process's life.
+        // Interfaces, agent and flow-table settings are fixed for the
+        // process's life.
+        if config.interfaces != self.runtime.interfaces
+            || config.agent != self.runtime.agent
+            || config.flows != self.runtime.flows
+        {
+            tracing::warn!("interfaces, [agent] and [flows] changes take effect on the next start");
+        }
         config.interfaces = self.runtime.interfaces.clone();
         config.agent = self.runtime.agent.clone();
+        config.flows = self.runtime.flows.clone();
         self.file = config.clone();
         self.runtime = config;
         self.sync_health(Instant::now());

@@ -24,6 +24,9 @@ pub struct Config {
     /// How the agent runs.
     #[serde(default)]
     pub agent: AgentConfig,
+    /// Size of the flow table and how long idle flows live.
+    #[serde(default)]
+    pub flows: FlowsConfig,
     /// Services, in the order they get their ids.
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
@@ -58,6 +61,56 @@ impl Default for AgentConfig {
             pin_dir: "/sys/fs/bpf/xlb".into(),
             run_dir: "/run/xlb".into(),
             xdp_mode: "auto".into(),
+        }
+    }
+}
+
+/// The flow table: its size and idle timeouts. Read when the data plane is
+/// loaded afresh (not on reload, not when re-adopting pinned maps).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowsConfig {
+    /// Entries of the flow table (and of the reply table beside it).
+    pub table_size: u32,
+    /// Idle time of an established TCP flow.
+    #[serde(with = "humantime_serde")]
+    pub tcp_idle_timeout: Duration,
+    /// Idle time of a TCP flow still in its handshake.
+    #[serde(with = "humantime_serde")]
+    pub tcp_handshake_timeout: Duration,
+    /// Idle time of a TCP flow after FIN or RST.
+    #[serde(with = "humantime_serde")]
+    pub tcp_closing_timeout: Duration,
+    /// Idle time of a UDP flow.
+    #[serde(with = "humantime_serde")]
+    pub udp_idle_timeout: Duration,
+}
+
+impl Default for FlowsConfig {
+    fn default() -> Self {
+        let t = lb_common::flow::FlowTimeouts::DEFAULT;
+        Self {
+            table_size: lb_common::DEFAULT_FLOW_CAPACITY,
+            tcp_idle_timeout: Duration::from_nanos(t.tcp_idle_ns),
+            tcp_handshake_timeout: Duration::from_nanos(t.syn_ns),
+            tcp_closing_timeout: Duration::from_nanos(t.closing_ns),
+            udp_idle_timeout: Duration::from_nanos(t.udp_idle_ns),
+        }
+    }
+}
+
+impl FlowsConfig {
+    /// Smallest and largest flow table accepted.
+    pub const TABLE_SIZES: std::ops::RangeInclusive<u32> = 1024..=(1 << 24);
+
+    /// The timeouts as the data plane reads them.
+    pub fn timeouts(&self) -> lb_common::flow::FlowTimeouts {
+        let ns = |d: Duration| d.as_nanos().min(u128::from(u64::MAX)) as u64;
+        lb_common::flow::FlowTimeouts {
+            syn_ns: ns(self.tcp_handshake_timeout),
+            tcp_idle_ns: ns(self.tcp_idle_timeout),
+            closing_ns: ns(self.tcp_closing_timeout),
+            udp_idle_ns: ns(self.udp_idle_timeout),
         }
     }
 }
@@ -300,6 +353,13 @@ impl Config {
             .xdp_mode
             .parse::<crate::xdp::ModeRequest>()
             .context("agent.xdp_mode")?;
+        if !FlowsConfig::TABLE_SIZES.contains(&self.flows.table_size) {
+            bail!(
+                "flows.table_size must be {}-{}",
+                FlowsConfig::TABLE_SIZES.start(),
+                FlowsConfig::TABLE_SIZES.end()
+            );
+        }
         if self.services.len() > lb_common::MAX_SERVICES as usize {
             bail!(
                 "{} services configured; at most {} are supported",
@@ -433,6 +493,19 @@ mod tests {
         assert_eq!(web.key().port_be, 80u16.to_be());
         assert_eq!(web.backends[0].weight, 1);
         assert_eq!(web.backends[1].weight, 3);
+    }
+
+    #[test]
+    fn flow_settings_parse_and_are_checked() {
+        let config = Config::parse(&format!(
+            "[flows]\ntable_size = 1048576\nudp_idle_timeout = \"5s\"\n{WEB}"
+        ))
+        .unwrap();
+        assert_eq!(config.flows.table_size, 1 << 20);
+        assert_eq!(config.flows.timeouts().udp_idle_ns, 5_000_000_000);
+        assert_eq!(config.flows.timeouts().tcp_idle_ns, 900_000_000_000);
+        let err = Config::parse(&format!("[flows]\ntable_size = 10\n{WEB}")).unwrap_err();
+        assert!(err.to_string().contains("flows.table_size"), "{err}");
     }
 
     #[test]
