@@ -142,8 +142,8 @@ impl_pod!(FlowKey, Flow, Reply, FlowTimeouts);
 pub const SNAT_PORT_MIN: u16 = 1024;
 /// Number of ports in that range (1024–65535).
 pub const SNAT_PORT_COUNT: u32 = 65536 - SNAT_PORT_MIN as u32;
-/// Source ports tried for a new `nat` flow before it is dropped as
-/// colliding with live flows.
+/// Source ports tried for a new `nat` flow (the client's own, then ones
+/// picked by the hash) before it is dropped as colliding with live flows.
 pub const SNAT_PORT_ATTEMPTS: u32 = 8;
 
 /// The `attempt`-th source port candidate (host byte order) for a new `nat`
@@ -153,6 +153,18 @@ pub const SNAT_PORT_ATTEMPTS: u32 = 8;
 pub const fn snat_port(hash: u32, attempt: u32) -> u16 {
     let start = (hash >> 8) % SNAT_PORT_COUNT;
     SNAT_PORT_MIN + ((start + attempt * 7919) % SNAT_PORT_COUNT) as u16
+}
+
+/// The `attempt`-th source port (host byte order) a new `nat` flow tries:
+/// first the client's own port, as masquerading does (the client's kernel
+/// already keeps its own ports apart), then [`snat_port`] candidates.
+#[inline(always)]
+pub const fn snat_candidate(hash: u32, client_port: u16, attempt: u32) -> u16 {
+    if attempt == 0 {
+        client_port
+    } else {
+        snat_port(hash, attempt)
+    }
 }
 
 /// Hash of a flow for the Maglev lookup: the full 5-tuple, or with

@@ -6,7 +6,7 @@ use lb_common::{
     Backend, Flow, FlowKey, GlobalCounter, Reply, Service,
     flow::{
         FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SENT, FlowTimeouts, LAST_SEEN_GRANULARITY_NS,
-        SNAT_PORT_ATTEMPTS, flow_hash, snat_port,
+        SNAT_PORT_ATTEMPTS, flow_hash, snat_candidate,
     },
     service::SERVICE_F_HASH_SOURCE,
 };
@@ -122,9 +122,11 @@ fn new_flow(packet: &Packet, service: &Service, now: u64) -> Result<Scheduled, G
         reply_key.dst = service.snat_addr;
         let mut claimed = false;
         for attempt in 0..SNAT_PORT_ATTEMPTS {
-            let port_be = snat_port(hash, attempt).to_be();
+            let port_be = snat_candidate(hash, u16::from_be(key.src_port_be), attempt).to_be();
             reply_key.dst_port_be = port_be;
-            if REPLIES.insert(reply_key, reply, BPF_NOEXIST as u64).is_ok() {
+            if REPLIES.insert(reply_key, reply, BPF_NOEXIST as u64).is_ok()
+                || reclaim(&reply_key, &reply, now)
+            {
                 snat_port_be = port_be;
                 claimed = true;
                 break;
@@ -166,6 +168,32 @@ fn new_flow(packet: &Packet, service: &Service, now: u64) -> Result<Scheduled, G
         backend,
         snat_port_be,
     })
+}
+
+/// Takes over the reply entry at `reply_key` (a source port in use) if the
+/// flow that claimed it has ended: its entry is gone, expired, or has moved
+/// on to another backend or port. Returns whether it did.
+#[inline(always)]
+fn reclaim(reply_key: &FlowKey, reply: &Reply, now: u64) -> bool {
+    // SAFETY: the value is copied out at once.
+    let Some(old) = (unsafe { REPLIES.get(reply_key) }).copied() else {
+        return false;
+    };
+    let client_key = FlowKey {
+        dst: old.vip,
+        dst_port_be: old.vip_port_be,
+        proto: reply_key.proto,
+        src: old.client,
+        src_port_be: old.client_port_be,
+        ..Default::default()
+    };
+    // SAFETY: the value is only read.
+    let live = unsafe { FLOWS.get(client_key) }.is_some_and(|flow| {
+        flow.backend == old.backend
+            && flow.snat_port_be == reply_key.dst_port_be
+            && !flow.is_expired(reply_key.proto, now, &timeouts())
+    });
+    !live && REPLIES.insert(reply_key, reply, 0).is_ok()
 }
 
 /// Removes the reply entry of a flow about to be scheduled again, so its

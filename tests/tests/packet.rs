@@ -4,10 +4,7 @@
 //! namespace (see `xlb_tests::fixture`). Expected frames are built from
 //! scratch by `etherparse`, so their checksums check ours independently.
 
-use lb_common::{
-    GlobalCounter,
-    flow::{flow_hash, snat_port},
-};
+use lb_common::{GlobalCounter, flow::flow_hash};
 use std::time::Duration;
 
 use lb_common::flow::FlowTimeouts;
@@ -194,8 +191,19 @@ fn with_harness_loaded(options: LoadOptions, test: impl FnOnce(&mut Harness) + S
 }
 
 /// The source port `nat` mode picks for a flow's first attempt.
+/// The source port `nat` mode gives a flow whose client port is free on the
+/// SNAT address: the client's own.
 fn first_snat_port(client: &Frame) -> u16 {
-    snat_port(flow_hash(&client.flow_key(), false), 0)
+    client.src.port()
+}
+
+/// The `attempt`-th source port `nat` mode tries for `client` (0: its own).
+fn snat_candidate(client: &Frame, attempt: u32) -> u16 {
+    lb_common::flow::snat_candidate(
+        flow_hash(&client.flow_key(), false),
+        client.src.port(),
+        attempt,
+    )
 }
 
 #[test]
@@ -590,25 +598,18 @@ impl log::Log for Capture {
 
 #[test]
 fn a_nat_flow_finding_every_source_port_taken_is_dropped_and_logged() {
-    use lb_common::{FlowKey, Reply, flow::SNAT_PORT_ATTEMPTS, service::ipv4_mapped};
+    use lb_common::flow::SNAT_PORT_ATTEMPTS;
     with_harness(|h| {
         let syn = Frame::tcp("10.0.0.2:49000", "10.0.0.100:80", Transport::SYN);
-        let hash = flow_hash(&syn.flow_key(), false);
-        {
-            let map = h.dp.ebpf_mut().map_mut("REPLIES").unwrap();
-            let mut replies: aya::maps::HashMap<_, FlowKey, Reply> =
-                aya::maps::HashMap::try_from(map).unwrap();
-            for attempt in 0..SNAT_PORT_ATTEMPTS {
-                let taken = FlowKey {
-                    dst: ipv4_mapped([10, 1, 0, 100]),
-                    dst_port_be: snat_port(hash, attempt).to_be(),
-                    proto: 6,
-                    src: ipv4_mapped([10, 1, 0, 10]),
-                    src_port_be: 8000u16.to_be(),
-                    ..Default::default()
-                };
-                replies.insert(taken, Reply::default(), 0).unwrap();
-            }
+        // Other clients' live flows hold every port this flow would try.
+        for attempt in 0..SNAT_PORT_ATTEMPTS {
+            let port = snat_candidate(&syn, attempt);
+            let other = Frame::tcp(
+                &format!("10.0.0.{}:{port}", 10 + attempt),
+                "10.0.0.100:80",
+                Transport::SYN,
+            );
+            assert_eq!(h.run(&other).0, Action::Tx);
         }
         let capture = Capture::default();
         let mut logger = h.dp.kernel_logger(capture.clone()).unwrap();
@@ -638,5 +639,52 @@ fn a_flow_picked_up_by_its_fin_or_rst_is_closing_not_established() {
         assert!(flows.iter().all(|f| f.state == "closing"), "{flows:?}");
         let live = h.dp.live_flows("web-dnat").unwrap();
         assert_eq!(live.values().sum::<u64>(), 0, "{live:?}");
+    });
+}
+
+#[test]
+fn nat_keeps_the_client_port_when_free_and_picks_another_when_not() {
+    with_harness(|h| {
+        let first = Frame::tcp("10.0.0.2:40500", "10.0.0.100:80", Transport::SYN);
+        let out = first.rewritten("10.1.0.100:40500", "10.1.0.10:8000", LB_MAC, backend_mac(0));
+        h.expect(&first, Action::Tx, &out, GlobalCounter::ForwardTx);
+        // Another client with the same port: the port is taken, the next
+        // candidate is used.
+        let second = Frame::tcp("10.0.0.3:40500", "10.0.0.100:80", Transport::SYN);
+        let port = snat_candidate(&second, 1);
+        let out = second.rewritten(
+            &format!("10.1.0.100:{port}"),
+            "10.1.0.10:8000",
+            LB_MAC,
+            backend_mac(0),
+        );
+        h.expect(&second, Action::Tx, &out, GlobalCounter::ForwardTx);
+    });
+}
+
+#[test]
+fn a_source_port_whose_flow_ended_is_used_again() {
+    const SHORT: Duration = Duration::from_millis(50);
+    let timeouts = FlowTimeouts {
+        closing_ns: SHORT.as_nanos() as u64,
+        ..FlowTimeouts::DEFAULT
+    };
+    let options = LoadOptions {
+        timeouts,
+        ..LoadOptions::default()
+    };
+    with_harness_loaded(options, |h| {
+        let old = Frame::tcp("10.0.0.2:40600", "10.0.0.100:80", Transport::SYN);
+        h.run(&old);
+        h.run(&Frame::tcp(
+            "10.0.0.2:40600",
+            "10.0.0.100:80",
+            Transport::RST,
+        ));
+        std::thread::sleep(3 * SHORT);
+        // The old flow has expired: a new client gets port 40600 after all.
+        let new = Frame::tcp("10.0.0.3:40600", "10.0.0.100:80", Transport::SYN);
+        let out = new.rewritten("10.1.0.100:40600", "10.1.0.10:8000", LB_MAC, backend_mac(0));
+        h.expect(&new, Action::Tx, &out, GlobalCounter::ForwardTx);
     });
 }
