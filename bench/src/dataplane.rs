@@ -30,7 +30,7 @@ use aya::{
 };
 use lb_common::{
     GlobalCounter,
-    flow::{SNAT_PORT_ATTEMPTS, flow_hash, snat_port},
+    flow::{SNAT_PORT_ATTEMPTS, flow_hash, snat_candidate},
 };
 use serde::Serialize;
 use xlb::{
@@ -494,7 +494,11 @@ impl Bench {
         // repeat = N: the frame is not restored between repetitions, so the
         // floor's output has its MACs swapped N times (N even: unchanged).
         let n = options.repeat;
-        let floor_out = if n.is_multiple_of(2) { &frame } else { &swapped };
+        let floor_out = if n.is_multiple_of(2) {
+            &frame
+        } else {
+            &swapped
+        };
         let (mut floor_ns, mut tx_ns) = (Vec::new(), Vec::new());
         for _ in 0..options.repeat_calls {
             let c = call(floor, ifindex, &frame, &mut out, n)?;
@@ -769,7 +773,7 @@ impl Bench {
         let backend = backend_index(expected)?;
         let port = u16::from_be_bytes([out[34], out[35]]);
         ensure!(
-            (0..SNAT_PORT_ATTEMPTS).any(|a| snat_port(hash, a) == port),
+            (0..SNAT_PORT_ATTEMPTS).any(|a| snat_candidate(hash, input.src.port(), a) == port),
             "new flow: source port {port} is none of the flow's candidates"
         );
         check(

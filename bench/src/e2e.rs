@@ -28,7 +28,7 @@ use xlb_lab::{
 };
 
 use crate::{
-    machine::{CpuTimes, ticks_per_second},
+    machine::{CpuTimes, busy_fraction, ticks_per_second},
     peers,
 };
 
@@ -47,6 +47,8 @@ pub struct Options {
     pub connections: u32,
     /// wrk threads, and the peers' workers.
     pub threads: u32,
+    /// Rounds over all setups; each setup and load reports its median round.
+    pub rounds: usize,
     /// Setups to run (all when empty).
     #[serde(skip)]
     pub only: Vec<String>,
@@ -78,16 +80,30 @@ pub struct SetupResult {
     /// Backends that answered 40 one-shot requests before the runs.
     pub reached: BTreeMap<String, usize>,
     pub runs: Vec<RunResult>,
-    /// xlb only: ns per packet its program took in the lab under keep-alive
-    /// load (the kernel's BPF run-time statistics, in a separate run).
-    pub xlb_ns_per_packet: Option<f64>,
+    /// xlb only: what its program cost in the lab under each load (the
+    /// kernel's BPF run-time statistics, in separate 3 s runs of round 1).
+    pub xlb_in_situ: Vec<InSitu>,
     /// Why the setup could not be measured, if it could not.
     pub error: Option<String>,
 }
 
 impl SetupResult {
+    /// The run of `load` with the median requests/s over the rounds (the
+    /// lower middle one for an even count).
     pub fn run(&self, load: Load) -> Option<&RunResult> {
-        self.runs.iter().find(|r| r.load == load)
+        let mut runs: Vec<&RunResult> = self.runs.iter().filter(|r| r.load == load).collect();
+        runs.sort_by(|a, b| a.requests_per_s.total_cmp(&b.requests_per_s));
+        runs.get(runs.len().saturating_sub(1) / 2).copied()
+    }
+
+    /// Every run of `load`.
+    pub fn runs_of(&self, load: Load) -> impl Iterator<Item = &RunResult> {
+        self.runs.iter().filter(move |r| r.load == load)
+    }
+
+    /// Whether every run of `load` got all its answers.
+    pub fn all_ok(&self, load: Load) -> bool {
+        self.runs_of(load).all(RunResult::ok)
     }
 }
 
@@ -112,6 +128,11 @@ impl Load {
 #[derive(Clone, Debug, Serialize)]
 pub struct RunResult {
     pub load: Load,
+    /// Which round of the setups this run was in (from 0).
+    pub round: usize,
+    /// Busy fraction of the machine in the 0.5 s before the run, with the
+    /// lab idle: other work on the machine.
+    pub busy_before: f64,
     /// The wrk command, as run in the client namespace.
     pub command: String,
     pub requests: u64,
@@ -155,33 +176,60 @@ impl WrkErrors {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Setup {
     None,
-    /// xlb in a mode (`nat`, `dnat`), attached natively or in generic mode.
-    Xlb(&'static str, ModeRequest),
+    Xlb(XlbSetup),
     Nftables,
     Nginx,
     Haproxy,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct XlbSetup {
+    /// `nat` or `dnat`.
+    mode: &'static str,
+    /// Native XDP (or generic, for comparison).
+    attach: ModeRequest,
+    /// Only backend b0, the one `none` talks to: isolates what forwarding
+    /// through xlb costs from what spreading over 4 backends costs.
+    only_b0: bool,
+}
+
+const fn xlb(mode: &'static str, attach: ModeRequest, only_b0: bool) -> Setup {
+    Setup::Xlb(XlbSetup {
+        mode,
+        attach,
+        only_b0,
+    })
+}
+
 /// Every setup; the last ones only run when asked for by name.
-const SETUPS: [Setup; 8] = [
+const SETUPS: [Setup; 9] = [
     Setup::None,
-    Setup::Xlb("nat", ModeRequest::Native),
-    Setup::Xlb("dnat", ModeRequest::Native),
+    xlb("nat", ModeRequest::Native, true),
+    xlb("nat", ModeRequest::Native, false),
+    xlb("dnat", ModeRequest::Native, false),
     Setup::Nftables,
     Setup::Nginx,
     Setup::Haproxy,
-    Setup::Xlb("nat", ModeRequest::Generic),
-    Setup::Xlb("dnat", ModeRequest::Generic),
+    xlb("nat", ModeRequest::Generic, false),
+    xlb("dnat", ModeRequest::Generic, false),
 ];
 
 /// Setups run unless `--only` names others.
-const DEFAULT_SETUPS: usize = 6;
+const DEFAULT_SETUPS: usize = 7;
 
 impl Setup {
     fn name(self) -> String {
         match self {
-            Setup::Xlb(mode, ModeRequest::Generic) => format!("xlb-{mode}-generic"),
-            Setup::Xlb(mode, _) => format!("xlb-{mode}"),
+            Setup::Xlb(x) => format!(
+                "xlb-{}{}{}",
+                x.mode,
+                if x.attach == ModeRequest::Generic {
+                    "-generic"
+                } else {
+                    ""
+                },
+                if x.only_b0 { "-b0" } else { "" }
+            ),
             Setup::None => "none".into(),
             Setup::Nftables => "nftables".into(),
             Setup::Nginx => "nginx".into(),
@@ -190,15 +238,28 @@ impl Setup {
     }
 }
 
-fn vip() -> SocketAddrV4 {
-    SocketAddrV4::new(topology::VIP_V4, VIP_PORT)
+/// A fresh lab with the host tuning of a load-generating client and of a
+/// proxy host: the whole ephemeral port range, and TIME_WAIT ports reused
+/// for new outgoing connections (`tcp_tw_reuse`). Without them the client
+/// runs out of ports within seconds whenever it, not the server, closes
+/// first (as it does behind the proxies).
+fn fresh_lab() -> anyhow::Result<Lab> {
+    let lab = Lab::up(LabSpec {
+        prefix: PREFIX.into(),
+        backends: BACKENDS,
+    })
+    .context("bringing up the bench's lab")?;
+    for ns in [lab.client_ns(), lab.lb_ns()] {
+        netns::run_in(&ns, || -> anyhow::Result<()> {
+            netns::sysctl("net/ipv4/ip_local_port_range", "1024 65535")?;
+            netns::sysctl("net/ipv4/tcp_tw_reuse", "1")
+        })??;
+    }
+    Ok(lab)
 }
 
-fn backends(lab: &Lab) -> Vec<SocketAddrV4> {
-    lab.backends()
-        .iter()
-        .map(|b| SocketAddrV4::new(b.v4, b.port))
-        .collect()
+fn vip() -> SocketAddrV4 {
+    SocketAddrV4::new(topology::VIP_V4, VIP_PORT)
 }
 
 /// Runs every (selected) setup in a fresh lab.
@@ -208,19 +269,17 @@ pub fn run(options: &Options) -> anyhow::Result<E2eResults> {
             bail!("unknown setup {name:?}");
         }
     }
-    let lab = Lab::up(LabSpec {
-        prefix: PREFIX.into(),
-        backends: BACKENDS,
-    })
-    .context("bringing up the bench's lab")?;
-    let result = run_in(&lab, options);
+    let result = run_all(options);
     let _ = std::fs::remove_dir_all(peers::RUN_DIR);
-    lab.down()?;
     result
 }
 
-fn run_in(lab: &Lab, options: &Options) -> anyhow::Result<E2eResults> {
-    let backends = backends(lab);
+fn run_all(options: &Options) -> anyhow::Result<E2eResults> {
+    let backends: Vec<SocketAddrV4> = topology::Topology::new(PREFIX, BACKENDS)?
+        .backends()
+        .iter()
+        .map(|b| SocketAddrV4::new(b.v4, b.port))
+        .collect();
     std::fs::create_dir_all(&options.configs_dir)?;
     let configs = &options.configs_dir;
     let write = |name: &str, text: String| -> anyhow::Result<PathBuf> {
@@ -234,6 +293,10 @@ fn run_in(lab: &Lab, options: &Options) -> anyhow::Result<E2eResults> {
             peers::xlb(vip(), topology::SNAT_V4, &backends, mode),
         )?;
     }
+    write(
+        "xlb-nat-b0.toml",
+        peers::xlb(vip(), topology::SNAT_V4, &backends[..1], "nat"),
+    )?;
     write("nftables.nft", peers::nftables(vip(), &backends))?;
     write(
         "nginx.conf",
@@ -244,16 +307,56 @@ fn run_in(lab: &Lab, options: &Options) -> anyhow::Result<E2eResults> {
         peers::haproxy(vip(), &backends, options.threads),
     )?;
 
-    let mut setups = Vec::new();
-    for (i, setup) in SETUPS.into_iter().enumerate() {
-        let wanted = if options.only.is_empty() {
-            i < DEFAULT_SETUPS
-        } else {
-            options.only.contains(&setup.name())
-        };
-        if !wanted {
-            continue;
+    let selected: Vec<Setup> = SETUPS
+        .into_iter()
+        .enumerate()
+        .filter(|(i, setup)| {
+            if options.only.is_empty() {
+                *i < DEFAULT_SETUPS
+            } else {
+                options.only.contains(&setup.name())
+            }
+        })
+        .map(|(_, setup)| setup)
+        .collect();
+    let mut setups: Vec<SetupResult> = selected
+        .iter()
+        .map(|setup| SetupResult {
+            name: setup.name(),
+            description: String::new(),
+            url: String::new(),
+            reached: BTreeMap::new(),
+            runs: Vec::new(),
+            xlb_in_situ: Vec::new(),
+            error: None,
+        })
+        .collect();
+    // Rounds, each starting one setup later, so a slow stretch of the
+    // machine does not land on one setup's runs only. Every setup gets a
+    // fresh lab each round: no TIME_WAIT or conntrack state carries over
+    // from another setup's connections.
+    for round in 0..options.rounds {
+        for k in 0..selected.len() {
+            let i = (k + round) % selected.len();
+            let lab = fresh_lab()?;
+            measure_one(&lab, selected[i], options, round, &mut setups[i])?;
+            lab.down()?;
         }
+    }
+    Ok(E2eResults {
+        options: options.clone(),
+        setups,
+    })
+}
+
+fn measure_one(
+    lab: &Lab,
+    setup: Setup,
+    options: &Options,
+    round: usize,
+    result: &mut SetupResult,
+) -> anyhow::Result<()> {
+    {
         if let Some(gone) = lab.namespaces().into_iter().find(|ns| !netns::exists(ns)) {
             bail!(
                 "namespace {gone} of the bench's lab was removed from outside (`cargo xtask \
@@ -261,12 +364,22 @@ fn run_in(lab: &Lab, options: &Options) -> anyhow::Result<E2eResults> {
                  again when nothing else uses the labs"
             );
         }
-        eprintln!("bench: end to end, {}", setup.name());
-        let result = measure_setup(lab, setup, options);
-        if let Some(e) = &result.error {
+        eprintln!(
+            "bench: end to end, {}, round {} of {}",
+            setup.name(),
+            round + 1,
+            options.rounds
+        );
+        let first = result.runs.len();
+        if let Err(e) = measure_round(lab, setup, options, round, result) {
+            let e = format!("round {}: {e:#}", round + 1);
             eprintln!("bench:   FAILED: {e}");
+            result.error = Some(match result.error.take() {
+                Some(earlier) => format!("{earlier}; {e}"),
+                None => e,
+            });
         }
-        for r in &result.runs {
+        for r in &result.runs[first..] {
             eprintln!(
                 "bench:   {:<27} {:>8.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us  {:>5.1} us CPU/req{}",
                 r.load.label(),
@@ -281,12 +394,8 @@ fn run_in(lab: &Lab, options: &Options) -> anyhow::Result<E2eResults> {
                 }
             );
         }
-        setups.push(result);
     }
-    Ok(E2eResults {
-        options: options.clone(),
-        setups,
-    })
+    Ok(())
 }
 
 /// What a started setup holds until it is stopped.
@@ -335,37 +444,36 @@ fn stop_child(child: &mut Child) {
     let _ = child.wait();
 }
 
-fn measure_setup(lab: &Lab, setup: Setup, options: &Options) -> SetupResult {
-    let mut result = SetupResult {
-        name: setup.name(),
-        description: String::new(),
-        url: String::new(),
-        reached: BTreeMap::new(),
-        runs: Vec::new(),
-        xlb_ns_per_packet: None,
-        error: None,
-    };
-    let mut running = match start(lab, setup, options) {
-        Ok(running) => running,
-        Err(e) => {
-            result.error = Some(format!("{e:#}"));
-            return result;
-        }
-    };
+/// One round of `setup`: start it, check it answers, run both loads, stop
+/// it; adds to `result`.
+fn measure_round(
+    lab: &Lab,
+    setup: Setup,
+    options: &Options,
+    round: usize,
+    result: &mut SetupResult,
+) -> anyhow::Result<()> {
+    let mut running = start(lab, setup, options)?;
     result.description = running.description.clone();
     result.url = running.url.clone();
     let outcome = (|| -> anyhow::Result<()> {
         let target = target_of(&running.url)?;
-        result.reached = reach(lab, target)?;
+        let reached = reach(lab, target)?;
+        if round == 0 {
+            result.reached = reached;
+        }
         for load in [Load::KeepAlive, Load::NewConnection] {
             // Warm-up: caches, conntrack, the peers' connection pools.
             let _ = wrk(lab, &running.url, load, options, 1);
-            std::thread::sleep(Duration::from_millis(500));
+            // Meanwhile the lab is idle: what else keeps the machine busy?
+            let busy_before = busy_fraction(Duration::from_millis(500))?;
             let before = match &running.dataplane {
                 Some(dp) => Some(dp.global_counters()?),
                 None => None,
             };
             let mut run = wrk(lab, &running.url, load, options, options.duration_s)?;
+            run.round = round;
+            run.busy_before = busy_before;
             if let (Some(dp), Some(before)) = (&running.dataplane, before) {
                 let after = dp.global_counters()?;
                 for ((counter, b), (_, a)) in before.iter().zip(&after) {
@@ -382,38 +490,58 @@ fn measure_setup(lab: &Lab, setup: Setup, options: &Options) -> SetupResult {
                 }
             }
             result.runs.push(run);
-            std::thread::sleep(Duration::from_millis(500));
         }
-        if let Some(dp) = &mut running.dataplane {
-            result.xlb_ns_per_packet = Some(in_situ_ns(lab, dp, &running.url, options)?);
+        if round == 0
+            && let Some(dp) = &mut running.dataplane
+        {
+            for load in [Load::KeepAlive, Load::NewConnection] {
+                result
+                    .xlb_in_situ
+                    .push(in_situ(lab, dp, &running.url, load, options)?);
+            }
         }
         Ok(())
     })();
-    if let Err(e) = outcome {
-        result.error = Some(format!("{e:#}"));
-    }
-    if let Err(e) = running.stop() {
-        let stop = format!("stopping: {e:#}");
-        result.error = Some(match result.error.take() {
-            Some(e) => format!("{e}; {stop}"),
-            None => stop,
-        });
-    }
-    result
+    let stopped = running.stop().context("stopping");
+    outcome.and(stopped)
 }
 
-/// ns per packet of xlb's program under a short keep-alive load, from the
-/// kernel's run-time statistics (enabled only for this run: they add two
-/// clock reads to every run of every program).
-fn in_situ_ns(lab: &Lab, dp: &mut Dataplane, url: &str, options: &Options) -> anyhow::Result<f64> {
+/// What xlb's program cost in the lab under one load.
+#[derive(Clone, Debug, Serialize)]
+pub struct InSitu {
+    pub load: Load,
+    /// Mean ns per run of the program (one run per packet).
+    pub ns_per_packet: f64,
+    /// Packets the program handled per request.
+    pub packets_per_request: f64,
+    /// Their product: the program's CPU time per request, µs.
+    pub us_per_request: f64,
+}
+
+/// Runs `load` for 3 s with the kernel's BPF run-time statistics on (only
+/// then: they add two clock reads to every run of every program).
+fn in_situ(
+    lab: &Lab,
+    dp: &mut Dataplane,
+    url: &str,
+    load: Load,
+    options: &Options,
+) -> anyhow::Result<InSitu> {
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .context("enabling BPF run-time statistics")?;
     let before = dp.program()?.info()?;
-    wrk(lab, url, Load::KeepAlive, options, 3)?;
+    let run = wrk(lab, url, load, options, 3)?;
     let after = dp.program()?.info()?;
-    let runs = after.run_count() - before.run_count();
-    anyhow::ensure!(runs > 0, "the program did not run");
-    Ok((after.run_time() - before.run_time()).as_nanos() as f64 / runs as f64)
+    let packets = after.run_count() - before.run_count();
+    anyhow::ensure!(packets > 0 && run.requests > 0, "no traffic through xlb");
+    let ns_per_packet = (after.run_time() - before.run_time()).as_nanos() as f64 / packets as f64;
+    let packets_per_request = packets as f64 / run.requests as f64;
+    Ok(InSitu {
+        load,
+        ns_per_packet,
+        packets_per_request,
+        us_per_request: ns_per_packet * packets_per_request / 1e3,
+    })
 }
 
 fn target_of(url: &str) -> anyhow::Result<SocketAddr> {
@@ -434,7 +562,11 @@ fn start(lab: &Lab, setup: Setup, options: &Options) -> anyhow::Result<Running> 
     let lb = lab.lb_ns();
     let configs = &options.configs_dir;
     let vip_url = format!("http://{}/", topology::VIP_V4);
-    let backends = backends(lab);
+    let backends: Vec<SocketAddrV4> = lab
+        .backends()
+        .iter()
+        .map(|b| SocketAddrV4::new(b.v4, b.port))
+        .collect();
     let mut running = Running {
         description: String::new(),
         url: vip_url.clone(),
@@ -451,8 +583,10 @@ fn start(lab: &Lab, setup: Setup, options: &Options) -> anyhow::Result<Running> 
                 backends[0]
             );
         }
-        Setup::Xlb(mode, request) => {
-            let text = std::fs::read_to_string(configs.join(format!("xlb-{mode}.toml")))?;
+        Setup::Xlb(x) => {
+            let (mode, request) = (x.mode, x.attach);
+            let file = format!("xlb-{mode}{}.toml", if x.only_b0 { "-b0" } else { "" });
+            let text = std::fs::read_to_string(configs.join(file))?;
             let config = Config::parse(&text)?;
             let (dataplane, attached) = lab
                 .in_lb(|| -> anyhow::Result<(Dataplane, AttachedMode)> {
@@ -464,7 +598,12 @@ fn start(lab: &Lab, setup: Setup, options: &Options) -> anyhow::Result<Running> 
                 .context("attaching xlb in the lab")?;
             running.dataplane = Some(dataplane);
             running.description = format!(
-                "xlb, mode {mode}, XDP ({attached}) on the lb's {LB_IFACE}; {}",
+                "xlb, mode {mode}, XDP ({attached}) on the lb's {LB_IFACE}{}; {}",
+                if x.only_b0 {
+                    format!(", only backend b0 ({}) like `none`", backends[0])
+                } else {
+                    String::new()
+                },
                 if mode == "nat" {
                     format!("backends see SNAT {}", topology::SNAT_V4)
                 } else {
@@ -650,6 +789,8 @@ fn wrk(
         p99_us: report.p99_us,
         errors: report.errors,
         cpu,
+        round: 0,
+        busy_before: 0.0,
         cpu_us_per_request: if report.requests > 0 {
             busy_s * 1e6 / report.requests as f64
         } else {

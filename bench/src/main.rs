@@ -7,8 +7,9 @@
 //! 2. End to end in a lab of network namespaces: no load balancer, xlb in
 //!    both modes, nginx, HAProxy and nftables, loaded with wrk ([`e2e`]).
 //!
-//! Results go to `<out>/latest.json` and `<out>/latest.md`; the peers'
-//! configuration files to `<out>/configs/`.
+//! Results go to `<out>/latest.json` and `<out>/latest.md` (`partial.*`
+//! when only part ran); the setups' configuration files to
+//! `<out>/configs/`.
 
 mod dataplane;
 mod e2e;
@@ -25,7 +26,8 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(about = "xlb benchmarks: data plane through BPF_PROG_TEST_RUN, and end to end in a lab")]
 struct Args {
-    /// Directory for latest.json, latest.md and configs/.
+    /// Directory for latest.json, latest.md (partial.* for a partial run)
+    /// and configs/.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
     /// Only the data-plane part.
@@ -51,13 +53,17 @@ struct Args {
     #[arg(long)]
     profile: Option<String>,
     /// Seconds per wrk run.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 5)]
     duration: u32,
+    /// Rounds over the end-to-end setups (each reports its median round).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// wrk connections.
     #[arg(long, default_value_t = 32)]
     connections: u32,
-    /// Only these end-to-end setups (comma-separated: none, xlb-nat,
-    /// xlb-dnat, nftables, nginx, haproxy).
+    /// Only these end-to-end setups (comma-separated: none, xlb-nat-b0,
+    /// xlb-nat, xlb-dnat, nftables, nginx, haproxy; and, never by default,
+    /// xlb-nat-generic, xlb-dnat-generic).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -111,6 +117,7 @@ fn main() -> anyhow::Result<()> {
             duration_s: args.duration,
             connections: args.connections,
             threads: cpus as u32,
+            rounds: args.rounds.max(1),
             only: args.only.clone(),
             configs_dir: args.out.join("configs"),
         };
@@ -120,11 +127,15 @@ fn main() -> anyhow::Result<()> {
     let results = report::Results::new(machine, background, dataplane, e2e);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let json = args.out.join("latest.json");
+    // A partial run must not pass for the full one.
+    let partial =
+        args.dataplane_only || args.e2e_only || !args.only.is_empty() || !args.scenarios.is_empty();
+    let name = if partial { "partial" } else { "latest" };
+    let json = args.out.join(format!("{name}.json"));
     std::fs::write(&json, serde_json::to_string_pretty(&results)? + "\n")
         .with_context(|| format!("writing {}", json.display()))?;
     let markdown = report::markdown(&results);
-    let md = args.out.join("latest.md");
+    let md = args.out.join(format!("{name}.md"));
     std::fs::write(&md, &markdown).with_context(|| format!("writing {}", md.display()))?;
     println!("{markdown}");
     eprintln!("bench: wrote {} and {}", json.display(), md.display());

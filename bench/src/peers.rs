@@ -63,7 +63,7 @@ pub fn haproxy(vip: SocketAddrV4, backends: &[SocketAddrV4], threads: u32) -> St
          #   haproxy -f haproxy.cfg -db\n\
          global\n\
          \x20   nbthread {threads}  # one per core\n\
-         \x20   maxconn 8000  # within the usual 20000-descriptor hard limit\n\
+         \x20   maxconn 8000  # 2 descriptors a connection within a 20000 RLIMIT_NOFILE\n\
          \x20   pidfile {RUN_DIR}/haproxy/haproxy.pid\n\
          \n\
          defaults\n\
@@ -120,7 +120,7 @@ pub fn xlb(
 ) -> String {
     let mut text = format!(
         "# xlb for the xlb bench, attached to eth0 of the lab's lb namespace:\n\
-         #   xlb run --iface eth0 --config xlb-{mode}.toml\n\
+         #   xlb run --iface eth0 --config <this file>\n\
          interfaces = [\"eth0\"]\n\
          \n\
          [[service]]\n\

@@ -88,7 +88,12 @@ fn floor_target(dp: &DataplaneResults) -> Target {
 }
 
 fn e2e_targets(e2e: &E2eResults) -> Vec<Target> {
-    let run = |setup: &str, load| e2e.setup(setup).and_then(|s| s.run(load));
+    // The median round, or None when a round had errors.
+    let run = |setup: &str, load| {
+        e2e.setup(setup)
+            .filter(|s| s.all_ok(load))
+            .and_then(|s| s.run(load))
+    };
     let none_ka = run("none", Load::KeepAlive);
     let none_new = run("none", Load::NewConnection);
     let mut targets = Vec::new();
@@ -105,33 +110,31 @@ fn e2e_targets(e2e: &E2eResults) -> Vec<Target> {
             .map(|p| (*p, run(p, Load::KeepAlive)))
             .collect();
         let target = format!("{mode}: keep-alive req/s ahead of nginx, HAProxy and nftables");
-        targets.push(
-            match (xlb, peers.iter().all(|(_, r)| r.is_some_and(RunResult::ok))) {
-                (Some(x), true) if x.ok() => {
-                    let (best_name, best) = peers
-                        .iter()
-                        .map(|(n, r)| (*n, r.expect("checked").requests_per_s))
-                        .max_by(|a, b| a.1.total_cmp(&b.1))
-                        .expect("three peers");
-                    let ratio = x.requests_per_s / best;
-                    Target {
-                        target,
-                        value: Some(ratio),
-                        detail: format!(
-                            "{:.0} req/s vs the best peer, {best_name}, {best:.0} req/s: {ratio:.2}x",
-                            x.requests_per_s
-                        ),
-                        met: Some(ratio > 1.0),
-                    }
-                }
-                _ => Target {
+        targets.push(match (xlb, peers.iter().all(|(_, r)| r.is_some())) {
+            (Some(x), true) => {
+                let (best_name, best) = peers
+                    .iter()
+                    .map(|(n, r)| (*n, r.expect("checked").requests_per_s))
+                    .max_by(|a, b| a.1.total_cmp(&b.1))
+                    .expect("three peers");
+                let ratio = x.requests_per_s / best;
+                Target {
                     target,
-                    value: None,
-                    detail: "a run is missing or had errors".into(),
-                    met: None,
-                },
+                    value: Some(ratio),
+                    detail: format!(
+                        "{:.0} req/s vs the best peer, {best_name}, {best:.0} req/s: {ratio:.2}x",
+                        x.requests_per_s
+                    ),
+                    met: Some(ratio > 1.0),
+                }
+            }
+            _ => Target {
+                target,
+                value: None,
+                detail: "a run is missing or had errors".into(),
+                met: None,
             },
-        );
+        });
         targets.push(ratio_target(
             format!("{mode}: one-connection-per-request req/s >= 0.9x no load balancer"),
             run(mode, Load::NewConnection),
@@ -149,7 +152,7 @@ fn ratio_target(
     goal: f64,
 ) -> Target {
     match (run, base) {
-        (Some(r), Some(b)) if r.ok() && b.ok() && b.requests_per_s > 0.0 => {
+        (Some(r), Some(b)) if b.requests_per_s > 0.0 => {
             let ratio = r.requests_per_s / b.requests_per_s;
             Target {
                 target,
@@ -168,6 +171,19 @@ fn ratio_target(
             met: None,
         },
     }
+}
+
+/// Formats a count with thin groups: 54321 -> "54 321".
+fn grouped(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The results as Markdown: targets, data plane, scale, end to end.
@@ -322,8 +338,15 @@ fn e2e_markdown(md: &mut String, e2e: &E2eResults) {
     let none = e2e.setup("none");
     let _ = writeln!(
         md,
-        "| setup | keep-alive req/s | vs none | p50 / p99 ms | CPU us/req | new-conn req/s | \
-         vs none | p50 / p99 ms | CPU us/req |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "Each setup ran {} rounds (setups rotated between rounds); the table shows the median \
+         round by requests/s, with the lowest and highest round. *vs none* compares medians.\n",
+        o.rounds
+    );
+    let _ = writeln!(
+        md,
+        "| setup | keep-alive req/s (range) | vs none | p50 / p99 ms | CPU us/req | \
+         new-conn req/s (range) | vs none | p50 / p99 ms | CPU us/req |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let mut problems = Vec::new();
     for s in &e2e.setups {
@@ -331,24 +354,31 @@ fn e2e_markdown(md: &mut String, e2e: &E2eResults) {
         for load in [Load::KeepAlive, Load::NewConnection] {
             match s.run(load) {
                 Some(r) => {
-                    let flag = if r.ok() {
-                        ""
-                    } else {
+                    for bad in s.runs_of(load).filter(|r| !r.ok()) {
                         problems.push(format!(
-                            "{} ({}): {}",
+                            "{} ({}, round {}): {}",
                             s.name,
                             load.label(),
-                            r.problems.join("; ")
+                            bad.round + 1,
+                            bad.problems.join("; ")
                         ));
-                        " (errors)"
-                    };
+                    }
+                    let flag = if s.all_ok(load) { "" } else { " (errors)" };
+                    let (lo, hi) = s.runs_of(load).fold((f64::MAX, 0.0f64), |(lo, hi), r| {
+                        (lo.min(r.requests_per_s), hi.max(r.requests_per_s))
+                    });
                     let vs = none
                         .and_then(|n| n.run(load))
                         .filter(|n| n.requests_per_s > 0.0)
                         .map_or(String::new(), |n| {
                             format!("{:.2}", r.requests_per_s / n.requests_per_s)
                         });
-                    cells.push(format!("{:.0}{flag}", r.requests_per_s));
+                    cells.push(format!(
+                        "{}{flag} ({}-{})",
+                        grouped(r.requests_per_s),
+                        grouped(lo),
+                        grouped(hi)
+                    ));
                     cells.push(vs);
                     cells.push(format!("{:.2} / {:.2}", r.p50_us / 1e3, r.p99_us / 1e3));
                     cells.push(format!("{:.1}", r.cpu_us_per_request));
@@ -364,9 +394,23 @@ fn e2e_markdown(md: &mut String, e2e: &E2eResults) {
     md.push('\n');
     for s in &e2e.setups {
         let reached: Vec<String> = s.reached.iter().map(|(b, n)| format!("{b} {n}")).collect();
+        let in_situ: String = s
+            .xlb_in_situ
+            .iter()
+            .map(|i| {
+                format!(
+                    "; {}: its program took {:.0} ns a packet x {:.1} packets a request = \
+                     {:.1} us CPU a request",
+                    i.load.label(),
+                    i.ns_per_packet,
+                    i.packets_per_request,
+                    i.us_per_request
+                )
+            })
+            .collect();
         let _ = writeln!(
             md,
-            "- **{}**: {}; `{}`; 40 one-shot requests reached {}.",
+            "- **{}**: {}; `{}`; 40 one-shot requests reached {}{in_situ}.",
             s.name,
             s.description,
             s.url,
@@ -375,6 +419,21 @@ fn e2e_markdown(md: &mut String, e2e: &E2eResults) {
             } else {
                 reached.join(", ")
             }
+        );
+    }
+    let busy: Vec<f64> = e2e
+        .setups
+        .iter()
+        .flat_map(|s| s.runs.iter().map(|r| r.busy_before))
+        .collect();
+    if let Some(worst) = busy.iter().copied().max_by(f64::total_cmp) {
+        let _ = writeln!(
+            md,
+            "\nOther work on the machine, measured with the lab idle just before each run: \
+             at most {:.0}% busy ({} of {} runs above 10%).",
+            worst * 100.0,
+            busy.iter().filter(|b| **b > 0.1).count(),
+            busy.len()
         );
     }
     if !problems.is_empty() {
