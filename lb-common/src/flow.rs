@@ -80,6 +80,33 @@ impl Default for FlowTimeouts {
 pub const LAST_SEEN_GRANULARITY_NS: u64 = NS_PER_SEC;
 const NS_PER_SEC: u64 = 1_000_000_000;
 
+/// A next hop as `bpf_fib_lookup` gave it, remembered with a flow so that
+/// its packets skip the route lookup (a quarter of a microsecond) until the
+/// entry is [`NEXT_HOP_TTL_NS`] old.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    /// Monotonic time (coarse) of the lookup; 0 means none yet.
+    pub looked_up_ns: u64,
+    /// Interface to send on.
+    pub ifindex: u32,
+    /// Ethernet source and destination to write.
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+}
+
+/// How long a remembered next hop is used before it is looked up again, so
+/// route and neighbour changes reach established flows within this time.
+pub const NEXT_HOP_TTL_NS: u64 = NS_PER_SEC;
+
+impl NextHop {
+    /// Whether the remembered next hop may still be used at `now_ns`.
+    #[inline(always)]
+    pub const fn is_fresh(&self, now_ns: u64) -> bool {
+        self.looked_up_ns != 0 && now_ns.wrapping_sub(self.looked_up_ns) < NEXT_HOP_TTL_NS
+    }
+}
+
 /// Value of the `FLOWS` map: where a client's flow goes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -94,6 +121,8 @@ pub struct Flow {
     pub _pad: u8,
     /// Monotonic time (coarse) of the last packet, in nanoseconds.
     pub last_seen_ns: u64,
+    /// Next hop towards the backend.
+    pub next_hop: NextHop,
 }
 
 impl Flow {
@@ -134,9 +163,11 @@ pub struct Reply {
     pub client_port_be: u16,
     /// Backend id, for its counters.
     pub backend: u32,
+    /// Next hop towards the client.
+    pub next_hop: NextHop,
 }
 
-impl_pod!(FlowKey, Flow, Reply, FlowTimeouts);
+impl_pod!(FlowKey, Flow, Reply, FlowTimeouts, NextHop);
 
 /// First port of the range `nat` mode takes source ports from.
 pub const SNAT_PORT_MIN: u16 = 1024;
@@ -224,8 +255,9 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<FlowKey>(), 16 + 2 + 1 + 1 + 16 + 2 + 2);
-        assert_eq!(size_of::<Flow>(), 4 + 2 + 1 + 1 + 8);
-        assert_eq!(size_of::<Reply>(), 16 + 16 + 2 + 2 + 4);
+        assert_eq!(size_of::<NextHop>(), 8 + 4 + 6 + 6);
+        assert_eq!(size_of::<Flow>(), 4 + 2 + 1 + 1 + 8 + 24);
+        assert_eq!(size_of::<Reply>(), 16 + 16 + 2 + 2 + 4 + 24);
     }
 
     #[test]

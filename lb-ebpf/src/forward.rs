@@ -7,7 +7,7 @@ use aya_ebpf::{
     helpers::generated::bpf_fib_lookup as fib_lookup,
     programs::XdpContext,
 };
-use lb_common::GlobalCounter;
+use lb_common::{GlobalCounter, flow::NextHop};
 use network_types::eth::EthHdr;
 
 use crate::{
@@ -19,16 +19,69 @@ use crate::{
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
-/// Looks up the route from `src` to `dst` and sends the (already rewritten)
-/// frame: out of the interface it came in on, to another interface xlb is
-/// attached to, or to the kernel when the next hop is unknown.
+/// Where a rewritten packet goes, and the flow's remembered next hop.
+pub struct Route<'a> {
+    pub src: Endpoint<'a>,
+    pub dst: Endpoint<'a>,
+    /// Points into the flow's (or reply's) map value.
+    pub hop: *mut NextHop,
+    /// Coarse time of this packet.
+    pub now: u64,
+}
+
+/// Sends the (already rewritten) frame: out of the interface it came in on,
+/// to another interface xlb is attached to, or to the kernel when the next
+/// hop is unknown. The next hop is the flow's remembered one while it is
+/// fresh, else `bpf_fib_lookup`'s answer, which is then remembered.
 #[inline(never)]
-pub fn forward(
+pub fn forward(ctx: &XdpContext, packet: &Packet, route: &Route) -> (u32, GlobalCounter) {
+    // SAFETY: `hop` points into a map value that lives for this run; other
+    // CPUs may refresh it concurrently, with the same answer but for a
+    // route change.
+    let remembered = unsafe { *route.hop };
+    if remembered.is_fresh(route.now) {
+        return send(ctx, &remembered);
+    }
+    match lookup(ctx, packet, &route.src, &route.dst, route.now) {
+        Ok(fresh) => {
+            // SAFETY: as above.
+            unsafe { *route.hop = fresh };
+            send(ctx, &fresh)
+        }
+        Err(verdict) => verdict,
+    }
+}
+
+/// Writes the next hop's MAC addresses and sends the frame there.
+#[inline(always)]
+fn send(ctx: &XdpContext, hop: &NextHop) -> (u32, GlobalCounter) {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return (xdp_action::XDP_PASS, GlobalCounter::PassMalformed);
+    };
+    // SAFETY: `ptr_at` checked the Ethernet header lies inside the packet.
+    unsafe {
+        (*eth).dst_addr = hop.dst_mac;
+        (*eth).src_addr = hop.src_mac;
+    }
+    if hop.ifindex == ctx.ingress_ifindex() as u32 {
+        return (xdp_action::XDP_TX, GlobalCounter::ForwardTx);
+    }
+    match INTERFACES.redirect(hop.ifindex, 0) {
+        Ok(action) => (action, GlobalCounter::ForwardRedirect),
+        Err(_) => (xdp_action::XDP_PASS, GlobalCounter::PassOtherInterface),
+    }
+}
+
+/// Asks the kernel's FIB for the route from `src` to `dst`; `Err` is the
+/// verdict when there is no usable answer.
+#[inline(always)]
+fn lookup(
     ctx: &XdpContext,
     packet: &Packet,
     src: &Endpoint,
     dst: &Endpoint,
-) -> (u32, GlobalCounter) {
+    now: u64,
+) -> Result<NextHop, (u32, GlobalCounter)> {
     // SAFETY: an all-zero `bpf_fib_lookup` is a valid input.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.l4_protocol = packet.key.proto;
@@ -56,26 +109,17 @@ pub fn forward(
         )
     };
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        return (xdp_action::XDP_PASS, GlobalCounter::PassNoNeighbour);
+        return Err((xdp_action::XDP_PASS, GlobalCounter::PassNoNeighbour));
     }
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return (xdp_action::XDP_PASS, GlobalCounter::PassRouteLookup);
+        return Err((xdp_action::XDP_PASS, GlobalCounter::PassRouteLookup));
     }
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return (xdp_action::XDP_PASS, GlobalCounter::PassMalformed);
-    };
-    // SAFETY: `ptr_at` checked the Ethernet header lies inside the packet.
-    unsafe {
-        (*eth).dst_addr = params.dmac;
-        (*eth).src_addr = params.smac;
-    }
-    if params.ifindex == ctx.ingress_ifindex() as u32 {
-        return (xdp_action::XDP_TX, GlobalCounter::ForwardTx);
-    }
-    match INTERFACES.redirect(params.ifindex, 0) {
-        Ok(action) => (action, GlobalCounter::ForwardRedirect),
-        Err(_) => (xdp_action::XDP_PASS, GlobalCounter::PassOtherInterface),
-    }
+    Ok(NextHop {
+        looked_up_ns: now,
+        ifindex: params.ifindex,
+        src_mac: params.smac,
+        dst_mac: params.dmac,
+    })
 }
 
 #[inline(always)]

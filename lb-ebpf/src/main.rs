@@ -19,7 +19,7 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{GlobalCounter, Reply, Service};
 
 use crate::{
-    forward::forward,
+    forward::{Route, forward},
     maps::{REPLIES, count_backend, count_global, count_service},
     parse::{Packet, parse},
     rewrite::{Endpoint, rewrite},
@@ -43,8 +43,7 @@ fn try_xlb(ctx: &XdpContext) -> (u32, GlobalCounter) {
     if let Some(service) = maps::service(key.service_key()) {
         return to_backend(ctx, &packet, service);
     }
-    // SAFETY: a map value stays valid for the rest of this run (RCU).
-    if let Some(reply) = unsafe { REPLIES.get(key) } {
+    if let Some(reply) = REPLIES.get_ptr_mut(key) {
         return to_client(ctx, &packet, reply);
     }
     (xdp_action::XDP_PASS, GlobalCounter::PassNotService)
@@ -90,12 +89,27 @@ fn to_backend(ctx: &XdpContext, packet: &Packet, service: &Service) -> (u32, Glo
         addr: &scheduled.backend.addr,
         port_be: scheduled.backend.port_be,
     };
-    send(ctx, packet, &src, &dst)
+    // SAFETY: `flow` points into its map value, valid for this run.
+    let hop = unsafe { &raw mut (*scheduled.flow).next_hop };
+    send(
+        ctx,
+        packet,
+        &Route {
+            src,
+            dst,
+            hop,
+            now: scheduled.now,
+        },
+    )
 }
 
 /// A backend's reply: rewrite it to come from the service, send it on.
 #[inline(never)]
-fn to_client(ctx: &XdpContext, packet: &Packet, reply: &Reply) -> (u32, GlobalCounter) {
+fn to_client(ctx: &XdpContext, packet: &Packet, reply: *mut Reply) -> (u32, GlobalCounter) {
+    // SAFETY: `reply` points into its map value, valid for this run (RCU);
+    // the next hop is the only field written through it.
+    let hop = unsafe { &raw mut (*reply).next_hop };
+    let reply = unsafe { &*reply };
     let bytes = ctx.data_end() - ctx.data();
     count_backend(reply.backend, |c| {
         c.reply_packets += 1;
@@ -110,15 +124,17 @@ fn to_client(ctx: &XdpContext, packet: &Packet, reply: &Reply) -> (u32, GlobalCo
         addr: &reply.client,
         port_be: reply.client_port_be,
     };
-    send(ctx, packet, &src, &dst)
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() };
+    send(ctx, packet, &Route { src, dst, hop, now })
 }
 
 #[inline(always)]
-fn send(ctx: &XdpContext, packet: &Packet, src: &Endpoint, dst: &Endpoint) -> (u32, GlobalCounter) {
-    if let Err(counter) = rewrite(ctx, packet, src, dst) {
+fn send(ctx: &XdpContext, packet: &Packet, route: &Route) -> (u32, GlobalCounter) {
+    if let Err(counter) = rewrite(ctx, packet, &route.src, &route.dst) {
         return (xdp_action::XDP_DROP, counter);
     }
-    forward(ctx, packet, src, dst)
+    forward(ctx, packet, route)
 }
 
 /// Passes every frame. Attached in native mode to the peer of a veth that xlb

@@ -38,6 +38,19 @@ pub static REPLIES: LruHashMap<FlowKey, Reply> =
 #[map]
 pub static INTERFACES: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
 
+/// Room to build a new flow's entries in, one per CPU: the verifier's stack
+/// is too small for them beside the rest of the call chain.
+#[repr(C)]
+pub struct NewFlowScratch {
+    pub reply_key: FlowKey,
+    pub reply: Reply,
+    pub flow: Flow,
+    pub client_key: FlowKey,
+}
+
+#[map]
+pub static SCRATCH: PerCpuArray<NewFlowScratch> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU packet and byte counters, indexed by `Service::id`.
 #[map]
 static SERVICE_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);

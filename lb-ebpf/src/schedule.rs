@@ -6,13 +6,13 @@ use lb_common::{
     Backend, Flow, FlowKey, GlobalCounter, Reply, Service,
     flow::{
         FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SENT, FlowTimeouts, LAST_SEEN_GRANULARITY_NS,
-        SNAT_PORT_ATTEMPTS, flow_hash, snat_candidate,
+        NextHop, SNAT_PORT_ATTEMPTS, flow_hash, snat_candidate,
     },
     service::SERVICE_F_HASH_SOURCE,
 };
 
 use crate::{
-    maps::{BACKENDS, FLOWS, MAGLEV, REPLIES, count_backend},
+    maps::{BACKENDS, FLOWS, MAGLEV, NewFlowScratch, REPLIES, SCRATCH, count_backend},
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -33,6 +33,10 @@ pub struct Scheduled {
     pub backend: &'static Backend,
     /// Source port towards the backend in `nat` mode (network byte order).
     pub snat_port_be: u16,
+    /// The flow's entry in `FLOWS`, for its remembered next hop.
+    pub flow: *mut Flow,
+    /// The coarse time this packet was handled at.
+    pub now: u64,
 }
 
 /// Finds the packet's flow or schedules a new one.
@@ -42,10 +46,10 @@ pub fn schedule(packet: &Packet, service: &Service) -> Result<Scheduled, GlobalC
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let key = &packet.key;
     let mut stale = None;
-    if let Some(flow) = FLOWS.get_ptr_mut(key) {
+    if let Some(flow_ptr) = FLOWS.get_ptr_mut(key) {
         // SAFETY: a pointer into the flow map's value, valid for this run;
         // racing writers only touch the same plain fields.
-        let flow = unsafe { &mut *flow };
+        let flow = unsafe { &mut *flow_ptr };
         // A SYN on a closing flow is a new connection reusing the 5-tuple.
         let reused =
             flow.state == FLOW_CLOSING && packet.has_flags(TCP_SYN) && !packet.has_flags(TCP_ACK);
@@ -59,6 +63,8 @@ pub fn schedule(packet: &Packet, service: &Service) -> Result<Scheduled, GlobalC
                 backend_id: flow.backend,
                 backend,
                 snat_port_be: flow.snat_port_be,
+                flow: flow_ptr,
+                now,
             });
         }
         stale = Some(*flow);
@@ -92,6 +98,10 @@ fn track(packet: &Packet, flow: &mut Flow, now: u64) {
 
 /// Schedules a flow with Maglev and records it (and its reply path).
 #[inline(never)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "by reference the map helpers read the entries where they are, in scratch space; by value they would be copied onto the stack"
+)]
 fn new_flow(packet: &Packet, service: &Service, now: u64) -> Result<Scheduled, GlobalCounter> {
     if service.table_size == 0 {
         return Err(GlobalCounter::DropNoBackend);
@@ -102,14 +112,19 @@ fn new_flow(packet: &Packet, service: &Service, now: u64) -> Result<Scheduled, G
     let backend_id = *MAGLEV.get(slot).ok_or(GlobalCounter::DropInternal)?;
     let backend = backend(backend_id).ok_or(GlobalCounter::DropInternal)?;
 
-    let reply = Reply {
+    // The entries are built in per-CPU scratch space, not on the stack: the
+    // verifier allows 512 bytes for the whole call chain.
+    // SAFETY: per-CPU, and nothing else on this CPU runs meanwhile.
+    let scratch = unsafe { &mut *SCRATCH.get_ptr_mut(0).ok_or(GlobalCounter::DropInternal)? };
+    scratch.reply = Reply {
         vip: key.dst,
         client: key.src,
         vip_port_be: key.dst_port_be,
         client_port_be: key.src_port_be,
         backend: backend_id,
+        next_hop: NextHop::default(),
     };
-    let mut reply_key = FlowKey {
+    scratch.reply_key = FlowKey {
         src: backend.addr,
         dst: key.src,
         src_port_be: backend.port_be,
@@ -119,13 +134,15 @@ fn new_flow(packet: &Packet, service: &Service, now: u64) -> Result<Scheduled, G
     };
     let mut snat_port_be = 0;
     if service.is_nat() {
-        reply_key.dst = service.snat_addr;
+        scratch.reply_key.dst = service.snat_addr;
         let mut claimed = false;
         for attempt in 0..SNAT_PORT_ATTEMPTS {
             let port_be = snat_candidate(hash, u16::from_be(key.src_port_be), attempt).to_be();
-            reply_key.dst_port_be = port_be;
-            if REPLIES.insert(reply_key, reply, BPF_NOEXIST as u64).is_ok()
-                || reclaim(&reply_key, &reply, now)
+            scratch.reply_key.dst_port_be = port_be;
+            if REPLIES
+                .insert(&scratch.reply_key, &scratch.reply, BPF_NOEXIST as u64)
+                .is_ok()
+                || reclaim(scratch, now)
             {
                 snat_port_be = port_be;
                 claimed = true;
@@ -137,7 +154,7 @@ fn new_flow(packet: &Packet, service: &Service, now: u64) -> Result<Scheduled, G
         }
     } else {
         REPLIES
-            .insert(reply_key, reply, 0)
+            .insert(&scratch.reply_key, &scratch.reply, 0)
             .map_err(|_| GlobalCounter::DropInternal)?;
     }
 
@@ -152,48 +169,63 @@ fn new_flow(packet: &Packet, service: &Service, now: u64) -> Result<Scheduled, G
     } else {
         FLOW_ESTABLISHED
     };
-    let flow = Flow {
+    scratch.flow = Flow {
         backend: backend_id,
         snat_port_be,
         state,
         _pad: 0,
         last_seen_ns: now,
+        next_hop: NextHop::default(),
     };
     FLOWS
-        .insert(key, flow, 0)
+        .insert(key, &scratch.flow, 0)
         .map_err(|_| GlobalCounter::DropInternal)?;
+    let flow = FLOWS.get_ptr_mut(key).ok_or(GlobalCounter::DropInternal)?;
     count_backend(backend_id, |c| c.new_flows += 1);
     Ok(Scheduled {
         backend_id,
         backend,
         snat_port_be,
+        flow,
+        now,
     })
 }
 
-/// Takes over the reply entry at `reply_key` (a source port in use) if the
-/// flow that claimed it has ended: its entry is gone, expired, or has moved
-/// on to another backend or port. Returns whether it did.
+/// Takes over the reply entry at `scratch.reply_key` (a source port in use)
+/// for `scratch.reply` if the flow that claimed it has ended: its entry is
+/// gone, expired, or has moved on to another backend or port. Returns
+/// whether it did.
 #[inline(always)]
-fn reclaim(reply_key: &FlowKey, reply: &Reply, now: u64) -> bool {
-    // SAFETY: the value is copied out at once.
-    let Some(old) = (unsafe { REPLIES.get(reply_key) }).copied() else {
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "as in new_flow: keep the entries in scratch space"
+)]
+fn reclaim(scratch: &mut NewFlowScratch, now: u64) -> bool {
+    let proto = scratch.reply_key.proto;
+    let port_be = scratch.reply_key.dst_port_be;
+    // SAFETY: a map value stays valid for this run (RCU); only read.
+    let Some(old) = (unsafe { REPLIES.get(&scratch.reply_key) }) else {
         return false;
     };
-    let client_key = FlowKey {
+    let old_backend = old.backend;
+    scratch.client_key = FlowKey {
         dst: old.vip,
         dst_port_be: old.vip_port_be,
-        proto: reply_key.proto,
+        proto,
         src: old.client,
         src_port_be: old.client_port_be,
         ..Default::default()
     };
     // SAFETY: the value is only read.
-    let live = unsafe { FLOWS.get(client_key) }.is_some_and(|flow| {
-        flow.backend == old.backend
-            && flow.snat_port_be == reply_key.dst_port_be
-            && !flow.is_expired(reply_key.proto, now, &timeouts())
+    let live = unsafe { FLOWS.get(&scratch.client_key) }.is_some_and(|flow| {
+        flow.backend == old_backend
+            && flow.snat_port_be == port_be
+            && !flow.is_expired(proto, now, &timeouts())
     });
-    !live && REPLIES.insert(reply_key, reply, 0).is_ok()
+    !live
+        && REPLIES
+            .insert(&scratch.reply_key, &scratch.reply, 0)
+            .is_ok()
 }
 
 /// Removes the reply entry of a flow about to be scheduled again, so its
