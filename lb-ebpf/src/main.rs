@@ -106,24 +106,25 @@ fn to_backend(ctx: &XdpContext, packet: &Packet, service: &Service) -> (u32, Glo
 /// A backend's reply: rewrite it to come from the service, send it on.
 #[inline(never)]
 fn to_client(ctx: &XdpContext, packet: &Packet, reply: *mut Reply) -> (u32, GlobalCounter) {
-    // SAFETY: `reply` points into its map value, valid for this run (RCU);
-    // the next hop is the only field written through it.
-    let hop = unsafe { &raw mut (*reply).next_hop };
-    let reply = unsafe { &*reply };
+    // SAFETY (all derefs of `reply` below): it points into its map value,
+    // valid for this run (RCU). References are taken to single fields only,
+    // so the write to `next_hop` in `forward` overlaps none of them.
+    let backend = unsafe { (*reply).backend };
     let bytes = ctx.data_end() - ctx.data();
-    count_backend(reply.backend, |c| {
+    count_backend(backend, |c| {
         c.reply_packets += 1;
         c.reply_bytes += bytes as u64;
     });
-    track_reply(packet, reply);
+    track_reply(packet, unsafe { &*reply });
     let src = Endpoint {
-        addr: &reply.vip,
-        port_be: reply.vip_port_be,
+        addr: unsafe { &(*reply).vip },
+        port_be: unsafe { (*reply).vip_port_be },
     };
     let dst = Endpoint {
-        addr: &reply.client,
-        port_be: reply.client_port_be,
+        addr: unsafe { &(*reply).client },
+        port_be: unsafe { (*reply).client_port_be },
     };
+    let hop = unsafe { &raw mut (*reply).next_hop };
     // SAFETY: the helper has no preconditions.
     let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() };
     send(ctx, packet, &Route { src, dst, hop, now })
