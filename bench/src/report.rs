@@ -254,7 +254,7 @@ fn dataplane_markdown(md: &mut String, dp: &DataplaneResults) {
     let _ = writeln!(
         md,
         "Baseline: {} service, {} backends (`nat`), Maglev table {}, flow table of {} holding \
-         {} established flows; IPv4 TCP frames of 59-77 bytes. `repeat=1`: that many single \
+         {} established flows; IPv4 TCP frames of 59-73 bytes. `repeat=1`: that many single \
          runs, each checked; `repeat=N`: calls of N runs, for frames the program does not \
          rewrite. *net* = median minus the median of the do-nothing program timed the same \
          way, interleaved.\n",
