@@ -38,12 +38,16 @@ impl FlowKey {
 
 /// Waiting for the backend's SYN-ACK.
 pub const FLOW_SYN_SENT: u8 = 0;
-/// Handshake done, or a flow that did not start with a SYN (UDP, or TCP
-/// picked up mid-stream).
+/// Handshake done, or a UDP flow.
 pub const FLOW_ESTABLISHED: u8 = 1;
 /// A FIN or RST was seen: the entry lives only [`FlowTimeouts::closing_ns`]
 /// more.
 pub const FLOW_CLOSING: u8 = 2;
+/// A TCP flow picked up without its SYN (its backend failed, or the table
+/// forgot it): the backend it now goes to may not know the connection, so
+/// the entry counts as no live flow and lives only
+/// [`FlowTimeouts::closing_ns`] after its last packet.
+pub const FLOW_MIDSTREAM: u8 = 3;
 
 /// How long a flow may stay idle before its entry no longer counts and its
 /// next packet is scheduled again. The data plane reads it from a global
@@ -134,7 +138,7 @@ impl Flow {
         } else {
             match self.state {
                 FLOW_SYN_SENT => timeouts.syn_ns,
-                FLOW_CLOSING => timeouts.closing_ns,
+                FLOW_CLOSING | FLOW_MIDSTREAM => timeouts.closing_ns,
                 _ => timeouts.tcp_idle_ns,
             }
         }
@@ -316,5 +320,6 @@ mod tests {
         assert!(flow(FLOW_CLOSING).is_expired(6, t.closing_ns + 1, &t));
         assert!(flow(FLOW_SYN_SENT).is_expired(6, t.syn_ns + 1, &t));
         assert!(flow(FLOW_ESTABLISHED).is_expired(17, t.udp_idle_ns + 1, &t));
+        assert!(flow(FLOW_MIDSTREAM).is_expired(6, t.closing_ns + 1, &t));
     }
 }

@@ -5,8 +5,8 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_coarse_n
 use lb_common::{
     Backend, Flow, FlowKey, GlobalCounter, Reply, Service,
     flow::{
-        FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SENT, FlowTimeouts, LAST_SEEN_GRANULARITY_NS,
-        NextHop, SNAT_PORT_ATTEMPTS, flow_hash, snat_candidate,
+        FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_MIDSTREAM, FLOW_SYN_SENT, FlowTimeouts,
+        LAST_SEEN_GRANULARITY_NS, NextHop, SNAT_PORT_ATTEMPTS, flow_hash, snat_candidate,
     },
     service::SERVICE_F_HASH_SOURCE,
 };
@@ -158,8 +158,9 @@ fn new_flow(packet: &Packet, service: &Service, now: u64) -> Result<Scheduled, G
             .map_err(|_| GlobalCounter::DropInternal)?;
     }
 
-    // A flow picked up with a FIN or RST (its backend failed, or the flow
-    // table forgot it) is ending: it must not linger as established.
+    // A TCP flow picked up without its SYN (its backend failed, or the flow
+    // table forgot it) must not linger as established: the backend may not
+    // know it. One picked up by its FIN or RST is ending anyway.
     let state = if !packet.is_tcp() {
         FLOW_ESTABLISHED
     } else if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
@@ -167,7 +168,7 @@ fn new_flow(packet: &Packet, service: &Service, now: u64) -> Result<Scheduled, G
     } else if packet.has_flags(TCP_SYN) && !packet.has_flags(TCP_ACK) {
         FLOW_SYN_SENT
     } else {
-        FLOW_ESTABLISHED
+        FLOW_MIDSTREAM
     };
     scratch.flow = Flow {
         backend: backend_id,

@@ -27,7 +27,7 @@ use lb_common::{
     Backend, BackendCounters, Flow, FlowKey, GlobalCounter, MAGLEV_SLOTS, MAX_BACKENDS,
     MAX_SERVICES, Service, ServiceKey, TrafficCounters,
     backend::BACKEND_F_FAILED,
-    flow::{FLOW_CLOSING, FlowTimeouts},
+    flow::{FLOW_CLOSING, FLOW_MIDSTREAM, FlowTimeouts},
     maglev::{self, Candidate},
     service::{SERVICE_F_DNAT, SERVICE_F_HASH_SOURCE, ipv4_mapped},
 };
@@ -283,7 +283,8 @@ impl Dataplane {
     }
 
     /// Live flows per backend of `service`: flow-table entries that point at
-    /// it, have not passed their idle timeout and have seen no FIN or RST.
+    /// it, have not passed their idle timeout, began with a SYN (or are UDP)
+    /// and have seen no FIN or RST.
     pub fn live_flows(&self, service: &str) -> anyhow::Result<HashMap<SocketAddr, u64>> {
         let state = self.service_state(service)?;
         let by_id: HashMap<u32, SocketAddr> =
@@ -293,7 +294,8 @@ impl Dataplane {
         let now = coarse_monotonic_ns();
         for entry in flows.iter() {
             let Ok((key, flow)) = entry else { continue };
-            if flow.state == FLOW_CLOSING || flow.is_expired(key.proto, now, &self.options.timeouts)
+            if matches!(flow.state, FLOW_CLOSING | FLOW_MIDSTREAM)
+                || flow.is_expired(key.proto, now, &self.options.timeouts)
             {
                 continue;
             }
@@ -328,6 +330,7 @@ impl Dataplane {
                 state: match flow.state {
                     lb_common::flow::FLOW_SYN_SENT => "syn-sent",
                     FLOW_CLOSING => "closing",
+                    FLOW_MIDSTREAM => "midstream",
                     _ => "established",
                 },
                 idle_seconds: now.saturating_sub(flow.last_seen_ns) as f64 / 1e9,

@@ -156,9 +156,9 @@ fn demo(xlb: &Path, lab: &Path, stop: &AtomicBool) -> anyhow::Result<()> {
         return Ok(());
     }
     xlb_cli(&["status"]);
-    say("starting b1 again: after 2 good checks it is back");
+    say("starting b1 again: once its fail_timeout (10 s) is over and 2 checks pass, it is back");
     backend("start", "1");
-    if !pause(5) {
+    if !pause(9) {
         return Ok(());
     }
     say("taking every primary down: the backup b4 takes over");
