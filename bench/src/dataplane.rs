@@ -353,12 +353,7 @@ fn call(
     out: &mut [u8],
     repeat: u32,
 ) -> anyhow::Result<Call> {
-    // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
-    // rx_queue_index, egress_ifindex.
-    let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
-        .iter()
-        .flat_map(|v| v.to_ne_bytes())
-        .collect();
+    let ctx = xlb_tests::xdp::xdp_md(frame.len(), ifindex);
     let result = program
         .test_run(TestRunOptions {
             data_in: Some(frame),

@@ -3,10 +3,7 @@
 //! `fail_timeout`), operator state (down, drain), backup servers and slow
 //! start. Pure: time comes in as an argument, so all of it is unit-tested.
 
-use std::{
-    collections::VecDeque,
-    time::{Duration, Instant},
-};
+use std::{collections::VecDeque, time::Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -200,12 +197,10 @@ pub fn evaluate(backends: &mut [BackendState], now: Instant) -> Vec<Effective> {
         .collect()
 }
 
-/// The most a clock jump may make `Instant` arithmetic go wrong by; used by
-/// callers that schedule re-evaluation.
-pub const EVALUATION_PERIOD: Duration = Duration::from_millis(250);
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn backend(weight: u32, backup: bool) -> BackendConfig {

@@ -27,6 +27,16 @@ impl Action {
     }
 }
 
+/// The `struct xdp_md` context for a test run of a `frame_len`-byte frame
+/// received on interface `ifindex`: data, data_end, data_meta,
+/// ingress_ifindex, rx_queue_index, egress_ifindex.
+pub fn xdp_md(frame_len: usize, ifindex: u32) -> Vec<u8> {
+    [0, frame_len as u32, 0, ifindex, 0, 0]
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .collect()
+}
+
 /// Runs the loaded program once on `frame`, as received on the interface
 /// with index `ifindex` (0: none, the kernel's default); returns its action
 /// and the frame as the program left it.
@@ -34,12 +44,7 @@ pub fn run_on(dataplane: &mut Dataplane, ifindex: u32, frame: &[u8]) -> (Action,
     let program = dataplane.program().expect("program loaded");
     // Room for the program to grow the frame (encapsulation, VLAN push).
     let mut out = vec![0u8; frame.len() + 256];
-    // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
-    // rx_queue_index, egress_ifindex.
-    let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
-        .iter()
-        .flat_map(|v| v.to_ne_bytes())
-        .collect();
+    let ctx = xdp_md(frame.len(), ifindex);
     let result = program
         .test_run(TestRunOptions {
             data_in: Some(frame),
