@@ -597,9 +597,9 @@ impl Agent {
     fn status(&self) -> anyhow::Result<serde_json::Value> {
         let now = Instant::now();
         let applied = self.applied.as_ref();
+        let live = self.dataplane.live_flows().unwrap_or_default();
         let mut services = Vec::new();
         for service in &self.runtime.services {
-            let live = self.dataplane.live_flows(&service.name).unwrap_or_default();
             let file_service = self.file.service(&service.name).ok();
             let mut backends = Vec::new();
             for backend in &service.backends {
@@ -648,7 +648,7 @@ impl Agent {
                     "admin": state.admin,
                     "health": health_text,
                     "state": state_word(effective, state.admin),
-                    "live_flows": live.get(&backend.address).copied().unwrap_or(0),
+                    "live_flows": live.get(&key).copied().unwrap_or(0),
                     "new_flows": counters.new_flows,
                     "packets": counters.packets,
                     "bytes": counters.bytes,

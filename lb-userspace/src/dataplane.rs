@@ -282,64 +282,77 @@ impl Dataplane {
         self.backend_ids = state.backend_ids;
     }
 
-    /// Live flows per backend of `service`: flow-table entries that point at
-    /// it, have not passed their idle timeout, began with a SYN (or are UDP)
-    /// and have seen no FIN or RST.
-    pub fn live_flows(&self, service: &str) -> anyhow::Result<HashMap<SocketAddr, u64>> {
-        let state = self.service_state(service)?;
-        let by_id: HashMap<u32, SocketAddr> =
-            state.backends.iter().map(|(a, id)| (*id, *a)).collect();
-        let mut counts: HashMap<SocketAddr, u64> = state.backends.keys().map(|a| (*a, 0)).collect();
-        let flows: BpfHashMap<&MapData, FlowKey, Flow> = self.map("FLOWS")?;
-        let now = coarse_monotonic_ns();
-        for entry in flows.iter() {
-            let Ok((key, flow)) = entry else { continue };
-            if matches!(flow.state, FLOW_CLOSING | FLOW_MIDSTREAM)
-                || flow.is_expired(key.proto, now, &self.options.timeouts)
+    /// Live flows per (service, backend), all services in one pass over the
+    /// flow table: entries that have not passed their idle timeout, began
+    /// with a SYN (or are UDP) and have seen no FIN or RST.
+    pub fn live_flows(&self) -> anyhow::Result<HashMap<(String, SocketAddr), u64>> {
+        let owners = self.flow_owners();
+        let mut counts = HashMap::new();
+        self.for_each_current_flow(|key, flow, _| {
+            if !matches!(flow.state, FLOW_CLOSING | FLOW_MIDSTREAM)
+                && let Some((service, addr)) = owners.get(&(*key.service_key(), flow.backend))
             {
-                continue;
+                *counts.entry(((*service).to_owned(), *addr)).or_insert(0) += 1;
             }
-            if let Some(addr) = by_id.get(&flow.backend)
-                && key.service_key() == &state.key()
-            {
-                *counts.entry(*addr).or_default() += 1;
-            }
-        }
+            true
+        })?;
         Ok(counts)
     }
 
     /// Flow-table entries of `service` (at most `limit`): client, backend,
     /// state and idle time; expired ones left out.
     pub fn flows(&self, service: &str, limit: usize) -> anyhow::Result<Vec<FlowInfo>> {
-        let state = self.service_state(service)?;
-        let by_id: HashMap<u32, SocketAddr> =
-            state.backends.iter().map(|(a, id)| (*id, *a)).collect();
+        let wanted = self.service_state(service)?.key();
+        let owners = self.flow_owners();
+        let mut out = Vec::new();
+        self.for_each_current_flow(|key, flow, now| {
+            if *key.service_key() == wanted {
+                out.push(FlowInfo {
+                    client: SocketAddr::new(unmapped(key.src), u16::from_be(key.src_port_be)),
+                    backend: owners.get(&(wanted, flow.backend)).map(|(_, addr)| *addr),
+                    state: match flow.state {
+                        lb_common::flow::FLOW_SYN_SENT => "syn-sent",
+                        FLOW_CLOSING => "closing",
+                        FLOW_MIDSTREAM => "midstream",
+                        _ => "established",
+                    },
+                    idle_seconds: now.saturating_sub(flow.last_seen_ns) as f64 / 1e9,
+                });
+            }
+            out.len() < limit
+        })?;
+        Ok(out)
+    }
+
+    /// Which service and backend a flow entry's (service key, backend id)
+    /// names.
+    fn flow_owners(&self) -> HashMap<(ServiceKey, u32), (&str, SocketAddr)> {
+        self.services
+            .iter()
+            .flat_map(|(name, state)| {
+                let key = state.key();
+                state
+                    .backends
+                    .iter()
+                    .map(move |(addr, id)| ((key, *id), (name.as_str(), *addr)))
+            })
+            .collect()
+    }
+
+    /// Calls `f` with every flow-table entry not past its idle timeout, and
+    /// the time it judged that at, until `f` returns false.
+    fn for_each_current_flow(
+        &self,
+        mut f: impl FnMut(&FlowKey, &Flow, u64) -> bool,
+    ) -> anyhow::Result<()> {
         let flows: BpfHashMap<&MapData, FlowKey, Flow> = self.map("FLOWS")?;
         let now = coarse_monotonic_ns();
-        let mut out = Vec::new();
-        for entry in flows.iter() {
-            let Ok((key, flow)) = entry else { continue };
-            if key.service_key() != &state.key()
-                || flow.is_expired(key.proto, now, &self.options.timeouts)
-            {
-                continue;
-            }
-            out.push(FlowInfo {
-                client: SocketAddr::new(unmapped(key.src), u16::from_be(key.src_port_be)),
-                backend: by_id.get(&flow.backend).copied(),
-                state: match flow.state {
-                    lb_common::flow::FLOW_SYN_SENT => "syn-sent",
-                    FLOW_CLOSING => "closing",
-                    FLOW_MIDSTREAM => "midstream",
-                    _ => "established",
-                },
-                idle_seconds: now.saturating_sub(flow.last_seen_ns) as f64 / 1e9,
-            });
-            if out.len() >= limit {
+        for (key, flow) in flows.iter().filter_map(Result::ok) {
+            if !flow.is_expired(key.proto, now, &self.options.timeouts) && !f(&key, &flow, now) {
                 break;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Interfaces the program is attached to, with their modes.

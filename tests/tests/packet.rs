@@ -646,8 +646,13 @@ fn a_flow_picked_up_without_its_syn_is_not_live() {
                 .collect();
         states.sort();
         assert_eq!(states, ["closing", "closing", "midstream"]);
-        let live = h.dp.live_flows("web-dnat").unwrap();
-        assert_eq!(live.values().sum::<u64>(), 0, "{live:?}");
+        // Only a flow that began with its SYN counts as live.
+        let syn = Frame::tcp("10.0.0.2:50003", "10.0.0.100:81", Transport::SYN);
+        assert_eq!(h.run(&syn).0, Action::Tx);
+        let live = h.dp.live_flows().unwrap();
+        let key = ("web-dnat".to_owned(), "10.1.0.11:8001".parse().unwrap());
+        assert_eq!(live.get(&key), Some(&1), "{live:?}");
+        assert_eq!(live.values().sum::<u64>(), 1, "{live:?}");
     });
 }
 
