@@ -127,7 +127,7 @@ pub struct BackendState {
 }
 
 /// What the data plane should do with a backend at one moment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Effective {
     /// Its flows move elsewhere and it gets none (down or unhealthy).
     pub failed: bool,
