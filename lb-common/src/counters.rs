@@ -62,9 +62,11 @@ global_counters! {
     /// Rewritten, but the route lookup failed (no route, forwarding off,
     /// packet too big): passed to the kernel to handle as it would.
     PassRouteLookup => "pass_route_lookup",
-    /// Rewritten for an interface xlb does not redirect to: passed to the
-    /// kernel to forward.
-    PassOtherInterface => "pass_other_interface",
+    /// Rewritten for an interface XDP cannot send out of (not attached, or
+    /// its driver has no XDP transmit: a bridge, a veth whose peer runs no
+    /// XDP program): passed to the kernel, MAC addresses untouched, which
+    /// forwards it.
+    PassKernelForward => "pass_kernel_forward",
     /// Sent back out of the interface it came in on (`XDP_TX`).
     ForwardTx => "forward_tx",
     /// Redirected to another interface xlb is attached to.

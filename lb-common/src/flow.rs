@@ -92,7 +92,7 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 pub struct NextHop {
     /// Monotonic time (coarse) of the lookup; 0 means none yet.
     pub looked_up_ns: u64,
-    /// Interface to send on.
+    /// Interface to send on, or [`NextHop::KERNEL`].
     pub ifindex: u32,
     /// Ethernet source and destination to write.
     pub src_mac: [u8; 6],
@@ -104,6 +104,9 @@ pub struct NextHop {
 pub const NEXT_HOP_TTL_NS: u64 = NS_PER_SEC;
 
 impl NextHop {
+    /// `ifindex` of a next hop XDP cannot send to: the kernel forwards.
+    pub const KERNEL: u32 = 0;
+
     /// Whether the remembered next hop may still be used at `now_ns`.
     #[inline(always)]
     pub const fn is_fresh(&self, now_ns: u64) -> bool {

@@ -1,4 +1,10 @@
-//! Sending a rewritten packet on: route lookup, MAC rewrite, TX or redirect.
+//! Sending a rewritten packet on: `XDP_TX`, a redirect, or the kernel.
+//!
+//! The way out is decided before the Ethernet header changes. XDP sends a
+//! frame itself only out of interfaces where that is known to arrive: those
+//! the agent put in `INTERFACES` (attached, with the driver's XDP transmit).
+//! Every other frame goes to the kernel with the MAC addresses it arrived
+//! with, addressed to this host, so the kernel routes and forwards it.
 
 use core::mem::size_of;
 
@@ -14,6 +20,7 @@ use crate::{
     maps::INTERFACES,
     parse::{Packet, ptr_at},
     rewrite::Endpoint,
+    vlan,
 };
 
 const AF_INET: u8 = 2;
@@ -29,51 +36,72 @@ pub struct Route<'a> {
     pub now: u64,
 }
 
-/// Sends the (already rewritten) frame: out of the interface it came in on,
-/// to another interface xlb is attached to, or to the kernel when the next
-/// hop is unknown. The next hop is the flow's remembered one while it is
-/// fresh, else `bpf_fib_lookup`'s answer, which is then remembered.
+/// Sends the (already rewritten) frame on. The next hop is the flow's
+/// remembered one while it is fresh, else `bpf_fib_lookup`'s answer, which
+/// is then remembered; a next hop XDP cannot send to is remembered too, as
+/// [`NextHop::KERNEL`].
 #[inline(never)]
 pub fn forward(ctx: &XdpContext, packet: &Packet, route: &Route) -> (u32, GlobalCounter) {
     // SAFETY: `hop` points into a map value that lives for this run; other
     // CPUs may refresh it concurrently, with the same answer but for a
     // route change.
     let remembered = unsafe { *route.hop };
-    if remembered.is_fresh(route.now) {
-        return send(ctx, &remembered);
-    }
-    match lookup(ctx, packet, &route.src, &route.dst, route.now) {
-        Ok(fresh) => {
-            // SAFETY: as above.
-            unsafe { *route.hop = fresh };
-            send(ctx, &fresh)
+    let hop = if remembered.is_fresh(route.now) {
+        remembered
+    } else {
+        match lookup(ctx, packet, &route.src, &route.dst, route.now) {
+            Ok(fresh) => {
+                // SAFETY: as above.
+                unsafe { *route.hop = fresh };
+                fresh
+            }
+            Err(counter) => return to_kernel(ctx, packet, counter),
         }
-        Err(verdict) => verdict,
+    };
+    if hop.ifindex == NextHop::KERNEL {
+        return to_kernel(ctx, packet, GlobalCounter::PassKernelForward);
     }
-}
-
-/// Writes the next hop's MAC addresses and sends the frame there.
-#[inline(always)]
-fn send(ctx: &XdpContext, hop: &NextHop) -> (u32, GlobalCounter) {
+    let sent = if hop.ifindex == ctx.ingress_ifindex() as u32 {
+        (xdp_action::XDP_TX, GlobalCounter::ForwardTx)
+    } else {
+        // Only records the target; the frame is not read until the program
+        // returns, so the MACs are written below. A miss (the agent just
+        // took the interface out) leaves the frame untouched.
+        match INTERFACES.redirect(hop.ifindex, 0) {
+            Ok(action) => (action, GlobalCounter::ForwardRedirect),
+            Err(_) => return to_kernel(ctx, packet, GlobalCounter::PassKernelForward),
+        }
+    };
+    if vlan::is_tagged(packet) && vlan::pop_tags(ctx, packet).is_err() {
+        return (xdp_action::XDP_DROP, GlobalCounter::DropInternal);
+    }
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return (xdp_action::XDP_PASS, GlobalCounter::PassMalformed);
+        return (xdp_action::XDP_DROP, GlobalCounter::DropInternal);
     };
     // SAFETY: `ptr_at` checked the Ethernet header lies inside the packet.
     unsafe {
         (*eth).dst_addr = hop.dst_mac;
         (*eth).src_addr = hop.src_mac;
     }
-    if hop.ifindex == ctx.ingress_ifindex() as u32 {
-        return (xdp_action::XDP_TX, GlobalCounter::ForwardTx);
-    }
-    match INTERFACES.redirect(hop.ifindex, 0) {
-        Ok(action) => (action, GlobalCounter::ForwardRedirect),
-        Err(_) => (xdp_action::XDP_PASS, GlobalCounter::PassOtherInterface),
-    }
+    sent
 }
 
-/// Asks the kernel's FIB for the route from `src` to `dst`; `Err` is the
-/// verdict when there is no usable answer.
+/// Hands the rewritten frame to the kernel to route, with the MAC
+/// addresses it arrived with. Its VLAN tags go unless VLAN devices on the
+/// interface will take them.
+#[inline(always)]
+fn to_kernel(ctx: &XdpContext, packet: &Packet, counter: GlobalCounter) -> (u32, GlobalCounter) {
+    if vlan::is_tagged(packet) && !vlan::kernel_knows_tags(ctx) {
+        // A refusal leaves the tags: the kernel drops the frame, as it
+        // would have without xlb.
+        let _ = vlan::pop_tags(ctx, packet);
+    }
+    (xdp_action::XDP_PASS, counter)
+}
+
+/// Asks the kernel's FIB for the route from `src` to `dst`. `Err` is the
+/// counter of a frame the kernel has to handle: no route, forwarding off,
+/// too big, or a neighbour not resolved yet.
 #[inline(always)]
 fn lookup(
     ctx: &XdpContext,
@@ -81,7 +109,7 @@ fn lookup(
     src: &Endpoint,
     dst: &Endpoint,
     now: u64,
-) -> Result<NextHop, (u32, GlobalCounter)> {
+) -> Result<NextHop, GlobalCounter> {
     // SAFETY: an all-zero `bpf_fib_lookup` is a valid input.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.l4_protocol = packet.key.proto;
@@ -109,14 +137,19 @@ fn lookup(
         )
     };
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        return Err((xdp_action::XDP_PASS, GlobalCounter::PassNoNeighbour));
+        return Err(GlobalCounter::PassNoNeighbour);
     }
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return Err((xdp_action::XDP_PASS, GlobalCounter::PassRouteLookup));
+        return Err(GlobalCounter::PassRouteLookup);
     }
+    let xdp_egress = INTERFACES.get(params.ifindex).is_some();
     Ok(NextHop {
         looked_up_ns: now,
-        ifindex: params.ifindex,
+        ifindex: if xdp_egress {
+            params.ifindex
+        } else {
+            NextHop::KERNEL
+        },
         src_mac: params.smac,
         dst_mac: params.dmac,
     })

@@ -14,6 +14,7 @@ mod maps;
 mod parse;
 mod rewrite;
 mod schedule;
+mod vlan;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{GlobalCounter, Reply, Service};

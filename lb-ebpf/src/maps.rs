@@ -34,9 +34,16 @@ pub static FLOWS: LruHashMap<FlowKey, Flow> =
 pub static REPLIES: LruHashMap<FlowKey, Reply> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
 
-/// Interfaces xlb is attached to, by ifindex, for redirects between them.
+/// Interfaces XDP may send frames out of (`XDP_TX` or a redirect), by
+/// ifindex: those xlb is attached to whose driver transmits XDP frames. The
+/// agent keeps it current; frames for any other interface go to the kernel.
 #[map]
 pub static INTERFACES: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
+
+/// Attached interfaces with VLAN devices on them, by ifindex (the value is
+/// unused): a tagged frame handed to the kernel there keeps its tags.
+#[map]
+pub static VLAN_PARENTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_INTERFACES, 0);
 
 /// Room to build a new flow's entries in, one per CPU: the verifier's stack
 /// is too small for them beside the rest of the call chain.

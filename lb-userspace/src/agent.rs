@@ -34,6 +34,10 @@ use crate::{
 
 /// How often the agent reads passive health signals and re-evaluates.
 pub const TICK: Duration = Duration::from_millis(250);
+/// How often the agent reads again how frames leave by each interface
+/// (XDP or the kernel), which changes when a veth peer's XDP program or a
+/// VLAN device comes or goes.
+pub const EGRESS_REFRESH: Duration = Duration::from_secs(2);
 
 /// `xlb run` options that are not in the configuration file.
 #[derive(Clone, Debug, Default)]
@@ -147,6 +151,7 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut ticker = tokio::time::interval(TICK);
+    let mut egress_ticker = tokio::time::interval(EGRESS_REFRESH);
     loop {
         tokio::select! {
             _ = terminate.recv() => break,
@@ -158,6 +163,11 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
             _ = ticker.tick() => {
                 if let Err(e) = agent.tick() {
                     tracing::error!("updating the data plane: {e:#}");
+                }
+            }
+            _ = egress_ticker.tick() => {
+                if let Err(e) = agent.dataplane.refresh_egress() {
+                    tracing::error!("reading the interfaces' way out: {e:#}");
                 }
             }
             Some(result) = check_rx.recv() => agent.record_check(result),
@@ -681,7 +691,16 @@ impl Agent {
         let attachments: Vec<_> = self
             .dataplane
             .attachments()
-            .map(|(i, m)| json!({"interface": i, "mode": m.to_string()}))
+            .map(|a| {
+                json!({
+                    "interface": a.iface,
+                    "mode": a.mode.to_string(),
+                    "path": a.egress.path,
+                    "path_reason": a.egress.reason(),
+                    "xdp_features": a.egress.features.to_string(),
+                    "vlan_devices": a.egress.vlan_devices,
+                })
+            })
             .collect();
         Ok(json!({ "services": services, "attachments": attachments }))
     }

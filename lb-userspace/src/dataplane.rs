@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{BackendConfig, Config, HashPolicy, Mode, ServiceConfig},
+    egress::{Egress, EgressPath},
     slots::{Range, SlotAllocator},
     xdp::{self, AttachedMode, ModeRequest},
 };
@@ -73,6 +74,7 @@ pub const MAPS: &[&str] = &[
     "FLOWS",
     "REPLIES",
     "INTERFACES",
+    "VLAN_PARENTS",
     "SERVICE_STATS",
     "BACKEND_STATS",
     "GLOBAL_STATS",
@@ -83,10 +85,20 @@ pub const MAPS: &[&str] = &[
 pub struct Dataplane {
     ebpf: Ebpf,
     options: LoadOptions,
-    links: Vec<(String, XdpLinkId, AttachedMode)>,
+    links: Vec<(XdpLinkId, Attachment)>,
     services: HashMap<String, ServiceState>,
     backend_ids: IdPool,
     slots: SlotAllocator,
+}
+
+/// An interface the program is attached to.
+#[derive(Clone, Debug)]
+pub struct Attachment {
+    pub iface: String,
+    pub ifindex: u32,
+    pub mode: AttachedMode,
+    /// How frames leave by it, as last read from the kernel.
+    pub egress: Egress,
 }
 
 /// A service as programmed into the maps.
@@ -212,13 +224,75 @@ impl Dataplane {
             }
             None => xdp::attach(program, iface, request)?,
         };
-        let mut interfaces: DevMapHash<&mut MapData> = self.map_mut("INTERFACES")?;
-        interfaces
-            .insert(ifindex, ifindex, None, 0)
-            .with_context(|| format!("adding {iface} to the redirect map"))?;
-        tracing::info!(iface, %mode, "XDP program attached");
-        self.links.push((iface.to_owned(), link, mode));
+        let egress = Egress::probe(iface, ifindex);
+        self.program_egress(ifindex, &egress)
+            .with_context(|| format!("programming the way out of {iface}"))?;
+        tracing::info!(
+            iface,
+            %mode,
+            path = %egress.path,
+            xdp_features = %egress.features,
+            "XDP program attached; frames leave by it through {}: {}",
+            egress.path,
+            egress.reason()
+        );
+        let attachment = Attachment {
+            iface: iface.to_owned(),
+            ifindex,
+            mode,
+            egress,
+        };
+        self.links.push((link, attachment));
         Ok(mode)
+    }
+
+    /// Reads every attached interface's way out again (a veth peer may have
+    /// gained or lost its XDP program, VLAN devices may have come or gone)
+    /// and updates the maps where it changed.
+    pub fn refresh_egress(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.links.len() {
+            let (iface, ifindex) = (self.links[i].1.iface.clone(), self.links[i].1.ifindex);
+            let egress = Egress::probe(&iface, ifindex);
+            if egress == self.links[i].1.egress {
+                continue;
+            }
+            self.program_egress(ifindex, &egress)
+                .with_context(|| format!("programming the way out of {iface}"))?;
+            tracing::info!(
+                iface,
+                path = %egress.path,
+                xdp_features = %egress.features,
+                vlan_devices = ?egress.vlan_devices,
+                "way out changed; frames leave through {}: {}",
+                egress.path,
+                egress.reason()
+            );
+            self.links[i].1.egress = egress;
+        }
+        Ok(())
+    }
+
+    /// Makes `INTERFACES` and `VLAN_PARENTS` say what `egress` says of
+    /// interface `ifindex`.
+    fn program_egress(&mut self, ifindex: u32, egress: &Egress) -> anyhow::Result<()> {
+        let mut interfaces: DevMapHash<&mut MapData> = self.map_mut("INTERFACES")?;
+        match egress.path {
+            EgressPath::Xdp => interfaces
+                .insert(ifindex, ifindex, None, 0)
+                .context("adding to INTERFACES")?,
+            EgressPath::Kernel => {
+                remove_if_present(interfaces.remove(ifindex)).context("removing from INTERFACES")?
+            }
+        }
+        let mut parents: BpfHashMap<&mut MapData, u32, u32> = self.map_mut("VLAN_PARENTS")?;
+        if egress.vlan_devices.is_empty() {
+            remove_if_present(parents.remove(&ifindex)).context("removing from VLAN_PARENTS")?;
+        } else {
+            parents
+                .insert(ifindex, 1, 0)
+                .context("adding to VLAN_PARENTS")?;
+        }
+        Ok(())
     }
 
     /// Starts reading the program's log records (`aya-log`: rare events
@@ -242,8 +316,8 @@ impl Dataplane {
     /// process ends.
     pub fn shut_down(mut self) -> anyhow::Result<()> {
         if let Some(dir) = self.options.pin_dir.clone() {
-            for (iface, _, _) in &self.links {
-                let pin = link_pin(&dir, iface);
+            for (_, attachment) in &self.links {
+                let pin = link_pin(&dir, &attachment.iface);
                 if pin.exists() {
                     std::fs::remove_file(&pin)
                         .with_context(|| format!("removing {}", pin.display()))?;
@@ -255,10 +329,10 @@ impl Dataplane {
             let _ = std::fs::remove_dir(&dir);
         }
         let program = xdp_program(&mut self.ebpf)?;
-        for (iface, link, _) in std::mem::take(&mut self.links) {
+        for (link, attachment) in std::mem::take(&mut self.links) {
             program
                 .detach(link)
-                .with_context(|| format!("detaching from {iface}"))?;
+                .with_context(|| format!("detaching from {}", attachment.iface))?;
         }
         Ok(())
     }
@@ -355,11 +429,9 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Interfaces the program is attached to, with their modes.
-    pub fn attachments(&self) -> impl Iterator<Item = (&str, AttachedMode)> {
-        self.links
-            .iter()
-            .map(|(iface, _, mode)| (iface.as_str(), *mode))
+    /// Interfaces the program is attached to.
+    pub fn attachments(&self) -> impl Iterator<Item = &Attachment> {
+        self.links.iter().map(|(_, attachment)| attachment)
     }
 
     /// Makes the maps serve exactly `config`'s services. Existing flows keep
@@ -838,6 +910,18 @@ fn backend_entry(address: SocketAddr, flags: u16) -> Backend {
 fn accept_local(iface: &str) -> anyhow::Result<()> {
     let path = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");
     std::fs::write(&path, "1").with_context(|| format!("setting {path}"))
+}
+
+/// A map removal where a missing key is no error.
+fn remove_if_present(result: Result<(), aya::maps::MapError>) -> anyhow::Result<()> {
+    use aya::maps::MapError;
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {
+            Ok(())
+        }
+        other => Ok(other?),
+    }
 }
 
 fn ifindex(iface: &str) -> anyhow::Result<u32> {

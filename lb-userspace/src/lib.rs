@@ -7,9 +7,11 @@ pub mod checks;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod egress;
 pub mod health;
 mod lock;
 pub mod metrics;
+pub mod netdev;
 mod slots;
 pub mod xdp;
 

@@ -296,9 +296,11 @@ fn print_answer(answer: serde_json::Value) -> anyhow::Result<()> {
 fn print_status(status: &serde_json::Value) {
     for attachment in status["attachments"].as_array().into_iter().flatten() {
         println!(
-            "attached to {} ({} XDP)",
+            "attached to {} ({} XDP); frames leave by it through {}: {}",
             attachment["interface"].as_str().unwrap_or("?"),
-            attachment["mode"].as_str().unwrap_or("?")
+            attachment["mode"].as_str().unwrap_or("?"),
+            attachment["path"].as_str().unwrap_or("?"),
+            attachment["path_reason"].as_str().unwrap_or("?"),
         );
     }
     for service in status["services"].as_array().into_iter().flatten() {

@@ -14,7 +14,11 @@
 //! Two more veths stand for other NICs: `fy0` (10.2.0.1/24, neighbour
 //! 10.2.0.10 at [`backend_mac`]`(0)`), which tests attach xlb to so it can
 //! redirect there, and `fz0` (10.3.0.1/24, neighbour 10.3.0.10), which xlb
-//! is not attached to.
+//! is not attached to, or attached to without XDP transmit.
+//!
+//! A veth transmits XDP frames only while its peer runs XDP or has GRO on,
+//! so `fx1` and `fy1` have GRO on and `fz1` has not: XDP may send out of
+//! `fx0` and `fy0`, never out of `fz0`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -62,6 +66,7 @@ impl FixtureNet {
         ip("link set fx0 up")?;
         ip("link set fx1 up")?;
         ip("link set lo up")?;
+        gro_on(&net.ns, "fx1")?;
         for addr in ["10.0.0.1/24", "10.1.0.1/24", "10.1.0.100/24"] {
             ip(&format!("addr add {addr} dev fx0"))?;
         }
@@ -88,6 +93,9 @@ impl FixtureNet {
             ip(&format!("link set {nic} address {}", mac(&nic_mac)))?;
             ip(&format!("link set {nic} up"))?;
             ip(&format!("link set {peer} up"))?;
+            if nic == "fy0" {
+                gro_on(&net.ns, peer)?;
+            }
             ip(&format!("addr add {net4}.1/24 dev {nic}"))?;
             ip(&format!(
                 "neigh replace {net4}.10 lladdr {} dev {nic} nud permanent",
@@ -128,6 +136,17 @@ impl Drop for FixtureNet {
     fn drop(&mut self) {
         let _ = netns::delete(&self.ns);
     }
+}
+
+/// Turns GRO on for veth `iface` in namespace `ns`, which lets its peer
+/// transmit XDP frames.
+pub fn gro_on(ns: &str, iface: &str) -> anyhow::Result<()> {
+    netns::run(&mut netns::exec(ns, "ethtool", ["-K", iface, "gro", "on"])).map(drop)
+}
+
+/// [`gro_on`] in the calling thread's namespace (inside [`FixtureNet::run`]).
+pub fn gro_on_here(iface: &str) -> anyhow::Result<()> {
+    netns::run(std::process::Command::new("ethtool").args(["-K", iface, "gro", "on"])).map(drop)
 }
 
 fn mac(m: &[u8; 6]) -> String {

@@ -126,6 +126,12 @@ impl Frame {
         self
     }
 
+    /// The same frame without VLAN tags.
+    pub fn untagged(mut self) -> Self {
+        self.vlans.clear();
+        self
+    }
+
     /// Adds an 802.1ad (QinQ service) tag.
     pub fn service_vlan(mut self, id: u16) -> Self {
         self.vlans.push((0x88a8, id));

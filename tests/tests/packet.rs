@@ -11,6 +11,7 @@ use lb_common::flow::FlowTimeouts;
 use xlb::{
     config::Config,
     dataplane::{Dataplane, LoadOptions},
+    xdp::ModeRequest,
 };
 use xlb_tests::{
     fixture::{CLIENT_MAC, FY0_MAC, FZ0_MAC, FixtureNet, LB_MAC, backend_mac},
@@ -198,6 +199,10 @@ fn with_harness_loaded(options: LoadOptions, test: impl FnOnce(&mut Harness) + S
     fx.run(|| {
         let mut dp = Dataplane::load_with(options).expect("load the data plane");
         dp.apply(&Config::parse(CONFIG).unwrap()).unwrap();
+        // Attached (generic: nothing really arrives here) so that XDP may
+        // send out of fx0, as on a load balancer's NIC.
+        dp.attach("fx0", ModeRequest::Generic)
+            .expect("attach to fx0");
         test(&mut Harness { dp, ifindex });
     });
 }
@@ -317,8 +322,10 @@ fn udp_request_and_reply() {
     });
 }
 
+/// XDP sends frames out of plain interfaces only (a VLAN device takes no
+/// XDP frames), so tags go when a frame is sent on; IPv4 options stay.
 #[test]
-fn vlan_tags_and_ipv4_options_survive_the_rewrite() {
+fn vlan_tags_go_and_ipv4_options_stay_when_xdp_sends_the_frame_on() {
     with_harness(|h| {
         for (i, input) in [
             Frame::tcp("10.0.0.2:41000", "10.0.0.100:81", Transport::SYN).vlan(7),
@@ -334,7 +341,9 @@ fn vlan_tags_and_ipv4_options_survive_the_rewrite() {
         .enumerate()
         {
             let client = format!("10.0.0.2:{}", 41000 + i);
-            let out = input.rewritten(&client, "10.1.0.11:8001", LB_MAC, backend_mac(1));
+            let out = input
+                .rewritten(&client, "10.1.0.11:8001", LB_MAC, backend_mac(1))
+                .untagged();
             h.expect(input, Action::Tx, &out, GlobalCounter::ForwardTx);
         }
     });
@@ -555,16 +564,96 @@ fn handshake_failures_are_counted_for_passive_health_checks() {
 #[test]
 fn backends_behind_another_interface_are_reached_by_redirect() {
     with_harness(|h| {
-        // xlb attached to fy0 (in generic mode: nothing is sent here) puts it
-        // in the redirect map; fz0 stays out of it.
-        h.dp.attach("fy0", xlb::xdp::ModeRequest::Generic).unwrap();
-        let syn = Frame::tcp("10.0.0.2:47000", "10.0.0.104:80", Transport::SYN);
-        let out = syn.rewritten("10.0.0.2:47000", "10.2.0.10:8000", FY0_MAC, backend_mac(0));
+        // fy0, attached and able to transmit XDP frames, takes redirects.
+        h.dp.attach("fy0", ModeRequest::Generic).unwrap();
+        let syn = Frame::tcp("10.0.0.2:47000", "10.0.0.104:80", Transport::SYN).vlan(7);
+        let out = syn
+            .rewritten("10.0.0.2:47000", "10.2.0.10:8000", FY0_MAC, backend_mac(0))
+            .untagged();
         h.expect(&syn, Action::Redirect, &out, GlobalCounter::ForwardRedirect);
+    });
+}
 
-        let syn = Frame::tcp("10.0.0.2:47001", "10.0.0.105:80", Transport::SYN);
-        let out = syn.rewritten("10.0.0.2:47001", "10.3.0.10:8000", FZ0_MAC, backend_mac(0));
-        h.expect(&syn, Action::Pass, &out, GlobalCounter::PassOtherInterface);
+/// A frame whose way out XDP cannot take goes to the kernel rewritten but
+/// with the MAC addresses it came with, so the kernel routes it; VLAN tags
+/// go unless the interface has VLAN devices that would take them.
+#[test]
+fn frames_for_an_interface_without_xdp_transmit_go_to_the_kernel() {
+    with_harness(|h| {
+        let syn =
+            |port: u16| Frame::tcp(&format!("10.0.0.2:{port}"), "10.0.0.105:80", Transport::SYN);
+        let to_kernel = |input: &Frame, port: u16| {
+            input
+                .rewritten(
+                    &format!("10.0.0.2:{port}"),
+                    "10.3.0.10:8000",
+                    CLIENT_MAC,
+                    LB_MAC,
+                )
+                .untagged()
+        };
+        // fz0 not attached.
+        let input = syn(47001);
+        h.expect(
+            &input,
+            Action::Pass,
+            &to_kernel(&input, 47001),
+            GlobalCounter::PassKernelForward,
+        );
+        // Attached, but its veth peer runs no XDP program and has GRO off.
+        h.dp.attach("fz0", ModeRequest::Generic).unwrap();
+        let input = syn(47002).service_vlan(100).vlan(7);
+        h.expect(
+            &input,
+            Action::Pass,
+            &to_kernel(&input, 47002),
+            GlobalCounter::PassKernelForward,
+        );
+        let fz0 = h.dp.attachments().find(|a| a.iface == "fz0").unwrap();
+        assert_eq!(fz0.egress.path, xlb::egress::EgressPath::Kernel);
+
+        // The peer gains GRO: the agent's next look sends frames by XDP.
+        xlb_tests::fixture::gro_on_here("fz1").unwrap();
+        h.dp.refresh_egress().unwrap();
+        let input = syn(47003);
+        let out = input.rewritten("10.0.0.2:47003", "10.3.0.10:8000", FZ0_MAC, backend_mac(0));
+        h.expect(
+            &input,
+            Action::Redirect,
+            &out,
+            GlobalCounter::ForwardRedirect,
+        );
+    });
+}
+
+#[test]
+fn tags_stay_on_frames_for_the_kernel_where_vlan_devices_take_them() {
+    with_harness(|h| {
+        // Unresolved neighbour: the kernel resolves it and forwards.
+        let input = Frame::tcp("10.0.0.2:44100", "10.0.0.102:80", Transport::SYN).vlan(7);
+        let untagged = input
+            .rewritten("10.0.0.2:44100", "10.1.0.13:8000", CLIENT_MAC, LB_MAC)
+            .untagged();
+        h.expect(
+            &input,
+            Action::Pass,
+            &untagged,
+            GlobalCounter::PassNoNeighbour,
+        );
+
+        // What the agent writes when fx0 has VLAN devices (this kernel has
+        // no 802.1Q module to make one).
+        let mut parents: aya::maps::HashMap<_, u32, u32> =
+            aya::maps::HashMap::try_from(h.dp.ebpf_mut().map_mut("VLAN_PARENTS").unwrap()).unwrap();
+        parents.insert(h.ifindex, 1, 0).unwrap();
+        let input = Frame::tcp("10.0.0.2:44101", "10.0.0.102:80", Transport::SYN).vlan(7);
+        let tagged = input.rewritten("10.0.0.2:44101", "10.1.0.13:8000", CLIENT_MAC, LB_MAC);
+        h.expect(
+            &input,
+            Action::Pass,
+            &tagged,
+            GlobalCounter::PassNoNeighbour,
+        );
     });
 }
 
