@@ -247,6 +247,7 @@ fn fresh_lab() -> anyhow::Result<Lab> {
     let lab = Lab::up(LabSpec {
         prefix: PREFIX.into(),
         backends: BACKENDS,
+        ..LabSpec::default()
     })
     .context("bringing up the bench's lab")?;
     for ns in [lab.client_ns(), lab.lb_ns()] {

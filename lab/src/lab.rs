@@ -1,8 +1,6 @@
-//! Bringing a lab up, tearing it down, and describing it.
+//! Bringing a lab up and tearing it down.
 
 use std::{
-    fmt,
-    net::IpAddr,
     path::{Path, PathBuf},
     process::{Child, Command},
 };
@@ -11,7 +9,11 @@ use anyhow::{Context as _, anyhow, bail};
 
 use crate::{
     netns, procs,
+    shape::Shape,
+    status::{self, LabStatus},
     topology::{self, Backend, Role, Topology},
+    vlan,
+    wiring::{self, Iface},
     xdp::{self, XdpMode},
 };
 
@@ -22,25 +24,34 @@ pub struct LabSpec {
     pub prefix: String,
     /// Number of backends (1 to [`topology::MAX_BACKENDS`]).
     pub backends: usize,
+    /// How the load balancer is wired.
+    pub shape: Shape,
 }
 
 impl Default for LabSpec {
-    /// `xlb` with four backends.
+    /// `xlb`, one-armed, with four backends.
     fn default() -> Self {
         Self {
             prefix: topology::DEFAULT_PREFIX.to_owned(),
             backends: topology::DEFAULT_BACKENDS,
+            shape: Shape::OneArmed,
         }
     }
 }
 
 impl LabSpec {
-    /// A spec with a fresh test prefix ([`topology::test_prefix`]).
+    /// A one-armed spec with a fresh test prefix ([`topology::test_prefix`]).
     pub fn for_test(backends: usize) -> Self {
         Self {
             prefix: topology::test_prefix(),
             backends,
+            shape: Shape::OneArmed,
         }
+    }
+
+    /// The same spec with another shape.
+    pub fn with_shape(self, shape: Shape) -> Self {
+        Self { shape, ..self }
     }
 }
 
@@ -50,7 +61,7 @@ impl LabSpec {
 pub struct Lab {
     topo: Topology,
     children: Vec<Child>,
-    xdp_peer: XdpMode,
+    xdp_peers: Vec<(Iface, XdpMode)>,
     owned: bool,
 }
 
@@ -75,16 +86,16 @@ impl Drop for Lab {
 impl Lab {
     /// Builds the lab described by `spec` (after removing leftovers with the
     /// same prefix) and starts one `xlb-lab-httpd` per backend, waiting until
-    /// each answers HTTP. Needs root, `ip` and `ethtool`.
+    /// each answers HTTP. Needs root, `ip`, `tc` and `ethtool`.
     pub fn up(spec: LabSpec) -> anyhow::Result<Lab> {
-        let topo = Topology::new(&spec.prefix, spec.backends)?;
+        let topo = Topology::with_shape(&spec.prefix, spec.backends, spec.shape)?;
         preflight()?;
         let httpd = procs::httpd_path()?;
         Self::down_prefix(topo.prefix())?;
         let mut lab = Lab {
             topo,
             children: Vec::new(),
-            xdp_peer: XdpMode::None,
+            xdp_peers: Vec::new(),
             owned: true,
         };
         // On error `lab` drops here and removes what was built.
@@ -97,16 +108,27 @@ impl Lab {
     /// up`); dropping it leaves the lab running.
     pub fn existing(prefix: &str) -> anyhow::Result<Lab> {
         let backends = discover_backends(prefix)?;
-        let topo = Topology::new(prefix, backends)
+        let shape = recorded_shape(prefix)?;
+        let topo = Topology::with_shape(prefix, backends, shape.unwrap_or_default())
             .with_context(|| format!("lab {prefix} is not up (no backend namespaces)"))?;
+        let Some(shape) = shape else {
+            bail!(
+                "lab {prefix} is incomplete: no record of its shape in {}",
+                topology::shape_path(prefix).display()
+            );
+        };
         if let Some(missing) = topo.namespaces().into_iter().find(|ns| !netns::exists(ns)) {
             bail!("lab {prefix} is incomplete: namespace {missing} is missing");
         }
-        let xdp_peer = xdp::mode(&topo.switch_ns(), &topology::switch_port(Role::Lb))?;
+        let mut xdp_peers = Vec::new();
+        for port in wiring::pass_ports(prefix, shape) {
+            let mode = xdp::mode(&port.ns, &port.name)?;
+            xdp_peers.push((port, mode));
+        }
         Ok(Lab {
             topo,
             children: Vec::new(),
-            xdp_peer,
+            xdp_peers,
             owned: false,
         })
     }
@@ -129,10 +151,24 @@ impl Lab {
         &self.topo
     }
 
-    /// XDP mode of the pass-through program on the lb's switch port
-    /// ([`XdpMode::Native`] when native XDP_TX from the lb works).
+    /// XDP mode of the pass-through program on the lb's client-side switch
+    /// port ([`XdpMode::Native`] when native XDP_TX from the lb works).
     pub fn xdp_peer_mode(&self) -> XdpMode {
-        self.xdp_peer
+        self.xdp_peers
+            .first()
+            .map_or(XdpMode::None, |&(_, mode)| mode)
+    }
+
+    /// XDP mode of the pass-through program on each switch-side peer of an
+    /// lb NIC, client side first.
+    pub fn xdp_peer_modes(&self) -> &[(Iface, XdpMode)] {
+        &self.xdp_peers
+    }
+
+    /// The load balancer's interfaces xlb should attach to, client side
+    /// first: `eth0`, plus `eth1` (two-armed) or `brb` (bridge).
+    pub fn lb_interfaces(&self) -> Vec<String> {
+        self.topo.lb_interfaces()
     }
 
     /// Runs `f` inside the namespace of `role` ([`netns::run_in`]).
@@ -184,54 +220,7 @@ impl Lab {
     /// Describes the lab with `prefix` as it is now (works for a partial or
     /// absent lab too).
     pub fn status(prefix: &str) -> anyhow::Result<LabStatus> {
-        let count = discover_backends(prefix)?;
-        let roles = [Role::Switch, Role::Client, Role::Lb]
-            .into_iter()
-            .chain((0..count).map(Role::Backend));
-        let mut namespaces = Vec::new();
-        for role in roles {
-            let name = topology::ns_name(prefix, role);
-            let addresses = if netns::exists(&name) && role != Role::Switch {
-                let out = netns::run(&mut netns::ip_in(
-                    &name,
-                    ["-br", "addr", "show", "dev", topology::HOST_IFACE],
-                ));
-                Some(out.map_or_else(|e| format!("{e:#}"), |o| o.trim().to_owned()))
-            } else {
-                None
-            };
-            namespaces.push(NsStatus {
-                exists: netns::exists(&name),
-                name,
-                addresses,
-            });
-        }
-        let run_dir = topology::run_dir(prefix);
-        let backends = (0..count)
-            .map(|i| {
-                let backend = backend_at(prefix, i);
-                let pid = std::fs::read_to_string(procs::pid_path(&run_dir, &backend))
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok());
-                BackendStatus {
-                    alive: pid.is_some_and(procs::alive),
-                    pid,
-                    backend,
-                }
-            })
-            .collect();
-        let sw = topology::ns_name(prefix, Role::Switch);
-        let xdp_peer = if netns::exists(&sw) {
-            Some(xdp::mode(&sw, &topology::switch_port(Role::Lb))?)
-        } else {
-            None
-        };
-        Ok(LabStatus {
-            prefix: prefix.to_owned(),
-            namespaces,
-            backends,
-            xdp_peer,
-        })
+        status::status(prefix)
     }
 
     /// Pid of backend `i`'s server.
@@ -286,6 +275,12 @@ impl Lab {
 
     fn build(&mut self, httpd: &Path) -> anyhow::Result<()> {
         let topo = self.topo.clone();
+        let run_dir = topo.run_dir();
+        std::fs::create_dir_all(&run_dir)
+            .with_context(|| format!("creating {}", run_dir.display()))?;
+        let shape_path = topology::shape_path(topo.prefix());
+        std::fs::write(&shape_path, topo.shape().name())
+            .with_context(|| format!("writing {}", shape_path.display()))?;
         for ns in topo.namespaces() {
             netns::add(&ns)?;
         }
@@ -293,65 +288,19 @@ impl Lab {
             let ns = topo.ns(role);
             netns::run_in(&ns, || set_sysctls(role))?
                 .with_context(|| format!("setting sysctls in {ns}"))?;
-        }
-
-        let sw = topo.switch_ns();
-        let ip = |ns: &str, args: &[&str]| netns::run(&mut netns::ip_in(ns, args)).map(drop);
-        ip(&sw, &["link", "set", "lo", "up"])?;
-        ip(
-            &sw,
-            &[
-                "link",
-                "add",
-                topology::BRIDGE,
-                "type",
-                "bridge",
-                "stp_state",
-                "0",
-            ],
-        )?;
-        ip(&sw, &["link", "set", topology::BRIDGE, "up"])?;
-
-        for role in topo.roles().into_iter().filter(|&r| r != Role::Switch) {
-            let ns = topo.ns(role);
-            let port = topology::switch_port(role);
-            let eth = topology::HOST_IFACE;
-            let mac = topology::fmt_mac(mac_of(role));
-            ip(
-                &sw,
-                &[
-                    "link", "add", &port, "type", "veth", "peer", "name", eth, "address", &mac,
-                    "netns", &ns,
-                ],
-            )?;
-            ip(
-                &sw,
-                &["link", "set", &port, "master", topology::BRIDGE, "up"],
-            )?;
             ip(&ns, &["link", "set", "lo", "up"])?;
-            ip(&ns, &["link", "set", eth, "up"])?;
-            for (addr, len) in addresses_of(role) {
-                let cidr = format!("{addr}/{len}");
-                let mut args = vec!["addr", "add", &cidr, "dev", eth];
-                if addr.is_ipv6() {
-                    args.push("nodad");
-                }
-                ip(&ns, &args)?;
-            }
-            for (dest, via) in routes_of(role) {
-                let family = if via.is_ipv6() { "-6" } else { "-4" };
-                let via = via.to_string();
-                ip(&ns, &[family, "route", "add", &dest, "via", &via])?;
-            }
-            netns::run(&mut netns::exec(&ns, "ethtool", ["-K", eth, "tx", "off"]))?;
+        }
+        let plan = wiring::plan(&topo);
+        wire(&plan)?;
+        for port in &plan.xdp_pass {
+            let pin = topo.pin_dir().join(format!("{}-pass", port.name));
+            let mode = xdp::attach_pass(&port.ns, &port.name, &pin)?;
+            self.xdp_peers.push((port.clone(), mode));
+        }
+        if let Some(port) = &plan.tagger {
+            vlan::attach_tagger(port)?;
         }
 
-        let pin = topo.pin_dir().join("sw-lb-pass");
-        self.xdp_peer = xdp::attach_pass(&sw, &topology::switch_port(Role::Lb), &pin)?;
-
-        let run_dir = topo.run_dir();
-        std::fs::create_dir_all(&run_dir)
-            .with_context(|| format!("creating {}", run_dir.display()))?;
         for b in topo.backends() {
             let child = procs::spawn_backend(httpd, &run_dir, &b)?;
             self.children.push(child);
@@ -392,7 +341,11 @@ fn preflight() -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the xlb lab needs root (network namespaces, veth, XDP); run as root");
     }
-    for (program, package) in [("ip", "iproute2"), ("ethtool", "ethtool")] {
+    for (program, package) in [
+        ("ip", "iproute2"),
+        ("tc", "iproute2"),
+        ("ethtool", "ethtool"),
+    ] {
         match Command::new(program).arg("-V").output() {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -415,8 +368,8 @@ fn set_sysctls(role: Role) -> anyhow::Result<()> {
     for conf in ["all", "default"] {
         // No duplicate address detection: addresses are usable at once.
         set(&format!("net/ipv6/conf/{conf}/accept_dad"), "0")?;
-        // Client and backends share one L2 segment; a redirect from the lb
-        // would make the client bypass it.
+        // In the one-armed shapes client and backends share one L2
+        // segment; a redirect from the lb would make the client bypass it.
         set(&format!("net/ipv4/conf/{conf}/accept_redirects"), "0")?;
         set(&format!("net/ipv6/conf/{conf}/accept_redirects"), "0")?;
     }
@@ -430,59 +383,89 @@ fn set_sysctls(role: Role) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn mac_of(role: Role) -> [u8; 6] {
-    match role {
-        Role::Client => topology::CLIENT_MAC,
-        Role::Lb => topology::LB_MAC,
-        Role::Backend(i) => topology::backend_mac(i),
-        Role::Switch => unreachable!("the switch has no host interface"),
+/// Creates the bridges, veths, addresses and routes of `plan`, with TX
+/// checksum offload off on every host interface (xlb rewrites packets, and
+/// veth would otherwise hand it partial checksums) and VLAN TX offload off
+/// where the plan says.
+fn wire(plan: &wiring::Plan) -> anyhow::Result<()> {
+    for bridge in &plan.bridges {
+        let (ns, name) = (&bridge.dev.ns, bridge.dev.name.as_str());
+        let mut args = vec!["link", "add", name];
+        let mac = bridge.mac.map(topology::fmt_mac);
+        if let Some(mac) = &mac {
+            args.extend(["address", mac]);
+        }
+        args.extend(["type", "bridge", "stp_state", "0"]);
+        ip(ns, &args)?;
+        ip(ns, &["link", "set", name, "up"])?;
     }
+    for veth in &plan.veths {
+        let (port, host) = (&veth.port, &veth.host);
+        let mac = topology::fmt_mac(veth.mac);
+        ip(
+            &port.ns,
+            &[
+                "link", "add", &port.name, "type", "veth", "peer", "name", &host.name, "address",
+                &mac, "netns", &host.ns,
+            ],
+        )?;
+        ip(
+            &port.ns,
+            &["link", "set", &port.name, "master", veth.bridge, "up"],
+        )?;
+        ip(&host.ns, &["link", "set", &host.name, "up"])?;
+        ethtool(host, &["tx", "off"])?;
+    }
+    for (iface, addrs) in &plan.addresses {
+        for (addr, len) in addrs {
+            let cidr = format!("{addr}/{len}");
+            let mut args = vec!["addr", "add", &cidr, "dev", &iface.name];
+            if addr.is_ipv6() {
+                args.push("nodad");
+            }
+            ip(&iface.ns, &args)?;
+        }
+    }
+    for (ns, dest, via) in &plan.routes {
+        let family = if via.is_ipv6() { "-6" } else { "-4" };
+        ip(ns, &[family, "route", "add", dest, "via", &via.to_string()])?;
+    }
+    for iface in &plan.txvlan_off {
+        ethtool(iface, &["txvlan", "off"])?;
+    }
+    Ok(())
 }
 
-fn addresses_of(role: Role) -> Vec<(IpAddr, u8)> {
-    use topology::*;
-    let (v4, v6) = (PREFIX_LEN_V4, PREFIX_LEN_V6);
-    match role {
-        Role::Client => vec![(CLIENT_V4.into(), v4), (CLIENT_V6.into(), v6)],
-        Role::Lb => vec![
-            (LB_CLIENT_SIDE_V4.into(), v4),
-            (LB_BACKEND_SIDE_V4.into(), v4),
-            (SNAT_V4.into(), v4),
-            (LB_CLIENT_SIDE_V6.into(), v6),
-            (LB_BACKEND_SIDE_V6.into(), v6),
-            (SNAT_V6.into(), v6),
-        ],
-        Role::Backend(i) => vec![(backend_v4(i).into(), v4), (backend_v6(i).into(), v6)],
-        Role::Switch => Vec::new(),
-    }
+/// Runs `ip -n ns args…`.
+fn ip(ns: &str, args: &[&str]) -> anyhow::Result<()> {
+    netns::run(&mut netns::ip_in(ns, args)).map(drop)
 }
 
-/// Routes as (destination, gateway).
-fn routes_of(role: Role) -> Vec<(String, IpAddr)> {
-    use topology::*;
-    match role {
-        Role::Client => vec![
-            ("default".into(), LB_CLIENT_SIDE_V4.into()),
-            ("default".into(), LB_CLIENT_SIDE_V6.into()),
-            (
-                format!("{}/{}", VIP_NET_V4.0, VIP_NET_V4.1),
-                LB_CLIENT_SIDE_V4.into(),
-            ),
-            (
-                format!("{}/{}", VIP_NET_V6.0, VIP_NET_V6.1),
-                LB_CLIENT_SIDE_V6.into(),
-            ),
-        ],
-        Role::Backend(_) => vec![
-            ("default".into(), LB_BACKEND_SIDE_V4.into()),
-            ("default".into(), LB_BACKEND_SIDE_V6.into()),
-        ],
-        Role::Lb | Role::Switch => Vec::new(),
+/// Runs `ethtool -K iface features…` in the interface's namespace.
+fn ethtool(iface: &Iface, features: &[&str]) -> anyhow::Result<()> {
+    let args = ["-K", iface.name.as_str()]
+        .into_iter()
+        .chain(features.iter().copied());
+    netns::run(&mut netns::exec(&iface.ns, "ethtool", args)).map(drop)
+}
+
+/// The shape the lab with `prefix` was brought up with, from its record in
+/// the run directory; `None` without one.
+pub(crate) fn recorded_shape(prefix: &str) -> anyhow::Result<Option<Shape>> {
+    let path = topology::shape_path(prefix);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .with_context(|| format!("reading {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
 }
 
 /// Number of backends of the lab with `prefix`, from its namespaces.
-fn discover_backends(prefix: &str) -> anyhow::Result<usize> {
+pub(crate) fn discover_backends(prefix: &str) -> anyhow::Result<usize> {
     Ok(netns::list()?
         .iter()
         .filter_map(|ns| match topology::role_of(prefix, ns) {
@@ -494,7 +477,7 @@ fn discover_backends(prefix: &str) -> anyhow::Result<usize> {
 }
 
 /// Backend `i` of the lab with `prefix`, without validating the prefix.
-fn backend_at(prefix: &str, i: usize) -> Backend {
+pub(crate) fn backend_at(prefix: &str, i: usize) -> Backend {
     Backend {
         index: i,
         name: topology::backend_name(i),
@@ -528,87 +511,5 @@ fn remove(namespaces: &[String], dirs: &[PathBuf]) -> anyhow::Result<()> {
         Ok(())
     } else {
         Err(anyhow!(errors.join("; ")))
-    }
-}
-
-/// Snapshot of a lab's state, printable with `Display`.
-#[derive(Clone, Debug)]
-pub struct LabStatus {
-    /// The lab's prefix.
-    pub prefix: String,
-    /// Expected namespaces and what is in them.
-    pub namespaces: Vec<NsStatus>,
-    /// Backends found (by namespace) and their server process.
-    pub backends: Vec<BackendStatus>,
-    /// XDP mode on the lb's switch port; `None` without a switch namespace.
-    pub xdp_peer: Option<XdpMode>,
-}
-
-/// One namespace in a [`LabStatus`].
-#[derive(Clone, Debug)]
-pub struct NsStatus {
-    /// Namespace name.
-    pub name: String,
-    /// Whether it exists.
-    pub exists: bool,
-    /// `ip -br addr show dev eth0` output, for host namespaces that exist.
-    pub addresses: Option<String>,
-}
-
-/// One backend in a [`LabStatus`].
-#[derive(Clone, Debug)]
-pub struct BackendStatus {
-    /// Names and addresses.
-    pub backend: Backend,
-    /// Server pid from its pid file.
-    pub pid: Option<i32>,
-    /// Whether that process is running.
-    pub alive: bool,
-}
-
-impl LabStatus {
-    /// Whether every namespace exists, every backend server runs and the lb
-    /// port has its XDP program.
-    pub fn is_up(&self) -> bool {
-        !self.backends.is_empty()
-            && self.namespaces.iter().all(|n| n.exists)
-            && self.backends.iter().all(|b| b.alive)
-            && self.xdp_peer.is_some_and(|m| m != XdpMode::None)
-    }
-}
-
-impl fmt::Display for LabStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = if self.is_up() {
-            "up"
-        } else if self.namespaces.iter().any(|n| n.exists) {
-            "partial"
-        } else {
-            "down"
-        };
-        writeln!(f, "lab {}: {state}", self.prefix)?;
-        for ns in &self.namespaces {
-            let mark = if ns.exists { "ok     " } else { "missing" };
-            match &ns.addresses {
-                Some(addrs) => writeln!(f, "  {mark} {:<24} {addrs}", ns.name)?,
-                None => writeln!(f, "  {mark} {}", ns.name)?,
-            }
-        }
-        for b in &self.backends {
-            let proc = match (b.pid, b.alive) {
-                (Some(pid), true) => format!("httpd pid {pid} running"),
-                (Some(pid), false) => format!("httpd pid {pid} NOT running"),
-                (None, _) => "no httpd pid file".to_owned(),
-            };
-            writeln!(
-                f,
-                "  backend {:<4} {} {} port {} ({proc})",
-                b.backend.name, b.backend.v4, b.backend.v6, b.backend.port
-            )?;
-        }
-        match self.xdp_peer {
-            Some(mode) => writeln!(f, "  XDP on lb's switch port: {mode}"),
-            None => writeln!(f, "  XDP on lb's switch port: (no switch)"),
-        }
     }
 }

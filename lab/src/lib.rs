@@ -1,6 +1,7 @@
 //! A network-namespace lab for xlb: a client, a load-balancer host and N
-//! backends (`xlb-lab-httpd`, HTTP and UDP on ports 8000+i) joined by a
-//! bridge, with IPv4 and IPv6 everywhere.
+//! backends (`xlb-lab-httpd`, HTTP and UDP on ports 8000+i), with IPv4 and
+//! IPv6 everywhere, wired in one of several [`Shape`]s. The default,
+//! one-armed, joins them all on one bridge:
 //!
 //! ```text
 //!  P-client eth0 ─ client ┐
@@ -10,17 +11,23 @@
 //!
 //! The lb forwards between the client subnet (10.10.1.0/24, fd10:1::/64)
 //! and the backend subnet (10.10.2.0/24, fd10:2::/64); the client routes the
-//! VIP networks through it. See [`topology`] for every name and address,
-//! [`Lab`] to build one, [`client`] to send traffic and [`netns`] to run
-//! code inside a namespace.
+//! VIP networks through it. See [`shape`] and [`wiring`] for the shapes,
+//! [`topology`] for every name and address, [`Lab`] to build one,
+//! [`client`] to send traffic and [`netns`] to run code inside a namespace.
 
 pub mod client;
 pub mod lab;
 pub mod netns;
 pub mod procs;
+pub mod shape;
+pub mod status;
 pub mod topology;
+pub mod vlan;
+pub mod wiring;
 pub mod xdp;
 
-pub use lab::{BackendStatus, Lab, LabSpec, LabStatus, NsStatus};
+pub use lab::{Lab, LabSpec};
+pub use shape::Shape;
+pub use status::{BackendStatus, LabStatus, NsStatus};
 pub use topology::{Backend, Role, Topology};
 pub use xdp::XdpMode;

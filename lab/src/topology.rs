@@ -1,5 +1,6 @@
-//! Names and addresses of a lab: everything derives from a name prefix and a
-//! backend count, so several labs can coexist and nothing repeats literals.
+//! Names and addresses of a lab: everything derives from a name prefix, a
+//! backend count and a [`Shape`], so several labs can coexist and nothing
+//! repeats literals.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -8,6 +9,8 @@ use std::{
 };
 
 use anyhow::{bail, ensure};
+
+use crate::shape::Shape;
 
 /// Prefix used by `cargo xtask lab up` when none is given.
 pub const DEFAULT_PREFIX: &str = "xlb";
@@ -20,10 +23,25 @@ pub const PREFIX_ROOT: &str = "xlb";
 
 /// Name of the host-side veth in every host namespace (client, lb, backends).
 pub const HOST_IFACE: &str = "eth0";
-/// The load balancer's only interface, facing both clients and backends.
+/// The load balancer's client-facing interface (in the one-armed and VLAN
+/// shapes its only one, facing the backends too).
 pub const LB_IFACE: &str = HOST_IFACE;
-/// Bridge in the switch namespace joining all veth peers.
+/// The load balancer's backend-facing NIC in the two-armed shape.
+pub const LB_BACKEND_IFACE: &str = "eth1";
+/// The bridge in the load balancer's namespace whose ports lead to the
+/// backends, in the bridge shape.
+pub const LB_BRIDGE: &str = "brb";
+/// Bridge in the switch namespace joining the client and the lb's `eth0`
+/// (and, in the one-armed and VLAN shapes, the backends).
 pub const BRIDGE: &str = "br0";
+/// Bridge in the switch namespace joining the lb's `eth1` and the backends,
+/// in the two-armed shape.
+pub const BACKEND_BRIDGE: &str = "br1";
+/// Switch-side veth peer of the lb's `eth1` (two-armed shape).
+pub const LB_BACKEND_PORT: &str = "lb1";
+/// VLAN the client's TCP and UDP frames carry in the VLAN shape (the
+/// `lab_vlan` program in `lb-ebpf` pushes it).
+pub const VLAN_ID: u16 = 100;
 
 /// Prefix length of the client and backend IPv4 subnets.
 pub const PREFIX_LEN_V4: u8 = 24;
@@ -60,8 +78,11 @@ pub const BACKEND_BASE_PORT: u16 = 8000;
 
 /// MAC address of the client's `eth0`.
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0x00, 0x0a, 0x0a, 0x01, 0x02];
-/// MAC address of the load balancer's `eth0` (both client- and backend-facing).
+/// MAC address of the load balancer's `eth0` (in the one-armed and VLAN
+/// shapes both client- and backend-facing).
 pub const LB_MAC: [u8; 6] = [0x02, 0x00, 0x0a, 0x0a, 0x01, 0x01];
+/// MAC address of the load balancer's backend-facing `eth1` or `brb`.
+pub const LB_BACKEND_MAC: [u8; 6] = [0x02, 0x00, 0x0a, 0x0a, 0x02, 0x01];
 
 /// Directory holding per-lab run state (backend logs and pid files).
 pub const RUN_ROOT: &str = "/run/xlb-lab";
@@ -142,6 +163,15 @@ impl Backend {
     pub fn addr_v6(&self) -> SocketAddr {
         SocketAddr::new(IpAddr::V6(self.v6), self.port)
     }
+
+    /// Its address (and port) in the family of `ip`.
+    pub fn addr_like(&self, ip: IpAddr) -> SocketAddr {
+        if ip.is_ipv4() {
+            self.addr_v4()
+        } else {
+            self.addr_v6()
+        }
+    }
 }
 
 /// Role of a namespace in a lab.
@@ -157,18 +187,24 @@ pub enum Role {
     Backend(usize),
 }
 
-/// Names and addresses of a lab with a given prefix and backend count.
+/// Names and addresses of a lab with a given prefix, backend count and shape.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Topology {
     prefix: String,
     backends: usize,
+    shape: Shape,
 }
 
 impl Topology {
+    /// A one-armed lab; see [`Topology::with_shape`].
+    pub fn new(prefix: &str, backends: usize) -> anyhow::Result<Self> {
+        Self::with_shape(prefix, backends, Shape::OneArmed)
+    }
+
     /// Checks the prefix (must start with [`PREFIX_ROOT`], only
     /// `[A-Za-z0-9_.-]`, at most 40 bytes) and the backend count (1 to
     /// [`MAX_BACKENDS`]).
-    pub fn new(prefix: &str, backends: usize) -> anyhow::Result<Self> {
+    pub fn with_shape(prefix: &str, backends: usize, shape: Shape) -> anyhow::Result<Self> {
         ensure!(
             prefix.starts_with(PREFIX_ROOT),
             "lab prefix {prefix:?} must start with {PREFIX_ROOT:?} (so `down_all` can find it)"
@@ -186,7 +222,32 @@ impl Topology {
         Ok(Self {
             prefix: prefix.to_owned(),
             backends,
+            shape,
         })
+    }
+
+    /// How the load balancer is wired.
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+
+    /// The load balancer's interfaces xlb attaches to, client side first.
+    pub fn lb_interfaces(&self) -> Vec<String> {
+        self.shape
+            .lb_interfaces()
+            .iter()
+            .map(|&i| i.to_owned())
+            .collect()
+    }
+
+    /// Namespace and bridge the backends' veth peers are ports of: `br0` or
+    /// `br1` in the switch namespace, or `brb` in the lb's.
+    pub fn backend_segment(&self) -> (String, &'static str) {
+        match self.shape {
+            Shape::OneArmed | Shape::Vlan => (self.switch_ns(), BRIDGE),
+            Shape::TwoArmed => (self.switch_ns(), BACKEND_BRIDGE),
+            Shape::Bridge => (self.lb_ns(), LB_BRIDGE),
+        }
     }
 
     /// The name prefix.
@@ -204,7 +265,8 @@ impl Topology {
         ns_name(&self.prefix, role)
     }
 
-    /// The switch namespace (`<prefix>-sw`), holding bridge [`BRIDGE`].
+    /// The switch namespace (`<prefix>-sw`), holding bridge [`BRIDGE`] (and
+    /// [`BACKEND_BRIDGE`] in the two-armed shape).
     pub fn switch_ns(&self) -> String {
         self.ns(Role::Switch)
     }
@@ -288,7 +350,8 @@ pub fn role_of(prefix: &str, ns: &str) -> Option<Role> {
     }
 }
 
-/// Name of the switch-side veth peer of a role's `eth0`.
+/// Name of the bridge-side veth peer of a role's `eth0` (a port of the
+/// backend segment's bridge for backends, see [`Topology::backend_segment`]).
 pub fn switch_port(role: Role) -> String {
     match role {
         Role::Switch => BRIDGE.to_owned(),
@@ -301,6 +364,11 @@ pub fn switch_port(role: Role) -> String {
 /// `/run/xlb-lab/<prefix>`.
 pub fn run_dir(prefix: &str) -> PathBuf {
     PathBuf::from(RUN_ROOT).join(prefix)
+}
+
+/// `/run/xlb-lab/<prefix>/shape`: the shape the lab was brought up with.
+pub fn shape_path(prefix: &str) -> PathBuf {
+    run_dir(prefix).join("shape")
 }
 
 /// `/sys/fs/bpf/xlb-lab/<prefix>`.
@@ -337,5 +405,8 @@ mod tests {
         assert!(Topology::new("lab", 1).is_err());
         assert!(Topology::new("xlb x", 1).is_err());
         assert!(Topology::new("xlb", 0).is_err());
+        let t = Topology::with_shape("xlbt-1-2", 3, Shape::Bridge).unwrap();
+        assert_eq!(t.backend_segment(), ("xlbt-1-2-lb".to_owned(), LB_BRIDGE));
+        assert_eq!(t.lb_interfaces(), ["eth0", "brb"]);
     }
 }

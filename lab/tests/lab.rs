@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use xlb_lab::{
-    Lab, LabSpec, XdpMode,
+    Lab, LabSpec, Shape, XdpMode,
     client::{self, DEFAULT_TIMEOUT, HttpConn},
     netns, topology,
 };
@@ -49,20 +49,7 @@ fn lab_serves_every_backend_over_v4_and_v6_then_cleans_up() {
     drop(other);
     assert_eq!(lab_namespaces(&prefix).len(), 5);
 
-    for b in lab.backends() {
-        for addr in [b.addr_v4(), b.addr_v6()] {
-            let (http, udp) = lab
-                .in_client(|| {
-                    (
-                        client::http_get(addr, DEFAULT_TIMEOUT),
-                        client::udp_ask(addr, DEFAULT_TIMEOUT),
-                    )
-                })
-                .expect("entering the client namespace");
-            assert_eq!(http.unwrap_or_else(|e| panic!("{e:#}")), b.name);
-            assert_eq!(udp.unwrap_or_else(|e| panic!("{e:#}")), b.name);
-        }
-    }
+    assert_client_reaches_every_backend(&lab);
 
     let b1 = lab.backend(1);
     let names = lab
@@ -92,6 +79,63 @@ fn lab_serves_every_backend_over_v4_and_v6_then_cleans_up() {
     assert_eq!(lab_namespaces(&prefix), Vec::<String>::new());
     assert!(!topology::run_dir(&prefix).exists());
     assert!(!topology::pin_dir(&prefix).exists());
+}
+
+/// Asks every backend, over IPv4 and IPv6, by HTTP and UDP, straight from
+/// the client (the lb's kernel routes); each must answer with its name.
+fn assert_client_reaches_every_backend(lab: &Lab) {
+    for b in lab.backends() {
+        for addr in [b.addr_v4(), b.addr_v6()] {
+            let (http, udp) = lab
+                .in_client(|| {
+                    (
+                        client::http_get(addr, DEFAULT_TIMEOUT),
+                        client::udp_ask(addr, DEFAULT_TIMEOUT),
+                    )
+                })
+                .expect("entering the client namespace");
+            let shape = lab.shape();
+            assert_eq!(http.unwrap_or_else(|e| panic!("{shape}: {e:#}")), b.name);
+            assert_eq!(udp.unwrap_or_else(|e| panic!("{shape}: {e:#}")), b.name);
+        }
+    }
+}
+
+#[test]
+fn every_shape_comes_up_routes_and_is_found_again() {
+    require_root();
+    for shape in [Shape::TwoArmed, Shape::Bridge, Shape::Vlan] {
+        let spec = LabSpec::for_test(2).with_shape(shape);
+        let prefix = spec.prefix.clone();
+        let lab = Lab::up(spec).unwrap_or_else(|e| panic!("{shape}: lab up failed: {e:#}"));
+        let status = Lab::status(&prefix).expect("status");
+        assert!(status.is_up() && status.shape == Some(shape), "{status}");
+        assert_eq!(lab.lb_interfaces(), shape.lb_interfaces());
+        assert!(
+            lab.xdp_peer_modes()
+                .iter()
+                .all(|(_, mode)| *mode == XdpMode::Native),
+            "{status}"
+        );
+        let other = Lab::existing(&prefix).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(other.shape(), shape);
+        assert_eq!(other.xdp_peer_modes(), lab.xdp_peer_modes());
+        drop(other);
+
+        if shape == Shape::Vlan {
+            // The lb has no VLAN device: its kernel drops the client's
+            // tagged TCP, so only xlb can serve it.
+            let b0 = lab.backend(0).addr_v4();
+            let res = lab
+                .in_client(|| client::http_get(b0, Duration::from_millis(300)))
+                .unwrap();
+            assert!(res.is_err(), "untagged? the lb routed {res:?}");
+        } else {
+            assert_client_reaches_every_backend(&lab);
+        }
+        drop(lab);
+        assert_eq!(lab_namespaces(&prefix), Vec::<String>::new(), "{shape}");
+    }
 }
 
 #[test]

@@ -10,6 +10,7 @@
 
 mod floor;
 mod forward;
+mod lab_vlan;
 mod maps;
 mod parse;
 mod rewrite;

@@ -9,7 +9,8 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use xlb_lab::{Lab, topology};
+use xlb::xdp::ModeRequest;
+use xlb_lab::Lab;
 
 /// The `xlb` binary next to the test binary's directory (`cargo xtask
 /// test` builds it first).
@@ -37,13 +38,21 @@ pub struct Agent {
     pub socket: PathBuf,
     dir: PathBuf,
     netns: String,
+    interfaces: Vec<String>,
+    xdp_mode: ModeRequest,
 }
 
 impl Agent {
-    /// Writes `services` (TOML `[[service]]` tables) into a configuration
-    /// for the lab's lb interface, with its own instance name, socket, pin
-    /// and run directories, and starts `xlb run` in the lb namespace.
+    /// [`Agent::start_with`] in native mode.
     pub fn start(lab: &Lab, services: &str) -> anyhow::Result<Self> {
+        Self::start_with(lab, services, ModeRequest::Native)
+    }
+
+    /// Writes `services` (TOML `[[service]]` tables) into a configuration
+    /// for the lab's lb interfaces ([`Lab::lb_interfaces`]) in `xdp_mode`,
+    /// with its own instance name, socket, pin and run directories, and
+    /// starts `xlb run` in the lb namespace.
+    pub fn start_with(lab: &Lab, services: &str, xdp_mode: ModeRequest) -> anyhow::Result<Self> {
         static N: AtomicUsize = AtomicUsize::new(0);
         let name = format!(
             "t{}-{}",
@@ -61,6 +70,8 @@ impl Agent {
             socket,
             dir,
             netns: lab.lb_ns(),
+            interfaces: lab.lb_interfaces(),
+            xdp_mode,
         };
         agent.write_config(services)?;
         agent.spawn()?;
@@ -70,13 +81,15 @@ impl Agent {
     /// Replaces the configuration file's services (the agent sees it on
     /// reload).
     pub fn write_config(&self, services: &str) -> anyhow::Result<()> {
+        let interfaces: Vec<String> = self.interfaces.iter().map(|i| format!("{i:?}")).collect();
         let text = format!(
-            "interfaces = [\"{iface}\"]\n\n[agent]\nname = \"{name}\"\ncontrol_socket = \"{socket}\"\n\
-             run_dir = \"{run}\"\nxdp_mode = \"native\"\nmetrics = \"{METRICS}\"\n\n{services}",
-            iface = topology::LB_IFACE,
+            "interfaces = [{interfaces}]\n\n[agent]\nname = \"{name}\"\ncontrol_socket = \"{socket}\"\n\
+             run_dir = \"{run}\"\nxdp_mode = \"{mode}\"\nmetrics = \"{METRICS}\"\n\n{services}",
+            interfaces = interfaces.join(", "),
             name = self.name,
             socket = self.socket.display(),
             run = self.dir.display(),
+            mode = xdp_mode_name(self.xdp_mode),
         );
         std::fs::write(&self.config_path, text)?;
         Ok(())
@@ -90,7 +103,9 @@ impl Agent {
             .args(["run", "--config"])
             .arg(&self.config_path)
             .env("RUST_LOG", "info")
-            .env("RUST_BACKTRACE", "0");
+            .env("RUST_BACKTRACE", "0")
+            // A plain log, readable where a failed test prints it.
+            .env("NO_COLOR", "1");
         cmd
     }
 
@@ -198,6 +213,26 @@ impl Agent {
     /// The agent's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// What to print beside a failed assertion: `xlb stats --json` (the
+    /// global counters say where packets went) and the agent's log.
+    pub fn diagnostics(&self) -> String {
+        let stats = self
+            .cli(&["stats", "--json"])
+            .and_then(|text| Ok(serde_json::from_str::<serde_json::Value>(&text)?))
+            .and_then(|json| Ok(serde_json::to_string_pretty(&json)?))
+            .unwrap_or_else(|e| format!("(xlb stats failed: {e:#})"));
+        format!("xlb stats --json:\n{stats}\nagent log:\n{}", self.log())
+    }
+}
+
+/// The `xdp_mode` configuration value of `mode`.
+pub fn xdp_mode_name(mode: ModeRequest) -> &'static str {
+    match mode {
+        ModeRequest::Auto => "auto",
+        ModeRequest::Native => "native",
+        ModeRequest::Generic => "generic",
     }
 }
 

@@ -47,6 +47,10 @@ enum LabAction {
         /// Number of backends.
         #[arg(long, default_value_t = 4)]
         backends: usize,
+        /// How the load balancer is wired: one-armed, two-armed, bridge or
+        /// vlan (docs/lab.md; `xlb-lab` checks the name).
+        #[arg(long, default_value = "one-armed")]
+        shape: String,
     },
     /// Remove every lab namespace and process (idempotent).
     Down,
@@ -67,10 +71,11 @@ fn main() -> anyhow::Result<()> {
             cmd::build(false)?;
             let lab = cmd::binary(false, "xlb-lab");
             match action {
-                LabAction::Up { backends } => cmd::status(
+                LabAction::Up { backends, shape } => cmd::status(
                     cmd::command(&lab)
                         .args(["up", "--prefix", run::LAB_PREFIX, "--backends"])
-                        .arg(backends.to_string()),
+                        .arg(backends.to_string())
+                        .args(["--shape", &shape]),
                 ),
                 LabAction::Down => cmd::status(cmd::command(&lab).args(["down", "--all"])),
                 LabAction::Status => {

@@ -8,7 +8,7 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
-use xlb_lab::{Lab, LabSpec, client, topology};
+use xlb_lab::{Lab, LabSpec, Shape, client, topology};
 
 #[derive(Parser)]
 #[command(about = "xlb's lab of network namespaces")]
@@ -25,6 +25,10 @@ enum Command {
         prefix: String,
         #[arg(long, default_value_t = topology::DEFAULT_BACKENDS)]
         backends: usize,
+        /// How the load balancer is wired: one-armed, two-armed, bridge or
+        /// vlan (see docs/lab.md).
+        #[arg(long, default_value_t = Shape::OneArmed)]
+        shape: Shape,
     },
     /// Remove a lab (idempotent).
     Down {
@@ -69,14 +73,20 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Up { prefix, backends } => {
+        Command::Up {
+            prefix,
+            backends,
+            shape,
+        } => {
             let lab = Lab::up(LabSpec {
                 prefix: prefix.clone(),
                 backends,
+                shape,
             })?;
             println!(
-                "lab {prefix} is up; XDP on the load balancer's peer: {}",
-                lab.xdp_peer_mode()
+                "lab {prefix} ({shape}) is up; xlb attaches to {} in {}",
+                lab.lb_interfaces().join(", "),
+                lab.lb_ns()
             );
             lab.keep();
             print!("{}", Lab::status(&prefix)?);

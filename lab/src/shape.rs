@@ -1,0 +1,92 @@
+//! The host shapes a lab can give the load balancer. What each shape is made
+//! of (bridges, veths, addresses) is in [`crate::wiring`].
+
+use std::{fmt, str::FromStr};
+
+use anyhow::anyhow;
+
+use crate::topology::{LB_BACKEND_IFACE, LB_BRIDGE, LB_IFACE};
+
+/// How the load-balancer host is wired to the client and the backends.
+/// Addresses are the same in every shape; only the interfaces carrying them
+/// differ.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Shape {
+    /// One NIC, `eth0`, on one segment (bridge `br0` in the switch
+    /// namespace) with the client and the backends; it carries both subnets.
+    #[default]
+    OneArmed,
+    /// A router with two NICs: `eth0` on the client segment (`br0`), `eth1`
+    /// on a separate backend segment (`br1`, also in the switch namespace).
+    TwoArmed,
+    /// `eth0` on the client segment; the backends on ports of a Linux bridge
+    /// `brb` inside the load balancer's namespace, which holds the backend
+    /// subnet's addresses.
+    Bridge,
+    /// One-armed, but the client's TCP and UDP frames carry an 802.1Q tag
+    /// (VLAN [`crate::topology::VLAN_ID`]) on the wire.
+    Vlan,
+}
+
+impl Shape {
+    /// Every shape, in the order the docs list them.
+    pub const ALL: [Shape; 4] = [Shape::OneArmed, Shape::TwoArmed, Shape::Bridge, Shape::Vlan];
+
+    /// The shape's name on the command line: `one-armed`, `two-armed`,
+    /// `bridge`, `vlan`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::OneArmed => "one-armed",
+            Shape::TwoArmed => "two-armed",
+            Shape::Bridge => "bridge",
+            Shape::Vlan => "vlan",
+        }
+    }
+
+    /// The load balancer's interfaces xlb attaches to, client side first.
+    pub fn lb_interfaces(self) -> &'static [&'static str] {
+        match self {
+            Shape::OneArmed | Shape::Vlan => &[LB_IFACE],
+            Shape::TwoArmed => &[LB_IFACE, LB_BACKEND_IFACE],
+            Shape::Bridge => &[LB_IFACE, LB_BRIDGE],
+        }
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Shape {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        Shape::ALL
+            .into_iter()
+            .find(|shape| shape.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Shape::ALL.iter().map(|s| s.name()).collect();
+                anyhow!(
+                    "unknown lab shape {s:?}; expected one of {}",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for shape in Shape::ALL {
+            assert_eq!(shape.name().parse::<Shape>().unwrap(), shape);
+        }
+        assert_eq!(Shape::default(), Shape::OneArmed);
+        assert!("triangle".parse::<Shape>().is_err());
+        assert_eq!(Shape::Bridge.lb_interfaces(), ["eth0", "brb"]);
+    }
+}

@@ -1,0 +1,286 @@
+//! What a lab is made of, per [`Shape`]: the bridges, veth pairs, addresses
+//! and routes [`crate::Lab::up`] creates, and where it attaches pass-through
+//! XDP programs and the VLAN tagger. Pure data derived from a [`Topology`].
+
+use std::net::IpAddr;
+
+use crate::{
+    shape::Shape,
+    topology::{self, Role, Topology},
+};
+
+/// An interface in a namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Iface {
+    /// Namespace name.
+    pub ns: String,
+    /// Interface name.
+    pub name: String,
+}
+
+impl Iface {
+    /// Interface `name` in namespace `ns`.
+    pub fn new(ns: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            ns: ns.into(),
+            name: name.into(),
+        }
+    }
+}
+
+/// A Linux bridge to create (STP off).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bridge {
+    /// The bridge device.
+    pub dev: Iface,
+    /// Its MAC address, when it holds addresses (the lb's `brb`).
+    pub mac: Option<[u8; 6]>,
+}
+
+/// A veth pair: `port` is enslaved to the bridge `bridge` of its namespace;
+/// `host` is a host's interface, with MAC address `mac`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Veth {
+    /// Bridge-side end.
+    pub port: Iface,
+    /// Bridge `port` joins (in `port.ns`).
+    pub bridge: &'static str,
+    /// Host-side end.
+    pub host: Iface,
+    /// MAC address of `host`.
+    pub mac: [u8; 6],
+}
+
+/// Everything a lab of some shape is made of, in creation order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Bridges, created first.
+    pub bridges: Vec<Bridge>,
+    /// Veth pairs.
+    pub veths: Vec<Veth>,
+    /// Addresses (with prefix length) to add, by interface.
+    pub addresses: Vec<(Iface, Vec<(IpAddr, u8)>)>,
+    /// Routes as (namespace, destination, gateway).
+    pub routes: Vec<(String, String, IpAddr)>,
+    /// Ports that get the pass-through XDP program in native mode: the
+    /// bridge-side peers of the lb's veth NICs.
+    pub xdp_pass: Vec<Iface>,
+    /// Devices transmitting toward the lb's `eth0` that must put VLAN tags
+    /// into the frame (`ethtool -K … txvlan off`) so XDP sees them.
+    pub txvlan_off: Vec<Iface>,
+    /// Where the VLAN tagger runs (egress), in the VLAN shape.
+    pub tagger: Option<Iface>,
+}
+
+/// The plan of the lab `topo` describes.
+pub fn plan(topo: &Topology) -> Plan {
+    use topology::*;
+    let shape = topo.shape();
+    let (sw, lb) = (topo.switch_ns(), topo.lb_ns());
+    let (v4, v6) = (PREFIX_LEN_V4, PREFIX_LEN_V6);
+
+    let mut bridges = vec![Bridge {
+        dev: Iface::new(&sw, BRIDGE),
+        mac: None,
+    }];
+    match shape {
+        Shape::TwoArmed => bridges.push(Bridge {
+            dev: Iface::new(&sw, BACKEND_BRIDGE),
+            mac: None,
+        }),
+        Shape::Bridge => bridges.push(Bridge {
+            dev: Iface::new(&lb, LB_BRIDGE),
+            mac: Some(LB_BACKEND_MAC),
+        }),
+        Shape::OneArmed | Shape::Vlan => {}
+    }
+
+    let host_veth = |role: Role, mac| Veth {
+        port: Iface::new(&sw, switch_port(role)),
+        bridge: BRIDGE,
+        host: Iface::new(topo.ns(role), HOST_IFACE),
+        mac,
+    };
+    let mut veths = vec![
+        host_veth(Role::Client, CLIENT_MAC),
+        host_veth(Role::Lb, LB_MAC),
+    ];
+    if shape == Shape::TwoArmed {
+        veths.push(Veth {
+            port: Iface::new(&sw, LB_BACKEND_PORT),
+            bridge: BACKEND_BRIDGE,
+            host: Iface::new(&lb, LB_BACKEND_IFACE),
+            mac: LB_BACKEND_MAC,
+        });
+    }
+    let (segment_ns, segment_bridge) = topo.backend_segment();
+    veths.extend(topo.backends().into_iter().map(|b| Veth {
+        port: Iface::new(&segment_ns, switch_port(Role::Backend(b.index))),
+        bridge: segment_bridge,
+        host: Iface::new(b.ns, HOST_IFACE),
+        mac: b.mac,
+    }));
+
+    let lb_backend_side = match shape {
+        Shape::OneArmed | Shape::Vlan => LB_IFACE,
+        Shape::TwoArmed => LB_BACKEND_IFACE,
+        Shape::Bridge => LB_BRIDGE,
+    };
+    let mut addresses = vec![
+        (
+            Iface::new(topo.client_ns(), HOST_IFACE),
+            vec![(CLIENT_V4.into(), v4), (CLIENT_V6.into(), v6)],
+        ),
+        (
+            Iface::new(&lb, LB_IFACE),
+            vec![
+                (LB_CLIENT_SIDE_V4.into(), v4),
+                (LB_CLIENT_SIDE_V6.into(), v6),
+            ],
+        ),
+        (
+            Iface::new(&lb, lb_backend_side),
+            vec![
+                (LB_BACKEND_SIDE_V4.into(), v4),
+                (SNAT_V4.into(), v4),
+                (LB_BACKEND_SIDE_V6.into(), v6),
+                (SNAT_V6.into(), v6),
+            ],
+        ),
+    ];
+    addresses.extend(topo.backends().into_iter().map(|b| {
+        (
+            Iface::new(b.ns, HOST_IFACE),
+            vec![(b.v4.into(), v4), (b.v6.into(), v6)],
+        )
+    }));
+
+    let routes = topo
+        .roles()
+        .into_iter()
+        .flat_map(|role| {
+            let ns = topo.ns(role);
+            routes_of(role)
+                .into_iter()
+                .map(move |(dest, via)| (ns.clone(), dest, via))
+        })
+        .collect();
+
+    Plan {
+        bridges,
+        veths,
+        addresses,
+        routes,
+        xdp_pass: pass_ports(topo.prefix(), shape),
+        txvlan_off: match shape {
+            Shape::Vlan => vec![
+                Iface::new(topo.client_ns(), HOST_IFACE),
+                Iface::new(&sw, switch_port(Role::Lb)),
+            ],
+            _ => Vec::new(),
+        },
+        tagger: tagger_port(topo.prefix(), shape),
+    }
+}
+
+/// The ports of the lab with `prefix` and `shape` that get the
+/// pass-through XDP program: the switch-side peer of every lb NIC.
+pub fn pass_ports(prefix: &str, shape: Shape) -> Vec<Iface> {
+    let sw = topology::ns_name(prefix, Role::Switch);
+    let mut ports = vec![Iface::new(&sw, topology::switch_port(Role::Lb))];
+    if shape == Shape::TwoArmed {
+        ports.push(Iface::new(&sw, topology::LB_BACKEND_PORT));
+    }
+    ports
+}
+
+/// Where the VLAN tagger of the lab with `prefix` runs: the client's `eth0`
+/// in the VLAN shape, nowhere otherwise.
+pub fn tagger_port(prefix: &str, shape: Shape) -> Option<Iface> {
+    (shape == Shape::Vlan).then(|| {
+        Iface::new(
+            topology::ns_name(prefix, Role::Client),
+            topology::HOST_IFACE,
+        )
+    })
+}
+
+/// Routes of `role` as (destination, gateway); the same in every shape.
+fn routes_of(role: Role) -> Vec<(String, IpAddr)> {
+    use topology::*;
+    match role {
+        Role::Client => vec![
+            ("default".into(), LB_CLIENT_SIDE_V4.into()),
+            ("default".into(), LB_CLIENT_SIDE_V6.into()),
+            (
+                format!("{}/{}", VIP_NET_V4.0, VIP_NET_V4.1),
+                LB_CLIENT_SIDE_V4.into(),
+            ),
+            (
+                format!("{}/{}", VIP_NET_V6.0, VIP_NET_V6.1),
+                LB_CLIENT_SIDE_V6.into(),
+            ),
+        ],
+        Role::Backend(_) => vec![
+            ("default".into(), LB_BACKEND_SIDE_V4.into()),
+            ("default".into(), LB_BACKEND_SIDE_V6.into()),
+        ],
+        Role::Lb | Role::Switch => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan_of(shape: Shape) -> Plan {
+        plan(&Topology::with_shape("xlbt-1-2", 2, shape).unwrap())
+    }
+
+    fn addressed(plan: &Plan, ip: IpAddr) -> Iface {
+        plan.addresses
+            .iter()
+            .find(|(_, addrs)| addrs.iter().any(|&(a, _)| a == ip))
+            .map(|(iface, _)| iface.clone())
+            .expect("address planned")
+    }
+
+    #[test]
+    fn every_shape_puts_the_backend_subnet_where_xlb_attaches() {
+        for shape in Shape::ALL {
+            let plan = plan_of(shape);
+            let snat = addressed(&plan, topology::SNAT_V6.into());
+            assert_eq!(snat.ns, "xlbt-1-2-lb", "{shape}");
+            assert!(
+                shape.lb_interfaces().contains(&snat.name.as_str()),
+                "{shape}: SNAT on {}",
+                snat.name
+            );
+            let client_side = addressed(&plan, topology::LB_CLIENT_SIDE_V4.into());
+            assert_eq!(client_side.name, topology::LB_IFACE, "{shape}");
+            assert_eq!(plan.routes.len(), 8, "{shape}");
+        }
+    }
+
+    #[test]
+    fn backends_join_their_shapes_segment() {
+        let two_armed = plan_of(Shape::TwoArmed);
+        let b1 = two_armed.veths.last().unwrap();
+        assert_eq!(
+            (b1.port.ns.as_str(), b1.bridge, b1.port.name.as_str()),
+            ("xlbt-1-2-sw", topology::BACKEND_BRIDGE, "b1")
+        );
+        assert_eq!(two_armed.xdp_pass.len(), 2);
+        let bridge = plan_of(Shape::Bridge);
+        let b0 = &bridge.veths[2];
+        assert_eq!(
+            (b0.port.ns.as_str(), b0.bridge),
+            ("xlbt-1-2-lb", topology::LB_BRIDGE)
+        );
+        assert_eq!(bridge.bridges[1].mac, Some(topology::LB_BACKEND_MAC));
+        let vlan = plan_of(Shape::Vlan);
+        assert_eq!(vlan.tagger, Some(Iface::new("xlbt-1-2-client", "eth0")));
+        assert_eq!(vlan.txvlan_off.len(), 2);
+        assert_eq!(plan_of(Shape::OneArmed).tagger, None);
+    }
+}

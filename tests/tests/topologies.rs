@@ -1,0 +1,331 @@
+//! xlb on every host shape the lab builds (one-armed, two-armed, bridge,
+//! VLAN) in both XDP modes a user would pick: `auto` (native where the
+//! driver allows; the bridge falls back to generic) and `generic`. Each test
+//! brings up one lab with three backends and one real `xlb run` agent
+//! serving eight services, {nat, dnat} × {IPv4, IPv6} × {TCP, UDP}, with
+//! weights 1:1:2 and a TCP health check, then checks from the client that
+//!
+//! - every request of every service is answered, and new flows split by
+//!   weight;
+//! - once a killed backend is marked down, every request is still answered
+//!   and none by it;
+//! - the agent attached in the expected modes.
+//!
+//! A failure names the shape and mode, shows each service's answers and
+//! prints `xlb stats --json` (where packets went) and the agent's log. The
+//! tests take a lock so that only one lab runs at a time.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    sync::Mutex,
+    time::Duration,
+};
+
+use xlb::xdp::ModeRequest;
+use xlb_lab::{Lab, LabSpec, Shape, client, topology};
+use xlb_tests::{
+    agent::{Agent, xdp_mode_name},
+    require_root,
+};
+
+/// Backend weights; backend `i` gets `WEIGHTS[i]`.
+const WEIGHTS: [u32; 3] = [1, 1, 2];
+/// Requests per service for the weighted split. A backend's share then has
+/// a standard deviation of at most 0.025, so [`TOLERANCE`] is over 4.8 of
+/// them: about one false failure in 10^4 runs of the whole file.
+const REQUESTS: usize = 400;
+/// Largest allowed gap between a backend's share of requests and its share
+/// of the weights.
+const TOLERANCE: f64 = 0.12;
+/// Requests per service after a backend is killed.
+const FAILOVER_REQUESTS: usize = 100;
+/// The backend killed for the failover check (the heaviest).
+const KILLED: usize = 2;
+/// Bound on every connect, read and UDP answer.
+const TIMEOUT: Duration = Duration::from_secs(1);
+/// First port of the services; service `i` listens on `BASE_PORT + i`.
+const BASE_PORT: u16 = 7000;
+/// TCP health check: a killed backend is out within about 0.5 s.
+const HEALTH_CHECK: &str = "[service.health_check]\ntype = \"tcp\"\ninterval = \"200ms\"\n\
+                            timeout = \"500ms\"\nfall = 2\nrise = 1\n";
+
+/// One lab at a time: two would share the two cores and the timeouts.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// A service of the agent's configuration.
+struct Service {
+    name: String,
+    vip: SocketAddr,
+    udp: bool,
+    nat: bool,
+}
+
+impl Service {
+    /// The eight services: {nat, dnat} × {IPv4, IPv6} × {TCP, UDP}.
+    fn all() -> Vec<Service> {
+        let mut services = Vec::new();
+        for nat in [true, false] {
+            for vip in [IpAddr::from(topology::VIP_V4), topology::VIP_V6.into()] {
+                for udp in [false, true] {
+                    let port = BASE_PORT + services.len() as u16;
+                    let name = format!(
+                        "{}-{}-{}",
+                        if nat { "nat" } else { "dnat" },
+                        if vip.is_ipv4() { "v4" } else { "v6" },
+                        if udp { "udp" } else { "tcp" }
+                    );
+                    services.push(Service {
+                        name,
+                        vip: SocketAddr::new(vip, port),
+                        udp,
+                        nat,
+                    });
+                }
+            }
+        }
+        services
+    }
+
+    /// Its `[[service]]` table, with every backend of `lab` weighted by
+    /// [`WEIGHTS`].
+    fn config(&self, lab: &Lab) -> String {
+        let mut text = format!(
+            "[[service]]\nname = \"{}\"\nvip = \"{}\"\nport = {}\nprotocol = \"{}\"\nmode = \"{}\"\n",
+            self.name,
+            self.vip.ip(),
+            self.vip.port(),
+            if self.udp { "udp" } else { "tcp" },
+            if self.nat { "nat" } else { "dnat" },
+        );
+        if self.nat {
+            let snat: IpAddr = if self.vip.is_ipv4() {
+                topology::SNAT_V4.into()
+            } else {
+                topology::SNAT_V6.into()
+            };
+            text += &format!("snat = \"{snat}\"\n");
+        }
+        text += HEALTH_CHECK;
+        for (backend, weight) in lab.backends().iter().zip(WEIGHTS) {
+            let address = backend.addr_like(self.vip.ip());
+            text += &format!("[[service.backend]]\naddress = \"{address}\"\nweight = {weight}\n");
+        }
+        text
+    }
+
+    /// One request on a new connection (TCP: an HTTP GET) or a fresh
+    /// socket (UDP); the name of the backend that answered.
+    fn ask(&self) -> anyhow::Result<String> {
+        if self.udp {
+            client::udp_ask(self.vip, TIMEOUT)
+        } else {
+            client::http_get(self.vip, TIMEOUT)
+        }
+    }
+}
+
+/// What one service answered: requests by backend name, and the first
+/// failure (after which the service got no more requests).
+#[derive(Default)]
+struct Answers {
+    by_backend: BTreeMap<String, usize>,
+    failure: Option<String>,
+}
+
+/// Sends `n` requests to every service from the client namespace.
+fn send(lab: &Lab, services: &[Service], n: usize) -> Vec<Answers> {
+    lab.in_client(|| {
+        services
+            .iter()
+            .map(|service| {
+                let mut answers = Answers::default();
+                for i in 0..n {
+                    match service.ask() {
+                        Ok(name) => *answers.by_backend.entry(name).or_insert(0) += 1,
+                        Err(e) => {
+                            answers.failure = Some(format!("request {} of {n}: {e:#}", i + 1));
+                            break;
+                        }
+                    }
+                }
+                answers
+            })
+            .collect()
+    })
+    .expect("entering the client namespace")
+}
+
+/// Panics, naming `what` and showing every service's answers and the agent's
+/// diagnostics, unless `judge` finds nothing wrong with any service.
+fn check(
+    agent: &Agent,
+    what: &str,
+    services: &[Service],
+    answers: &[Answers],
+    judge: impl Fn(&Answers) -> Vec<String>,
+) {
+    let mut report = String::new();
+    let mut wrong = 0;
+    for (service, answers) in services.iter().zip(answers) {
+        let problems = judge(answers);
+        wrong += usize::from(!problems.is_empty());
+        let mark = if problems.is_empty() { "ok  " } else { "FAIL" };
+        report += &format!(
+            "  {mark} {:<12} {:<22} answers {:?}\n",
+            service.name,
+            service.vip.to_string(),
+            answers.by_backend
+        );
+        for problem in problems {
+            report += &format!("         {problem}\n");
+        }
+    }
+    assert!(
+        wrong == 0,
+        "{what}: {wrong} of {} services wrong\n{report}{}",
+        services.len(),
+        agent.diagnostics()
+    );
+}
+
+/// Every request answered, and each backend's share within [`TOLERANCE`]
+/// of its weight's share.
+fn split_by_weight(answers: &Answers) -> Vec<String> {
+    let total_weight: u32 = WEIGHTS.iter().sum();
+    let total: usize = answers.by_backend.values().sum();
+    let mut problems: Vec<String> = answers.failure.iter().cloned().collect();
+    if total == 0 {
+        return problems;
+    }
+    for (i, weight) in WEIGHTS.iter().enumerate() {
+        let name = topology::backend_name(i);
+        let got = *answers.by_backend.get(&name).unwrap_or(&0) as f64 / total as f64;
+        let want = f64::from(*weight) / f64::from(total_weight);
+        if (got - want).abs() > TOLERANCE {
+            problems.push(format!("{name} got {got:.3} of requests, want {want:.3}"));
+        }
+    }
+    problems
+}
+
+/// Every request answered, none by the killed backend.
+fn avoid_killed(answers: &Answers) -> Vec<String> {
+    let mut problems: Vec<String> = answers.failure.iter().cloned().collect();
+    let killed = topology::backend_name(KILLED);
+    if let Some(n) = answers.by_backend.get(&killed) {
+        problems.push(format!("{n} requests answered by the killed {killed}"));
+    }
+    problems
+}
+
+/// Asserts `xlb status --json` lists exactly the lab's lb interfaces, each
+/// in the mode [`expected_mode`] gives.
+fn check_attachments(lab: &Lab, agent: &Agent, mode: ModeRequest, label: &str) {
+    let status = agent.status();
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_owned();
+    let mut attached: Vec<(String, String)> = status["attachments"]
+        .as_array()
+        .expect("attachments in xlb status --json")
+        .iter()
+        .map(|a| (text(&a["interface"]), text(&a["mode"])))
+        .collect();
+    attached.sort();
+    let mut expected: Vec<(String, String)> = lab
+        .lb_interfaces()
+        .into_iter()
+        .map(|iface| {
+            let want = expected_mode(&iface, mode).to_owned();
+            (iface, want)
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(
+        attached,
+        expected,
+        "{label}: attachments\n{}",
+        agent.diagnostics()
+    );
+}
+
+/// The XDP mode the agent should report for `iface` when asked for `mode`:
+/// a bridge only takes generic XDP.
+fn expected_mode(iface: &str, mode: ModeRequest) -> &'static str {
+    match mode {
+        ModeRequest::Generic => "generic",
+        _ if iface == topology::LB_BRIDGE => "generic",
+        _ => "native",
+    }
+}
+
+/// The whole check for one shape and XDP mode.
+fn serves_every_service(shape: Shape, mode: ModeRequest) {
+    require_root();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let spec = LabSpec::for_test(WEIGHTS.len()).with_shape(shape);
+    let mut lab = Lab::up(spec).unwrap_or_else(|e| panic!("lab up ({shape}): {e:#}"));
+    let services = Service::all();
+    let config: String = services.iter().map(|s| s.config(&lab)).collect();
+    let label = format!("{shape}, xdp_mode {}", xdp_mode_name(mode));
+    let agent = Agent::start_with(&lab, &config, mode)
+        .unwrap_or_else(|e| panic!("starting xlb ({label}): {e:#}"));
+
+    check_attachments(&lab, &agent, mode, &label);
+
+    let what = format!("{label}, {REQUESTS} requests per service");
+    let answers = send(&lab, &services, REQUESTS);
+    check(&agent, &what, &services, &answers, split_by_weight);
+
+    lab.stop_backend(KILLED).expect("killing a backend");
+    for service in &services {
+        let address = lab.backend(KILLED).addr_like(service.vip.ip()).to_string();
+        agent.wait_for(
+            &format!("{address} down in {}", service.name),
+            Duration::from_secs(5),
+            |a| a.backend(&service.name, &address)["state"] == "unhealthy",
+        );
+    }
+    let what = format!("{label}, {FAILOVER_REQUESTS} requests per service, b{KILLED} killed");
+    let answers = send(&lab, &services, FAILOVER_REQUESTS);
+    check(&agent, &what, &services, &answers, avoid_killed);
+}
+
+#[test]
+fn one_armed_auto() {
+    serves_every_service(Shape::OneArmed, ModeRequest::Auto);
+}
+
+#[test]
+fn one_armed_generic() {
+    serves_every_service(Shape::OneArmed, ModeRequest::Generic);
+}
+
+#[test]
+fn two_armed_auto() {
+    serves_every_service(Shape::TwoArmed, ModeRequest::Auto);
+}
+
+#[test]
+fn two_armed_generic() {
+    serves_every_service(Shape::TwoArmed, ModeRequest::Generic);
+}
+
+#[test]
+fn bridge_auto() {
+    serves_every_service(Shape::Bridge, ModeRequest::Auto);
+}
+
+#[test]
+fn bridge_generic() {
+    serves_every_service(Shape::Bridge, ModeRequest::Generic);
+}
+
+#[test]
+fn vlan_auto() {
+    serves_every_service(Shape::Vlan, ModeRequest::Auto);
+}
+
+#[test]
+fn vlan_generic() {
+    serves_every_service(Shape::Vlan, ModeRequest::Generic);
+}
