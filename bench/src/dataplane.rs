@@ -36,6 +36,7 @@ use serde::Serialize;
 use xlb::{
     config::Config,
     dataplane::{Dataplane, LoadOptions},
+    xdp::ModeRequest,
 };
 use xlb_lab::netns;
 use xlb_tests::{
@@ -519,10 +520,13 @@ impl Bench {
     /// Loads the data plane for `scenario` and opens its flows; returns it
     /// and the seconds the flows took.
     fn load<'s>(&mut self, scenario: &'s Scenario) -> anyhow::Result<(Loaded<'s>, f64)> {
-        let dp = Dataplane::load_with(LoadOptions {
+        let mut dp = Dataplane::load_with(LoadOptions {
             flow_capacity: scenario.flow_capacity,
             ..LoadOptions::default()
         })?;
+        // Attached (generic: nothing arrives here) so XDP may send out of
+        // fx0, as out of a load balancer's NIC.
+        dp.attach("fx0", ModeRequest::Generic)?;
         let mut loaded = Loaded {
             scenario,
             dp,

@@ -75,6 +75,7 @@ struct Agent {
     rates: HashMap<BackendKey, (BackendCounters, f64, f64)>,
     last_tick: Instant,
     state_path: PathBuf,
+    reply_watch: crate::reply_watch::ReplyWatch,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -89,6 +90,7 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
     if config.interfaces.is_empty() {
         bail!("no interface to attach to: set `interfaces` in the configuration or pass --iface");
     }
+    crate::diagnose::log_startup(&config);
     let agent_cfg = config.agent.clone();
     let _locks = Locks::acquire(&agent_cfg.run_dir, &agent_cfg.name, &config.interfaces)?;
 
@@ -124,6 +126,7 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
         rates: HashMap::new(),
         last_tick: now,
         state_path,
+        reply_watch: Default::default(),
     };
     // At startup every backend counts as usable for long: no slow start.
     agent.sync_health(now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now));
@@ -359,6 +362,15 @@ impl Agent {
                 else {
                     continue; // not in the data plane yet
                 };
+                let active_ok = self.health.get(&key).is_some_and(|s| s.health.active_ok);
+                self.reply_watch.record(
+                    &self.runtime,
+                    service,
+                    backend.address,
+                    &counters,
+                    active_ok,
+                    now,
+                );
                 if let Some(state) = self.health.get_mut(&key)
                     && state.health.record_failures(
                         counters.syn_retries + counters.handshake_rsts,
@@ -666,6 +678,7 @@ impl Agent {
                     "bytes_per_second": bps,
                     "syn_retries": counters.syn_retries,
                     "handshake_rsts": counters.handshake_rsts,
+                    "warning": self.reply_watch.warning(&service.name, backend.address),
                     "runtime_change": runtime_change,
                 }));
             }

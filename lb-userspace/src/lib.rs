@@ -7,11 +7,15 @@ pub mod checks;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod diagnose;
+pub mod doctor;
 pub mod egress;
 pub mod health;
+pub mod host;
 mod lock;
 pub mod metrics;
 pub mod netdev;
+mod reply_watch;
 mod slots;
 pub mod xdp;
 

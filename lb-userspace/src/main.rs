@@ -6,8 +6,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 use xlb::{
     agent::{self, RunOptions},
-    config::{BackendConfig, Config},
+    config::BackendConfig,
     control::{self, Request},
+    diagnose,
 };
 
 #[derive(Parser)]
@@ -33,10 +34,30 @@ enum Command {
         #[arg(short, long = "iface")]
         ifaces: Vec<String>,
     },
-    /// Validate a configuration file without touching the kernel.
+    /// Validate a configuration file, then check this host for what would
+    /// make it serve nothing (exits non-zero on any error).
     Check {
         #[arg(short, long)]
         config: PathBuf,
+        /// Interfaces `xlb run --iface` would attach to instead of the file's.
+        #[arg(short, long = "iface")]
+        ifaces: Vec<String>,
+        /// Check the file alone, not this host (e.g. on another machine).
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Check this host and the running agent: the host checks of `check`,
+    /// XDP attachments and modes, sysctls, offloads, MTU.
+    Doctor {
+        /// Configuration file (default: the running agent's).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Interfaces to check instead of the configuration's.
+        #[arg(short, long = "iface")]
+        ifaces: Vec<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Services and backends: state, weight, health, live flows, rates.
     Status {
@@ -153,10 +174,18 @@ fn main() -> anyhow::Result<()> {
                 let socket = (cli.socket != control::default_socket()).then_some(cli.socket);
                 agent::run(&config, RunOptions { ifaces, socket }).await
             }
-            Command::Check { config } => {
-                let config = Config::load(&config)?;
-                println!("configuration ok: {} service(s)", config.services.len());
-                Ok(())
+            Command::Check {
+                config,
+                ifaces,
+                offline,
+            } => diagnose::check_command(&config, &ifaces, offline),
+            Command::Doctor {
+                config,
+                ifaces,
+                json,
+            } => {
+                let socket = (cli.socket != control::default_socket()).then_some(cli.socket);
+                diagnose::doctor_command(config.as_deref(), &ifaces, socket, json).await
             }
             Command::Status { json } => {
                 let status = control::call(&cli.socket, &Request::Status).await?;
@@ -335,6 +364,10 @@ fn print_status(status: &serde_json::Value) {
                 backup,
                 note,
             );
+            if let Some(warning) = b["warning"]["problem"].as_str() {
+                println!("    warning: {warning}");
+                println!("    fix: {}", b["warning"]["fix"].as_str().unwrap_or("?"));
+            }
         }
         for removed in service["removed_at_runtime"]
             .as_array()

@@ -1,0 +1,275 @@
+//! Links, addresses and routes over an rtnetlink socket, turned into the
+//! typed facts of [`super`] at once.
+
+use std::net::IpAddr;
+
+use anyhow::{Context as _, bail};
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_MULTIPART, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_route::{
+    AddressFamily, RouteNetlinkMessage,
+    address::{AddressAttribute, AddressMessage},
+    link::{
+        InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp, State, XdpAttached,
+    },
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+use super::{Address, Link, LinkKind, OperState, Route, RouteKind, XdpAttachment, XdpMode};
+
+/// An rtnetlink socket in the calling thread's network namespace.
+pub(super) struct Rtnl {
+    socket: Socket,
+    sequence: u32,
+}
+
+impl Rtnl {
+    pub(super) fn open() -> anyhow::Result<Self> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        Ok(Self {
+            socket,
+            sequence: 0,
+        })
+    }
+
+    /// Every interface.
+    pub(super) fn links(&mut self) -> anyhow::Result<Vec<Link>> {
+        let request = RouteNetlinkMessage::GetLink(LinkMessage::default());
+        let mut links = Vec::new();
+        for answer in self.request(request, NLM_F_DUMP)? {
+            if let RouteNetlinkMessage::NewLink(message) = answer {
+                links.push(link(message));
+            }
+        }
+        Ok(links)
+    }
+
+    /// Every address of every interface.
+    pub(super) fn addresses(&mut self) -> anyhow::Result<Vec<Address>> {
+        let request = RouteNetlinkMessage::GetAddress(AddressMessage::default());
+        let mut addresses = Vec::new();
+        for answer in self.request(request, NLM_F_DUMP)? {
+            if let RouteNetlinkMessage::NewAddress(message) = answer {
+                addresses.extend(address(&message));
+            }
+        }
+        Ok(addresses)
+    }
+
+    /// The route the kernel would send a packet to `to` by (`ip route get`).
+    pub(super) fn route_to(&mut self, to: IpAddr) -> std::io::Result<Route> {
+        let mut message = RouteMessage::default();
+        message.header.address_family = match to {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        message.header.destination_prefix_length = if to.is_ipv4() { 32 } else { 128 };
+        message
+            .attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(to)));
+        let answers = self
+            .request(RouteNetlinkMessage::GetRoute(message), 0)
+            .map_err(|e| match e.downcast::<std::io::Error>() {
+                Ok(io) => io,
+                Err(other) => std::io::Error::other(format!("{other:#}")),
+            })?;
+        answers
+            .into_iter()
+            .find_map(|answer| match answer {
+                RouteNetlinkMessage::NewRoute(message) => Some(route(&message)),
+                _ => None,
+            })
+            .ok_or_else(|| std::io::Error::other("no route in the kernel's answer"))
+    }
+
+    /// Sends `message` and collects the answers until the kernel is done.
+    /// A kernel error comes back as the `std::io::Error` of its errno.
+    fn request(
+        &mut self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+    ) -> anyhow::Result<Vec<RouteNetlinkMessage>> {
+        self.sequence += 1;
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        header.sequence_number = self.sequence;
+        let mut request = NetlinkMessage::new(header, NetlinkPayload::from(message));
+        request.finalize();
+        let mut buf = vec![0; request.buffer_len()];
+        request.serialize(&mut buf);
+        self.socket.send(&buf, 0)?;
+        let mut answers = Vec::new();
+        loop {
+            let (data, _) = self.socket.recv_from_full()?;
+            let mut offset = 0;
+            while offset < data.len() {
+                let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])
+                    .context("parsing the kernel's answer")?;
+                let length = message.header.length as usize;
+                if length == 0 {
+                    bail!("empty netlink message");
+                }
+                offset += length.next_multiple_of(4);
+                if message.header.sequence_number != self.sequence {
+                    continue;
+                }
+                let multipart = message.header.flags & NLM_F_MULTIPART != 0;
+                match message.payload {
+                    NetlinkPayload::Done(_) => return Ok(answers),
+                    NetlinkPayload::Error(error) => match error.code {
+                        Some(code) => {
+                            return Err(std::io::Error::from_raw_os_error(-code.get()).into());
+                        }
+                        None => return Ok(answers),
+                    },
+                    NetlinkPayload::InnerMessage(inner) => {
+                        answers.push(inner);
+                        if !multipart {
+                            return Ok(answers);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+fn link(message: LinkMessage) -> Link {
+    let header = &message.header;
+    let mut link = Link {
+        index: header.index,
+        name: String::new(),
+        kind: if header.flags.contains(LinkFlags::Loopback) {
+            LinkKind::Loopback
+        } else {
+            LinkKind::Device
+        },
+        driver: None,
+        up: header.flags.contains(LinkFlags::Up),
+        oper: OperState::Unknown,
+        mtu: 0,
+        master: None,
+        parent: None,
+        xdp: None,
+        offloads: None,
+        xdp_features: None,
+    };
+    let mut link_netns = false;
+    for attribute in message.attributes {
+        match attribute {
+            LinkAttribute::IfName(name) => link.name = name,
+            LinkAttribute::Mtu(mtu) => link.mtu = mtu,
+            LinkAttribute::Controller(master) => link.master = Some(master),
+            LinkAttribute::Link(parent) => link.parent = Some(parent),
+            LinkAttribute::LinkNetNsId(_) => link_netns = true,
+            LinkAttribute::OperState(state) => link.oper = oper_state(state),
+            LinkAttribute::LinkInfo(infos) => {
+                if let Some(kind) = infos.into_iter().find_map(|info| match info {
+                    LinkInfo::Kind(kind) => Some(kind),
+                    _ => None,
+                }) {
+                    link.kind = link_kind(kind);
+                }
+            }
+            LinkAttribute::Xdp(xdp) => link.xdp = xdp_attachment(&xdp),
+            _ => {}
+        }
+    }
+    // A parent in another namespace (a veth's peer) is no device of ours.
+    if link_netns || !link.kind.sits_on_parent() {
+        link.parent = None;
+    }
+    link
+}
+
+fn link_kind(kind: InfoKind) -> LinkKind {
+    match kind {
+        InfoKind::Veth => LinkKind::Veth,
+        InfoKind::Bridge => LinkKind::Bridge,
+        InfoKind::Bond => LinkKind::Bond,
+        InfoKind::Vlan => LinkKind::Vlan,
+        InfoKind::MacVlan => LinkKind::Macvlan,
+        InfoKind::IpVlan => LinkKind::Ipvlan,
+        other => LinkKind::Other(other.to_string()),
+    }
+}
+
+fn oper_state(state: State) -> OperState {
+    match state {
+        State::Up => OperState::Up,
+        State::Down | State::NotPresent => OperState::Down,
+        State::LowerLayerDown => OperState::LowerLayerDown,
+        State::Dormant | State::Testing => OperState::Dormant,
+        _ => OperState::Unknown,
+    }
+}
+
+fn xdp_attachment(attributes: &[LinkXdp]) -> Option<XdpAttachment> {
+    let mode = attributes.iter().find_map(|a| match a {
+        LinkXdp::Attached(XdpAttached::Driver) => Some(XdpMode::Native),
+        LinkXdp::Attached(XdpAttached::SocketBuffer) => Some(XdpMode::Generic),
+        LinkXdp::Attached(XdpAttached::Hardware) => Some(XdpMode::Offloaded),
+        LinkXdp::Attached(XdpAttached::Multiple) => Some(XdpMode::Multiple),
+        _ => None,
+    })?;
+    let prog_id = attributes.iter().find_map(|a| match a {
+        LinkXdp::ProgId(id) => Some(*id),
+        _ => None,
+    });
+    Some(XdpAttachment { mode, prog_id })
+}
+
+fn address(message: &AddressMessage) -> Option<Address> {
+    // IFA_LOCAL is the address itself; IFA_ADDRESS is the peer on a
+    // point-to-point link, and the only one IPv6 sends.
+    let ip = message
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            AddressAttribute::Local(ip) => Some(*ip),
+            _ => None,
+        })
+        .or_else(|| {
+            message.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            })
+        })?;
+    Some(Address {
+        index: message.header.index,
+        ip,
+        prefix_len: message.header.prefix_len,
+    })
+}
+
+fn route(message: &RouteMessage) -> Route {
+    let ip = |address: &RouteAddress| match address {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    };
+    let mut route = Route {
+        kind: match message.header.kind {
+            RouteType::Unicast => RouteKind::Unicast,
+            RouteType::Local => RouteKind::Local,
+            _ => RouteKind::Other,
+        },
+        oif: None,
+        gateway: None,
+        prefsrc: None,
+    };
+    for attribute in &message.attributes {
+        match attribute {
+            RouteAttribute::Oif(oif) => route.oif = Some(*oif),
+            RouteAttribute::Gateway(gateway) => route.gateway = ip(gateway),
+            RouteAttribute::PrefSource(source) => route.prefsrc = ip(source),
+            _ => {}
+        }
+    }
+    route
+}
