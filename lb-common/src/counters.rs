@@ -22,7 +22,8 @@ impl_pod!(TrafficCounters);
 
 macro_rules! global_counters {
     ($($(#[doc = $doc:literal])* $name:ident => $label:literal,)*) => {
-        /// Why the data plane passed or dropped a packet; indexes `GLOBAL_STATS`.
+        /// What the data plane did with a packet and why: passed, forwarded or
+        /// dropped. The XDP action follows from it. Indexes `GLOBAL_STATS`.
         #[repr(u32)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         pub enum GlobalCounter {
@@ -78,6 +79,9 @@ global_counters! {
     /// A map or table held something inconsistent (a slot or backend id out
     /// of range): dropped.
     DropInternal => "drop_internal",
+    /// Scheduled, but a field to rewrite lay outside the frame (parsing
+    /// checks that none does): dropped.
+    DropRewrite => "drop_rewrite",
 }
 
 /// Number of [`GlobalCounter`]s; sizes `GLOBAL_STATS`.

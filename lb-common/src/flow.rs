@@ -1,7 +1,7 @@
 //! The flow table: which backend each connection is pinned to, and how its
 //! replies are matched on the way back.
 
-use crate::{hash::mix64, impl_pod};
+use crate::{Backend, Service, hash::mix64, impl_pod};
 
 /// A flow's 5-tuple as it appears on the wire.
 ///
@@ -33,6 +33,47 @@ impl FlowKey {
         // in order and type, the first fields of `FlowKey` (checked by a
         // test), with no stricter alignment.
         unsafe { &*(self as *const Self as *const crate::ServiceKey) }
+    }
+
+    /// The 5-tuple of the packets that answer one sent from `src` to `dst`
+    /// (ports beside them): from `dst` back to `src`. Every key the data
+    /// plane derives from another flow is built here.
+    #[inline(always)]
+    pub const fn reverse_of(
+        src: &[u8; 16],
+        src_port_be: u16,
+        dst: &[u8; 16],
+        dst_port_be: u16,
+        proto: u8,
+    ) -> Self {
+        Self {
+            dst: *src,
+            dst_port_be: src_port_be,
+            proto,
+            _pad: 0,
+            src: *dst,
+            src_port_be: dst_port_be,
+            _pad2: 0,
+        }
+    }
+
+    /// The key in `REPLIES` of `backend`'s replies to this client flow of
+    /// `service`: they come from the backend to the SNAT address and
+    /// `snat_port_be` in `nat` mode, to the client itself in `dnat` mode.
+    #[inline(always)]
+    pub const fn reply_key(&self, service: &Service, backend: &Backend, snat_port_be: u16) -> Self {
+        let (from, from_port_be) = if service.is_nat() {
+            (&service.snat_addr, snat_port_be)
+        } else {
+            (&self.src, self.src_port_be)
+        };
+        Self::reverse_of(
+            from,
+            from_port_be,
+            &backend.addr,
+            backend.port_be,
+            self.proto,
+        )
     }
 }
 
@@ -174,6 +215,22 @@ pub struct Reply {
     pub next_hop: NextHop,
 }
 
+impl Reply {
+    /// The key in `FLOWS` of the client flow this reply answers: the reply,
+    /// rewritten, goes from the VIP to the client; the client's packets go
+    /// back.
+    #[inline(always)]
+    pub const fn client_key(&self, proto: u8) -> FlowKey {
+        FlowKey::reverse_of(
+            &self.vip,
+            self.vip_port_be,
+            &self.client,
+            self.client_port_be,
+            proto,
+        )
+    }
+}
+
 impl_pod!(FlowKey, Flow, Reply, FlowTimeouts, NextHop);
 
 /// First port of the range `nat` mode takes source ports from.
@@ -257,6 +314,86 @@ mod tests {
             crate::ServiceKey::v6(k.dst, k.dst_port_be, k.proto)
         );
         assert!(core::mem::align_of::<crate::ServiceKey>() <= core::mem::align_of::<FlowKey>());
+    }
+
+    fn service(flags: u32) -> Service {
+        Service {
+            id: 0,
+            flags,
+            table_size: 0,
+            table_start: 0,
+            snat_addr: crate::service::ipv4_mapped([10, 1, 0, 100]),
+        }
+    }
+
+    fn backend() -> Backend {
+        Backend {
+            addr: crate::service::ipv4_mapped([10, 1, 0, 10]),
+            port_be: 8000u16.to_be(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reverse_of_swaps_the_ends() {
+        let k = key(1, 1000);
+        let back = FlowKey::reverse_of(&k.src, k.src_port_be, &k.dst, k.dst_port_be, k.proto);
+        assert_eq!((back.src, back.src_port_be), (k.dst, k.dst_port_be));
+        assert_eq!((back.dst, back.dst_port_be), (k.src, k.src_port_be));
+        assert_eq!(back.proto, k.proto);
+        let again = FlowKey::reverse_of(
+            &back.src,
+            back.src_port_be,
+            &back.dst,
+            back.dst_port_be,
+            back.proto,
+        );
+        assert_eq!(again, k);
+    }
+
+    #[test]
+    fn replies_come_from_the_backend_to_the_snat_address_or_the_client() {
+        let client = key(1, 1000);
+        let backend = backend();
+        let snat_port_be = 2000u16.to_be();
+        let nat = client.reply_key(&service(0), &backend, snat_port_be);
+        assert_eq!(
+            nat,
+            FlowKey {
+                src: backend.addr,
+                src_port_be: backend.port_be,
+                dst: service(0).snat_addr,
+                dst_port_be: snat_port_be,
+                proto: client.proto,
+                ..Default::default()
+            }
+        );
+        let dnat_service = service(crate::service::SERVICE_F_DNAT);
+        let dnat = client.reply_key(&dnat_service, &backend, snat_port_be);
+        assert_eq!(
+            dnat,
+            FlowKey {
+                src: backend.addr,
+                src_port_be: backend.port_be,
+                dst: client.src,
+                dst_port_be: client.src_port_be,
+                proto: client.proto,
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_reply_names_the_client_flow_it_answers() {
+        let client = key(1, 1000);
+        let reply = Reply {
+            vip: client.dst,
+            client: client.src,
+            vip_port_be: client.dst_port_be,
+            client_port_be: client.src_port_be,
+            ..Default::default()
+        };
+        assert_eq!(reply.client_key(client.proto), client);
     }
 
     #[test]

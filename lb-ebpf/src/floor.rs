@@ -10,7 +10,10 @@
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use network_types::eth::EthHdr;
 
-use crate::parse::{Packet, parse, ptr_at};
+use crate::{
+    frame::ptr_at,
+    parse::{Packet, parse},
+};
 
 /// Parses like `xlb`, then swaps the MAC addresses and transmits. Frames the
 /// parser refuses pass, as in `xlb`.

@@ -9,19 +9,14 @@
 use core::mem::size_of;
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
     helpers::generated::bpf_fib_lookup as fib_lookup,
     programs::XdpContext,
 };
 use lb_common::{GlobalCounter, flow::NextHop};
 use network_types::eth::EthHdr;
 
-use crate::{
-    maps::INTERFACES,
-    parse::{Packet, ptr_at},
-    rewrite::Endpoint,
-    vlan,
-};
+use crate::{frame::ptr_at, maps::INTERFACES, parse::Packet, rewrite::Endpoint, vlan};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -39,9 +34,9 @@ pub struct Route<'a> {
 /// Sends the (already rewritten) frame on. The next hop is the flow's
 /// remembered one while it is fresh, else `bpf_fib_lookup`'s answer, which
 /// is then remembered; a next hop XDP cannot send to is remembered too, as
-/// [`NextHop::KERNEL`].
+/// [`NextHop::KERNEL`]. Returns the verdict.
 #[inline(never)]
-pub fn forward(ctx: &XdpContext, packet: &Packet, route: &Route) -> (u32, GlobalCounter) {
+pub fn forward(ctx: &XdpContext, packet: &Packet, route: &Route) -> GlobalCounter {
     // SAFETY: `hop` points into a map value that lives for this run; other
     // CPUs may refresh it concurrently, with the same answer but for a
     // route change.
@@ -62,21 +57,22 @@ pub fn forward(ctx: &XdpContext, packet: &Packet, route: &Route) -> (u32, Global
         return to_kernel(ctx, packet, GlobalCounter::PassKernelForward);
     }
     let sent = if hop.ifindex == ctx.ingress_ifindex() as u32 {
-        (xdp_action::XDP_TX, GlobalCounter::ForwardTx)
+        GlobalCounter::ForwardTx
     } else {
         // Only records the target; the frame is not read until the program
         // returns, so the MACs are written below. A miss (the agent just
         // took the interface out) leaves the frame untouched.
         match INTERFACES.redirect(hop.ifindex, 0) {
-            Ok(action) => (action, GlobalCounter::ForwardRedirect),
+            // `Ok` is always `XDP_REDIRECT`, the action of this verdict.
+            Ok(_) => GlobalCounter::ForwardRedirect,
             Err(_) => return to_kernel(ctx, packet, GlobalCounter::PassKernelForward),
         }
     };
     if vlan::is_tagged(packet) && vlan::pop_tags(ctx, packet).is_err() {
-        return (xdp_action::XDP_DROP, GlobalCounter::DropInternal);
+        return GlobalCounter::DropInternal;
     }
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return (xdp_action::XDP_DROP, GlobalCounter::DropInternal);
+        return GlobalCounter::DropInternal;
     };
     // SAFETY: `ptr_at` checked the Ethernet header lies inside the packet.
     unsafe {
@@ -90,13 +86,13 @@ pub fn forward(ctx: &XdpContext, packet: &Packet, route: &Route) -> (u32, Global
 /// addresses it arrived with. Its VLAN tags go unless VLAN devices on the
 /// interface will take them.
 #[inline(always)]
-fn to_kernel(ctx: &XdpContext, packet: &Packet, counter: GlobalCounter) -> (u32, GlobalCounter) {
+fn to_kernel(ctx: &XdpContext, packet: &Packet, counter: GlobalCounter) -> GlobalCounter {
     if vlan::is_tagged(packet) && !vlan::kernel_knows_tags(ctx) {
         // A refusal leaves the tags: the kernel drops the frame, as it
         // would have without xlb.
         let _ = vlan::pop_tags(ctx, packet);
     }
-    (xdp_action::XDP_PASS, counter)
+    counter
 }
 
 /// Asks the kernel's FIB for the route from `src` to `dst`. `Err` is the

@@ -1,7 +1,5 @@
-//! Bounds-checked header parsing: Ethernet, up to two VLAN tags, IPv4 (with
-//! options), IPv6, then the TCP or UDP ports.
-
-use core::mem::size_of;
+//! Header parsing: Ethernet, up to two VLAN tags, IPv4 (with options),
+//! IPv6, then the TCP or UDP ports, every read bounds-checked (`frame`).
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{FlowKey, GlobalCounter, IpProto, service::ipv4_mapped};
@@ -12,6 +10,8 @@ use network_types::{
     udp::UdpHdr,
     vlan::VlanHdr,
 };
+
+use crate::frame::read_at;
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -61,6 +61,12 @@ impl Packet {
         self.tcp_flags & flags == flags
     }
 
+    /// Whether this is a SYN without ACK: a client opening a connection.
+    #[inline(always)]
+    pub fn is_syn(&self) -> bool {
+        self.has_flags(TCP_SYN) && !self.has_flags(TCP_ACK)
+    }
+
     /// Offset of the IP header.
     #[inline(always)]
     pub fn l3_offset(&self) -> usize {
@@ -78,49 +84,6 @@ impl Packet {
     pub fn l4_checksum_offset(&self) -> usize {
         self.l4_offset() + if self.is_tcp() { 16 } else { 6 }
     }
-}
-
-/// Returns a pointer to a `T` at `offset` if the whole `T` lies inside the
-/// packet.
-#[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
-    let (start, end) = bounds(ctx);
-    if start + offset + size_of::<T>() > end {
-        return None;
-    }
-    Some((start + offset) as *mut T)
-}
-
-/// The packet's first and one-past-last byte addresses.
-#[inline(always)]
-pub fn bounds(ctx: &XdpContext) -> (usize, usize) {
-    // SAFETY: `ctx.ctx` is the kernel's `xdp_md` for this run. The loads are
-    // volatile so LLVM cannot hoist them into a caller and pass the values
-    // as arguments: their zero-extension there is pointer arithmetic the
-    // verifier refuses.
-    unsafe {
-        let md = ctx.ctx;
-        (
-            core::ptr::read_volatile(&raw const (*md).data) as usize,
-            core::ptr::read_volatile(&raw const (*md).data_end) as usize,
-        )
-    }
-}
-
-/// Reads a `T` at `offset`, bounds-checked.
-#[inline(always)]
-pub fn read_at<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
-    // SAFETY: `ptr_at` checked that the `T` lies inside the packet; packet
-    // data has no alignment guarantee, hence the unaligned read.
-    ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
-}
-
-/// Writes `value` at `offset`, bounds-checked.
-#[inline(always)]
-pub fn write_at<T>(ctx: &XdpContext, offset: usize, value: T) -> Option<()> {
-    // SAFETY: `ptr_at` checked that the `T` lies inside the packet, which
-    // this program may modify; the write is unaligned like the data.
-    ptr_at::<T>(ctx, offset).map(|p| unsafe { p.write_unaligned(value) })
 }
 
 /// Parses a frame down to its TCP/UDP ports into `packet`. `Err` carries

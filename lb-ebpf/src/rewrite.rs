@@ -3,7 +3,10 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{GlobalCounter, checksum};
 
-use crate::parse::{Packet, read_at, write_at};
+use crate::{
+    frame::{read_at, write_at},
+    parse::Packet,
+};
 
 /// IPv4: offset of the checksum and of the addresses in the IP header.
 const IPV4_CHECK: usize = 10;
@@ -21,7 +24,9 @@ pub struct Endpoint<'a> {
 
 /// Sets the packet's source and destination to `src` and `dst`, updating
 /// the IPv4 header checksum and the TCP/UDP checksum (pseudo-header
-/// included). `packet.key` still holds the old values.
+/// included). `packet.key` still holds the old values. `Err` is
+/// [`GlobalCounter::DropRewrite`]: a field lay outside the frame, which
+/// parsing rules out, so the frame is half rewritten and must be dropped.
 #[inline(never)]
 pub fn rewrite(
     ctx: &XdpContext,
@@ -29,33 +34,35 @@ pub fn rewrite(
     src: &Endpoint,
     dst: &Endpoint,
 ) -> Result<(), GlobalCounter> {
+    rewrite_fields(ctx, packet, src, dst).ok_or(GlobalCounter::DropRewrite)
+}
+
+#[inline(always)]
+fn rewrite_fields(ctx: &XdpContext, packet: &Packet, src: &Endpoint, dst: &Endpoint) -> Option<()> {
     let ports_old = ports(packet.key.src_port_be, packet.key.dst_port_be);
     let ports_new = ports(src.port_be, dst.port_be);
-    write_at(ctx, packet.l4_offset(), ports_new).ok_or(GlobalCounter::PassMalformed)?;
+    write_at(ctx, packet.l4_offset(), ports_new)?;
 
     let check_at = packet.l4_checksum_offset();
-    let l4_check =
-        u16::from_be_bytes(read_at::<[u8; 2]>(ctx, check_at).ok_or(GlobalCounter::PassMalformed)?);
+    let l4_check = u16::from_be_bytes(read_at::<[u8; 2]>(ctx, check_at)?);
     // A zero UDP checksum over IPv4 means "none": leave it so.
     let keep_l4 = !packet.is_tcp() && !packet.ipv6 && l4_check == 0;
     let mut l4_check = checksum::update(l4_check, &ports_old, &ports_new);
 
     if packet.ipv6 {
         let at = packet.l3_offset() + IPV6_ADDRS;
-        write_at(ctx, at, *src.addr).ok_or(GlobalCounter::PassMalformed)?;
-        write_at(ctx, at + 16, *dst.addr).ok_or(GlobalCounter::PassMalformed)?;
+        write_at(ctx, at, *src.addr)?;
+        write_at(ctx, at + 16, *dst.addr)?;
         l4_check = checksum::update(l4_check, &packet.key.src, src.addr);
         l4_check = checksum::update(l4_check, &packet.key.dst, dst.addr);
     } else {
         let old = addrs4(&packet.key.src, &packet.key.dst);
         let new = addrs4(src.addr, dst.addr);
-        write_at(ctx, packet.l3_offset() + IPV4_ADDRS, new).ok_or(GlobalCounter::PassMalformed)?;
+        write_at(ctx, packet.l3_offset() + IPV4_ADDRS, new)?;
         let ip_check_at = packet.l3_offset() + IPV4_CHECK;
-        let ip_check = u16::from_be_bytes(
-            read_at::<[u8; 2]>(ctx, ip_check_at).ok_or(GlobalCounter::PassMalformed)?,
-        );
+        let ip_check = u16::from_be_bytes(read_at::<[u8; 2]>(ctx, ip_check_at)?);
         let ip_check = checksum::update(ip_check, &old, &new);
-        write_at(ctx, ip_check_at, ip_check.to_be_bytes()).ok_or(GlobalCounter::PassMalformed)?;
+        write_at(ctx, ip_check_at, ip_check.to_be_bytes())?;
         l4_check = checksum::update(l4_check, &old, &new);
     }
 
@@ -63,9 +70,9 @@ pub fn rewrite(
         if !packet.is_tcp() && l4_check == 0 {
             l4_check = 0xffff; // UDP sends a computed zero as all ones
         }
-        write_at(ctx, check_at, l4_check.to_be_bytes()).ok_or(GlobalCounter::PassMalformed)?;
+        write_at(ctx, check_at, l4_check.to_be_bytes())?;
     }
-    Ok(())
+    Some(())
 }
 
 #[inline(always)]

@@ -1,31 +1,16 @@
-//! Choosing a backend for a client's packet: the flow table first, Maglev
-//! for new flows, and in `nat` mode a free source port.
+//! Scheduling a client's packet: its flow's backend while the entry holds,
+//! else a new flow: the pick, a source port in `nat` mode, and the flow's
+//! entries in `FLOWS` and `REPLIES`.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_coarse_ns};
-use lb_common::{
-    Backend, Flow, FlowKey, GlobalCounter, Reply, Service,
-    flow::{
-        FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_MIDSTREAM, FLOW_SYN_SENT, FlowTimeouts,
-        LAST_SEEN_GRANULARITY_NS, NextHop, SNAT_PORT_ATTEMPTS, flow_hash, snat_candidate,
-    },
-    service::SERVICE_F_HASH_SOURCE,
-};
+use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
+use lb_common::{Backend, Flow, GlobalCounter, Reply, Service, flow::NextHop};
 
 use crate::{
-    maps::{BACKENDS, FLOWS, MAGLEV, NewFlowScratch, REPLIES, SCRATCH, count_backend},
-    parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    flow,
+    maps::{BACKENDS, FLOWS, REPLIES, SCRATCH, count_backend},
+    parse::Packet,
+    pick, snat,
 };
-
-/// Idle timeouts of flows; the agent sets them when it loads the program.
-#[unsafe(no_mangle)]
-static FLOW_TIMEOUTS: FlowTimeouts = FlowTimeouts::DEFAULT;
-
-#[inline(always)]
-fn timeouts() -> FlowTimeouts {
-    // SAFETY: a plain read of a global; volatile so the compiler does not
-    // fold in the default, which the loader replaces.
-    unsafe { core::ptr::read_volatile(&raw const FLOW_TIMEOUTS) }
-}
 
 /// The backend a client packet goes to.
 pub struct Scheduled {
@@ -50,15 +35,11 @@ pub fn schedule(packet: &Packet, service: &Service) -> Result<Scheduled, GlobalC
         // SAFETY: a pointer into the flow map's value, valid for this run;
         // racing writers only touch the same plain fields.
         let flow = unsafe { &mut *flow_ptr };
-        // A SYN on a closing flow is a new connection reusing the 5-tuple.
-        let reused =
-            flow.state == FLOW_CLOSING && packet.has_flags(TCP_SYN) && !packet.has_flags(TCP_ACK);
         if let Some(backend) = backend(flow.backend)
             && !backend.is_failed()
-            && !reused
-            && !flow.is_expired(key.proto, now, &timeouts())
+            && flow::holds(flow, packet, now)
         {
-            track(packet, flow, now);
+            flow::track(packet, flow, now);
             return Ok(Scheduled {
                 backend_id: flow.backend,
                 backend,
@@ -75,41 +56,17 @@ pub fn schedule(packet: &Packet, service: &Service) -> Result<Scheduled, GlobalC
     new_flow(packet, service, now)
 }
 
-/// Keeps an existing flow's state and timestamp current.
-#[inline(always)]
-fn track(packet: &Packet, flow: &mut Flow, now: u64) {
-    if packet.is_tcp() {
-        if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-            if flow.state != FLOW_CLOSING {
-                flow.state = FLOW_CLOSING;
-            }
-        } else if flow.state == FLOW_SYN_SENT
-            && packet.has_flags(TCP_SYN)
-            && !packet.has_flags(TCP_ACK)
-        {
-            // The client sent its SYN again: the backend did not answer.
-            count_backend(flow.backend, |c| c.syn_retries += 1);
-        }
-    }
-    if now.wrapping_sub(flow.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
-        flow.last_seen_ns = now;
-    }
-}
-
-/// Schedules a flow with Maglev and records it (and its reply path).
+/// Schedules a new flow: picks its backend, claims a source port in `nat`
+/// mode, and records the flow and its reply path.
 #[inline(never)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "by reference the map helpers read the entries where they are, in scratch space; by value they would be copied onto the stack"
 )]
 fn new_flow(packet: &Packet, service: &Service, now: u64) -> Result<Scheduled, GlobalCounter> {
-    if service.table_size == 0 {
-        return Err(GlobalCounter::DropNoBackend);
-    }
     let key = &packet.key;
-    let hash = flow_hash(key, service.flags & SERVICE_F_HASH_SOURCE != 0);
-    let slot = service.table_start.wrapping_add(hash % service.table_size);
-    let backend_id = *MAGLEV.get(slot).ok_or(GlobalCounter::DropInternal)?;
+    let hash = pick::flow_hash(key, service);
+    let backend_id = pick::pick(service, hash)?;
     let backend = backend(backend_id).ok_or(GlobalCounter::DropInternal)?;
 
     // The entries are built in per-CPU scratch space, not on the stack: the
@@ -124,56 +81,21 @@ fn new_flow(packet: &Packet, service: &Service, now: u64) -> Result<Scheduled, G
         backend: backend_id,
         next_hop: NextHop::default(),
     };
-    scratch.reply_key = FlowKey {
-        src: backend.addr,
-        dst: key.src,
-        src_port_be: backend.port_be,
-        dst_port_be: key.src_port_be,
-        proto: key.proto,
-        ..Default::default()
-    };
-    let mut snat_port_be = 0;
-    if service.is_nat() {
-        scratch.reply_key.dst = service.snat_addr;
-        let mut claimed = false;
-        for attempt in 0..SNAT_PORT_ATTEMPTS {
-            let port_be = snat_candidate(hash, u16::from_be(key.src_port_be), attempt).to_be();
-            scratch.reply_key.dst_port_be = port_be;
-            if REPLIES
-                .insert(&scratch.reply_key, &scratch.reply, BPF_NOEXIST as u64)
-                .is_ok()
-                || reclaim(scratch, now)
-            {
-                snat_port_be = port_be;
-                claimed = true;
-                break;
-            }
-        }
-        if !claimed {
-            return Err(GlobalCounter::DropSnatPortsBusy);
-        }
+    // In `nat` mode the source port is filled in by `claim_port`.
+    scratch.reply_key = key.reply_key(service, backend, 0);
+    let snat_port_be = if service.is_nat() {
+        snat::claim_port(scratch, hash, key.src_port_be, now)?
     } else {
         REPLIES
             .insert(&scratch.reply_key, &scratch.reply, 0)
             .map_err(|_| GlobalCounter::DropInternal)?;
-    }
-
-    // A TCP flow picked up without its SYN (its backend failed, or the flow
-    // table forgot it) must not linger as established: the backend may not
-    // know it. One picked up by its FIN or RST is ending anyway.
-    let state = if !packet.is_tcp() {
-        FLOW_ESTABLISHED
-    } else if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        FLOW_CLOSING
-    } else if packet.has_flags(TCP_SYN) && !packet.has_flags(TCP_ACK) {
-        FLOW_SYN_SENT
-    } else {
-        FLOW_MIDSTREAM
+        0
     };
+
     scratch.flow = Flow {
         backend: backend_id,
         snat_port_be,
-        state,
+        state: flow::initial_state(packet),
         _pad: 0,
         last_seen_ns: now,
         next_hop: NextHop::default(),
@@ -192,43 +114,6 @@ fn new_flow(packet: &Packet, service: &Service, now: u64) -> Result<Scheduled, G
     })
 }
 
-/// Takes over the reply entry at `scratch.reply_key` (a source port in use)
-/// for `scratch.reply` if the flow that claimed it has ended: its entry is
-/// gone, expired, or has moved on to another backend or port. Returns
-/// whether it did.
-#[inline(always)]
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "as in new_flow: keep the entries in scratch space"
-)]
-fn reclaim(scratch: &mut NewFlowScratch, now: u64) -> bool {
-    let proto = scratch.reply_key.proto;
-    let port_be = scratch.reply_key.dst_port_be;
-    // SAFETY: a map value stays valid for this run (RCU); only read.
-    let Some(old) = (unsafe { REPLIES.get(&scratch.reply_key) }) else {
-        return false;
-    };
-    let old_backend = old.backend;
-    scratch.client_key = FlowKey {
-        dst: old.vip,
-        dst_port_be: old.vip_port_be,
-        proto,
-        src: old.client,
-        src_port_be: old.client_port_be,
-        ..Default::default()
-    };
-    // SAFETY: the value is only read.
-    let live = unsafe { FLOWS.get(&scratch.client_key) }.is_some_and(|flow| {
-        flow.backend == old_backend
-            && flow.snat_port_be == port_be
-            && !flow.is_expired(proto, now, &timeouts())
-    });
-    !live
-        && REPLIES
-            .insert(&scratch.reply_key, &scratch.reply, 0)
-            .is_ok()
-}
-
 /// Removes the reply entry of a flow about to be scheduled again, so its
 /// source port is free and stale replies no longer match.
 #[inline(always)]
@@ -236,56 +121,7 @@ fn forget_reply(packet: &Packet, service: &Service, old: &Flow) {
     let Some(backend) = backend(old.backend) else {
         return;
     };
-    let key = &packet.key;
-    let reply_key = FlowKey {
-        src: backend.addr,
-        dst: if service.is_nat() {
-            service.snat_addr
-        } else {
-            key.src
-        },
-        src_port_be: backend.port_be,
-        dst_port_be: if service.is_nat() {
-            old.snat_port_be
-        } else {
-            key.src_port_be
-        },
-        proto: key.proto,
-        ..Default::default()
-    };
-    let _ = REPLIES.remove(reply_key);
-}
-
-/// Updates the client flow's state from a backend's reply: a SYN-ACK
-/// completes the handshake; a RST before that counts as a refusal.
-#[inline(always)]
-pub fn track_reply(packet: &Packet, reply: &Reply) {
-    if !packet.is_tcp() || packet.tcp_flags & (TCP_SYN | TCP_RST | TCP_FIN) == 0 {
-        return;
-    }
-    let client_key = FlowKey {
-        src: reply.client,
-        dst: reply.vip,
-        src_port_be: reply.client_port_be,
-        dst_port_be: reply.vip_port_be,
-        proto: packet.key.proto,
-        ..Default::default()
-    };
-    let Some(flow) = FLOWS.get_ptr_mut(client_key) else {
-        return;
-    };
-    // SAFETY: a pointer into the flow map's value, valid for this run.
-    let flow = unsafe { &mut *flow };
-    if packet.tcp_flags & TCP_RST != 0 {
-        if flow.state == FLOW_SYN_SENT {
-            count_backend(reply.backend, |c| c.handshake_rsts += 1);
-        }
-        flow.state = FLOW_CLOSING;
-    } else if packet.tcp_flags & TCP_FIN != 0 {
-        flow.state = FLOW_CLOSING;
-    } else if packet.has_flags(TCP_SYN | TCP_ACK) && flow.state == FLOW_SYN_SENT {
-        flow.state = FLOW_ESTABLISHED;
-    }
+    let _ = REPLIES.remove(packet.key.reply_key(service, backend, old.snat_port_be));
 }
 
 #[inline(always)]

@@ -8,8 +8,9 @@ use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
 use network_types::eth::EthHdr;
 
 use crate::{
+    frame::{read_at, write_at},
     maps::VLAN_PARENTS,
-    parse::{Packet, read_at, write_at},
+    parse::Packet,
 };
 
 /// Whether the frame carries VLAN tags.

@@ -1,0 +1,131 @@
+//! The walk of a packet (docs/datapath.md): parse it; a client's packet for
+//! a service goes to its backend, a backend's reply back to its client,
+//! anything else to the kernel untouched.
+//!
+//! Every step returns its verdict: the counter that says what happened to
+//! the frame, from which the entry point derives the XDP action.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{GlobalCounter, Reply, Service};
+
+use crate::{
+    flow::track_reply,
+    forward::{Route, forward},
+    frame,
+    maps::{self, REPLIES, count_backend, count_service},
+    parse::{Packet, parse},
+    rewrite::{Endpoint, rewrite},
+    schedule::schedule,
+};
+
+/// Walks one frame; returns its verdict.
+pub fn walk(ctx: &XdpContext) -> GlobalCounter {
+    let mut packet = Packet::default();
+    if let Err(counter) = parse(ctx, &mut packet) {
+        return counter;
+    }
+    let key = &packet.key;
+    if let Some(service) = maps::service(key.service_key()) {
+        return to_backend(ctx, &packet, service);
+    }
+    if let Some(reply) = REPLIES.get_ptr_mut(key) {
+        return to_client(ctx, &packet, reply);
+    }
+    GlobalCounter::PassNotService
+}
+
+/// A client's packet for `service`: pick the backend, rewrite, send.
+#[inline(never)]
+fn to_backend(ctx: &XdpContext, packet: &Packet, service: &Service) -> GlobalCounter {
+    let bytes = frame::len(ctx);
+    count_service(service.id, bytes);
+    let scheduled = match schedule(packet, service) {
+        Ok(scheduled) => scheduled,
+        Err(counter) => {
+            if counter != GlobalCounter::DropNoBackend {
+                // Rare: every candidate source port taken, or maps that
+                // disagree. Worth a line in the agent's log.
+                aya_log_ebpf::warn!(
+                    ctx,
+                    "dropped a new flow of service {}: {}",
+                    service.id,
+                    counter.label()
+                );
+            }
+            return counter;
+        }
+    };
+    count_backend(scheduled.backend_id, |c| {
+        c.packets += 1;
+        c.bytes += bytes as u64;
+    });
+    let src = if service.is_nat() {
+        Endpoint {
+            addr: &service.snat_addr,
+            port_be: scheduled.snat_port_be,
+        }
+    } else {
+        Endpoint {
+            addr: &packet.key.src,
+            port_be: packet.key.src_port_be,
+        }
+    };
+    let dst = Endpoint {
+        addr: &scheduled.backend.addr,
+        port_be: scheduled.backend.port_be,
+    };
+    // SAFETY: `flow` points into its map value, valid for this run.
+    let hop = unsafe { &raw mut (*scheduled.flow).next_hop };
+    send(
+        ctx,
+        packet,
+        &Route {
+            src,
+            dst,
+            hop,
+            now: scheduled.now,
+        },
+    )
+}
+
+/// A backend's reply: rewrite it to come from the service, send it on.
+#[inline(never)]
+fn to_client(ctx: &XdpContext, packet: &Packet, reply: *mut Reply) -> GlobalCounter {
+    // SAFETY: `reply` points into its map value, valid for this run (RCU).
+    let backend = unsafe { (*reply).backend };
+    let bytes = frame::len(ctx);
+    count_backend(backend, |c| {
+        c.reply_packets += 1;
+        c.reply_bytes += bytes as u64;
+    });
+    // SAFETY: as above; the borrow ends with the call, before `forward`
+    // writes the entry's `next_hop`.
+    track_reply(packet, unsafe { &*reply });
+    // SAFETY: as above. Only single fields are borrowed, none of which the
+    // write to `next_hop` in `forward` overlaps.
+    let (src, dst, hop) = unsafe {
+        (
+            Endpoint {
+                addr: &(*reply).vip,
+                port_be: (*reply).vip_port_be,
+            },
+            Endpoint {
+                addr: &(*reply).client,
+                port_be: (*reply).client_port_be,
+            },
+            &raw mut (*reply).next_hop,
+        )
+    };
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() };
+    send(ctx, packet, &Route { src, dst, hop, now })
+}
+
+/// Rewrites the frame for `route` and sends it on.
+#[inline(always)]
+fn send(ctx: &XdpContext, packet: &Packet, route: &Route) -> GlobalCounter {
+    if let Err(counter) = rewrite(ctx, packet, &route.src, &route.dst) {
+        return counter;
+    }
+    forward(ctx, packet, route)
+}

@@ -1,0 +1,87 @@
+//! The way out: `XDP_TX`, a redirect to another attached interface, or the
+//! kernel where XDP cannot send or the next hop is not resolved.
+
+use lb_common::GlobalCounter;
+use xlb::xdp::ModeRequest;
+use xlb_tests::{
+    fixture::{CLIENT_MAC, FY0_MAC, FZ0_MAC, LB_MAC, backend_mac},
+    frames::{Frame, Transport},
+    xdp::Action,
+};
+
+use crate::harness::with_harness;
+
+#[test]
+fn an_unresolved_next_hop_goes_to_the_kernel_rewritten() {
+    with_harness(|h| {
+        let syn = Frame::tcp("10.0.0.2:44000", "10.0.0.102:80", Transport::SYN);
+        // Rewritten, MACs untouched: the kernel resolves and forwards it.
+        let out = syn.rewritten("10.0.0.2:44000", "10.1.0.13:8000", syn.src_mac, syn.dst_mac);
+        h.expect(&syn, Action::Pass, &out, GlobalCounter::PassNoNeighbour);
+    });
+}
+
+#[test]
+fn backends_behind_another_interface_are_reached_by_redirect() {
+    with_harness(|h| {
+        // fy0, attached and able to transmit XDP frames, takes redirects.
+        h.dp.attach("fy0", ModeRequest::Generic).unwrap();
+        let syn = Frame::tcp("10.0.0.2:47000", "10.0.0.104:80", Transport::SYN).vlan(7);
+        let out = syn
+            .rewritten("10.0.0.2:47000", "10.2.0.10:8000", FY0_MAC, backend_mac(0))
+            .untagged();
+        h.expect(&syn, Action::Redirect, &out, GlobalCounter::ForwardRedirect);
+    });
+}
+
+/// A frame whose way out XDP cannot take goes to the kernel rewritten but
+/// with the MAC addresses it came with, so the kernel routes it; VLAN tags
+/// go unless the interface has VLAN devices that would take them.
+#[test]
+fn frames_for_an_interface_without_xdp_transmit_go_to_the_kernel() {
+    with_harness(|h| {
+        let syn =
+            |port: u16| Frame::tcp(&format!("10.0.0.2:{port}"), "10.0.0.105:80", Transport::SYN);
+        let to_kernel = |input: &Frame, port: u16| {
+            input
+                .rewritten(
+                    &format!("10.0.0.2:{port}"),
+                    "10.3.0.10:8000",
+                    CLIENT_MAC,
+                    LB_MAC,
+                )
+                .untagged()
+        };
+        // fz0 not attached.
+        let input = syn(47001);
+        h.expect(
+            &input,
+            Action::Pass,
+            &to_kernel(&input, 47001),
+            GlobalCounter::PassKernelForward,
+        );
+        // Attached, but its veth peer runs no XDP program and has GRO off.
+        h.dp.attach("fz0", ModeRequest::Generic).unwrap();
+        let input = syn(47002).service_vlan(100).vlan(7);
+        h.expect(
+            &input,
+            Action::Pass,
+            &to_kernel(&input, 47002),
+            GlobalCounter::PassKernelForward,
+        );
+        let fz0 = h.dp.attachments().find(|a| a.iface == "fz0").unwrap();
+        assert_eq!(fz0.egress.path, xlb::egress::EgressPath::Kernel);
+
+        // The peer gains GRO: the agent's next look sends frames by XDP.
+        xlb_tests::fixture::gro_on_here("fz1").unwrap();
+        h.dp.refresh_egress().unwrap();
+        let input = syn(47003);
+        let out = input.rewritten("10.0.0.2:47003", "10.3.0.10:8000", FZ0_MAC, backend_mac(0));
+        h.expect(
+            &input,
+            Action::Redirect,
+            &out,
+            GlobalCounter::ForwardRedirect,
+        );
+    });
+}
