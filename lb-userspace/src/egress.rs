@@ -10,7 +10,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::netdev::{self, XdpFeatures};
+use crate::{
+    host,
+    netdev::{self, XdpFeatures},
+};
 
 /// The way frames leave by an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,7 +58,7 @@ impl Egress {
             );
             XdpFeatures::default()
         });
-        let vlan_devices = netdev::vlan_uppers(iface).unwrap_or_else(|e| {
+        let vlan_devices = host::vlan_devices_on(ifindex).unwrap_or_else(|e| {
             tracing::warn!(iface, "cannot list VLAN devices: {e:#}");
             Vec::new()
         });

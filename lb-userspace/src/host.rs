@@ -291,6 +291,22 @@ impl HostFacts {
     }
 }
 
+/// Names of the VLAN devices sitting on interface `index`, in the calling
+/// thread's network namespace (netlink, so it holds under `nsenter --net`,
+/// where `/sys/class/net` shows another namespace).
+pub fn vlan_devices_on(index: u32) -> anyhow::Result<Vec<String>> {
+    let mut rtnl = rtnl::Rtnl::open().context("opening an rtnetlink socket")?;
+    let mut names: Vec<String> = rtnl
+        .links()
+        .context("listing interfaces")?
+        .into_iter()
+        .filter(|l| l.kind == LinkKind::Vlan && l.parent == Some(index))
+        .map(|l| l.name)
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 /// The kernel's error text without its errno ("Network is unreachable").
 fn kernel_error(error: &std::io::Error) -> String {
     let text = error.to_string();

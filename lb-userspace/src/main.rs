@@ -165,6 +165,14 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // A command's output piped into `head` ends quietly when the pipe
+        // closes, as other command-line tools do (the agent keeps ignoring
+        // SIGPIPE: a client hanging up must not stop it).
+        // SAFETY: signal(2) with a valid signal number and disposition,
+        // before any other thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

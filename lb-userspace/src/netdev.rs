@@ -1,4 +1,4 @@
-//! What the kernel says about an interface's XDP abilities and VLAN devices.
+//! What the kernel says about an interface's XDP abilities.
 //!
 //! Whether a frame sent from XDP out of an interface (`XDP_TX`, or a
 //! redirect to it) is delivered is the driver's `NDO_XMIT` XDP feature, read
@@ -77,41 +77,6 @@ pub fn xdp_features(ifindex: u32) -> anyhow::Result<XdpFeatures> {
         features.len()
     );
     Ok(XdpFeatures(u64::from_ne_bytes(features.try_into()?)))
-}
-
-/// Names of the VLAN devices stacked on `iface`, from `ip -d -j link`
-/// (the netlink view of this network namespace; `/sys/class/net` shows the
-/// namespace `/sys` was mounted in, which under `nsenter --net` is another).
-pub fn vlan_uppers(iface: &str) -> anyhow::Result<Vec<String>> {
-    let out = std::process::Command::new("ip")
-        .args(["-d", "-j", "link", "show", "type", "vlan"])
-        .output()
-        .context("running ip link")?;
-    ensure!(
-        out.status.success(),
-        "ip link: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    vlans_on(&String::from_utf8_lossy(&out.stdout), iface)
-}
-
-/// The VLAN devices on `iface` in `ip -d -j link show type vlan` output.
-fn vlans_on(json: &str, iface: &str) -> anyhow::Result<Vec<String>> {
-    /// `ip` prints `{}` for every device the type filter leaves out.
-    #[derive(serde::Deserialize)]
-    struct Link {
-        ifname: Option<String>,
-        /// The lower device, when it is in this namespace.
-        link: Option<String>,
-    }
-    let links: Vec<Link> = serde_json::from_str(json).context("parsing ip link's JSON")?;
-    let mut uppers: Vec<String> = links
-        .into_iter()
-        .filter(|l| l.link.as_deref() == Some(iface))
-        .filter_map(|l| l.ifname)
-        .collect();
-    uppers.sort();
-    Ok(uppers)
 }
 
 // Generic netlink, as far as one request and its answer need it.
@@ -270,17 +235,6 @@ mod tests {
         // Runs unprivileged too: the netdev family answers anyone.
         let features = xdp_features(1).expect("xdp features of lo");
         assert!(!features.transmits(), "lo: {features}");
-    }
-
-    #[test]
-    fn vlan_devices_are_found_by_their_lower_device() {
-        // As `ip -d -j link show type vlan` prints them (trimmed).
-        let json = r#"[{"ifindex":5,"ifname":"eth0.100","link":"eth0",
-            "linkinfo":{"info_kind":"vlan","info_data":{"protocol":"802.1Q","id":100}}},
-            {"ifindex":6,"ifname":"eth1.7","link":"eth1"},
-            {},{"ifindex":7,"ifname":"eth0.200","link":"eth0"}]"#;
-        assert_eq!(vlans_on(json, "eth0").unwrap(), ["eth0.100", "eth0.200"]);
-        assert!(vlans_on("[]", "eth0").unwrap().is_empty());
     }
 
     #[test]
