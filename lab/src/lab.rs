@@ -165,6 +165,20 @@ impl Lab {
         &self.xdp_peers
     }
 
+    /// Detaches the pass-through XDP program from switch port `port` (an
+    /// lb NIC's peer), as on a host where that NIC's far end runs no XDP:
+    /// the lb's NIC then has no XDP transmit.
+    pub fn detach_pass(&mut self, port: &str) -> anyhow::Result<()> {
+        let pin = self.topo.pin_dir().join(format!("{port}-pass"));
+        std::fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
+        for (iface, mode) in &mut self.xdp_peers {
+            if iface.name == port {
+                *mode = xdp::mode(&iface.ns, &iface.name)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The load balancer's interfaces xlb should attach to, client side
     /// first: `eth0`, plus `eth1` (two-armed) or `brb` (bridge).
     pub fn lb_interfaces(&self) -> Vec<String> {

@@ -9,7 +9,10 @@
 //!   weight;
 //! - once a killed backend is marked down, every request is still answered
 //!   and none by it;
-//! - the agent attached in the expected modes.
+//! - the agent attached in the expected modes, `xlb status` names the way
+//!   frames leave by each interface (XDP or the kernel), the data plane's
+//!   counters show frames took that way, and `xlb check` finds no error on
+//!   the host.
 //!
 //! A failure names the shape and mode, shows each service's answers and
 //! prints `xlb stats --json` (where packets went) and the agent's log. The
@@ -220,23 +223,24 @@ fn avoid_killed(answers: &Answers) -> Vec<String> {
 }
 
 /// Asserts `xlb status --json` lists exactly the lab's lb interfaces, each
-/// in the mode [`expected_mode`] gives.
-fn check_attachments(lab: &Lab, agent: &Agent, mode: ModeRequest, label: &str) {
+/// in the mode [`expected_mode`] gives and with the way out `paths` gives.
+fn check_attachments(lab: &Lab, agent: &Agent, mode: ModeRequest, paths: &Paths, label: &str) {
     let status = agent.status();
     let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_owned();
-    let mut attached: Vec<(String, String)> = status["attachments"]
+    let mut attached: Vec<(String, String, String)> = status["attachments"]
         .as_array()
         .expect("attachments in xlb status --json")
         .iter()
-        .map(|a| (text(&a["interface"]), text(&a["mode"])))
+        .map(|a| (text(&a["interface"]), text(&a["mode"]), text(&a["path"])))
         .collect();
     attached.sort();
-    let mut expected: Vec<(String, String)> = lab
+    let mut expected: Vec<(String, String, String)> = lab
         .lb_interfaces()
         .into_iter()
         .map(|iface| {
             let want = expected_mode(&iface, mode).to_owned();
-            (iface, want)
+            let path = paths.of(&iface).to_owned();
+            (iface, want, path)
         })
         .collect();
     expected.sort();
@@ -258,19 +262,114 @@ fn expected_mode(iface: &str, mode: ModeRequest) -> &'static str {
     }
 }
 
+/// How frames leave the load balancer in a lab: by XDP out of every
+/// interface, except those named here, where the kernel forwards them.
+struct Paths {
+    kernel: &'static [&'static str],
+}
+
+impl Paths {
+    /// Every interface's frames leave by XDP.
+    const XDP: Paths = Paths { kernel: &[] };
+
+    /// `xlb status`'s word for the way out of `iface`.
+    fn of(&self, iface: &str) -> &'static str {
+        if self.kernel.contains(&iface) {
+            "kernel"
+        } else {
+            "xdp"
+        }
+    }
+}
+
+/// Global counters of the data plane, from `xlb stats --json`.
+fn counter(agent: &Agent, name: &str) -> u64 {
+    let text = agent.cli(&["stats", "--json"]).expect("xlb stats");
+    let stats: serde_json::Value = serde_json::from_str(&text).expect("stats JSON");
+    stats["global"][name].as_u64().unwrap_or(0)
+}
+
+/// Asserts the frames took the ways `paths` says: the kernel forwarded
+/// frames where an interface has the kernel path, and none otherwise; XDP
+/// sent the rest out of the interface they came in on (one NIC) or by a
+/// redirect to the other (two).
+fn check_forwarding(lab: &Lab, agent: &Agent, paths: &Paths, label: &str) {
+    let (tx, redirect, kernel) = (
+        counter(agent, "forward_tx"),
+        counter(agent, "forward_redirect"),
+        counter(agent, "pass_kernel_forward"),
+    );
+    let sent = (REQUESTS + FAILOVER_REQUESTS) as u64 * 8;
+    let by_kernel = !paths.kernel.is_empty();
+    let ok = if lab.lb_interfaces().len() == 1 {
+        tx >= sent && redirect == 0 && kernel == 0
+    } else if by_kernel {
+        // Requests through the kernel, replies by redirect (or the other
+        // way round): each at least once per request.
+        kernel >= sent && redirect >= sent
+    } else {
+        redirect >= 2 * sent && kernel == 0
+    };
+    assert!(
+        ok,
+        "{label}: frames took other ways than expected (forward_tx {tx}, forward_redirect \
+         {redirect}, pass_kernel_forward {kernel} for {sent} requests)\n{}",
+        agent.diagnostics()
+    );
+}
+
+/// `xlb check` on the agent's configuration, in the load balancer's
+/// namespace, finds no error on the lab's host.
+fn check_host(lab: &Lab, agent: &Agent, label: &str) {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.lb_ns()))
+        .arg(xlb_tests::agent::xlb_binary())
+        .args(["check", "--config"])
+        .arg(&agent.config_path)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("running xlb check");
+    assert!(
+        out.status.success(),
+        "{label}: xlb check found errors:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The whole check for one shape and XDP mode.
 fn serves_every_service(shape: Shape, mode: ModeRequest) {
+    let paths = match shape {
+        // A bridge has no XDP transmit: the kernel forwards into it.
+        Shape::Bridge => Paths {
+            kernel: &[topology::LB_BRIDGE],
+        },
+        _ => Paths::XDP,
+    };
+    serves_every_service_on(shape, mode, paths, |_| {});
+}
+
+/// [`serves_every_service`] with the ways out `paths` expects, after
+/// `prepare` changed the lab.
+fn serves_every_service_on(
+    shape: Shape,
+    mode: ModeRequest,
+    paths: Paths,
+    prepare: impl FnOnce(&mut Lab),
+) {
     require_root();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let spec = LabSpec::for_test(WEIGHTS.len()).with_shape(shape);
     let mut lab = Lab::up(spec).unwrap_or_else(|e| panic!("lab up ({shape}): {e:#}"));
+    prepare(&mut lab);
     let services = Service::all();
     let config: String = services.iter().map(|s| s.config(&lab)).collect();
     let label = format!("{shape}, xdp_mode {}", xdp_mode_name(mode));
     let agent = Agent::start_with(&lab, &config, mode)
         .unwrap_or_else(|e| panic!("starting xlb ({label}): {e:#}"));
 
-    check_attachments(&lab, &agent, mode, &label);
+    check_attachments(&lab, &agent, mode, &paths, &label);
+    check_host(&lab, &agent, &label);
 
     let what = format!("{label}, {REQUESTS} requests per service");
     let answers = send(&lab, &services, REQUESTS);
@@ -288,6 +387,7 @@ fn serves_every_service(shape: Shape, mode: ModeRequest) {
     let what = format!("{label}, {FAILOVER_REQUESTS} requests per service, b{KILLED} killed");
     let answers = send(&lab, &services, FAILOVER_REQUESTS);
     check(&agent, &what, &services, &answers, avoid_killed);
+    check_forwarding(&lab, &agent, &paths, &label);
 }
 
 #[test]
@@ -308,6 +408,24 @@ fn two_armed_auto() {
 #[test]
 fn two_armed_generic() {
     serves_every_service(Shape::TwoArmed, ModeRequest::Generic);
+}
+
+/// Two NICs, the backend side's far end running no XDP program (as on a
+/// host whose second NIC's driver lacks XDP transmit): XDP cannot send out
+/// of `eth1`, the kernel forwards there; replies still go by XDP.
+#[test]
+fn two_armed_auto_backend_nic_without_xdp_transmit() {
+    serves_every_service_on(
+        Shape::TwoArmed,
+        ModeRequest::Auto,
+        Paths {
+            kernel: &[topology::LB_BACKEND_IFACE],
+        },
+        |lab| {
+            lab.detach_pass(topology::LB_BACKEND_PORT)
+                .expect("detaching the pass-through program")
+        },
+    );
 }
 
 #[test]

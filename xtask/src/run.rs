@@ -27,9 +27,10 @@ const RUN_BACKENDS: usize = 5;
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// Run on this real interface instead of the lab (needs --config).
+    /// Run on this real interface instead of the lab (needs --config);
+    /// repeat it for every interface (two NICs, a NIC and a bridge).
     #[arg(long, requires = "config")]
-    iface: Option<String>,
+    iface: Vec<String>,
     /// Configuration file; default in the lab: examples/lab.toml.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -58,12 +59,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .duration
         .map(|s| Instant::now() + Duration::from_secs(s));
 
-    if let Some(iface) = &args.iface {
+    if !args.iface.is_empty() {
         let config = args.config.expect("clap requires --config with --iface");
-        let mut agent = Command::new(&xlb)
-            .args(["run", "--iface", iface, "--config"])
-            .arg(&config)
-            .spawn()?;
+        let mut agent = Command::new(&xlb);
+        agent.arg("run");
+        for iface in &args.iface {
+            agent.args(["--iface", iface]);
+        }
+        let mut agent = agent.arg("--config").arg(&config).spawn()?;
         return wait(&mut [&mut agent], &stop, deadline, None);
     }
 
