@@ -43,6 +43,10 @@ pub struct RunArgs {
     /// Skip the show of failover, backup and drain.
     #[arg(long)]
     no_demo: bool,
+    /// How the lab wires the load balancer: one-armed, two-armed, bridge or
+    /// vlan (docs/lab.md); xlb attaches to that shape's interfaces.
+    #[arg(long, default_value = "one-armed", conflicts_with = "iface")]
+    shape: String,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -74,7 +78,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     cmd::status(
         cmd::command(&lab)
             .args(["up", "--prefix", LAB_PREFIX, "--backends"])
-            .arg(RUN_BACKENDS.to_string()),
+            .arg(RUN_BACKENDS.to_string())
+            .args(["--shape", &args.shape]),
     )?;
     let result = run_in_lab(&args, &xlb, &lab, &stop, deadline);
     lab_down_all(true)?;
@@ -92,15 +97,21 @@ fn run_in_lab(
         .config
         .clone()
         .unwrap_or_else(|| workspace_root().join("examples/lab.toml"));
+    let interfaces = cmd::output(cmd::command(lab).args(["interfaces", "--prefix", LAB_PREFIX]))
+        .context("asking the lab which interfaces xlb attaches to")?;
+    let interfaces: Vec<&str> = interfaces.split_whitespace().collect();
     // nsenter, not `ip netns exec`: the agent must see the host's bpffs so
     // its pins outlive it.
-    let mut agent = cmd::command("nsenter")
+    let mut agent = cmd::command("nsenter");
+    agent
         .arg(format!("--net=/run/netns/{LAB_PREFIX}-lb"))
         .arg(xlb)
         .args(["run", "--config"])
-        .arg(&config)
-        .spawn()
-        .context("starting xlb in the lab")?;
+        .arg(&config);
+    for iface in &interfaces {
+        agent.args(["--iface", iface]);
+    }
+    let mut agent = agent.spawn().context("starting xlb in the lab")?;
     std::thread::sleep(Duration::from_millis(800));
     let mut client = cmd::command(lab)
         .args(["load", "--prefix", LAB_PREFIX, "--rate"])
@@ -108,8 +119,11 @@ fn run_in_lab(
         .spawn()
         .context("starting the lab client")?;
     println!(
-        "xtask: xlb runs in namespace {LAB_PREFIX}-lb on eth0; the client in {LAB_PREFIX}-client sends \
-         {} req/s to the VIPs. `xlb --socket /run/xlb/lab.sock status` shows the agent's view. Ctrl-C stops.",
+        "xtask: xlb runs in namespace {LAB_PREFIX}-lb ({} lab) on {}; the client in {LAB_PREFIX}-client \
+         sends {} req/s to the VIPs. `xlb --socket /run/xlb/lab.sock status` shows the agent's view. \
+         Ctrl-C stops.",
+        args.shape,
+        interfaces.join(", "),
         args.rate
     );
     let demo = (!args.no_demo).then(|| {

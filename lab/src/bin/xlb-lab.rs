@@ -43,6 +43,12 @@ enum Command {
         #[arg(long, default_value = topology::DEFAULT_PREFIX)]
         prefix: String,
     },
+    /// Print the load balancer's interfaces xlb attaches to in this lab's
+    /// shape, one per line.
+    Interfaces {
+        #[arg(long, default_value = topology::DEFAULT_PREFIX)]
+        prefix: String,
+    },
     /// Stop, start, pause (hang) or resume one backend's server.
     Backend {
         #[arg(long, default_value = topology::DEFAULT_PREFIX)]
@@ -101,6 +107,11 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Status { prefix } => print!("{}", Lab::status(&prefix)?),
+        Command::Interfaces { prefix } => {
+            for iface in Lab::existing(&prefix)?.lb_interfaces() {
+                println!("{iface}");
+            }
+        }
         Command::Backend {
             prefix,
             action,
