@@ -25,9 +25,11 @@ impl Backend {
     }
 }
 
-/// Per-backend counters, per CPU, in `BACKEND_STATS`.
+/// Per-backend counters, per CPU, in `BACKEND_STATS`; summed over CPUs in
+/// the agent's reports.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct BackendCounters {
     /// Packets and bytes forwarded to the backend.
     pub packets: u64,

@@ -12,9 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{anyhow, bail};
 use lb_common::BackendCounters;
-use serde_json::json;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
@@ -24,11 +23,15 @@ use tokio::{
 use crate::{
     checks,
     config::{BackendConfig, Config, MAX_WEIGHT},
-    control::{self, Envelope, Request, Response},
+    control::{self, Envelope},
     dataplane::{Dataplane, DataplaneState, LoadOptions},
     health::{self, Admin, BackendState, WEIGHT_SCALE},
     lock::Locks,
     metrics,
+    protocol::{
+        Answer, AttachmentStatus, BackendStatus, Change, Flow, Health, Request, Response,
+        RuntimeChange, ServiceStats, ServiceStatus, ServingState, Stats, Status,
+    },
     xdp::ModeRequest,
 };
 
@@ -98,18 +101,13 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
     let state_path = agent_cfg
         .run_dir
         .join(format!("{}.state.json", agent_cfg.name));
-    let adopted = previous_state(&pin_dir, &state_path);
     let mut dataplane = Dataplane::load_with(LoadOptions {
         pin_dir: Some(pin_dir.clone()),
         flow_capacity: config.flows.table_size,
         timeouts: config.flows.timeouts(),
     })?;
-    let adopting = adopted.is_some();
     let kernel_log = spawn_kernel_log(&mut dataplane)?;
-    if let Some(state) = adopted {
-        dataplane.import_state(state);
-        tracing::info!(pins = %pin_dir.display(), "re-adopting the running data plane");
-    }
+    let adopting = previous_state(&mut dataplane, &pin_dir, &state_path, &config)?;
 
     let (check_tx, mut check_rx) = mpsc::channel(1024);
     let now = Instant::now();
@@ -214,27 +212,33 @@ fn spawn_kernel_log(dataplane: &mut Dataplane) -> anyhow::Result<JoinHandle<()>>
     }))
 }
 
-/// The state an earlier agent left, if its pinned maps are still there.
-/// Pins without a state file cannot be trusted (ids unknown): they are
-/// removed and the data plane starts afresh.
-fn previous_state(pin_dir: &Path, state_path: &Path) -> Option<DataplaneState> {
-    let pinned = pin_dir.join("SERVICES").exists();
-    let state = std::fs::read(state_path)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<DataplaneState>(&bytes).ok());
-    match (pinned, state) {
-        (true, Some(state)) => Some(state),
-        (true, None) => {
-            tracing::warn!(pins = %pin_dir.display(), "pinned maps without a readable state file; starting afresh");
-            if let Ok(entries) = std::fs::read_dir(pin_dir) {
-                for entry in entries.flatten() {
-                    let _ = std::fs::remove_file(entry.path());
-                }
-            }
-            None
-        }
-        (false, _) => None,
+/// Carries on with what an earlier agent left in `pin_dir`, if its maps
+/// are pinned there (loading has replaced those that no longer fit): with
+/// the ids and table ranges of its state file at `state_path`, or, where
+/// that cannot be used, ids re-derived from the pinned maps and `config`.
+/// Logs what is kept and what is lost; returns whether anything was adopted.
+fn previous_state(
+    dataplane: &mut Dataplane,
+    pin_dir: &Path,
+    state_path: &Path,
+    config: &Config,
+) -> anyhow::Result<bool> {
+    if dataplane.pins().reused.is_empty() {
+        return Ok(false);
     }
+    let adoption = dataplane.adopt(DataplaneState::read(state_path), config)?;
+    if let Some(problem) = &adoption.state_problem {
+        tracing::warn!(state = %state_path.display(), "state file not used: {problem}");
+    }
+    for note in &adoption.notes {
+        tracing::warn!("{note}");
+    }
+    tracing::info!(
+        pins = %pin_dir.display(),
+        "re-adopting the running data plane: {}",
+        adoption.summary
+    );
+    Ok(true)
 }
 
 impl Agent {
@@ -454,11 +458,7 @@ impl Agent {
     }
 
     fn save_state(&self) -> anyhow::Result<()> {
-        let tmp = self.state_path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&self.dataplane.export_state())?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &self.state_path)?;
-        Ok(())
+        self.dataplane.export_state().write(&self.state_path)
     }
 
     /// Re-reads the configuration file. A bad file changes nothing. The
@@ -487,18 +487,23 @@ impl Agent {
         self.reconcile(Instant::now())
     }
 
-    fn handle(&mut self, request: Request) -> anyhow::Result<serde_json::Value> {
+    fn handle(&mut self, request: Request) -> anyhow::Result<Answer> {
         let now = Instant::now();
-        match request {
-            Request::Status => self.status(),
-            Request::Stats => self.stats(),
-            Request::Metrics => Ok(json!(metrics::render(self.stats()?, self.status()?))),
-            Request::Flows { service, limit } => Ok(json!(self.dataplane.flows(&service, limit)?)),
+        let change = match request {
+            Request::Status => return Ok(Answer::Status(self.status())),
+            Request::Stats => return Ok(Answer::Stats(self.stats()?)),
+            Request::Metrics => {
+                let text = metrics::render(&self.stats()?, &self.status());
+                return Ok(Answer::Metrics(text));
+            }
+            Request::Flows { service, limit } => {
+                return Ok(Answer::Flows(self.flows(&service, limit)?));
+            }
+            Request::ConfigDump => return Ok(Answer::Config(Box::new(self.dump()))),
             Request::Reload => {
                 self.reload()?;
-                Ok(json!("reloaded"))
+                Change::Reloaded
             }
-            Request::ConfigDump => Ok(json!(self.dump()?.to_toml()?)),
             Request::ServerAdd { service, backend } => {
                 let mut candidate = self.runtime.clone();
                 let svc = candidate
@@ -506,13 +511,14 @@ impl Agent {
                     .iter_mut()
                     .find(|s| s.name == service)
                     .ok_or_else(|| anyhow!("no service named {service:?}"))?;
-                svc.backends.push(backend.clone());
+                let address = backend.address;
+                svc.backends.push(backend);
                 candidate.validate()?;
                 self.runtime = candidate;
                 self.sync_health(now);
                 self.sync_checks();
                 self.reconcile(now)?;
-                Ok(json!(format!("added {} to {service}", backend.address)))
+                Change::Added { service, address }
             }
             Request::ServerRemove { service, address } => {
                 let svc = self.runtime_service(&service)?;
@@ -524,19 +530,19 @@ impl Agent {
                 self.sync_health(now);
                 self.sync_checks();
                 self.reconcile(now)?;
-                Ok(json!(format!("removed {address} from {service}")))
+                Change::Removed { service, address }
             }
             Request::ServerDrain { service, address } => {
-                self.set_admin(&service, address, Admin::Drain)
+                self.set_admin(service, address, Admin::Drain)?
             }
             Request::ServerUndrain { service, address }
             | Request::ServerUp { service, address } => {
                 self.backend_config(&service, address)?.down = false;
-                self.set_admin(&service, address, Admin::Up)
+                self.set_admin(service, address, Admin::Up)?
             }
             Request::ServerDown { service, address } => {
                 self.backend_config(&service, address)?.down = true;
-                self.set_admin(&service, address, Admin::Down)
+                self.set_admin(service, address, Admin::Down)?
             }
             Request::ServerSetWeight {
                 service,
@@ -549,11 +555,14 @@ impl Agent {
                 self.backend_config(&service, address)?.weight = weight;
                 self.sync_health(now);
                 self.reconcile(now)?;
-                Ok(json!(format!(
-                    "{address} in {service} now has weight {weight}"
-                )))
+                Change::Weight {
+                    service,
+                    address,
+                    weight,
+                }
             }
-        }
+        };
+        Ok(Answer::Change(change))
     }
 
     fn runtime_service(&mut self, name: &str) -> anyhow::Result<&mut crate::config::ServiceConfig> {
@@ -578,29 +587,28 @@ impl Agent {
 
     fn set_admin(
         &mut self,
-        service: &str,
+        service: String,
         address: SocketAddr,
         admin: Admin,
-    ) -> anyhow::Result<serde_json::Value> {
-        self.backend_config(service, address)?;
+    ) -> anyhow::Result<Change> {
+        self.backend_config(&service, address)?;
         let now = Instant::now();
         self.sync_health(now);
         let state = self
             .health
-            .get_mut(&(service.to_owned(), address))
+            .get_mut(&(service.clone(), address))
             .expect("synced");
         state.admin = admin;
         self.reconcile(now)?;
-        let word = match admin {
-            Admin::Up => "in service",
-            Admin::Down => "down",
-            Admin::Drain => "draining",
-        };
-        Ok(json!(format!("{address} in {service} is {word}")))
+        Ok(Change::Admin {
+            service,
+            address,
+            admin,
+        })
     }
 
     /// The running configuration with runtime changes, drains as weight 0.
-    fn dump(&self) -> anyhow::Result<Config> {
+    fn dump(&self) -> Config {
         let mut config = self.runtime.clone();
         for service in &mut config.services {
             for backend in &mut service.backends {
@@ -613,139 +621,182 @@ impl Agent {
                 }
             }
         }
-        Ok(config)
+        config
     }
 
-    fn status(&self) -> anyhow::Result<serde_json::Value> {
+    fn status(&self) -> Status {
         let now = Instant::now();
-        let applied = self.applied.as_ref();
         let live = self.dataplane.live_flows().unwrap_or_default();
-        let mut services = Vec::new();
-        for service in &self.runtime.services {
-            let file_service = self.file.service(&service.name).ok();
-            let mut backends = Vec::new();
-            for backend in &service.backends {
-                let key = (service.name.clone(), backend.address);
-                let state = &self.health[&key];
-                let effective = applied
-                    .and_then(|a| a.service(&service.name).ok())
-                    .and_then(|s| s.backends.iter().find(|b| b.address == backend.address));
-                let counters = self
-                    .dataplane
-                    .backend_counters(&service.name, backend.address)
+        let services = self
+            .runtime
+            .services
+            .iter()
+            .map(|service| {
+                let file_service = self.file.service(&service.name).ok();
+                let backends = service
+                    .backends
+                    .iter()
+                    .map(|backend| {
+                        let key = (service.name.clone(), backend.address);
+                        let live_flows = live.get(&key).copied().unwrap_or(0);
+                        let file_backend = file_service
+                            .and_then(|s| s.backends.iter().find(|b| b.address == backend.address));
+                        self.backend_status(&key, backend, file_backend, live_flows, now)
+                    })
+                    .collect();
+                let removed_at_runtime = file_service
+                    .map(|f| {
+                        f.backends
+                            .iter()
+                            .filter(|b| !service.backends.iter().any(|r| r.address == b.address))
+                            .map(|b| b.address)
+                            .collect()
+                    })
                     .unwrap_or_default();
-                let (_, pps, bps) = self.rates.get(&key).cloned().unwrap_or_default();
-                let health_text =
-                    if let Some(until) = state.health.passive_out_until.filter(|u| *u > now) {
-                        format!(
-                            "failed attempts: out for {:.0}s more",
-                            (until - now).as_secs_f64()
-                        )
-                    } else if !state.health.active_ok {
-                        format!(
-                            "failing checks: {}",
-                            self.last_check_error.get(&key).map_or("?", String::as_str)
-                        )
-                    } else {
-                        "healthy".to_owned()
-                    };
-                let file_backend = file_service
-                    .and_then(|s| s.backends.iter().find(|b| b.address == backend.address));
-                let runtime_change = match file_backend {
-                    None => Some("added at runtime".to_owned()),
-                    Some(f) if f.weight != backend.weight => {
-                        Some(format!("weight {} in the file", f.weight))
-                    }
-                    Some(f) if f.down != backend.down => {
-                        Some(format!("down = {} in the file", f.down))
-                    }
-                    _ if state.admin == Admin::Drain => Some("draining".to_owned()),
-                    _ => None,
-                };
-                backends.push(json!({
-                    "address": backend.address,
-                    "weight": backend.weight,
-                    "effective_weight": effective.map_or(0.0, |e| f64::from(e.weight) / f64::from(WEIGHT_SCALE)),
-                    "backup": backend.backup,
-                    "admin": state.admin,
-                    "health": health_text,
-                    "state": state_word(effective, state.admin),
-                    "live_flows": live.get(&key).copied().unwrap_or(0),
-                    "new_flows": counters.new_flows,
-                    "packets": counters.packets,
-                    "bytes": counters.bytes,
-                    "packets_per_second": pps,
-                    "bytes_per_second": bps,
-                    "syn_retries": counters.syn_retries,
-                    "handshake_rsts": counters.handshake_rsts,
-                    "warning": self.reply_watch.warning(&service.name, backend.address),
-                    "runtime_change": runtime_change,
-                }));
-            }
-            let removed: Vec<String> = file_service
-                .map(|f| {
-                    f.backends
-                        .iter()
-                        .filter(|b| !service.backends.iter().any(|r| r.address == b.address))
-                        .map(|b| b.address.to_string())
-                        .collect()
-                })
-                .unwrap_or_default();
-            services.push(json!({
-                "name": service.name,
-                "vip": service.vip,
-                "port": service.port,
-                "protocol": service.protocol,
-                "mode": service.mode,
-                "backends": backends,
-                "removed_at_runtime": removed,
-            }));
-        }
-        let attachments: Vec<_> = self
-            .dataplane
-            .attachments()
-            .map(|a| {
-                json!({
-                    "interface": a.iface,
-                    "mode": a.mode.to_string(),
-                    "path": a.egress.path,
-                    "path_reason": a.egress.reason(),
-                    "xdp_features": a.egress.features.to_string(),
-                    "vlan_devices": a.egress.vlan_devices,
-                })
+                ServiceStatus {
+                    name: service.name.clone(),
+                    vip: service.vip,
+                    port: service.port,
+                    protocol: service.protocol,
+                    mode: service.mode,
+                    backends,
+                    removed_at_runtime,
+                }
             })
             .collect();
-        Ok(json!({ "services": services, "attachments": attachments }))
+        let attachments = self
+            .dataplane
+            .attachments()
+            .map(|a| AttachmentStatus {
+                interface: a.iface.clone(),
+                mode: a.mode,
+                path: a.egress.path,
+                path_reason: a.egress.reason().to_owned(),
+                xdp_features: a.egress.features.to_string(),
+                vlan_devices: a.egress.vlan_devices.clone(),
+            })
+            .collect();
+        Status {
+            services,
+            attachments,
+        }
     }
 
-    fn stats(&self) -> anyhow::Result<serde_json::Value> {
-        let global: serde_json::Map<String, serde_json::Value> = self
+    /// One backend of the running configuration in [`Status`]; `file` is
+    /// its entry in the file, if it has one.
+    fn backend_status(
+        &self,
+        key: &BackendKey,
+        backend: &BackendConfig,
+        file: Option<&BackendConfig>,
+        live_flows: u64,
+        now: Instant,
+    ) -> BackendStatus {
+        let (service, address) = (&key.0, key.1);
+        let state = &self.health[key];
+        let effective = self
+            .applied
+            .as_ref()
+            .and_then(|a| a.service(service).ok())
+            .and_then(|s| s.backends.iter().find(|b| b.address == address));
+        let (_, pps, bps) = self.rates.get(key).cloned().unwrap_or_default();
+        let health = if let Some(until) = state.health.passive_out_until.filter(|u| *u > now) {
+            Health::FailedAttempts {
+                out_for_seconds: (until - now).as_secs_f64(),
+            }
+        } else if !state.health.active_ok {
+            Health::FailingChecks {
+                last_error: self.last_check_error.get(key).cloned(),
+            }
+        } else {
+            Health::Healthy
+        };
+        let runtime_change = match file {
+            None => Some(RuntimeChange::Added),
+            Some(f) if f.weight != backend.weight => {
+                Some(RuntimeChange::Weight { in_file: f.weight })
+            }
+            Some(f) if f.down != backend.down => Some(RuntimeChange::Down { in_file: f.down }),
+            _ if state.admin == Admin::Drain => Some(RuntimeChange::Draining),
+            _ => None,
+        };
+        BackendStatus {
+            address,
+            weight: backend.weight,
+            effective_weight: effective
+                .map_or(0.0, |e| f64::from(e.weight) / f64::from(WEIGHT_SCALE)),
+            backup: backend.backup,
+            admin: state.admin,
+            state: serving_state(effective, state.admin),
+            health,
+            live_flows,
+            counters: self.counters_of(service, address),
+            packets_per_second: pps,
+            bytes_per_second: bps,
+            warning: self.reply_watch.warning(service, address).cloned(),
+            runtime_change,
+        }
+    }
+
+    /// A backend's counters; zero while it is not in the data plane yet.
+    fn counters_of(&self, service: &str, address: SocketAddr) -> BackendCounters {
+        self.dataplane
+            .backend_counters(service, address)
+            .unwrap_or_default()
+    }
+
+    fn stats(&self) -> anyhow::Result<Stats> {
+        let global = self
             .dataplane
             .global_counters()?
             .into_iter()
-            .map(|(c, v)| (c.label().to_owned(), json!(v)))
+            .map(|(c, v)| (c.label().to_owned(), v))
             .collect();
-        let mut services = serde_json::Map::new();
+        let mut services = std::collections::BTreeMap::new();
         for service in &self.runtime.services {
             let c = self.dataplane.service_counters(&service.name)?;
-            services.insert(
-                service.name.clone(),
-                json!({"packets": c.packets, "bytes": c.bytes}),
-            );
+            let backends = service
+                .backends
+                .iter()
+                .map(|b| (b.address, self.counters_of(&service.name, b.address)))
+                .collect();
+            let stats = ServiceStats {
+                packets: c.packets,
+                bytes: c.bytes,
+                backends,
+            };
+            services.insert(service.name.clone(), stats);
         }
-        Ok(json!({ "global": global, "services": services }))
+        Ok(Stats { global, services })
+    }
+
+    /// Flow-table entries of `service`, at most `limit`.
+    fn flows(&self, service: &str, limit: usize) -> anyhow::Result<Vec<Flow>> {
+        let flows = self.dataplane.flows(service, limit)?;
+        flows
+            .into_iter()
+            .map(|f| {
+                Ok(Flow {
+                    client: f.client,
+                    backend: f.backend,
+                    state: f.state.parse()?,
+                    idle_seconds: f.idle_seconds,
+                })
+            })
+            .collect()
     }
 }
 
-/// One word for what a backend is doing.
-fn state_word(effective: Option<&BackendConfig>, admin: Admin) -> &'static str {
+/// What a backend is doing, from what was applied and what the operator
+/// asked.
+fn serving_state(effective: Option<&BackendConfig>, admin: Admin) -> ServingState {
     match (effective, admin) {
-        (_, Admin::Down) => "down",
-        (Some(e), _) if e.down => "unhealthy",
-        (_, Admin::Drain) => "draining",
-        (Some(e), _) if e.weight > 0 => "active",
-        (Some(e), _) if e.backup => "standby",
-        _ => "idle",
+        (_, Admin::Down) => ServingState::Down,
+        (Some(e), _) if e.down => ServingState::Unhealthy,
+        (_, Admin::Drain) => ServingState::Draining,
+        (Some(e), _) if e.weight > 0 => ServingState::Active,
+        (Some(e), _) if e.backup => ServingState::Standby,
+        _ => ServingState::Idle,
     }
 }
 
@@ -758,7 +809,7 @@ pub async fn wait_drained(
     deadline: Instant,
 ) -> anyhow::Result<u64> {
     loop {
-        let status = control::call(socket, &Request::Status).await?;
+        let status = control::ask(socket, &Request::Status).await?;
         let left = live_flows_of(&status, service, address)?;
         if left == 0 || Instant::now() >= deadline {
             return Ok(left);
@@ -767,22 +818,7 @@ pub async fn wait_drained(
     }
 }
 
-/// Live flows of one backend in a status answer.
-pub fn live_flows_of(
-    status: &serde_json::Value,
-    service: &str,
-    address: SocketAddr,
-) -> anyhow::Result<u64> {
-    let services = status["services"]
-        .as_array()
-        .context("status without services")?;
-    let svc = services
-        .iter()
-        .find(|s| s["name"] == service)
-        .ok_or_else(|| anyhow!("no service named {service:?}"))?;
-    let backend = svc["backends"]
-        .as_array()
-        .and_then(|b| b.iter().find(|b| b["address"] == address.to_string()))
-        .ok_or_else(|| anyhow!("service {service:?} has no backend {address}"))?;
-    backend["live_flows"].as_u64().context("live_flows")
+/// Live flows of one backend in a status report.
+pub fn live_flows_of(status: &Status, service: &str, address: SocketAddr) -> anyhow::Result<u64> {
+    Ok(status.backend(service, address)?.live_flows)
 }

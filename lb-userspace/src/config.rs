@@ -5,6 +5,7 @@
 
 use std::{
     collections::HashSet,
+    fmt,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
@@ -65,8 +66,9 @@ impl Default for AgentConfig {
     }
 }
 
-/// The flow table: its size and idle timeouts. Read when the data plane is
-/// loaded afresh (not on reload, not when re-adopting pinned maps).
+/// The flow table: its size and idle timeouts. Read at start, not on
+/// reload; the size only when the flow table is created afresh, not when a
+/// restarted agent keeps a pinned one.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct FlowsConfig {
@@ -293,6 +295,24 @@ pub enum Protocol {
     #[default]
     Tcp,
     Udp,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Self::Nat => "nat",
+            Self::Dnat => "dnat",
+        })
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        })
+    }
 }
 
 impl From<Protocol> for IpProto {

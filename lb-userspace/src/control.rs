@@ -1,87 +1,32 @@
-//! The control API: JSON lines over a Unix socket only root may open.
+//! The control API's transport: JSON lines over a Unix socket only root
+//! may open. The requests and answers are [`crate::protocol`]'s.
 //!
-//! Each connection carries one request line and gets one response line.
+//! Each connection carries one request line and gets one answer line. A
+//! line that is not a request of this protocol version (too long, cut off,
+//! not JSON) gets an error answer; the agent carries on.
 
 use std::{
-    net::SocketAddr,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use anyhow::{Context as _, anyhow, bail};
-use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    io::{AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
     sync::{mpsc, oneshot},
 };
 
-use crate::config::BackendConfig;
-
-/// What a client asks the agent.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "request", rename_all = "kebab-case")]
-pub enum Request {
-    /// Services and backends with state, health, live flows and rates.
-    Status,
-    /// Data-plane counters.
-    Stats,
-    /// Everything in Prometheus text format.
-    Metrics,
-    /// Flow-table entries of a service.
-    Flows { service: String, limit: usize },
-    /// Re-read the configuration file and apply it.
-    Reload,
-    /// The running configuration, runtime changes included, as TOML.
-    ConfigDump,
-    /// Add a backend to a service.
-    ServerAdd {
-        service: String,
-        backend: BackendConfig,
-    },
-    /// Remove a backend from a service now.
-    ServerRemove {
-        service: String,
-        address: SocketAddr,
-    },
-    /// Stop new flows to a backend; existing ones continue.
-    ServerDrain {
-        service: String,
-        address: SocketAddr,
-    },
-    /// Undo a drain.
-    ServerUndrain {
-        service: String,
-        address: SocketAddr,
-    },
-    /// Change a backend's weight.
-    ServerSetWeight {
-        service: String,
-        address: SocketAddr,
-        weight: u32,
-    },
-    /// Put a backend back in service.
-    ServerUp {
-        service: String,
-        address: SocketAddr,
-    },
-    /// Take a backend out of service (its flows move).
-    ServerDown {
-        service: String,
-        address: SocketAddr,
-    },
-}
-
-/// The agent's answer: a JSON value, or an error message.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Response {
-    Ok(serde_json::Value),
-    Error(String),
-}
+use crate::protocol::{self, Answer, FromAnswer, Request, Response};
 
 /// A request on its way to the agent's main loop, with where to answer.
 pub type Envelope = (Request, oneshot::Sender<Response>);
+
+/// The longest request line taken, newline included.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// How long a client may take to send its request line.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Listens on `path` (replacing a stale socket), readable and writable by
 /// root only, and forwards requests to `requests`.
@@ -97,61 +42,100 @@ pub fn serve(
         UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
+        let accept = || listener.accept();
+        crate::accept::serve("control socket", accept, |(stream, _)| {
             let requests = requests.clone();
             tokio::spawn(async move {
                 if let Err(e) = handle(stream, requests).await {
                     tracing::debug!("control connection: {e:#}");
                 }
             });
-        }
+        })
+        .await;
     }))
 }
 
 async fn handle(stream: UnixStream, requests: mpsc::Sender<Envelope>) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    BufReader::new(read).read_line(&mut line).await?;
-    let response = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => {
+    let answer = match read_request(read)
+        .await
+        .map(|line| protocol::decode_request(&line))
+    {
+        Ok(Ok(request)) => {
             let (tx, rx) = oneshot::channel();
             requests
                 .send((request, tx))
                 .await
                 .map_err(|_| anyhow!("agent stopping"))?;
-            rx.await
-                .unwrap_or_else(|_| Response::Error("agent stopping".into()))
+            let response = rx
+                .await
+                .unwrap_or_else(|_| Response::Error("agent stopping".into()));
+            protocol::encode_response(&response)
         }
-        Err(e) => Response::Error(format!("bad request: {e}")),
+        Ok(Err(refusal)) => refusal,
+        Err(message) => protocol::encode_response(&Response::Error(message)),
     };
-    let mut out = serde_json::to_vec(&response)?;
-    out.push(b'\n');
-    write.write_all(&out).await?;
+    write.write_all(&answer).await?;
     Ok(())
 }
 
+/// One request line from `read`: at most [`MAX_REQUEST_BYTES`], within
+/// [`REQUEST_TIMEOUT`]; `Err` says why not. A line the client ends by
+/// closing the connection counts (the parser judges whether it is whole).
+async fn read_request(read: impl AsyncRead + Unpin) -> Result<Vec<u8>, String> {
+    let mut line = Vec::new();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST_BYTES as u64));
+    match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
+        Err(_) => Err(format!(
+            "bad request: no request line within {REQUEST_TIMEOUT:?}"
+        )),
+        Ok(Err(e)) => Err(format!("bad request: reading it: {e}")),
+        Ok(Ok(_)) if line.len() == MAX_REQUEST_BYTES && !line.ends_with(b"\n") => Err(format!(
+            "bad request: longer than {MAX_REQUEST_BYTES} bytes"
+        )),
+        Ok(Ok(_)) => Ok(line),
+    }
+}
+
 /// Sends `request` to the agent listening on `path` and returns its answer.
-pub async fn call(path: &Path, request: &Request) -> anyhow::Result<serde_json::Value> {
+pub async fn call(path: &Path, request: &Request) -> anyhow::Result<Answer> {
     let stream = UnixStream::connect(path)
         .await
         .map_err(|e| unreachable(path, e))?;
     let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_vec(request)?;
-    line.push(b'\n');
-    write.write_all(&line).await?;
-    let mut answer = String::new();
-    BufReader::new(read).read_line(&mut answer).await?;
+    write.write_all(&protocol::encode_request(request)?).await?;
+    let mut answer = Vec::new();
+    BufReader::new(read).read_until(b'\n', &mut answer).await?;
     if answer.is_empty() {
         bail!("the agent closed the connection without answering");
     }
-    match serde_json::from_str(&answer).context("reading the agent's answer")? {
-        Response::Ok(value) => Ok(value),
+    match protocol::decode_response(&answer)
+        .with_context(|| format!("the agent at {}", path.display()))?
+    {
+        Response::Ok(answer) => Ok(answer),
         Response::Error(message) => Err(anyhow!(message)),
     }
 }
+
+/// [`call`], for an answer of type `T`: a [`protocol::Status`] for
+/// [`Request::Status`], a [`protocol::Change`] for a `server` request, ….
+pub async fn ask<T: FromAnswer>(path: &Path, request: &Request) -> anyhow::Result<T> {
+    T::from_answer(call(path, request).await?)
+        .map_err(|other| anyhow!("the agent answered {} to {request:?}", other.kind()))
+}
+
+/// No agent could be reached: the error [`call`] gives when connecting
+/// fails.
+#[derive(Debug)]
+pub struct Unreachable(String);
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unreachable {}
 
 fn unreachable(path: &Path, e: std::io::Error) -> anyhow::Error {
     let hint = match e.kind() {
@@ -161,13 +145,70 @@ fn unreachable(path: &Path, e: std::io::Error) -> anyhow::Error {
         std::io::ErrorKind::PermissionDenied => "the control socket is for root only",
         _ => "",
     };
-    anyhow!(
+    anyhow::Error::new(Unreachable(format!(
         "cannot reach the xlb agent at {}: {e}. {hint}",
         path.display()
-    )
+    )))
 }
 
 /// Default socket path, as in [`crate::config::AgentConfig`].
 pub fn default_socket() -> PathBuf {
     crate::config::AgentConfig::default().control_socket
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncBufReadExt as _;
+
+    use super::*;
+    use crate::protocol::Change;
+
+    /// Writes `bytes` to the socket at `path` as a client would, closes its
+    /// side, and returns the answer line.
+    async fn raw(path: &Path, bytes: &[u8]) -> String {
+        let stream = UnixStream::connect(path).await.unwrap();
+        let (read, mut write) = stream.into_split();
+        // The agent stops reading an oversized request: the rest of the
+        // write fails, its answer is there to read all the same.
+        let _ = write.write_all(bytes).await;
+        let _ = write.shutdown().await;
+        let mut answer = String::new();
+        BufReader::new(read).read_line(&mut answer).await.unwrap();
+        answer
+    }
+
+    #[tokio::test]
+    async fn bad_requests_get_an_error_answer_and_the_socket_keeps_serving() {
+        let dir = std::env::temp_dir().join(format!("xlb-control-{}", std::process::id()));
+        let path = dir.join("xlb.sock");
+        let (tx, mut rx) = mpsc::channel::<Envelope>(8);
+        let server = serve(&path, tx).unwrap();
+        // The agent's main loop: every request is a reload.
+        tokio::spawn(async move {
+            while let Some((_, reply)) = rx.recv().await {
+                let _ = reply.send(Response::Ok(Answer::Change(Change::Reloaded)));
+            }
+        });
+        let oversized = vec![b'x'; 4 * MAX_REQUEST_BYTES];
+        let cases: [(&[u8], &str); 5] = [
+            (b"\xff\xfe not json\n", "bad request"),
+            (br#"{"version":1,"request":"ser"#, "bad request: EOF"),
+            (&oversized, "longer than 65536 bytes"),
+            (br#"{"version":7,"request":"status"}"#, "speaks version 7"),
+            (b"\n", "bad request: EOF"),
+        ];
+        for (bytes, expected) in cases {
+            let answer = raw(&path, bytes).await;
+            match protocol::decode_response(answer.as_bytes()) {
+                Ok(Response::Error(message)) => assert!(message.contains(expected), "{message}"),
+                other => panic!("{expected}: {other:?} from {answer:?}"),
+            }
+        }
+        // A client that hangs up without a word changes nothing either.
+        drop(UnixStream::connect(&path).await.unwrap());
+        let answer = call(&path, &Request::Reload).await.unwrap();
+        assert_eq!(answer, Answer::Change(Change::Reloaded));
+        server.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

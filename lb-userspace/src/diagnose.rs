@@ -13,10 +13,11 @@ use serde::Serialize;
 
 use crate::{
     config::{AgentConfig, Config, FlowsConfig},
-    control::{self, Request},
+    control,
     doctor::{self, Finding, Severity},
     egress::{self, EgressPath},
     host::{GlobalSysctls, HostFacts, IfaceSysctls, Link, RpFilter},
+    protocol::{FromAnswer, Request, Status},
 };
 
 /// The findings for `config` on this host (in this network namespace).
@@ -129,7 +130,7 @@ async fn doctor(
     let socket = socket
         .or_else(|| file.as_ref().map(|c| c.agent.control_socket.clone()))
         .unwrap_or_else(control::default_socket);
-    let status = ask(&socket, &Request::Status).await;
+    let status: Option<Status> = ask(&socket, &Request::Status).await;
     let (config, source) = match (file, path) {
         (Some(config), Some(path)) => (
             Some(config),
@@ -180,8 +181,7 @@ fn load(path: &Path, ifaces: &[String]) -> anyhow::Result<Config> {
 
 /// The running agent's configuration, if one answers at `socket`.
 async fn running_config(socket: &Path, ifaces: &[String]) -> Option<Config> {
-    let text = ask(socket, &Request::ConfigDump).await?;
-    let mut config = Config::parse(text.as_str()?).ok()?;
+    let mut config: Config = ask(socket, &Request::ConfigDump).await?;
     if !ifaces.is_empty() {
         config.interfaces = ifaces.to_vec();
     }
@@ -189,9 +189,19 @@ async fn running_config(socket: &Path, ifaces: &[String]) -> Option<Config> {
 }
 
 /// The agent's answer at `socket`, if one comes within [`AGENT_TIMEOUT`].
-async fn ask(socket: &Path, request: &Request) -> Option<serde_json::Value> {
-    let answer = tokio::time::timeout(AGENT_TIMEOUT, control::call(socket, request)).await;
-    answer.ok()?.ok()
+/// No agent there is no answer; an agent that does not answer (another
+/// protocol version, say) is logged, since the report then counts it as
+/// not running.
+async fn ask<T: FromAnswer>(socket: &Path, request: &Request) -> Option<T> {
+    let answer = tokio::time::timeout(AGENT_TIMEOUT, control::ask(socket, request)).await;
+    let error = match answer {
+        Ok(Ok(answer)) => return Some(answer),
+        Ok(Err(e)) if e.is::<control::Unreachable>() => return None,
+        Ok(Err(e)) => format!("{e:#}"),
+        Err(_) => format!("no answer within {AGENT_TIMEOUT:?}"),
+    };
+    tracing::warn!(socket = %socket.display(), "the agent gave no {request:?} report: {error}");
+    None
 }
 
 /// How long `xlb doctor` waits for the agent.
@@ -208,12 +218,9 @@ fn attached(facts: &HostFacts) -> Vec<String> {
 }
 
 /// The warnings the agent's status carries on backends.
-fn status_warnings(status: &serde_json::Value) -> Vec<Finding> {
-    let services = status["services"].as_array().into_iter().flatten();
-    services
-        .flat_map(|s| s["backends"].as_array().into_iter().flatten())
-        .filter_map(|b| serde_json::from_value(b["warning"].clone()).ok())
-        .collect()
+fn status_warnings(status: &Status) -> Vec<Finding> {
+    let backends = status.services.iter().flat_map(|s| &s.backends);
+    backends.filter_map(|b| b.warning.clone()).collect()
 }
 
 fn interface_reports(config: &Config, facts: &HostFacts) -> Vec<InterfaceReport> {
@@ -384,18 +391,11 @@ mod tests {
 
     #[test]
     fn status_warnings_come_back_as_findings() {
-        let finding = Finding {
-            check: doctor::Check::RepliesBypass,
-            severity: Severity::Warning,
-            subject: "service web, backend 10.0.2.10:8000".into(),
-            problem: "replies bypass the load balancer".into(),
-            fix: "point the backend's route to clients at 10.0.2.1".into(),
-        };
-        let status = serde_json::json!({"services": [{"backends": [
-            {"address": "10.0.2.10:8000", "warning": finding},
-            {"address": "10.0.2.11:8000", "warning": null},
-        ]}]});
-        assert_eq!(status_warnings(&status), [finding]);
+        // One backend with a warning, one without.
+        let status = crate::protocol::tests::status();
+        let warned = status.services[0].backends[1].warning.clone();
+        assert!(status.services[0].backends[0].warning.is_none());
+        assert_eq!(status_warnings(&status), [warned.unwrap()]);
         assert_eq!(summary(&[]), "host: no problem found");
     }
 }

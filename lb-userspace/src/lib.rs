@@ -2,6 +2,7 @@
 //! data plane, and reading its counters. The `xlb` binary is a thin CLI on
 //! top; tests and the lab use the library directly.
 
+mod accept;
 pub mod agent;
 pub mod checks;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod host;
 mod lock;
 pub mod metrics;
 pub mod netdev;
+pub mod protocol;
 mod reply_watch;
 mod slots;
 pub mod xdp;

@@ -6,9 +6,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 use xlb::{
     agent::{self, RunOptions},
-    config::BackendConfig,
-    control::{self, Request},
-    diagnose,
+    config::{BackendConfig, Config},
+    control, diagnose,
+    protocol::{Change, Flow, Request, Stats, Status},
 };
 
 #[derive(Parser)]
@@ -61,7 +61,7 @@ enum Command {
     },
     /// Services and backends: state, weight, health, live flows, rates.
     Status {
-        /// Print the agent's JSON answer.
+        /// Print the report as JSON (`xlb::protocol::Status`).
         #[arg(long)]
         json: bool,
     },
@@ -70,6 +70,7 @@ enum Command {
         /// Print again every second until interrupted.
         #[arg(long)]
         watch: bool,
+        /// Print the counters as JSON (`xlb::protocol::Stats`).
         #[arg(long)]
         json: bool,
     },
@@ -196,7 +197,7 @@ fn main() -> anyhow::Result<()> {
                 diagnose::doctor_command(config.as_deref(), &ifaces, socket, json).await
             }
             Command::Status { json } => {
-                let status = control::call(&cli.socket, &Request::Status).await?;
+                let status: Status = control::ask(&cli.socket, &Request::Status).await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&status)?);
                 } else {
@@ -205,7 +206,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Stats { watch, json } => loop {
-                let stats = control::call(&cli.socket, &Request::Stats).await?;
+                let stats: Stats = control::ask(&cli.socket, &Request::Stats).await?;
                 if json {
                     println!("{}", serde_json::to_string(&stats)?);
                 } else {
@@ -217,28 +218,17 @@ fn main() -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             },
             Command::Flows { service, limit } => {
-                let flows = control::call(&cli.socket, &Request::Flows { service, limit }).await?;
-                println!(
-                    "{:<44} {:<44} {:<12} {:>8}",
-                    "client", "backend", "state", "idle s"
-                );
-                for f in flows.as_array().into_iter().flatten() {
-                    println!(
-                        "{:<44} {:<44} {:<12} {:>8.1}",
-                        f["client"].as_str().unwrap_or("?"),
-                        f["backend"].as_str().unwrap_or("(removed)"),
-                        f["state"].as_str().unwrap_or("?"),
-                        f["idle_seconds"].as_f64().unwrap_or(0.0)
-                    );
-                }
+                let request = Request::Flows { service, limit };
+                let flows: Vec<Flow> = control::ask(&cli.socket, &request).await?;
+                print_flows(&flows);
                 Ok(())
             }
-            Command::Reload => print_answer(control::call(&cli.socket, &Request::Reload).await?),
+            Command::Reload => print_change(&cli.socket, &Request::Reload).await,
             Command::Config {
                 action: ConfigAction::Dump,
             } => {
-                let text = control::call(&cli.socket, &Request::ConfigDump).await?;
-                print!("{}", text.as_str().unwrap_or_default());
+                let config: Config = control::ask(&cli.socket, &Request::ConfigDump).await?;
+                print!("{}", config.to_toml()?);
                 Ok(())
             }
             Command::Server { action } => server(&cli.socket, action).await,
@@ -298,8 +288,8 @@ async fn server(socket: &std::path::Path, action: ServerAction) -> anyhow::Resul
                 service: service.clone(),
                 address,
             };
-            print_answer(control::call(socket, &request).await?)?;
-            let status = control::call(socket, &Request::Status).await?;
+            print_change(socket, &request).await?;
+            let status: Status = control::ask(socket, &Request::Status).await?;
             let left = agent::live_flows_of(&status, &service, address)?;
             println!("{left} live flow(s) on {address}");
             if !(wait || remove) {
@@ -319,91 +309,88 @@ async fn server(socket: &std::path::Path, action: ServerAction) -> anyhow::Resul
             Request::ServerRemove { service, address }
         }
     };
-    print_answer(control::call(socket, &request).await?)
+    print_change(socket, &request).await
 }
 
-fn print_answer(answer: serde_json::Value) -> anyhow::Result<()> {
-    match answer.as_str() {
-        Some(text) => println!("{text}"),
-        None => println!("{answer}"),
-    }
+/// Sends a request that changes something and prints what changed.
+async fn print_change(socket: &std::path::Path, request: &Request) -> anyhow::Result<()> {
+    let change: Change = control::ask(socket, request).await?;
+    println!("{change}");
     Ok(())
 }
 
-fn print_status(status: &serde_json::Value) {
-    for attachment in status["attachments"].as_array().into_iter().flatten() {
+fn print_status(status: &Status) {
+    for attachment in &status.attachments {
         println!(
             "attached to {} ({} XDP); frames leave by it through {}: {}",
-            attachment["interface"].as_str().unwrap_or("?"),
-            attachment["mode"].as_str().unwrap_or("?"),
-            attachment["path"].as_str().unwrap_or("?"),
-            attachment["path_reason"].as_str().unwrap_or("?"),
+            attachment.interface, attachment.mode, attachment.path, attachment.path_reason,
         );
     }
-    for service in status["services"].as_array().into_iter().flatten() {
+    for service in &status.services {
         println!(
             "\n{} {}:{} {} {}",
-            service["name"].as_str().unwrap_or("?"),
-            service["vip"].as_str().unwrap_or("?"),
-            service["port"],
-            service["protocol"].as_str().unwrap_or("?"),
-            service["mode"].as_str().unwrap_or("?"),
+            service.name, service.vip, service.port, service.protocol, service.mode,
         );
         println!(
             "  {:<26} {:<10} {:>6} {:>9} {:>7} {:>9} {:>11}  health",
             "backend", "state", "weight", "effective", "flows", "pkt/s", "B/s"
         );
-        for b in service["backends"].as_array().into_iter().flatten() {
-            let note = b["runtime_change"]
-                .as_str()
+        for b in &service.backends {
+            let note = b
+                .runtime_change
+                .as_ref()
                 .map(|c| format!(" [{c}]"))
                 .unwrap_or_default();
-            let backup = if b["backup"] == true { " (backup)" } else { "" };
+            let backup = if b.backup { " (backup)" } else { "" };
             println!(
                 "  {:<26} {:<10} {:>6} {:>9.2} {:>7} {:>9.0} {:>11.0}  {}{}{}",
-                b["address"].as_str().unwrap_or("?"),
-                b["state"].as_str().unwrap_or("?"),
-                b["weight"].as_u64().unwrap_or(0),
-                b["effective_weight"].as_f64().unwrap_or(0.0),
-                b["live_flows"].as_u64().unwrap_or(0),
-                b["packets_per_second"].as_f64().unwrap_or(0.0),
-                b["bytes_per_second"].as_f64().unwrap_or(0.0),
-                b["health"].as_str().unwrap_or("?"),
+                b.address,
+                b.state,
+                b.weight,
+                b.effective_weight,
+                b.live_flows,
+                b.packets_per_second,
+                b.bytes_per_second,
+                b.health,
                 backup,
                 note,
             );
-            if let Some(warning) = b["warning"]["problem"].as_str() {
-                println!("    warning: {warning}");
-                println!("    fix: {}", b["warning"]["fix"].as_str().unwrap_or("?"));
+            if let Some(warning) = &b.warning {
+                println!("    warning: {}", warning.problem);
+                println!("    fix: {}", warning.fix);
             }
         }
-        for removed in service["removed_at_runtime"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            println!(
-                "  {:<26} removed at runtime",
-                removed.as_str().unwrap_or("?")
-            );
+        for removed in &service.removed_at_runtime {
+            println!("  {removed:<26} removed at runtime");
         }
     }
 }
 
-fn print_stats(stats: &serde_json::Value) {
-    let mut line = Vec::new();
-    for (service, c) in stats["services"].as_object().into_iter().flatten() {
-        line.push(format!(
-            "{service}: {} pkts {} bytes",
-            c["packets"], c["bytes"]
-        ));
-    }
-    let global: Vec<String> = stats["global"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(_, v)| v.as_u64() != Some(0))
+fn print_stats(stats: &Stats) {
+    let services: Vec<String> = stats
+        .services
+        .iter()
+        .map(|(service, c)| format!("{service}: {} pkts {} bytes", c.packets, c.bytes))
+        .collect();
+    let global: Vec<String> = stats
+        .global
+        .iter()
+        .filter(|(_, v)| **v != 0)
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
-    println!("{} | {}", line.join(", "), global.join(" "));
+    println!("{} | {}", services.join(", "), global.join(" "));
+}
+
+fn print_flows(flows: &[Flow]) {
+    println!(
+        "{:<44} {:<44} {:<12} {:>8}",
+        "client", "backend", "state", "idle s"
+    );
+    for f in flows {
+        let backend = f.backend.map_or("(removed)".to_owned(), |b| b.to_string());
+        println!(
+            "{:<44} {:<44} {:<12} {:>8.1}",
+            f.client, backend, f.state, f.idle_seconds
+        );
+    }
 }

@@ -1,5 +1,5 @@
 //! Prometheus metrics on `agent.metrics` (`GET /metrics`), rendered from the
-//! same answers as `xlb stats` and `xlb status`.
+//! same reports as `xlb stats` and `xlb status`.
 
 use std::net::SocketAddr;
 
@@ -17,7 +17,10 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use crate::control::{Envelope, Request, Response as ControlResponse};
+use crate::{
+    control::Envelope,
+    protocol::{Answer, Request, Response as ControlResponse, ServingState, Stats, Status},
+};
 
 type Labels = Vec<(String, String)>;
 
@@ -30,26 +33,14 @@ pub async fn serve(
         .await
         .with_context(|| format!("serving metrics on {addr}"))?;
     Ok(tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
+        let accept = || listener.accept();
+        crate::accept::serve("metrics server", accept, |(stream, _)| {
             let requests = requests.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |_req| {
                     let requests = requests.clone();
                     async move {
-                        let (tx, rx) = oneshot::channel();
-                        let body = match requests.send((Request::Metrics, tx)).await {
-                            Ok(()) => match rx.await {
-                                Ok(ControlResponse::Ok(text)) => {
-                                    text.as_str().unwrap_or_default().to_owned()
-                                }
-                                Ok(ControlResponse::Error(e)) => format!("# error: {e}\n"),
-                                Err(_) => "# agent stopping\n".to_owned(),
-                            },
-                            Err(_) => "# agent stopping\n".to_owned(),
-                        };
+                        let body = scrape(&requests).await;
                         let response = Response::builder()
                             .header("content-type", "text/plain; version=0.0.4")
                             .body(Full::new(Bytes::from(body)));
@@ -60,12 +51,27 @@ pub async fn serve(
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });
-        }
+        })
+        .await;
     }))
 }
 
-/// Prometheus text for a `stats` and a `status` answer.
-pub fn render(stats: serde_json::Value, status: serde_json::Value) -> String {
+/// The agent's metrics text, or a comment saying why there is none.
+async fn scrape(requests: &mpsc::Sender<Envelope>) -> String {
+    let (tx, rx) = oneshot::channel();
+    if requests.send((Request::Metrics, tx)).await.is_err() {
+        return "# agent stopping\n".to_owned();
+    }
+    match rx.await {
+        Ok(ControlResponse::Ok(Answer::Metrics(text))) => text,
+        Ok(ControlResponse::Ok(other)) => format!("# error: a {} answer\n", other.kind()),
+        Ok(ControlResponse::Error(e)) => format!("# error: {e}\n"),
+        Err(_) => "# agent stopping\n".to_owned(),
+    }
+}
+
+/// Prometheus text for a `stats` and a `status` report.
+pub fn render(stats: &Stats, status: &Status) -> String {
     let mut registry = Registry::with_prefix("xlb");
     let packets = Family::<Labels, Counter>::default();
     let global = Family::<Labels, Counter>::default();
@@ -77,53 +83,41 @@ pub fn render(stats: serde_json::Value, status: serde_json::Value) -> String {
     let usable = Family::<Labels, Gauge>::default();
     let weight = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
 
-    if let Some(map) = stats["global"].as_object() {
-        for (reason, value) in map {
-            global
-                .get_or_create(&vec![("reason".into(), reason.clone())])
-                .inc_by(value.as_u64().unwrap_or(0));
-        }
+    for (reason, value) in &stats.global {
+        global
+            .get_or_create(&vec![("reason".into(), reason.clone())])
+            .inc_by(*value);
     }
-    if let Some(map) = stats["services"].as_object() {
-        for (name, c) in map {
-            packets
-                .get_or_create(&vec![("service".into(), name.clone())])
-                .inc_by(c["packets"].as_u64().unwrap_or(0));
-        }
+    for (name, c) in &stats.services {
+        packets
+            .get_or_create(&vec![("service".into(), name.clone())])
+            .inc_by(c.packets);
     }
-    for service in status["services"].as_array().into_iter().flatten() {
-        let name = service["name"].as_str().unwrap_or_default().to_owned();
-        for b in service["backends"].as_array().into_iter().flatten() {
+    for service in &status.services {
+        for b in &service.backends {
             let labels: Labels = vec![
-                ("service".into(), name.clone()),
-                (
-                    "backend".into(),
-                    b["address"].as_str().unwrap_or_default().to_owned(),
-                ),
+                ("service".into(), service.name.clone()),
+                ("backend".into(), b.address.to_string()),
             ];
-            let n = |field: &str| b[field].as_u64().unwrap_or(0);
-            backend_packets.get_or_create(&labels).inc_by(n("packets"));
-            backend_bytes.get_or_create(&labels).inc_by(n("bytes"));
-            backend_flows.get_or_create(&labels).inc_by(n("new_flows"));
+            let c = &b.counters;
+            backend_packets.get_or_create(&labels).inc_by(c.packets);
+            backend_bytes.get_or_create(&labels).inc_by(c.bytes);
+            backend_flows.get_or_create(&labels).inc_by(c.new_flows);
             let mut kind = labels.clone();
             kind.push(("kind".into(), "syn_retry".into()));
-            backend_failures
-                .get_or_create(&kind)
-                .inc_by(n("syn_retries"));
+            backend_failures.get_or_create(&kind).inc_by(c.syn_retries);
             kind.pop();
             kind.push(("kind".into(), "handshake_rst".into()));
             backend_failures
                 .get_or_create(&kind)
-                .inc_by(n("handshake_rsts"));
+                .inc_by(c.handshake_rsts);
             live_flows
                 .get_or_create(&labels)
-                .set(n("live_flows") as i64);
+                .set(i64::try_from(b.live_flows).unwrap_or(i64::MAX));
             usable
                 .get_or_create(&labels)
-                .set(i64::from(b["state"] == "active"));
-            weight
-                .get_or_create(&labels)
-                .set(b["effective_weight"].as_f64().unwrap_or(0.0));
+                .set(i64::from(b.state == ServingState::Active));
+            weight.get_or_create(&labels).set(b.effective_weight);
         }
     }
     registry.register("packets", "Packets to each service", packets);
@@ -166,4 +160,41 @@ pub fn render(stats: serde_json::Value, status: serde_json::Value) -> String {
     let mut out = String::new();
     let _ = encode(&mut out, &registry);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ServiceStats;
+
+    #[test]
+    fn metrics_come_from_the_reports() {
+        let status = crate::protocol::tests::status();
+        let mut stats = Stats::default();
+        stats.global.insert("forward_tx".into(), 7);
+        let web = ServiceStats {
+            packets: 12,
+            ..ServiceStats::default()
+        };
+        stats.services.insert("web".into(), web);
+        let text = render(&stats, &status);
+        let b0 = r#"{service="web",backend="10.0.2.10:80"}"#;
+        let b1 = r#"{service="web",backend="10.0.2.11:80"}"#;
+        for line in [
+            "xlb_datapath_packets_total{reason=\"forward_tx\"} 7".to_owned(),
+            "xlb_packets_total{service=\"web\"} 12".to_owned(),
+            format!("xlb_backend_flows_total{b0} 2"),
+            format!("xlb_backend_live_flows{b0} 1"),
+            format!("xlb_backend_active{b0} 1"),
+            format!("xlb_backend_active{b1} 0"),
+            format!("xlb_backend_effective_weight{b0} 1.5"),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
+        let failures = r#"xlb_backend_failed_attempts_total{service="web",backend="10.0.2.10:80",kind="syn_retry"} 1"#;
+        assert!(text.contains(failures), "{text}");
+    }
 }

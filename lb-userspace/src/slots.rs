@@ -7,6 +7,14 @@ pub struct Range {
     pub len: u32,
 }
 
+impl Range {
+    /// Whether the two share a slot.
+    pub fn overlaps(&self, other: &Range) -> bool {
+        let end = |r: &Range| u64::from(r.start) + u64::from(r.len);
+        u64::from(self.start) < end(other) && u64::from(other.start) < end(self)
+    }
+}
+
 /// Which ranges of a fixed-size array are in use.
 #[derive(Debug)]
 pub struct SlotAllocator {
@@ -48,6 +56,15 @@ impl SlotAllocator {
         self.used.insert(index, range);
     }
 
+    /// Whether `range` lies within the array and overlaps no range in use.
+    pub fn is_free(&self, range: Range) -> bool {
+        range
+            .start
+            .checked_add(range.len)
+            .is_some_and(|end| end <= self.capacity)
+            && !self.used.iter().any(|r| r.overlaps(&range))
+    }
+
     /// Returns `range` (from [`allocate`](Self::allocate)) to the pool.
     pub fn free(&mut self, range: Range) {
         self.used.retain(|r| *r != range);
@@ -76,5 +93,20 @@ mod tests {
         assert_eq!(slots.allocate(20).unwrap().start, 80);
         assert_eq!(slots.used(), 100);
         assert_eq!(slots.allocate(1), None);
+    }
+
+    #[test]
+    fn is_free_sees_overlaps_and_the_end() {
+        let mut slots = SlotAllocator::new(100);
+        slots.reserve(Range { start: 10, len: 10 });
+        assert!(slots.is_free(Range { start: 0, len: 10 }));
+        assert!(slots.is_free(Range { start: 20, len: 80 }));
+        assert!(!slots.is_free(Range { start: 19, len: 2 }));
+        assert!(!slots.is_free(Range { start: 5, len: 30 }));
+        assert!(!slots.is_free(Range { start: 90, len: 11 }));
+        assert!(!slots.is_free(Range {
+            start: u32::MAX,
+            len: 2
+        }));
     }
 }

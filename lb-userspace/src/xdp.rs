@@ -7,6 +7,7 @@ use aya::{
     Ebpf,
     programs::{Xdp, XdpMode, links::FdLink},
 };
+use serde::{Deserialize, Serialize};
 
 /// Which XDP mode to attach in, as asked by the operator.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -35,7 +36,8 @@ impl FromStr for ModeRequest {
 }
 
 /// The XDP mode a program ended up attached in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AttachedMode {
     Native,
     Generic,
@@ -43,7 +45,7 @@ pub enum AttachedMode {
 
 impl fmt::Display for AttachedMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             Self::Native => "native",
             Self::Generic => "generic",
         })

@@ -9,7 +9,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use xlb::xdp::ModeRequest;
+use xlb::{
+    protocol::{BackendStatus, Stats, Status},
+    xdp::ModeRequest,
+};
 use xlb_lab::Lab;
 
 /// The `xlb` binary next to the test binary's directory (`cargo xtask
@@ -144,6 +147,16 @@ impl Agent {
         }
     }
 
+    /// Where the agent pins its maps and attachments.
+    pub fn pin_dir(&self) -> PathBuf {
+        Path::new(xlb::xdp::BPF_FS).join("xlb").join(&self.name)
+    }
+
+    /// The state file the agent leaves for its next start.
+    pub fn state_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.state.json", self.name))
+    }
+
     /// Sends a signal to the agent.
     pub fn signal(&self, sig: i32) {
         if let Some(child) = &self.child {
@@ -172,29 +185,43 @@ impl Agent {
             .context("running the xlb CLI")
     }
 
-    /// `xlb status --json`.
-    pub fn status(&self) -> serde_json::Value {
+    /// `xlb status --json`, read as the control API's [`Status`]: a field
+    /// missing or renamed fails here.
+    pub fn status(&self) -> Status {
         let text = self.cli(&["status", "--json"]).expect("xlb status");
-        serde_json::from_str(&text).expect("status JSON")
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("xlb status --json is not a Status ({e}):\n{text}"))
     }
 
     /// One backend's entry in `xlb status --json`.
-    pub fn backend(&self, service: &str, address: &str) -> serde_json::Value {
+    pub fn backend(&self, service: &str, address: &str) -> BackendStatus {
+        let address = address.parse().expect("a backend address");
         let status = self.status();
-        let svc = status["services"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == service)
-            .unwrap_or_else(|| panic!("no service {service}"))
-            .clone();
-        svc["backends"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|b| b["address"] == address)
-            .unwrap_or_else(|| panic!("no backend {address} in {svc}"))
-            .clone()
+        match status.backend(service, address) {
+            Ok(backend) => backend.clone(),
+            Err(e) => panic!("{e}: {status:#?}"),
+        }
+    }
+
+    /// `xlb stats --json`, read as the control API's [`Stats`].
+    pub fn stats(&self) -> anyhow::Result<Stats> {
+        let text = self.cli(&["stats", "--json"])?;
+        serde_json::from_str(&text).with_context(|| format!("xlb stats --json: {text}"))
+    }
+
+    /// Writes `bytes` to the control socket as a client would, closes the
+    /// writing side and returns the answer line.
+    pub fn raw_request(&self, bytes: &[u8]) -> anyhow::Result<String> {
+        use std::io::{BufRead as _, Write as _};
+        let mut stream = std::os::unix::net::UnixStream::connect(&self.socket)?;
+        stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+        // The agent stops reading an oversized request, so the end of the
+        // write may fail; its answer is there all the same.
+        let _ = stream.write_all(bytes);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let mut answer = String::new();
+        std::io::BufReader::new(stream).read_line(&mut answer)?;
+        Ok(answer)
     }
 
     /// Polls `cond` until it holds or `timeout` passes.
@@ -219,9 +246,8 @@ impl Agent {
     /// global counters say where packets went) and the agent's log.
     pub fn diagnostics(&self) -> String {
         let stats = self
-            .cli(&["stats", "--json"])
-            .and_then(|text| Ok(serde_json::from_str::<serde_json::Value>(&text)?))
-            .and_then(|json| Ok(serde_json::to_string_pretty(&json)?))
+            .stats()
+            .and_then(|stats| Ok(serde_json::to_string_pretty(&stats)?))
             .unwrap_or_else(|e| format!("(xlb stats failed: {e:#})"));
         format!("xlb stats --json:\n{stats}\nagent log:\n{}", self.log())
     }
@@ -249,7 +275,7 @@ impl Drop for Agent {
             let _ = child.wait();
         }
         // A killed agent leaves its pins: remove them too.
-        let pins = Path::new(xlb::xdp::BPF_FS).join("xlb").join(&self.name);
+        let pins = self.pin_dir();
         if let Ok(entries) = std::fs::read_dir(&pins) {
             for entry in entries.flatten() {
                 let _ = std::fs::remove_file(entry.path());

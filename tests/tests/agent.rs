@@ -13,6 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::maps::{MapData, PerCpuArray};
+use lb_common::counters::GLOBAL_COUNTERS;
+use xlb::protocol::{Health, RuntimeChange, ServingState};
 use xlb_lab::{
     Lab, LabSpec,
     client::{self, HttpConn},
@@ -141,18 +144,12 @@ fn assert_avoided(counts: &BTreeMap<String, usize>, name: &str) {
     );
 }
 
-fn health(agent: &Agent, lab: &Lab, i: usize) -> String {
-    agent.backend("web", &addr(lab, i))["health"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+fn health(agent: &Agent, lab: &Lab, i: usize) -> Health {
+    agent.backend("web", &addr(lab, i)).health
 }
 
-fn state(agent: &Agent, lab: &Lab, i: usize) -> String {
-    agent.backend("web", &addr(lab, i))["state"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+fn state(agent: &Agent, lab: &Lab, i: usize) -> ServingState {
+    agent.backend("web", &addr(lab, i)).state
 }
 
 #[test]
@@ -163,11 +160,7 @@ fn status_cli_errors_one_agent_per_interface_and_a_clean_stop() {
     assert_eq!(counts.get("failed"), None, "{counts:?}");
     assert_eq!(counts.len(), 4, "every backend should get some: {counts:?}");
     let flows: u64 = (0..4)
-        .map(|i| {
-            agent.backend("web", &addr(&lab, i))["new_flows"]
-                .as_u64()
-                .unwrap()
-        })
+        .map(|i| agent.backend("web", &addr(&lab, i)).counters.new_flows)
         .sum();
     assert_eq!(flows, 80);
     let text = agent.cli(&["status"]).unwrap();
@@ -222,8 +215,8 @@ fn status_cli_errors_one_agent_per_interface_and_a_clean_stop() {
         .cli(&["server", "set-weight", "web", &addr(&lab, 0), "3"])
         .unwrap();
     assert_eq!(
-        agent.backend("web", &addr(&lab, 0))["runtime_change"],
-        "weight 1 in the file"
+        agent.backend("web", &addr(&lab, 0)).runtime_change,
+        Some(RuntimeChange::Weight { in_file: 1 })
     );
     let dump = agent.cli(&["config", "dump"]).unwrap();
     let dumped = xlb::config::Config::parse(&dump).expect("the dump is a valid configuration");
@@ -245,6 +238,27 @@ fn status_cli_errors_one_agent_per_interface_and_a_clean_stop() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("weight must be"), "{err}");
+
+    // Bad requests on the control socket: an error answer each, and the
+    // agent serves on.
+    let oversized = vec![b'x'; 4 * xlb::control::MAX_REQUEST_BYTES];
+    let cases: [(&[u8], &str); 4] = [
+        (b"\xff not json\n", "\"error\":\"bad request"),
+        (
+            br#"{"version":1,"request":"sta"#,
+            "\"error\":\"bad request: EOF",
+        ),
+        (&oversized, "\"error\":\"bad request: longer than"),
+        (
+            br#"{"version":99,"request":"status"}"#,
+            "the client speaks version 99, the agent version 1",
+        ),
+    ];
+    for (bytes, expected) in cases {
+        let answer = agent.raw_request(bytes).unwrap();
+        assert!(answer.contains(expected), "{expected}: {answer}");
+    }
+    assert!(agent.cli(&["status"]).unwrap().contains("web"));
     let out = std::process::Command::new(xlb_tests::agent::xlb_binary())
         .args(["--socket", "/run/xlb/no-such-agent.sock", "status"])
         .output()
@@ -290,25 +304,32 @@ fn active_checks_take_out_hung_and_erroring_backends_and_bring_them_back() {
     // A hung backend (accepts into its backlog, answers nothing).
     lab.pause_backend(1).unwrap();
     agent.wait_for("b1 unhealthy", timeout, |a| {
-        state(a, &lab, 1) == "unhealthy"
+        state(a, &lab, 1) == ServingState::Unhealthy
     });
     let counts = requests(&lab, 40);
     assert_avoided(&counts, "b1");
     lab.resume_backend(1).unwrap();
-    agent.wait_for("b1 back", timeout, |a| state(a, &lab, 1) == "active");
+    agent.wait_for("b1 back", timeout, |a| {
+        state(a, &lab, 1) == ServingState::Active
+    });
     assert!(requests(&lab, 40).contains_key("b1"));
 
     // A backend that answers its health check with errors.
     lab.set_health_status(2, Some(500)).unwrap();
     agent.wait_for("b2 unhealthy", timeout, |a| {
-        state(a, &lab, 2) == "unhealthy"
+        state(a, &lab, 2) == ServingState::Unhealthy
     });
     let health = health(&agent, &lab, 2);
-    assert!(health.contains("status 500"), "{health}");
+    assert!(
+        matches!(&health, Health::FailingChecks { last_error: Some(e) } if e.contains("status 500")),
+        "{health:?}"
+    );
     let counts = requests(&lab, 40);
     assert_avoided(&counts, "b2");
     lab.set_health_status(2, None).unwrap();
-    agent.wait_for("b2 back", timeout, |a| state(a, &lab, 2) == "active");
+    agent.wait_for("b2 back", timeout, |a| {
+        state(a, &lab, 2) == ServingState::Active
+    });
     assert!(requests(&lab, 40).contains_key("b2"));
 }
 
@@ -323,7 +344,7 @@ fn passive_failures_follow_max_fails_and_fail_timeout() {
     lab.stop_backend(1).unwrap();
     let mut failed = 0;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while state(&agent, &lab, 1) != "unhealthy" {
+    while state(&agent, &lab, 1) != ServingState::Unhealthy {
         assert!(
             Instant::now() < deadline,
             "b1 never taken out; log:\n{}",
@@ -336,14 +357,17 @@ fn passive_failures_follow_max_fails_and_fail_timeout() {
         "taken out after {failed} failed attempts, max_fails is 3"
     );
     let health = health(&agent, &lab, 1);
-    assert!(health.contains("failed attempts"), "{health}");
+    assert!(
+        matches!(health, Health::FailedAttempts { .. }),
+        "{health:?}"
+    );
     let counts = requests(&lab, 30);
     assert_avoided(&counts, "b1");
 
     // After fail_timeout it is tried again; alive again, it stays in.
     lab.start_backend(1).unwrap();
     agent.wait_for("b1 tried again", Duration::from_secs(5), |a| {
-        state(a, &lab, 1) == "active"
+        state(a, &lab, 1) == ServingState::Active
     });
     let counts = requests(&lab, 40);
     assert!(
@@ -360,7 +384,7 @@ fn passive_failures_follow_max_fails_and_fail_timeout() {
         first > 0 && later > 0,
         "b2 should keep failing: {first} then {later}"
     );
-    assert_eq!(state(&agent, &lab, 2), "active");
+    assert_eq!(state(&agent, &lab, 2), ServingState::Active);
 }
 
 #[test]
@@ -389,8 +413,8 @@ fn backup_takes_over_only_while_no_primary_is_usable_and_down_is_never_used() {
     agent.cli(&["server", "up", "web", &addr(&lab, 0)]).unwrap();
     let counts = requests(&lab, 30);
     assert_eq!(counts.keys().collect::<Vec<_>>(), ["b0"], "{counts:?}");
-    assert_eq!(state(&agent, &lab, 2), "down");
-    assert_eq!(state(&agent, &lab, 3), "standby");
+    assert_eq!(state(&agent, &lab, 2), ServingState::Down);
+    assert_eq!(state(&agent, &lab, 3), ServingState::Standby);
 }
 
 #[test]
@@ -414,7 +438,7 @@ fn drain_keeps_open_connections_and_removes_the_backend_once_they_end() {
         "{counts:?}"
     );
     assert_connections_work(&lab, &mut conns);
-    assert_eq!(state(&agent, &lab, 0), "draining");
+    assert_eq!(state(&agent, &lab, 0), ServingState::Draining);
 
     // Wait for the drain in the background, then let the connections end.
     let mut waiting = std::process::Command::new(xlb_tests::agent::xlb_binary())
@@ -445,11 +469,12 @@ fn drain_keeps_open_connections_and_removes_the_backend_once_they_end() {
         "{text}"
     );
     let status = agent.status();
-    assert_eq!(status["services"][0]["removed_at_runtime"][0], b0);
+    let web = &status.services[0];
     assert_eq!(
-        status["services"][0]["backends"].as_array().unwrap().len(),
-        2
+        web.removed_at_runtime.first().map(ToString::to_string),
+        Some(b0)
     );
+    assert_eq!(web.backends.len(), 2);
 }
 
 #[test]
@@ -472,11 +497,7 @@ fn slow_start_ramps_an_added_backend() {
     let started = Instant::now();
     let mut samples = Vec::new();
     while started.elapsed() < Duration::from_millis(4000) {
-        samples.push(
-            agent.backend("web", &b2)["effective_weight"]
-                .as_f64()
-                .unwrap(),
-        );
+        samples.push(agent.backend("web", &b2).effective_weight);
         std::thread::sleep(Duration::from_millis(250));
     }
     assert!(samples[0] < 1.0, "no ramp: {samples:?}");
@@ -486,8 +507,8 @@ fn slow_start_ramps_an_added_backend() {
     );
     assert_eq!(*samples.last().unwrap(), 2.0, "{samples:?}");
     assert_eq!(
-        agent.backend("web", &b2)["runtime_change"],
-        "added at runtime"
+        agent.backend("web", &b2).runtime_change,
+        Some(RuntimeChange::Added)
     );
     assert!(requests(&lab, 40).contains_key("b2"));
 }
@@ -506,7 +527,7 @@ fn reload_applies_a_new_file_in_place_and_a_bad_one_changes_nothing() {
         .unwrap();
     agent.signal(libc::SIGHUP);
     agent.wait_for("reload", Duration::from_secs(5), |a| {
-        a.backend("web", &addr(&lab, 0))["weight"] == 3
+        a.backend("web", &addr(&lab, 0)).weight == 3
     });
     std::thread::sleep(Duration::from_millis(300));
 
@@ -519,7 +540,7 @@ fn reload_applies_a_new_file_in_place_and_a_bad_one_changes_nothing() {
     .unwrap();
     let err = agent.cli(&["reload"]).unwrap_err().to_string();
     assert!(err.contains("line 3"), "{err}");
-    assert_eq!(agent.backend("web", &addr(&lab, 0))["weight"], 3);
+    assert_eq!(agent.backend("web", &addr(&lab, 0)).weight, 3);
     std::thread::sleep(Duration::from_millis(300));
 
     stream.finish_without_failures();
@@ -531,31 +552,107 @@ fn reload_applies_a_new_file_in_place_and_a_bad_one_changes_nothing() {
     );
 }
 
-#[test]
-fn a_killed_agent_restarts_and_readopts_the_running_data_plane() {
-    let lab = lab(3);
-    let mut agent = Agent::start(&lab, &web(&lab, "", &[""; 3])).unwrap();
-    let mut conns = open_connections(&lab, 9);
-    let stream = Stream::start(&lab);
+/// Kills the agent with SIGKILL while connections are open and new ones
+/// keep coming, does `meanwhile` while the data plane runs on alone, starts
+/// the agent again and checks that nothing was lost: no request failed, the
+/// open connections kept their backends, and the restarted agent counts
+/// them as live. Returns the restarted agent's log.
+fn restart_after_kill9(lab: &Lab, agent: &mut Agent, meanwhile: impl FnOnce(&Agent)) -> String {
+    let mut conns = open_connections(lab, 9);
+    let stream = Stream::start(lab);
     std::thread::sleep(Duration::from_millis(300));
 
     agent.kill9();
+    meanwhile(agent);
     std::thread::sleep(Duration::from_millis(500)); // the data plane runs on alone
     agent.spawn().unwrap();
-    assert!(agent.log().contains("re-adopting"), "{}", agent.log());
+    let log = agent.log();
+    assert!(log.contains("re-adopting"), "{log}");
     std::thread::sleep(Duration::from_millis(300));
 
     stream.finish_without_failures();
-    assert_connections_work(&lab, &mut conns);
+    assert_connections_work(lab, &mut conns);
     let live: u64 = (0..3)
-        .map(|i| {
-            agent.backend("web", &addr(&lab, i))["live_flows"]
-                .as_u64()
-                .unwrap()
-        })
+        .map(|i| agent.backend("web", &addr(lab, i)).live_flows)
         .sum();
     assert!(
         live >= 9,
         "the restarted agent lost the flow table: {live} live flows"
     );
+    log
+}
+
+#[test]
+fn a_killed_agent_restarts_and_readopts_the_running_data_plane() {
+    let lab = lab(3);
+    let mut agent = Agent::start(&lab, &web(&lab, "", &[""; 3])).unwrap();
+    let log = restart_after_kill9(&lab, &mut agent, |_| {});
+    assert!(
+        log.contains("ids and table ranges from the state file; pinned flow table kept"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_state_file_the_agent_cannot_use_is_named_and_the_restart_keeps_serving() {
+    let lab = lab(3);
+    let mut agent = Agent::start(&lab, &web(&lab, "", &[""; 3])).unwrap();
+    let cases = [
+        (
+            "{ garbled",
+            "state file not used: the state file is not JSON",
+        ),
+        (
+            r#"{"version": 99, "services": []}"#,
+            "state file version 99, this agent reads 2: written by a newer agent",
+        ),
+        // What agents wrote before the file had a version.
+        (
+            r#"{"services": {}, "backend_ids": {"next": 3, "limit": 16384, "released": []}}"#,
+            "state file version 1, this agent reads 2: written before state files had a version",
+        ),
+    ];
+    for (contents, reason) in cases {
+        let log = restart_after_kill9(&lab, &mut agent, |a| {
+            std::fs::write(a.state_path(), contents).unwrap();
+        });
+        assert!(
+            log.contains(reason)
+                && log.contains(
+                    "ids re-derived from the pinned maps and the configuration \
+                     (1 of 1 services, 3 of 3 backends found in them); pinned flow table kept"
+                ),
+            "{log}"
+        );
+    }
+}
+
+#[test]
+fn a_pinned_map_of_another_layout_is_replaced_on_restart_and_the_flows_live_on() {
+    let lab = lab(3);
+    let mut agent = Agent::start(&lab, &web(&lab, "", &[""; 3])).unwrap();
+    let log = restart_after_kill9(&lab, &mut agent, |a| {
+        // An upgrade over the pins of an agent that had one data-path
+        // counter fewer, with a smaller flow table asked for.
+        let pin = a.pin_dir().join("GLOBAL_STATS");
+        std::fs::remove_file(&pin).unwrap();
+        PerCpuArray::<MapData, u64>::create(GLOBAL_COUNTERS - 1, 0)
+            .unwrap()
+            .pin(&pin)
+            .unwrap();
+        let services = web(&lab, "", &[""; 3]);
+        a.write_config(&format!("[flows]\ntable_size = 4096\n\n{services}"))
+            .unwrap();
+    });
+    assert!(
+        log.contains("pinned map GLOBAL_STATS replaced with a fresh one")
+            && log.contains("(back to 0)")
+            && log.contains(
+                "the pinned flow table has 262144 entries, [flows] table_size asks 4096: kept"
+            ),
+        "{log}"
+    );
+    agent
+        .stats()
+        .expect("xlb stats reads the fresh GLOBAL_STATS");
 }

@@ -10,6 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use xlb::doctor::Check;
 use xlb_lab::{Lab, LabSpec, client, netns, topology};
 use xlb_tests::{
     agent::{Agent, xlb_binary},
@@ -378,8 +379,7 @@ fn a_dnat_backend_whose_replies_bypass_xlb_is_named_by_status_and_doctor() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let warning = loop {
         let _ = lab.in_client(|| client::http_get(vip, Duration::from_millis(200)));
-        let warning = agent.backend("web", &address)["warning"].clone();
-        if !warning.is_null() {
+        if let Some(warning) = agent.backend("web", &address).warning {
             break warning;
         }
         assert!(
@@ -388,13 +388,13 @@ fn a_dnat_backend_whose_replies_bypass_xlb_is_named_by_status_and_doctor() {
             agent.diagnostics()
         );
     };
-    assert_eq!(warning["check"], "replies-bypass", "{warning}");
-    let problem = warning["problem"].as_str().unwrap();
+    assert_eq!(warning.check, Check::RepliesBypass, "{warning}");
+    let problem = &warning.problem;
     assert!(
         problem.starts_with("replies bypass the load balancer"),
         "{problem}"
     );
-    let fix = warning["fix"].as_str().unwrap();
+    let fix = &warning.fix;
     let lb = topology::LB_BACKEND_SIDE_V4.to_string();
     assert!(
         fix.starts_with(&format!("point the backend's route to clients at {lb}")),

@@ -25,7 +25,12 @@ use std::{
     time::Duration,
 };
 
-use xlb::xdp::ModeRequest;
+use lb_common::GlobalCounter;
+use xlb::{
+    egress::EgressPath,
+    protocol::ServingState,
+    xdp::{AttachedMode, ModeRequest},
+};
 use xlb_lab::{Lab, LabSpec, Shape, client, topology};
 use xlb_tests::{
     agent::{Agent, xdp_mode_name},
@@ -226,24 +231,22 @@ fn avoid_killed(answers: &Answers) -> Vec<String> {
 /// in the mode [`expected_mode`] gives and with the way out `paths` gives.
 fn check_attachments(lab: &Lab, agent: &Agent, mode: ModeRequest, paths: &Paths, label: &str) {
     let status = agent.status();
-    let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_owned();
-    let mut attached: Vec<(String, String, String)> = status["attachments"]
-        .as_array()
-        .expect("attachments in xlb status --json")
+    let mut attached: Vec<(String, AttachedMode, EgressPath)> = status
+        .attachments
         .iter()
-        .map(|a| (text(&a["interface"]), text(&a["mode"]), text(&a["path"])))
+        .map(|a| (a.interface.clone(), a.mode, a.path))
         .collect();
-    attached.sort();
-    let mut expected: Vec<(String, String, String)> = lab
+    attached.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut expected: Vec<(String, AttachedMode, EgressPath)> = lab
         .lb_interfaces()
         .into_iter()
         .map(|iface| {
-            let want = expected_mode(&iface, mode).to_owned();
-            let path = paths.of(&iface).to_owned();
+            let want = expected_mode(&iface, mode);
+            let path = paths.of(&iface);
             (iface, want, path)
         })
         .collect();
-    expected.sort();
+    expected.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(
         attached,
         expected,
@@ -254,11 +257,11 @@ fn check_attachments(lab: &Lab, agent: &Agent, mode: ModeRequest, paths: &Paths,
 
 /// The XDP mode the agent should report for `iface` when asked for `mode`:
 /// a bridge only takes generic XDP.
-fn expected_mode(iface: &str, mode: ModeRequest) -> &'static str {
+fn expected_mode(iface: &str, mode: ModeRequest) -> AttachedMode {
     match mode {
-        ModeRequest::Generic => "generic",
-        _ if iface == topology::LB_BRIDGE => "generic",
-        _ => "native",
+        ModeRequest::Generic => AttachedMode::Generic,
+        _ if iface == topology::LB_BRIDGE => AttachedMode::Generic,
+        _ => AttachedMode::Native,
     }
 }
 
@@ -272,21 +275,22 @@ impl Paths {
     /// Every interface's frames leave by XDP.
     const XDP: Paths = Paths { kernel: &[] };
 
-    /// `xlb status`'s word for the way out of `iface`.
-    fn of(&self, iface: &str) -> &'static str {
+    /// The way out of `iface` `xlb status` should report.
+    fn of(&self, iface: &str) -> EgressPath {
         if self.kernel.contains(&iface) {
-            "kernel"
+            EgressPath::Kernel
         } else {
-            "xdp"
+            EgressPath::Xdp
         }
     }
 }
 
-/// Global counters of the data plane, from `xlb stats --json`.
-fn counter(agent: &Agent, name: &str) -> u64 {
-    let text = agent.cli(&["stats", "--json"]).expect("xlb stats");
-    let stats: serde_json::Value = serde_json::from_str(&text).expect("stats JSON");
-    stats["global"][name].as_u64().unwrap_or(0)
+/// A global counter of the data plane, from `xlb stats --json`.
+fn counter(agent: &Agent, counter: GlobalCounter) -> u64 {
+    let stats = agent.stats().expect("xlb stats");
+    stats
+        .counter(counter)
+        .unwrap_or_else(|| panic!("no {} in xlb stats --json", counter.label()))
 }
 
 /// Asserts the frames took the ways `paths` says: the kernel forwarded
@@ -295,9 +299,9 @@ fn counter(agent: &Agent, name: &str) -> u64 {
 /// redirect to the other (two).
 fn check_forwarding(lab: &Lab, agent: &Agent, paths: &Paths, label: &str) {
     let (tx, redirect, kernel) = (
-        counter(agent, "forward_tx"),
-        counter(agent, "forward_redirect"),
-        counter(agent, "pass_kernel_forward"),
+        counter(agent, GlobalCounter::ForwardTx),
+        counter(agent, GlobalCounter::ForwardRedirect),
+        counter(agent, GlobalCounter::PassKernelForward),
     );
     let sent = (REQUESTS + FAILOVER_REQUESTS) as u64 * 8;
     let by_kernel = !paths.kernel.is_empty();
@@ -381,7 +385,7 @@ fn serves_every_service_on(
         agent.wait_for(
             &format!("{address} down in {}", service.name),
             Duration::from_secs(5),
-            |a| a.backend(&service.name, &address)["state"] == "unhealthy",
+            |a| a.backend(&service.name, &address).state == ServingState::Unhealthy,
         );
     }
     let what = format!("{label}, {FAILOVER_REQUESTS} requests per service, b{KILLED} killed");

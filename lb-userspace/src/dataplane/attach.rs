@@ -1,0 +1,178 @@
+//! Attaching the program to interfaces (taking over in place an attachment
+//! an earlier agent pinned), programming how frames leave by each, and
+//! detaching.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf,
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
+};
+
+use super::{load::xdp_program, maps};
+use crate::{
+    egress::{Egress, EgressPath},
+    xdp::{self, AttachedMode, ModeRequest},
+};
+
+/// An interface the program is attached to.
+#[derive(Clone, Debug)]
+pub struct Attachment {
+    pub iface: String,
+    pub ifindex: u32,
+    pub mode: AttachedMode,
+    /// How frames leave by it, as last read from the kernel.
+    pub egress: Egress,
+}
+
+/// Attaches the program to `iface` in `request`'s mode. With a pin
+/// directory, the attachment is pinned there too, and an attachment an
+/// earlier agent pinned is taken over in place: the kernel swaps the
+/// program without a moment unattached.
+pub(super) fn attach(
+    ebpf: &mut Ebpf,
+    pin_dir: Option<&Path>,
+    iface: &str,
+    request: ModeRequest,
+) -> anyhow::Result<(XdpLinkId, Attachment)> {
+    let ifindex = ifindex(iface)?;
+    accept_local(iface)?;
+    let program = xdp_program(ebpf)?;
+    let (link, mode) = match pin_dir.map(|d| link_pin(d, iface)) {
+        Some(pin) if pin.exists() => {
+            let pinned = PinnedLink::from_pin(&pin)
+                .with_context(|| format!("opening the pinned attachment {}", pin.display()))?;
+            let link = XdpLink::try_from(FdLink::from(pinned))?;
+            let id = program
+                .attach_to_link(link)
+                .with_context(|| format!("taking over the XDP attachment on {iface}"))?;
+            tracing::info!(iface, "took over the running XDP attachment");
+            (id, xdp::attached_mode(iface)?)
+        }
+        Some(pin) => {
+            let (id, mode) = xdp::attach(program, iface, request)?;
+            let link: FdLink = program
+                .take_link(id)?
+                .try_into()
+                .context("the attachment is not a bpf_link; cannot pin it")?;
+            let pinned = link
+                .pin(&pin)
+                .with_context(|| format!("pinning {}", pin.display()))?;
+            let id = program.attach_to_link(XdpLink::try_from(FdLink::from(pinned))?)?;
+            (id, mode)
+        }
+        None => xdp::attach(program, iface, request)?,
+    };
+    let egress = Egress::probe(iface, ifindex);
+    program_egress(ebpf, ifindex, &egress)
+        .with_context(|| format!("programming the way out of {iface}"))?;
+    tracing::info!(
+        iface,
+        %mode,
+        path = %egress.path,
+        xdp_features = %egress.features,
+        "XDP program attached; frames leave by it through {}: {}",
+        egress.path,
+        egress.reason()
+    );
+    let attachment = Attachment {
+        iface: iface.to_owned(),
+        ifindex,
+        mode,
+        egress,
+    };
+    Ok((link, attachment))
+}
+
+/// Reads every attachment's way out again and updates the maps where it
+/// changed.
+pub(super) fn refresh_egress(
+    ebpf: &mut Ebpf,
+    links: &mut [(XdpLinkId, Attachment)],
+) -> anyhow::Result<()> {
+    for (_, attachment) in links {
+        let egress = Egress::probe(&attachment.iface, attachment.ifindex);
+        if egress == attachment.egress {
+            continue;
+        }
+        let iface = attachment.iface.as_str();
+        program_egress(ebpf, attachment.ifindex, &egress)
+            .with_context(|| format!("programming the way out of {iface}"))?;
+        tracing::info!(
+            iface,
+            path = %egress.path,
+            xdp_features = %egress.features,
+            vlan_devices = ?egress.vlan_devices,
+            "way out changed; frames leave through {}: {}",
+            egress.path,
+            egress.reason()
+        );
+        attachment.egress = egress;
+    }
+    Ok(())
+}
+
+/// Makes `INTERFACES` and `VLAN_PARENTS` say what `egress` says of
+/// interface `ifindex`.
+fn program_egress(ebpf: &mut Ebpf, ifindex: u32, egress: &Egress) -> anyhow::Result<()> {
+    let mut interfaces = maps::interfaces_mut(ebpf)?;
+    match egress.path {
+        EgressPath::Xdp => interfaces.insert(ifindex)?,
+        EgressPath::Kernel => interfaces.remove(ifindex)?,
+    }
+    let mut parents = maps::vlan_parents_mut(ebpf)?;
+    if egress.vlan_devices.is_empty() {
+        parents.remove(&ifindex)
+    } else {
+        parents.insert(ifindex, 1)
+    }
+}
+
+/// Removes the pins of `links` in `dir`.
+pub(super) fn unpin(dir: &Path, links: &[(XdpLinkId, Attachment)]) -> anyhow::Result<()> {
+    for (_, attachment) in links {
+        let pin = link_pin(dir, &attachment.iface);
+        if pin.exists() {
+            std::fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Detaches from every interface of `links`.
+pub(super) fn detach(ebpf: &mut Ebpf, links: Vec<(XdpLinkId, Attachment)>) -> anyhow::Result<()> {
+    let program = xdp_program(ebpf)?;
+    for (link, attachment) in links {
+        program
+            .detach(link)
+            .with_context(|| format!("detaching from {}", attachment.iface))?;
+    }
+    Ok(())
+}
+
+/// Where the attachment to `iface` is pinned.
+fn link_pin(dir: &Path, iface: &str) -> PathBuf {
+    dir.join(format!("link-{iface}"))
+}
+
+/// Lets the kernel forward packets whose source is one of its own
+/// addresses: what a `nat` packet is when xlb hands it over to have the next
+/// hop's address resolved.
+fn accept_local(iface: &str) -> anyhow::Result<()> {
+    let path = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");
+    std::fs::write(&path, "1").with_context(|| format!("setting {path}"))
+}
+
+fn ifindex(iface: &str) -> anyhow::Result<u32> {
+    let name = std::ffi::CString::new(iface)?;
+    // SAFETY: `name` is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        bail!("no interface named {iface}");
+    }
+    Ok(index)
+}

@@ -1,0 +1,120 @@
+//! Reading the flow table: live flows per backend, and a service's flows
+//! as `xlb flows` lists them.
+
+use std::{collections::HashMap, net::SocketAddr};
+
+use aya::Ebpf;
+use lb_common::{
+    Flow, FlowKey, ServiceKey,
+    flow::{FLOW_CLOSING, FLOW_MIDSTREAM, FLOW_SYN_SENT, FlowTimeouts},
+};
+use serde::Serialize;
+
+use super::{maps, tables::Tables, unmapped};
+
+/// One flow-table entry, as `xlb flows` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowInfo {
+    pub client: SocketAddr,
+    /// `None` if the backend has left the service.
+    pub backend: Option<SocketAddr>,
+    pub state: &'static str,
+    pub idle_seconds: f64,
+}
+
+/// Live flows per (service, backend), all services in one pass over the
+/// flow table: entries that have not passed their idle timeout, began with a
+/// SYN (or are UDP) and have seen no FIN or RST.
+pub(super) fn live(
+    ebpf: &Ebpf,
+    tables: &Tables,
+    timeouts: &FlowTimeouts,
+) -> anyhow::Result<HashMap<(String, SocketAddr), u64>> {
+    let owners = owners(tables);
+    let mut counts = HashMap::new();
+    for_each_current(ebpf, timeouts, |key, flow, _| {
+        if !matches!(flow.state, FLOW_CLOSING | FLOW_MIDSTREAM)
+            && let Some((service, addr)) = owners.get(&(*key.service_key(), flow.backend))
+        {
+            *counts.entry(((*service).to_owned(), *addr)).or_insert(0) += 1;
+        }
+        true
+    })?;
+    Ok(counts)
+}
+
+/// Flow-table entries of `service` (at most `limit`): client, backend,
+/// state and idle time; expired ones left out.
+pub(super) fn of_service(
+    ebpf: &Ebpf,
+    tables: &Tables,
+    timeouts: &FlowTimeouts,
+    service: &str,
+    limit: usize,
+) -> anyhow::Result<Vec<FlowInfo>> {
+    let wanted = tables.service(service)?.key;
+    let owners = owners(tables);
+    let mut out = Vec::new();
+    for_each_current(ebpf, timeouts, |key, flow, now| {
+        if *key.service_key() == wanted {
+            out.push(FlowInfo {
+                client: SocketAddr::new(unmapped(key.src), u16::from_be(key.src_port_be)),
+                backend: owners.get(&(wanted, flow.backend)).map(|(_, addr)| *addr),
+                state: match flow.state {
+                    FLOW_SYN_SENT => "syn-sent",
+                    FLOW_CLOSING => "closing",
+                    FLOW_MIDSTREAM => "midstream",
+                    _ => "established",
+                },
+                idle_seconds: now.saturating_sub(flow.last_seen_ns) as f64 / 1e9,
+            });
+        }
+        out.len() < limit
+    })?;
+    Ok(out)
+}
+
+/// Which service and backend a flow entry's (service key, backend id)
+/// names.
+fn owners(tables: &Tables) -> HashMap<(ServiceKey, u32), (&str, SocketAddr)> {
+    tables
+        .services
+        .iter()
+        .flat_map(|(name, state)| {
+            let key = state.key;
+            state
+                .backends
+                .iter()
+                .map(move |(addr, id)| ((key, *id), (name.as_str(), *addr)))
+        })
+        .collect()
+}
+
+/// Calls `f` with every flow-table entry not past its idle timeout, and
+/// the time it judged that at, until `f` returns false.
+fn for_each_current(
+    ebpf: &Ebpf,
+    timeouts: &FlowTimeouts,
+    mut f: impl FnMut(&FlowKey, &Flow, u64) -> bool,
+) -> anyhow::Result<()> {
+    let flows = maps::flows(ebpf)?;
+    let now = coarse_monotonic_ns();
+    for (key, flow) in flows.entries() {
+        if !flow.is_expired(key.proto, now, timeouts) && !f(&key, &flow, now) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the clock the data plane stamps
+/// flows with (`bpf_ktime_get_coarse_ns`).
+fn coarse_monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

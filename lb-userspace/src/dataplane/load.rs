@@ -1,0 +1,334 @@
+//! Loading the eBPF object, and the pin directory a restarted agent carries
+//! on from: which pinned maps are reused and which no longer fit this
+//! object and are replaced.
+//!
+//! aya reuses a pinned map of the right name whatever its layout, so an
+//! agent upgraded over a pin directory whose maps changed would keep the
+//! old map and fail on it later. Before loading, every pinned map's type,
+//! key size, value size and entries are compared with this object's; one
+//! that differs is unpinned, and the loader creates and pins a fresh one.
+//!
+//! The flow table's capacity is the exception: `FLOWS` and `REPLIES` pinned
+//! with another number of entries than `[flows] table_size` asks are kept as
+//! they are, since their flows are worth more than the new size, which
+//! applies at the next start after a stop (SIGTERM removes the pins).
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapInfo, MapType},
+    programs::Xdp,
+};
+use aya_obj::generated::bpf_map_type;
+use lb_common::flow::FlowTimeouts;
+
+use super::maps::MapName;
+use crate::xdp;
+
+/// Name of the main XDP program in the eBPF object.
+pub const PROGRAM: &str = "xlb";
+
+/// Sizes chosen when loading the data plane.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Entries of the flow table (`FLOWS`) and of `REPLIES`; pinned ones
+    /// keep their own (see the module's documentation).
+    pub flow_capacity: u32,
+    /// Idle timeouts of flows.
+    pub timeouts: FlowTimeouts,
+    /// bpffs directory to pin every map in (and to reuse pinned maps from,
+    /// so a restarted agent keeps flows and counters); `None` keeps the maps
+    /// private to this process.
+    pub pin_dir: Option<PathBuf>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            flow_capacity: lb_common::DEFAULT_FLOW_CAPACITY,
+            timeouts: FlowTimeouts::DEFAULT,
+            pin_dir: None,
+        }
+    }
+}
+
+/// What loading found in the pin directory.
+#[derive(Clone, Debug, Default)]
+pub struct Pins {
+    /// Pinned maps reused as they were: their contents carry on.
+    pub reused: Vec<MapName>,
+    /// Pinned maps that did not fit this object, replaced by fresh ones.
+    pub replaced: Vec<Replaced>,
+    /// The pinned flow table's entries where they differ from
+    /// `flow_capacity`: kept.
+    pub flow_capacity_kept: Option<u32>,
+}
+
+impl Pins {
+    /// Whether `map`'s pinned contents carry on.
+    pub fn reused(&self, map: MapName) -> bool {
+        self.reused.contains(&map)
+    }
+}
+
+/// A pinned map replaced by a fresh one.
+#[derive(Clone, Debug)]
+pub struct Replaced {
+    pub map: MapName,
+    /// How it differed.
+    pub why: String,
+    /// What its contents were, now gone.
+    pub lost: &'static str,
+}
+
+impl fmt::Display for Replaced {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pinned map {} replaced with a fresh one ({}); lost: {}",
+            self.map, self.why, self.lost
+        )
+    }
+}
+
+/// What a map's contents are worth when it is replaced.
+fn loss(map: MapName) -> &'static str {
+    match map {
+        MapName::Services | MapName::Maglev => {
+            "nothing (refilled from the configuration before the attachment is taken over)"
+        }
+        MapName::Backends => "nothing itself (refilled from the configuration)",
+        MapName::Flows | MapName::Replies => {
+            "every open flow: connections through xlb are scheduled again and may be reset"
+        }
+        MapName::Interfaces | MapName::VlanParents => "nothing (refilled when attaching)",
+        MapName::ServiceStats => "the per-service counters (back to 0)",
+        MapName::BackendStats => "the per-backend counters (back to 0)",
+        MapName::GlobalStats => "the data-path counters of `xlb stats` (back to 0)",
+    }
+}
+
+/// The kernel's description of a map, as far as its users depend on it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Layout {
+    map_type: MapType,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+}
+
+impl fmt::Display for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?}, key {} B, value {} B, {} entries",
+            self.map_type, self.key_size, self.value_size, self.max_entries
+        )
+    }
+}
+
+/// Loads the embedded eBPF object (reusing and replacing pins as the
+/// module's documentation says) and verifies the XDP program. The flow
+/// capacity in `options` becomes the pinned one where that is kept.
+pub(super) fn load(options: &mut LoadOptions) -> anyhow::Result<(Ebpf, Pins)> {
+    let mut pins = Pins::default();
+    if let Some(dir) = &options.pin_dir {
+        if dir.starts_with(xdp::BPF_FS) {
+            xdp::ensure_bpffs()?;
+        }
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating {} (is bpffs mounted?)", dir.display()))?;
+        pins = prepare_pins(dir, options.flow_capacity)?;
+        if let Some(kept) = pins.flow_capacity_kept {
+            options.flow_capacity = kept;
+        }
+    }
+    let mut loader = EbpfLoader::new();
+    loader
+        .map_max_entries(MapName::Flows.as_str(), options.flow_capacity)
+        .map_max_entries(MapName::Replies.as_str(), options.flow_capacity)
+        .override_global("FLOW_TIMEOUTS", &options.timeouts, true);
+    if let Some(dir) = &options.pin_dir {
+        for map in MapName::ALL {
+            loader.map_pin_path(map.as_str(), map_pin(dir, map));
+        }
+    }
+    let mut ebpf = loader
+        .load(crate::ebpf_object())
+        .context("loading the xlb eBPF object")?;
+    xdp_program(&mut ebpf)?
+        .load()
+        .context("loading the xlb XDP program (verifier)")?;
+    Ok((ebpf, pins))
+}
+
+/// Where `map` is pinned in `dir`.
+fn map_pin(dir: &Path, map: MapName) -> PathBuf {
+    dir.join(map.as_str())
+}
+
+/// Compares every map pinned in `dir` with this object's and unpins those
+/// that differ (the flow table's entries aside), with the flow table if
+/// `BACKENDS` goes: flows name their backend by its id there. Logs each.
+fn prepare_pins(dir: &Path, flow_capacity: u32) -> anyhow::Result<Pins> {
+    remove_foreign_pins(dir);
+    let wanted = object_layouts(flow_capacity)?;
+    let mut pins = Pins::default();
+    let mut pinned = Vec::new();
+    let mut differ = HashMap::new();
+    for map in MapName::ALL {
+        let path = map_pin(dir, map);
+        if !path.exists() {
+            continue;
+        }
+        pinned.push(map);
+        let want = wanted[&map];
+        let have = match MapInfo::from_pin(&path).and_then(|info| layout(&info)) {
+            Ok(have) => have,
+            Err(e) => {
+                differ.insert(map, format!("unreadable: {e}"));
+                continue;
+            }
+        };
+        let flow_table = matches!(map, MapName::Flows | MapName::Replies);
+        if flow_table && have.max_entries != want.max_entries {
+            let same_otherwise = Layout {
+                max_entries: want.max_entries,
+                ..have
+            } == want;
+            if same_otherwise {
+                pins.flow_capacity_kept.get_or_insert(have.max_entries);
+                continue;
+            }
+        }
+        if have != want {
+            differ.insert(map, format!("pinned: {have}; this agent's: {want}"));
+        }
+    }
+    if differ.contains_key(&MapName::Backends) {
+        for map in [MapName::Flows, MapName::Replies] {
+            differ
+                .entry(map)
+                .or_insert_with(|| "replaced with BACKENDS, whose ids its flows name".to_owned());
+        }
+    }
+    if differ.contains_key(&MapName::Flows) || differ.contains_key(&MapName::Replies) {
+        // A flow and its reply entry go together.
+        for map in [MapName::Flows, MapName::Replies] {
+            differ
+                .entry(map)
+                .or_insert_with(|| "replaced with the other half of the flow table".to_owned());
+        }
+        pins.flow_capacity_kept = None;
+    }
+    for map in pinned {
+        let Some(why) = differ.remove(&map) else {
+            pins.reused.push(map);
+            continue;
+        };
+        let path = map_pin(dir, map);
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        let replaced = Replaced {
+            map,
+            why,
+            lost: loss(map),
+        };
+        tracing::warn!("{replaced}");
+        pins.replaced.push(replaced);
+    }
+    if let Some(kept) = pins.flow_capacity_kept {
+        tracing::info!(
+            "the pinned flow table has {kept} entries, [flows] table_size asks {flow_capacity}: \
+             kept with {kept}, so that its flows live on; the new size applies when the agent \
+             starts after a stop"
+        );
+    }
+    Ok(pins)
+}
+
+/// Removes pins in `dir` that are neither a map of this object nor an
+/// attachment (`link-*`): maps an older object had, which nothing uses.
+fn remove_foreign_pins(dir: &Path) {
+    let ours: BTreeSet<&str> = MapName::ALL.iter().map(|m| m.as_str()).collect();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if ours.contains(name.as_ref()) || name.starts_with("link-") {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => tracing::warn!("removed pin {name}: not a map of this agent's data plane"),
+            Err(e) => tracing::warn!("cannot remove pin {name}, not a map of this agent: {e}"),
+        }
+    }
+}
+
+/// The layout of every map as loading this object creates it: its
+/// definition, with the flow table at `flow_capacity` entries and the value
+/// size aya gives device maps on this kernel.
+fn object_layouts(flow_capacity: u32) -> anyhow::Result<HashMap<MapName, Layout>> {
+    let object =
+        aya_obj::Object::parse(crate::ebpf_object()).context("parsing the xlb eBPF object")?;
+    MapName::ALL
+        .into_iter()
+        .map(|map| {
+            let def = object
+                .maps
+                .get(map.as_str())
+                .ok_or_else(|| anyhow!("map {map}: missing from the eBPF object"))?;
+            let map_type = bpf_map_type::try_from(def.map_type())
+                .ok()
+                .and_then(|t| MapType::try_from(t).ok())
+                .ok_or_else(|| anyhow!("map {map}: unknown type {}", def.map_type()))?;
+            let value_size = match map_type {
+                MapType::DevMap | MapType::DevMapHash if aya::features().devmap_prog_id() => 8,
+                MapType::DevMap | MapType::DevMapHash => 4,
+                _ => def.value_size(),
+            };
+            let max_entries = match map {
+                MapName::Flows | MapName::Replies => flow_capacity,
+                _ => def.max_entries(),
+            };
+            let layout = Layout {
+                map_type,
+                key_size: def.key_size(),
+                value_size,
+                max_entries,
+            };
+            Ok((map, layout))
+        })
+        .collect()
+}
+
+fn layout(info: &MapInfo) -> Result<Layout, aya::maps::MapError> {
+    Ok(Layout {
+        map_type: info.map_type()?,
+        key_size: info.key_size(),
+        value_size: info.value_size(),
+        max_entries: info.max_entries(),
+    })
+}
+
+/// Removes the map pins in `dir`, and `dir` if nothing else is left in it.
+pub(super) fn remove_map_pins(dir: &Path) {
+    for map in MapName::ALL {
+        let _ = std::fs::remove_file(map_pin(dir, map));
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+pub(super) fn xdp_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
+    Ok(ebpf
+        .program_mut(PROGRAM)
+        .ok_or_else(|| anyhow!("program {PROGRAM} missing from the eBPF object"))?
+        .try_into()?)
+}

@@ -1,0 +1,243 @@
+//! The loaded XDP data plane: its program, its maps, and their contents.
+//!
+//! [`Dataplane::apply`] makes the maps match a configuration: services get
+//! ids and a range of Maglev slots, backends get ids that stay theirs while
+//! they exist (flows refer to them), and every table change is written to
+//! the half of the service's range that packets are not using before the
+//! service entry is pointed at it.
+//!
+//! Its jobs, a module each: loading the object and reusing or replacing
+//! pinned maps (`load`), attaching and taking over attachments
+//! (`attach`), programming services and backends (`tables`), what a
+//! restarted agent carries on with (`state`), reading the flow table
+//! (`flows`) and the counters (`counters`); `maps` opens the maps.
+
+mod attach;
+mod counters;
+mod flows;
+mod load;
+mod maps;
+mod state;
+mod tables;
+
+use std::net::{IpAddr, SocketAddr};
+
+use aya::{
+    Ebpf,
+    programs::{Xdp, xdp::XdpLinkId},
+};
+use lb_common::{BackendCounters, GlobalCounter, TrafficCounters, service::ipv4_mapped};
+
+use self::tables::Tables;
+pub use self::{
+    attach::Attachment,
+    flows::FlowInfo,
+    load::{LoadOptions, PROGRAM, Pins, Replaced},
+    maps::{MapMemory, MapName},
+    state::{Adoption, DataplaneState, STATE_VERSION, UnusableState},
+};
+use crate::{
+    config::Config,
+    xdp::{AttachedMode, ModeRequest},
+};
+
+/// The xlb eBPF object, loaded into the kernel, and what userspace knows
+/// about its maps' contents.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    options: LoadOptions,
+    pins: Pins,
+    links: Vec<(XdpLinkId, Attachment)>,
+    tables: Tables,
+}
+
+impl Dataplane {
+    /// Loads the embedded eBPF object and verifies the XDP program.
+    pub fn load() -> anyhow::Result<Self> {
+        Self::load_with(LoadOptions::default())
+    }
+
+    /// Like `load`(Self::load), with explicit map sizes. With a pin
+    /// directory, pinned maps that fit this object are reused and the others
+    /// replaced (see [`Dataplane::pins`]).
+    pub fn load_with(mut options: LoadOptions) -> anyhow::Result<Self> {
+        let (ebpf, pins) = load::load(&mut options)?;
+        Ok(Self {
+            ebpf,
+            options,
+            pins,
+            links: Vec::new(),
+            tables: Tables::new(),
+        })
+    }
+
+    /// What loading found in the pin directory: maps reused, maps replaced.
+    pub fn pins(&self) -> &Pins {
+        &self.pins
+    }
+
+    /// The XDP program, e.g. for `BPF_PROG_TEST_RUN`.
+    pub fn program(&mut self) -> anyhow::Result<&mut Xdp> {
+        load::xdp_program(&mut self.ebpf)
+    }
+
+    /// Attaches the program to `iface`; returns the mode it got. With a pin
+    /// directory, the attachment is pinned there too, and an attachment an
+    /// earlier agent pinned is taken over in place: the kernel swaps the
+    /// program without a moment unattached.
+    pub fn attach(&mut self, iface: &str, request: ModeRequest) -> anyhow::Result<AttachedMode> {
+        let pin_dir = self.options.pin_dir.as_deref();
+        let (link, attachment) = attach::attach(&mut self.ebpf, pin_dir, iface, request)?;
+        let mode = attachment.mode;
+        self.links.push((link, attachment));
+        Ok(mode)
+    }
+
+    /// Reads every attached interface's way out again (a veth peer may have
+    /// gained or lost its XDP program, VLAN devices may have come or gone)
+    /// and updates the maps where it changed.
+    pub fn refresh_egress(&mut self) -> anyhow::Result<()> {
+        attach::refresh_egress(&mut self.ebpf, &mut self.links)
+    }
+
+    /// Interfaces the program is attached to.
+    pub fn attachments(&self) -> impl Iterator<Item = &Attachment> {
+        self.links.iter().map(|(_, attachment)| attachment)
+    }
+
+    /// Starts reading the program's log records (`aya-log`: rare events
+    /// such as a flow dropped for want of a source port) into `logger`. The
+    /// caller flushes the returned reader when its fd is readable.
+    pub fn kernel_logger<T: log::Log>(
+        &mut self,
+        logger: T,
+    ) -> anyhow::Result<aya_log::EbpfLogger<T>> {
+        use anyhow::Context as _;
+        aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, logger)
+            .context("reading the data plane's log")
+    }
+
+    /// The loaded object, for tests and benchmarks that reach into maps.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// Detaches from every interface and removes every pin: the data plane
+    /// stops. Without this, pinned attachments keep forwarding after the
+    /// process ends.
+    pub fn shut_down(mut self) -> anyhow::Result<()> {
+        let links = std::mem::take(&mut self.links);
+        if let Some(dir) = &self.options.pin_dir {
+            attach::unpin(dir, &links)?;
+            load::remove_map_pins(dir);
+        }
+        attach::detach(&mut self.ebpf, links)
+    }
+
+    /// Ids and ranges in use, for a later agent to carry on with the
+    /// pinned maps.
+    pub fn export_state(&self) -> DataplaneState {
+        DataplaneState::export(&self.tables)
+    }
+
+    /// Carries on with the maps an earlier agent pinned: with the ids and
+    /// ranges of `saved` (its state file, as read) if they match the pinned
+    /// maps, else with ids re-derived from those maps and `config`. Call
+    /// right after loading with the same pin directory, before
+    /// [`apply`](Self::apply). Says what was kept and what was not.
+    pub fn adopt(
+        &mut self,
+        saved: Result<DataplaneState, UnusableState>,
+        config: &Config,
+    ) -> anyhow::Result<Adoption> {
+        let (tables, adoption) = state::adopt(&mut self.ebpf, &self.pins, saved, config)?;
+        self.tables = tables;
+        Ok(adoption)
+    }
+
+    /// Makes the maps serve exactly `config`'s services. Existing flows keep
+    /// their backends; only new flows see changed tables.
+    pub fn apply(&mut self, config: &Config) -> anyhow::Result<()> {
+        self.tables.apply(&mut self.ebpf, config)
+    }
+
+    /// Marks a backend failed (its flows are scheduled again, it gets no new
+    /// ones) or usable again.
+    pub fn set_failed(
+        &mut self,
+        service: &str,
+        backend: SocketAddr,
+        failed: bool,
+    ) -> anyhow::Result<()> {
+        self.tables
+            .set_failed(&mut self.ebpf, service, backend, failed)
+    }
+
+    /// The backend that the active table of `service` gives a flow hash.
+    pub fn lookup(&self, service: &str, hash: u32) -> anyhow::Result<Option<SocketAddr>> {
+        self.tables.lookup(service, hash)
+    }
+
+    /// Live flows per (service, backend), all services in one pass over the
+    /// flow table: entries that have not passed their idle timeout, began
+    /// with a SYN (or are UDP) and have seen no FIN or RST.
+    pub fn live_flows(
+        &self,
+    ) -> anyhow::Result<std::collections::HashMap<(String, SocketAddr), u64>> {
+        flows::live(&self.ebpf, &self.tables, &self.options.timeouts)
+    }
+
+    /// Flow-table entries of `service` (at most `limit`): client, backend,
+    /// state and idle time; expired ones left out.
+    pub fn flows(&self, service: &str, limit: usize) -> anyhow::Result<Vec<FlowInfo>> {
+        flows::of_service(
+            &self.ebpf,
+            &self.tables,
+            &self.options.timeouts,
+            service,
+            limit,
+        )
+    }
+
+    /// Packets and bytes of `service`, summed over CPUs.
+    pub fn service_counters(&self, service: &str) -> anyhow::Result<TrafficCounters> {
+        counters::service(&self.ebpf, self.tables.service(service)?.id)
+    }
+
+    /// Counters of one backend of `service`, summed over CPUs.
+    pub fn backend_counters(
+        &self,
+        service: &str,
+        backend: SocketAddr,
+    ) -> anyhow::Result<BackendCounters> {
+        counters::backend(&self.ebpf, self.tables.backend_id(service, backend)?)
+    }
+
+    /// Every global counter with its value, summed over CPUs.
+    pub fn global_counters(&self) -> anyhow::Result<Vec<(GlobalCounter, u64)>> {
+        counters::global_all(&self.ebpf)
+    }
+
+    /// One global counter, summed over CPUs.
+    pub fn global_counter(&self, counter: GlobalCounter) -> anyhow::Result<u64> {
+        counters::global(&self.ebpf, counter)
+    }
+
+    /// Kernel memory charged for each of the data plane's maps (the
+    /// `memlock` the kernel reports), largest first.
+    pub fn map_memory(&self) -> anyhow::Result<Vec<MapMemory>> {
+        maps::memory(&self.ebpf)
+    }
+}
+
+fn unmapped(addr: [u8; 16]) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(addr);
+    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+}
+
+fn mapped(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}

@@ -1,0 +1,446 @@
+//! Programming services and backends: service ids and slot ranges, backend
+//! ids, `BACKENDS` entries, the Maglev table built into the half of the
+//! service's range packets are not using, and the `SERVICES` entry that
+//! switches packets to it.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque, hash_map::Entry},
+    net::SocketAddr,
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::Ebpf;
+use lb_common::{
+    Backend, MAGLEV_SLOTS, MAX_BACKENDS, MAX_SERVICES, Service, ServiceKey,
+    backend::BACKEND_F_FAILED,
+    maglev::{self, Candidate},
+    service::{SERVICE_F_DNAT, SERVICE_F_HASH_SOURCE},
+};
+
+use super::{mapped, maps};
+use crate::{
+    config::{BackendConfig, Config, HashPolicy, Mode, ServiceConfig},
+    slots::{Range, SlotAllocator},
+};
+
+/// What userspace knows of the maps' services and backends.
+#[derive(Debug)]
+pub(super) struct Tables {
+    pub(super) services: HashMap<String, ServiceState>,
+    pub(super) backend_ids: IdPool,
+    pub(super) slots: SlotAllocator,
+}
+
+/// A service as programmed into the maps.
+#[derive(Clone, Debug)]
+pub(super) struct ServiceState {
+    pub(super) id: u32,
+    /// Its key in `SERVICES`.
+    pub(super) key: ServiceKey,
+    /// Two tables' worth of slots; `active` says which half packets use.
+    /// Adopted from an earlier agent, it may be the active half alone, or
+    /// empty: the next write moves the table into a range of its own.
+    pub(super) range: Range,
+    pub(super) active: u32,
+    /// What each half of the range holds (backend id per slot), as far as
+    /// known: only changed slots are written. Not kept across restarts.
+    pub(super) halves: [Vec<u32>; 2],
+    /// Whether the active table is empty (no usable backend).
+    pub(super) empty: bool,
+    /// Backend ids by address.
+    pub(super) backends: HashMap<SocketAddr, u32>,
+    /// Backends taken out with [`Tables::set_failed`].
+    pub(super) failed: HashSet<SocketAddr>,
+    /// The configuration last written; `None` for a service adopted from
+    /// an earlier agent and not written since.
+    pub(super) config: Option<ServiceConfig>,
+}
+
+impl ServiceState {
+    /// A service not written yet, or adopted from an earlier agent.
+    pub(super) fn new(id: u32, key: ServiceKey, range: Range, active: u32, empty: bool) -> Self {
+        Self {
+            id,
+            key,
+            range,
+            active,
+            halves: Default::default(),
+            empty,
+            backends: HashMap::new(),
+            failed: HashSet::new(),
+            config: None,
+        }
+    }
+
+    fn table(&self) -> &[u32] {
+        if self.empty {
+            &[]
+        } else {
+            &self.halves[self.active as usize]
+        }
+    }
+
+    /// The first slot of `half` of the range.
+    fn half_start(&self, half: u32) -> u32 {
+        self.range.start + half * (self.range.len / 2)
+    }
+}
+
+impl Tables {
+    pub(super) fn new() -> Self {
+        Self {
+            services: HashMap::new(),
+            backend_ids: IdPool::new(MAX_BACKENDS),
+            slots: SlotAllocator::new(MAGLEV_SLOTS),
+        }
+    }
+
+    pub(super) fn service(&self, name: &str) -> anyhow::Result<&ServiceState> {
+        self.services
+            .get(name)
+            .ok_or_else(|| anyhow!("no service named {name:?}"))
+    }
+
+    /// The id of `backend` in `service`.
+    pub(super) fn backend_id(&self, service: &str, backend: SocketAddr) -> anyhow::Result<u32> {
+        self.service(service)?
+            .backends
+            .get(&backend)
+            .copied()
+            .ok_or_else(|| anyhow!("service {service:?} has no backend {backend}"))
+    }
+
+    /// Makes the maps serve exactly `config`'s services.
+    pub(super) fn apply(&mut self, ebpf: &mut Ebpf, config: &Config) -> anyhow::Result<()> {
+        let wanted: HashSet<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+        let gone: Vec<String> = self
+            .services
+            .keys()
+            .filter(|name| !wanted.contains(name.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.remove_service(ebpf, &name)?;
+        }
+        for service in &config.services {
+            self.apply_service(ebpf, service)
+                .with_context(|| format!("service {:?}", service.name))?;
+        }
+        Ok(())
+    }
+
+    /// Marks a backend failed or usable again, and writes its service.
+    pub(super) fn set_failed(
+        &mut self,
+        ebpf: &mut Ebpf,
+        service: &str,
+        backend: SocketAddr,
+        failed: bool,
+    ) -> anyhow::Result<()> {
+        let state = self
+            .services
+            .get_mut(service)
+            .ok_or_else(|| anyhow!("no service named {service:?}"))?;
+        if !state.backends.contains_key(&backend) {
+            bail!("service {service:?} has no backend {backend}");
+        }
+        let changed = if failed {
+            state.failed.insert(backend)
+        } else {
+            state.failed.remove(&backend)
+        };
+        if changed {
+            let config = state
+                .config
+                .clone()
+                .ok_or_else(|| anyhow!("service {service:?} is not programmed yet"))?;
+            self.apply_service(ebpf, &config)?;
+        }
+        Ok(())
+    }
+
+    /// The backend that the active table of `service` gives a flow hash.
+    pub(super) fn lookup(&self, service: &str, hash: u32) -> anyhow::Result<Option<SocketAddr>> {
+        let state = self.service(service)?;
+        let table = state.table();
+        if table.is_empty() {
+            return Ok(None);
+        }
+        let id = table[hash as usize % table.len()];
+        Ok(state
+            .backends
+            .iter()
+            .find(|(_, b)| **b == id)
+            .map(|(addr, _)| *addr))
+    }
+
+    fn apply_service(&mut self, ebpf: &mut Ebpf, config: &ServiceConfig) -> anyhow::Result<()> {
+        let key = config.key();
+        // A renamed key or a resized table needs a fresh entry or range.
+        if let Some(old) = self.services.get(&config.name)
+            && old.key != key
+        {
+            maps::services_mut(ebpf)?.remove(&old.key)?;
+        }
+        let needs_range = self
+            .services
+            .get(&config.name)
+            .is_none_or(|old| old.range.len != 2 * config.table_size);
+        if needs_range {
+            let range = self.slots.allocate(2 * config.table_size).ok_or_else(|| {
+                anyhow!(
+                    "no room for two tables of {} slots ({} of {} slots in use); lower table_size",
+                    config.table_size,
+                    self.slots.used(),
+                    MAGLEV_SLOTS
+                )
+            })?;
+            match self.services.get_mut(&config.name) {
+                Some(state) => {
+                    // The service entry still points into the old range
+                    // until the switch below; free it only after that.
+                    let old = std::mem::replace(&mut state.range, range);
+                    state.active = 1; // so the first write goes to half 0
+                    state.halves = Default::default();
+                    self.write_service(ebpf, &config.name, config)?;
+                    self.slots.free(old);
+                    return Ok(());
+                }
+                None => {
+                    let id = self.free_service_id()?;
+                    let state = ServiceState::new(id, key, range, 1, true);
+                    self.services.insert(config.name.clone(), state);
+                }
+            }
+        }
+        self.write_service(ebpf, &config.name, config)
+    }
+
+    /// Writes backends and the new table into the inactive half, then
+    /// switches the service entry to it.
+    fn write_service(
+        &mut self,
+        ebpf: &mut Ebpf,
+        name: &str,
+        config: &ServiceConfig,
+    ) -> anyhow::Result<()> {
+        let mut state = self.services.remove(name).expect("service state exists");
+        let result = self.write_service_state(ebpf, &mut state, config);
+        self.services.insert(name.to_owned(), state);
+        result
+    }
+
+    fn write_service_state(
+        &mut self,
+        ebpf: &mut Ebpf,
+        state: &mut ServiceState,
+        config: &ServiceConfig,
+    ) -> anyhow::Result<()> {
+        self.backend_ids.assign(state, config)?;
+        write_backends(ebpf, state, config)?;
+        let table = build_table(state, config)?;
+        let half = write_table(ebpf, state, &table)?;
+        maps::services_mut(ebpf)?
+            .insert(config.key(), service_entry(state, config, &table, half))?;
+        state.key = config.key();
+        state.active = half;
+        state.empty = table.is_empty();
+        if !table.is_empty() {
+            state.halves[half as usize] = table;
+        }
+        state.config = Some(config.clone());
+        Ok(())
+    }
+
+    fn remove_service(&mut self, ebpf: &mut Ebpf, name: &str) -> anyhow::Result<()> {
+        let Some(state) = self.services.remove(name) else {
+            return Ok(());
+        };
+        maps::services_mut(ebpf)?.remove(&state.key)?;
+        self.slots.free(state.range);
+        for id in state.backends.values() {
+            self.backend_ids.release(*id);
+        }
+        Ok(())
+    }
+
+    fn free_service_id(&self) -> anyhow::Result<u32> {
+        let used: HashSet<u32> = self.services.values().map(|s| s.id).collect();
+        (0..MAX_SERVICES)
+            .find(|id| !used.contains(id))
+            .ok_or_else(|| anyhow!("more than {MAX_SERVICES} services"))
+    }
+}
+
+/// Writes the `BACKENDS` entry of every backend of `config`: its address
+/// and whether it is failed.
+fn write_backends(
+    ebpf: &mut Ebpf,
+    state: &ServiceState,
+    config: &ServiceConfig,
+) -> anyhow::Result<()> {
+    let mut backends = maps::backends_mut(ebpf)?;
+    for backend in &config.backends {
+        let id = state.backends[&backend.address];
+        let flags = if is_failed(state, backend) {
+            BACKEND_F_FAILED
+        } else {
+            0
+        };
+        backends.set(id, backend_entry(backend.address, flags))?;
+    }
+    Ok(())
+}
+
+/// The service's Maglev table over its usable backends, as backend ids;
+/// empty if none is usable.
+fn build_table(state: &ServiceState, config: &ServiceConfig) -> anyhow::Result<Vec<u32>> {
+    let identities: Vec<Vec<u8>> = config
+        .backends
+        .iter()
+        .map(|b| b.address.to_string().into_bytes())
+        .collect();
+    let candidates: Vec<Candidate<'_>> = config
+        .backends
+        .iter()
+        .zip(&identities)
+        .map(|(b, identity)| Candidate {
+            identity,
+            weight: if is_failed(state, b) { 0 } else { b.weight },
+        })
+        .collect();
+    let table = maglev::build_table(&candidates, config.table_size).map_err(|e| anyhow!("{e}"))?;
+    Ok(table
+        .map(|t| {
+            t.iter()
+                .map(|&i| state.backends[&config.backends[i as usize].address])
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Puts `table` into `MAGLEV`: an unchanged one stays in the active half; a
+/// changed one goes into the other half, writing only the slots that differ
+/// from what that half held before. Returns the half that holds it.
+fn write_table(ebpf: &mut Ebpf, state: &ServiceState, table: &[u32]) -> anyhow::Result<u32> {
+    let unchanged = !table.is_empty() && state.halves[state.active as usize] == table;
+    if unchanged {
+        return Ok(state.active);
+    }
+    let half = 1 - state.active;
+    if !table.is_empty() {
+        let start = state.half_start(half);
+        let old = &state.halves[half as usize];
+        let mut slots = maps::maglev_mut(ebpf)?;
+        for (i, &id) in table.iter().enumerate() {
+            if old.get(i) != Some(&id) {
+                slots.set(start + i as u32, id)?;
+            }
+        }
+    }
+    Ok(half)
+}
+
+/// The `SERVICES` entry of `config` with `table` in `half` of its range.
+fn service_entry(
+    state: &ServiceState,
+    config: &ServiceConfig,
+    table: &[u32],
+    half: u32,
+) -> Service {
+    let mode = match config.mode {
+        Mode::Nat => 0,
+        Mode::Dnat => SERVICE_F_DNAT,
+    };
+    let hash = match config.hash {
+        HashPolicy::FiveTuple => 0,
+        HashPolicy::SourceIp => SERVICE_F_HASH_SOURCE,
+    };
+    Service {
+        id: state.id,
+        flags: mode | hash,
+        table_size: if table.is_empty() {
+            0
+        } else {
+            config.table_size
+        },
+        table_start: state.half_start(half),
+        snat_addr: config.snat.map(mapped).unwrap_or([0; 16]),
+    }
+}
+
+/// Whether `backend` is to be marked failed in the data plane.
+fn is_failed(state: &ServiceState, backend: &BackendConfig) -> bool {
+    backend.down || state.failed.contains(&backend.address)
+}
+
+fn backend_entry(address: SocketAddr, flags: u16) -> Backend {
+    Backend {
+        addr: mapped(address.ip()),
+        port_be: address.port().to_be(),
+        flags,
+        _pad: 0,
+    }
+}
+
+/// Backend ids handed out oldest-released first, so an id a live flow may
+/// still name is not reused at once.
+#[derive(Clone, Debug)]
+pub(super) struct IdPool {
+    /// The next id never handed out.
+    pub(super) next: u32,
+    limit: u32,
+    /// Ids given back, oldest first.
+    pub(super) released: VecDeque<u32>,
+}
+
+impl IdPool {
+    pub(super) fn new(limit: u32) -> Self {
+        Self::resume(limit, 0, VecDeque::new())
+    }
+
+    /// A pool that has handed out the ids below `next`, of which `released`
+    /// came back.
+    pub(super) fn resume(limit: u32, next: u32, released: VecDeque<u32>) -> Self {
+        Self {
+            next,
+            limit,
+            released,
+        }
+    }
+
+    fn take(&mut self) -> Option<u32> {
+        if self.next < self.limit {
+            self.next += 1;
+            return Some(self.next - 1);
+        }
+        self.released.pop_front()
+    }
+
+    fn release(&mut self, id: u32) {
+        self.released.push_back(id);
+    }
+
+    /// Gives `state` an id for every backend of `config`: existing ones
+    /// keep theirs, new addresses get one, and those of removed backends
+    /// come back to the pool.
+    fn assign(&mut self, state: &mut ServiceState, config: &ServiceConfig) -> anyhow::Result<()> {
+        let addresses: HashSet<SocketAddr> = config.backends.iter().map(|b| b.address).collect();
+        for (addr, id) in state.backends.clone() {
+            if !addresses.contains(&addr) {
+                state.backends.remove(&addr);
+                state.failed.remove(&addr);
+                self.release(id);
+            }
+        }
+        for backend in &config.backends {
+            if let Entry::Vacant(slot) = state.backends.entry(backend.address) {
+                let id = self
+                    .take()
+                    .ok_or_else(|| anyhow!("more than {MAX_BACKENDS} backends in all"))?;
+                slot.insert(id);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,221 @@
+//! Pinned maps left by another build of the agent: a map is reused only if
+//! its type, key size, value size and entries are this object's; any other
+//! is replaced and named, the flow table whole, and with `BACKENDS` (its
+//! flows name backends by id there). The flow table's entries may differ
+//! from the asked capacity: it is kept.
+
+use std::path::{Path, PathBuf};
+
+use aya::maps::{Array, MapData, MapInfo, PerCpuArray};
+use lb_common::{GlobalCounter, MAX_BACKENDS, counters::GLOBAL_COUNTERS};
+use serde_json::Value;
+use xlb::{
+    config::Config,
+    dataplane::{Dataplane, DataplaneState, LoadOptions, MapName},
+};
+use xlb_tests::require_root;
+
+/// A pin directory of its own on bpffs, emptied and removed when dropped.
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn new(test: &str) -> Self {
+        require_root();
+        xlb::xdp::ensure_bpffs().unwrap();
+        let dir = Path::new(xlb::xdp::BPF_FS)
+            .join("xlb-test")
+            .join(format!("{}-{test}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn pin(&self, map: MapName) -> PathBuf {
+        self.0.join(map.as_str())
+    }
+
+    fn options(&self, flow_capacity: u32) -> LoadOptions {
+        LoadOptions {
+            flow_capacity,
+            pin_dir: Some(self.0.clone()),
+            ..LoadOptions::default()
+        }
+    }
+
+    /// The pinned map's kernel id and entries.
+    fn pinned(&self, map: MapName) -> (u32, u32) {
+        let info = MapInfo::from_pin(self.pin(map)).unwrap();
+        (info.id(), info.max_entries())
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.0) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+        let _ = self.0.parent().map(std::fs::remove_dir);
+    }
+}
+
+#[test]
+fn a_pinned_map_of_another_size_is_replaced_and_named() {
+    let dir = PinDir::new("size");
+    // GLOBAL_STATS as an agent with one counter fewer pinned it, and a map
+    // this object no longer has.
+    PerCpuArray::<MapData, u64>::create(GLOBAL_COUNTERS - 1, 0)
+        .unwrap()
+        .pin(dir.pin(MapName::GlobalStats))
+        .unwrap();
+    Array::<MapData, u32>::create(4, 0)
+        .unwrap()
+        .pin(dir.0.join("OLD_MAP"))
+        .unwrap();
+
+    let dp = Dataplane::load_with(dir.options(4096)).unwrap();
+    let pins = dp.pins();
+    assert!(pins.reused.is_empty(), "{:?}", pins.reused);
+    let [replaced] = pins.replaced.as_slice() else {
+        panic!("{:?}", pins.replaced);
+    };
+    let text = replaced.to_string();
+    assert_eq!(replaced.map, MapName::GlobalStats);
+    assert!(
+        text.contains(&format!("{} entries", GLOBAL_COUNTERS - 1))
+            && text.contains(&format!("{GLOBAL_COUNTERS} entries"))
+            && text.contains("counters"),
+        "{text}"
+    );
+    assert_eq!(dir.pinned(MapName::GlobalStats).1, GLOBAL_COUNTERS);
+    assert!(!dir.0.join("OLD_MAP").exists());
+    let counters = dp.global_counters().unwrap();
+    assert_eq!(counters.len(), GlobalCounter::ALL.len());
+    dp.shut_down().unwrap();
+    assert!(!dir.0.exists(), "pins left after shut_down");
+}
+
+#[test]
+fn the_flow_table_keeps_its_size_and_goes_whole_with_backends() {
+    let dir = PinDir::new("flows");
+    drop(Dataplane::load_with(dir.options(4096)).unwrap());
+    let flows = dir.pinned(MapName::Flows);
+    let services = dir.pinned(MapName::Services);
+
+    // Asked for a larger flow table: the pinned one stays, with its flows.
+    let dp = Dataplane::load_with(dir.options(8192)).unwrap();
+    assert_eq!(dp.pins().replaced.len(), 0, "{:?}", dp.pins().replaced);
+    assert_eq!(dp.pins().reused, MapName::ALL);
+    assert_eq!(dp.pins().flow_capacity_kept, Some(4096));
+    assert_eq!(dir.pinned(MapName::Flows), flows);
+    assert_eq!(dir.pinned(MapName::Replies).1, 4096);
+    drop(dp);
+
+    // BACKENDS of another value size: replaced, and the flow table with it.
+    std::fs::remove_file(dir.pin(MapName::Backends)).unwrap();
+    Array::<MapData, u64>::create(MAX_BACKENDS, 0)
+        .unwrap()
+        .pin(dir.pin(MapName::Backends))
+        .unwrap();
+    let dp = Dataplane::load_with(dir.options(8192)).unwrap();
+    let mut replaced: Vec<MapName> = dp.pins().replaced.iter().map(|r| r.map).collect();
+    replaced.sort_by_key(|m| m.as_str());
+    assert_eq!(
+        replaced,
+        [MapName::Backends, MapName::Flows, MapName::Replies]
+    );
+    let flows_lost = dp.pins().replaced.iter().find(|r| r.map == MapName::Flows);
+    assert!(
+        flows_lost.is_some_and(|r| r.why.contains("BACKENDS") && r.lost.contains("open flow")),
+        "{flows_lost:?}"
+    );
+    assert_eq!(dp.pins().flow_capacity_kept, None);
+    let now = dir.pinned(MapName::Flows);
+    assert!(now.0 != flows.0 && now.1 == 8192, "{now:?}");
+    assert_eq!(dir.pinned(MapName::Services), services);
+    dp.shut_down().unwrap();
+}
+
+/// Per service in a state: its id, its backends' ids by address, and the
+/// first slot of its active table (none if it is empty).
+fn ids_in_use(state: &DataplaneState) -> Vec<(String, u64, Value, Option<u64>)> {
+    let json = serde_json::to_value(state).unwrap();
+    let mut out: Vec<_> = json["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let (start, len) = (&s["range"]["start"], &s["range"]["len"]);
+            let half = len.as_u64().unwrap() / 2;
+            let active = start.as_u64().unwrap() + s["active"].as_u64().unwrap() * half;
+            let active = (s["empty"] == false).then_some(active);
+            let name = s["name"].as_str().unwrap().to_owned();
+            (
+                name,
+                s["id"].as_u64().unwrap(),
+                s["backends"].clone(),
+                active,
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn ids_in_use_are_told_from_the_pinned_maps_when_the_state_file_is_stale() {
+    let dir = PinDir::new("derive");
+    let mut config = Config::parse(include_str!("../fixtures/packet.toml")).unwrap();
+    let mut dp = Dataplane::load_with(dir.options(4096)).unwrap();
+    dp.apply(&config).unwrap();
+    let stale = dp.export_state();
+    // Some tables move to the second half of their range.
+    let pair = config
+        .services
+        .iter_mut()
+        .find(|s| s.name == "pair")
+        .unwrap();
+    pair.backends[0].weight = 3;
+    dp.apply(&config).unwrap();
+    let mut before = ids_in_use(&dp.export_state());
+    drop(dp);
+
+    // The agent was killed before it saved the state, and "dns" left the
+    // configuration meanwhile.
+    config.services.retain(|s| s.name != "dns");
+    before.retain(|s| s.0 != "dns");
+    let mut dp = Dataplane::load_with(dir.options(4096)).unwrap();
+    let adoption = dp.adopt(Ok(stale), &config).unwrap();
+    // (An empty table's entry moves to the other half at every write.)
+    let problem = adoption.state_problem.map(|p| p.to_string());
+    assert!(
+        problem.as_ref().is_some_and(|p| p.starts_with(
+            "the state file does not match the pinned maps: service \"empty\": SERVICES has \
+             id 10, a table of 0 slots at"
+        )),
+        "{problem:?}"
+    );
+    let (services, backends) = (
+        config.services.len(),
+        config
+            .services
+            .iter()
+            .map(|s| s.backends.len())
+            .sum::<usize>(),
+    );
+    let found = format!(
+        "({services} of {services} services, {backends} of {backends} backends found in them)"
+    );
+    assert!(adoption.summary.contains(&found), "{}", adoption.summary);
+    let [note] = adoption.notes.as_slice() else {
+        panic!("{:?}", adoption.notes);
+    };
+    assert!(note.contains("10.0.0.100:53 (protocol 17) is not in the configuration"));
+    assert_eq!(ids_in_use(&dp.export_state()), before);
+
+    // The next change writes every table into the half packets do not use.
+    dp.apply(&config).unwrap();
+    assert!(dp.lookup("pair", 7).unwrap().is_some());
+    dp.shut_down().unwrap();
+}
