@@ -535,7 +535,7 @@ impl Bench {
             snat_ports_busy: 0,
         };
         let config = Config::parse(&config_text(scenario))?;
-        loaded.dp.apply(&config)?;
+        loaded.dp.apply(&xlb::desired::Desired::from(&config))?;
 
         let started = Instant::now();
         while loaded.flows.len() < scenario.flows {

@@ -16,16 +16,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use lb_common::GlobalCounter;
 use serde::Serialize;
-use xlb::{
-    config::Config,
-    dataplane::Dataplane,
-    xdp::{AttachedMode, ModeRequest},
-};
-use xlb_lab::{
-    Lab, LabSpec, client, netns,
-    topology::{self, LB_IFACE},
-};
+use xlb::{config::Config, dataplane::Dataplane, xdp::ModeRequest};
+use xlb_lab::{Lab, LabSpec, Shape, client, netns, topology};
 
 use crate::{
     machine::{CpuTimes, busy_fraction, ticks_per_second},
@@ -55,6 +49,13 @@ pub struct Options {
     /// Where the setups' configuration files are written.
     #[serde(skip)]
     pub configs_dir: PathBuf,
+    /// How the lab wires the load balancer.
+    #[serde(serialize_with = "display")]
+    pub shape: Shape,
+}
+
+fn display<S: serde::Serializer>(value: &impl std::fmt::Display, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
 }
 
 /// Everything the end-to-end part measured.
@@ -243,11 +244,11 @@ impl Setup {
 /// for new outgoing connections (`tcp_tw_reuse`). Without them the client
 /// runs out of ports within seconds whenever it, not the server, closes
 /// first (as it does behind the proxies).
-fn fresh_lab() -> anyhow::Result<Lab> {
+fn fresh_lab(shape: Shape) -> anyhow::Result<Lab> {
     let lab = Lab::up(LabSpec {
         prefix: PREFIX.into(),
         backends: BACKENDS,
-        ..LabSpec::default()
+        shape,
     })
     .context("bringing up the bench's lab")?;
     for ns in [lab.client_ns(), lab.lb_ns()] {
@@ -339,7 +340,7 @@ fn run_all(options: &Options) -> anyhow::Result<E2eResults> {
     for round in 0..options.rounds {
         for k in 0..selected.len() {
             let i = (k + round) % selected.len();
-            let lab = fresh_lab()?;
+            let lab = fresh_lab(options.shape)?;
             measure_one(&lab, selected[i], options, round, &mut setups[i])?;
             lab.down()?;
         }
@@ -482,7 +483,16 @@ fn measure_round(
                         run.xlb_counters.insert(counter.label().to_owned(), a - b);
                     }
                 }
-                let forwarded = run.xlb_counters.get("forward_tx").copied().unwrap_or(0);
+                // Whichever way out the lab's shape gives: XDP_TX, a
+                // redirect, or the kernel (into a bridge).
+                let forwarded: u64 = [
+                    GlobalCounter::ForwardTx,
+                    GlobalCounter::ForwardRedirect,
+                    GlobalCounter::PassKernelForward,
+                ]
+                .iter()
+                .filter_map(|c| run.xlb_counters.get(c.label()))
+                .sum();
                 if forwarded < run.requests {
                     run.problems.push(format!(
                         "xlb forwarded only {forwarded} packets for {} requests",
@@ -589,17 +599,30 @@ fn start(lab: &Lab, setup: Setup, options: &Options) -> anyhow::Result<Running> 
             let file = format!("xlb-{mode}{}.toml", if x.only_b0 { "-b0" } else { "" });
             let text = std::fs::read_to_string(configs.join(file))?;
             let config = Config::parse(&text)?;
+            // Native where the driver allows: a bridge takes generic only.
+            let request = match request {
+                ModeRequest::Native => ModeRequest::Auto,
+                other => other,
+            };
+            let interfaces = lab.lb_interfaces();
             let (dataplane, attached) = lab
-                .in_lb(|| -> anyhow::Result<(Dataplane, AttachedMode)> {
+                .in_lb(|| -> anyhow::Result<(Dataplane, Vec<String>)> {
                     let mut dataplane = Dataplane::load()?;
-                    dataplane.apply(&config)?;
-                    let attached = dataplane.attach(LB_IFACE, request)?;
+                    dataplane.apply(&xlb::desired::Desired::from(&config))?;
+                    for iface in &interfaces {
+                        dataplane.attach(iface, request)?;
+                    }
+                    let attached = dataplane
+                        .attachments()
+                        .map(|a| format!("{} ({} XDP, out by {})", a.iface, a.mode, a.egress.path))
+                        .collect();
                     Ok((dataplane, attached))
                 })?
                 .context("attaching xlb in the lab")?;
             running.dataplane = Some(dataplane);
             running.description = format!(
-                "xlb, mode {mode}, XDP ({attached}) on the lb's {LB_IFACE}{}; {}",
+                "xlb, mode {mode}, on the lb's {}{}; {}",
+                attached.join(", "),
                 if x.only_b0 {
                     format!(", only backend b0 ({}) like `none`", backends[0])
                 } else {

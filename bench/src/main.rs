@@ -22,6 +22,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
+use xlb_lab::Shape;
 
 #[derive(Parser)]
 #[command(about = "xlb benchmarks: data plane through BPF_PROG_TEST_RUN, and end to end in a lab")]
@@ -61,6 +62,10 @@ struct Args {
     /// wrk connections.
     #[arg(long, default_value_t = 32)]
     connections: u32,
+    /// How the lab wires the load balancer for the end-to-end part:
+    /// one-armed, two-armed, bridge or vlan (docs/lab.md).
+    #[arg(long, default_value_t = Shape::OneArmed)]
+    shape: Shape,
     /// Only these end-to-end setups (comma-separated: none, xlb-nat-b0,
     /// xlb-nat, xlb-dnat, nftables, nginx, haproxy; and, never by default,
     /// xlb-nat-generic, xlb-dnat-generic).
@@ -120,6 +125,7 @@ fn main() -> anyhow::Result<()> {
             rounds: args.rounds.max(1),
             only: args.only.clone(),
             configs_dir: args.out.join("configs"),
+            shape: args.shape,
         };
         Some(e2e::run(&options)?)
     };
@@ -130,7 +136,11 @@ fn main() -> anyhow::Result<()> {
     // A partial run must not pass for the full one.
     let partial =
         args.dataplane_only || args.e2e_only || !args.only.is_empty() || !args.scenarios.is_empty();
-    let name = if partial { "partial" } else { "latest" };
+    let name = match (partial, args.shape) {
+        (true, _) => "partial".to_owned(),
+        (false, Shape::OneArmed) => "latest".to_owned(),
+        (false, shape) => format!("latest-{shape}"),
+    };
     let json = args.out.join(format!("{name}.json"));
     std::fs::write(&json, serde_json::to_string_pretty(&results)? + "\n")
         .with_context(|| format!("writing {}", json.display()))?;

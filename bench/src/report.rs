@@ -347,9 +347,10 @@ fn e2e_markdown(md: &mut String, e2e: &E2eResults) {
     let _ = writeln!(
         md,
         "wrk, {} threads, {} connections, {} s per run after a 1 s warm-up, from the client \
-         namespace; 4 backends (`xlb-lab-httpd`). CPU = busy time of the whole machine \
-         (wrk, backends and load balancer together) per request, from /proc/stat.\n",
-        o.threads, o.connections, o.duration_s
+         namespace; 4 backends (`xlb-lab-httpd`); a {} lab (docs/lab.md). CPU = busy time of \
+         the whole machine (wrk, backends and load balancer together) per request, from \
+         /proc/stat.\n",
+        o.threads, o.connections, o.duration_s, o.shape
     );
     let none = e2e.setup("none");
     let _ = writeln!(

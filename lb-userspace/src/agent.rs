@@ -1,12 +1,13 @@
-//! `xlb run`: the agent. It keeps the data plane in line with the
-//! configuration, the operator's runtime changes and the backends' health,
-//! and answers the control API.
+//! `xlb run`: the agent. From the configuration, the operator's runtime
+//! changes and the backends' health it decides the desired state
+//! ([`crate::desired`]), keeps the data plane in line with it, and answers
+//! the control API.
 //!
 //! One task owns all state (the `Agent`); health probes, the control socket
 //! and the metrics endpoint talk to it over channels, so nothing is locked.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, hash_map::Entry},
     net::SocketAddr,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -25,7 +26,8 @@ use crate::{
     config::{BackendConfig, Config, MAX_WEIGHT},
     control::{self, Envelope},
     dataplane::{Dataplane, DataplaneState, LoadOptions},
-    health::{self, Admin, BackendState, WEIGHT_SCALE},
+    desired::{Desired, DesiredBackend, DesiredService, WEIGHT_SCALE},
+    health::{self, Admin, BackendState},
     lock::Locks,
     metrics,
     protocol::{
@@ -65,12 +67,17 @@ struct Agent {
     config_path: PathBuf,
     /// The file as last loaded successfully.
     file: Config,
-    /// What runs: the file plus runtime changes.
+    /// What runs: the file plus the operator's changes to services and
+    /// backends. Not the operator's wish for a backend (down, drain): its
+    /// `down` is read into its state when it enters and cleared here;
+    /// `dump` writes the wish back.
     runtime: Config,
-    health: HashMap<BackendKey, BackendState>,
+    /// The runtime state of every backend of `runtime`: the operator's wish
+    /// and its health.
+    states: HashMap<BackendKey, BackendState>,
     dataplane: Dataplane,
-    /// The effective configuration last written to the data plane.
-    applied: Option<Config>,
+    /// The desired state last written to the data plane.
+    applied: Option<Desired>,
     checks: HashMap<BackendKey, JoinHandle<()>>,
     check_tx: mpsc::Sender<CheckResult>,
     last_check_error: HashMap<BackendKey, String>,
@@ -115,7 +122,7 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
         config_path: config_path.to_owned(),
         file: config.clone(),
         runtime: config.clone(),
-        health: HashMap::new(),
+        states: HashMap::new(),
         dataplane,
         applied: None,
         checks: HashMap::new(),
@@ -127,7 +134,10 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
         reply_watch: Default::default(),
     };
     // At startup every backend counts as usable for long: no slow start.
-    agent.sync_health(now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now));
+    agent.sync_states(
+        now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now),
+        false,
+    );
     agent.reconcile(now)?;
     let mode: ModeRequest = agent_cfg.xdp_mode.parse()?;
     for iface in &config.interfaces {
@@ -226,7 +236,7 @@ fn previous_state(
     if dataplane.pins().reused.is_empty() {
         return Ok(false);
     }
-    let adoption = dataplane.adopt(DataplaneState::read(state_path), config)?;
+    let adoption = dataplane.adopt(DataplaneState::read(state_path), &Desired::from(config))?;
     if let Some(problem) = &adoption.state_problem {
         tracing::warn!(state = %state_path.display(), "state file not used: {problem}");
     }
@@ -242,31 +252,31 @@ fn previous_state(
 }
 
 impl Agent {
-    /// Makes the health map hold exactly the runtime backends; new ones are
-    /// usable since `since`.
-    fn sync_health(&mut self, since: Instant) {
+    /// Makes `states` hold exactly the runtime backends. A backend
+    /// entering the runtime configuration gets its operator state from its
+    /// `down` and counts as usable since `since`; with `file_read` (the file
+    /// was read again) every backend gets it, a drain carrying over. Then
+    /// `down` is cleared in `runtime`: the operator state says it from here.
+    fn sync_states(&mut self, since: Instant, file_read: bool) {
         let mut wanted = HashSet::new();
-        for service in &self.runtime.services {
-            for backend in &service.backends {
+        for service in &mut self.runtime.services {
+            for backend in &mut service.backends {
                 let key = (service.name.clone(), backend.address);
-                wanted.insert(key.clone());
-                match self.health.get_mut(&key) {
-                    Some(state) => {
-                        state.config = backend.clone();
-                        if backend.down {
-                            state.admin = Admin::Down;
-                        } else if state.admin == Admin::Down {
-                            state.admin = Admin::Up;
-                        }
+                let down = std::mem::take(&mut backend.down);
+                match self.states.entry(key.clone()) {
+                    Entry::Occupied(mut entry) if file_read => {
+                        let state = entry.get_mut();
+                        state.admin = Admin::from_file(down, Some(state.admin));
                     }
-                    None => {
-                        self.health
-                            .insert(key, BackendState::new(backend.clone(), since));
+                    Entry::Occupied(_) => {}
+                    Entry::Vacant(entry) => {
+                        entry.insert(BackendState::new(Admin::from_file(down, None), since));
                     }
                 }
+                wanted.insert(key);
             }
         }
-        self.health.retain(|key, _| wanted.contains(key));
+        self.states.retain(|key, _| wanted.contains(key));
     }
 
     /// Starts a probe task for every backend of a service with a health
@@ -329,7 +339,7 @@ impl Agent {
         else {
             return;
         };
-        let Some(state) = self.health.get_mut(&key) else {
+        let Some(state) = self.states.get_mut(&key) else {
             return;
         };
         if state
@@ -366,7 +376,7 @@ impl Agent {
                 else {
                     continue; // not in the data plane yet
                 };
-                let active_ok = self.health.get(&key).is_some_and(|s| s.health.active_ok);
+                let active_ok = self.states.get(&key).is_some_and(|s| s.health.active_ok);
                 self.reply_watch.record(
                     &self.runtime,
                     service,
@@ -375,7 +385,7 @@ impl Agent {
                     active_ok,
                     now,
                 );
-                if let Some(state) = self.health.get_mut(&key)
+                if let Some(state) = self.states.get_mut(&key)
                     && state.health.record_failures(
                         counters.syn_retries + counters.handshake_rsts,
                         backend,
@@ -401,50 +411,53 @@ impl Agent {
         self.reconcile(now)
     }
 
-    /// Computes what every backend should be now and writes it to the data
-    /// plane if it changed.
+    /// Decides what every backend should be now (the desired state) and
+    /// writes it to the data plane if it differs from what was written last.
     fn reconcile(&mut self, now: Instant) -> anyhow::Result<()> {
-        let mut effective = self.runtime.clone();
-        for service in &mut effective.services {
-            let keys: Vec<BackendKey> = service
-                .backends
-                .iter()
-                .map(|b| (service.name.clone(), b.address))
-                .collect();
-            let mut states: Vec<BackendState> =
-                keys.iter().map(|k| self.health[k].clone()).collect();
-            let decisions = health::evaluate(&mut states, now);
-            for ((backend, state), (key, decision)) in service
-                .backends
-                .iter_mut()
-                .zip(states)
-                .zip(keys.into_iter().zip(decisions))
-            {
-                backend.weight = decision.weight;
-                backend.down = decision.failed;
-                self.health.insert(key, state);
-            }
-        }
-        if self.applied.as_ref() == Some(&effective) {
+        let desired = self.desired(now);
+        if self.applied.as_ref() == Some(&desired) {
             return Ok(());
         }
-        self.log_transitions(&effective);
-        self.dataplane.apply(&effective)?;
-        self.applied = Some(effective);
+        self.log_transitions(&desired);
+        self.dataplane.apply(&desired)?;
+        self.applied = Some(desired);
         self.save_state()
     }
 
-    fn log_transitions(&self, effective: &Config) {
+    /// The desired state at `now`: the runtime services, each backend
+    /// decided from its configuration and its state.
+    fn desired(&mut self, now: Instant) -> Desired {
+        let services = self
+            .runtime
+            .services
+            .iter()
+            .map(|service| {
+                let keys: Vec<BackendKey> = service
+                    .backends
+                    .iter()
+                    .map(|b| (service.name.clone(), b.address))
+                    .collect();
+                let mut states: Vec<BackendState> = keys
+                    .iter()
+                    .map(|k| self.states.remove(k).expect("a state for every backend"))
+                    .collect();
+                let backends = health::evaluate(&service.backends, &mut states, now);
+                self.states.extend(keys.into_iter().zip(states));
+                DesiredService::new(service, backends)
+            })
+            .collect();
+        Desired { services }
+    }
+
+    fn log_transitions(&self, desired: &Desired) {
         let Some(before) = &self.applied else { return };
-        for service in &effective.services {
+        for service in &desired.services {
             for backend in &service.backends {
-                let old = before
-                    .service(&service.name)
-                    .ok()
-                    .and_then(|s| s.backends.iter().find(|b| b.address == backend.address));
-                let Some(old) = old else { continue };
-                if old.down != backend.down || (old.weight == 0) != (backend.weight == 0) {
-                    let state = if backend.down {
+                let Some(old) = before.backend(&service.name, backend.address) else {
+                    continue;
+                };
+                if old.failed != backend.failed || (old.weight == 0) != (backend.weight == 0) {
+                    let state = if backend.failed {
                         "out of service"
                     } else if backend.weight == 0 {
                         "taking no new connections"
@@ -478,7 +491,7 @@ impl Agent {
         config.flows = self.runtime.flows.clone();
         self.file = config.clone();
         self.runtime = config;
-        self.sync_health(Instant::now());
+        self.sync_states(Instant::now(), true);
         for task in self.checks.values() {
             task.abort();
         }
@@ -515,7 +528,7 @@ impl Agent {
                 svc.backends.push(backend);
                 candidate.validate()?;
                 self.runtime = candidate;
-                self.sync_health(now);
+                self.sync_states(now, false);
                 self.sync_checks();
                 self.reconcile(now)?;
                 Change::Added { service, address }
@@ -527,7 +540,7 @@ impl Agent {
                 if svc.backends.len() == before {
                     bail!("service {service:?} has no backend {address}");
                 }
-                self.sync_health(now);
+                self.sync_states(now, false);
                 self.sync_checks();
                 self.reconcile(now)?;
                 Change::Removed { service, address }
@@ -537,11 +550,9 @@ impl Agent {
             }
             Request::ServerUndrain { service, address }
             | Request::ServerUp { service, address } => {
-                self.backend_config(&service, address)?.down = false;
                 self.set_admin(service, address, Admin::Up)?
             }
             Request::ServerDown { service, address } => {
-                self.backend_config(&service, address)?.down = true;
                 self.set_admin(service, address, Admin::Down)?
             }
             Request::ServerSetWeight {
@@ -553,7 +564,6 @@ impl Agent {
                     bail!("weight must be 0-{MAX_WEIGHT}");
                 }
                 self.backend_config(&service, address)?.weight = weight;
-                self.sync_health(now);
                 self.reconcile(now)?;
                 Change::Weight {
                     service,
@@ -592,14 +602,12 @@ impl Agent {
         admin: Admin,
     ) -> anyhow::Result<Change> {
         self.backend_config(&service, address)?;
-        let now = Instant::now();
-        self.sync_health(now);
         let state = self
-            .health
+            .states
             .get_mut(&(service.clone(), address))
-            .expect("synced");
+            .expect("a state for every backend");
         state.admin = admin;
-        self.reconcile(now)?;
+        self.reconcile(Instant::now())?;
         Ok(Change::Admin {
             service,
             address,
@@ -607,17 +615,17 @@ impl Agent {
         })
     }
 
-    /// The running configuration with runtime changes, drains as weight 0.
+    /// The running configuration with runtime changes: backends taken down
+    /// with `down = true`, drains as weight 0.
     fn dump(&self) -> Config {
         let mut config = self.runtime.clone();
         for service in &mut config.services {
             for backend in &mut service.backends {
-                if self
-                    .health
-                    .get(&(service.name.clone(), backend.address))
-                    .is_some_and(|s| s.admin == Admin::Drain)
-                {
-                    backend.weight = 0;
+                let key = (service.name.clone(), backend.address);
+                match self.states.get(&key).map(|s| s.admin) {
+                    Some(Admin::Down) => backend.down = true,
+                    Some(Admin::Drain) => backend.weight = 0,
+                    _ => {}
                 }
             }
         }
@@ -693,12 +701,11 @@ impl Agent {
         now: Instant,
     ) -> BackendStatus {
         let (service, address) = (&key.0, key.1);
-        let state = &self.health[key];
-        let effective = self
+        let state = &self.states[key];
+        let desired = self
             .applied
             .as_ref()
-            .and_then(|a| a.service(service).ok())
-            .and_then(|s| s.backends.iter().find(|b| b.address == address));
+            .and_then(|a| a.backend(service, address));
         let (_, pps, bps) = self.rates.get(key).cloned().unwrap_or_default();
         let health = if let Some(until) = state.health.passive_out_until.filter(|u| *u > now) {
             Health::FailedAttempts {
@@ -716,18 +723,20 @@ impl Agent {
             Some(f) if f.weight != backend.weight => {
                 Some(RuntimeChange::Weight { in_file: f.weight })
             }
-            Some(f) if f.down != backend.down => Some(RuntimeChange::Down { in_file: f.down }),
             _ if state.admin == Admin::Drain => Some(RuntimeChange::Draining),
+            Some(f) if f.down != (state.admin == Admin::Down) => {
+                Some(RuntimeChange::Down { in_file: f.down })
+            }
             _ => None,
         };
         BackendStatus {
             address,
             weight: backend.weight,
-            effective_weight: effective
-                .map_or(0.0, |e| f64::from(e.weight) / f64::from(WEIGHT_SCALE)),
+            effective_weight: desired
+                .map_or(0.0, |d| f64::from(d.weight) / f64::from(WEIGHT_SCALE)),
             backup: backend.backup,
             admin: state.admin,
-            state: serving_state(effective, state.admin),
+            state: serving_state(desired, backend.backup, state.admin),
             health,
             live_flows,
             counters: self.counters_of(service, address),
@@ -787,15 +796,15 @@ impl Agent {
     }
 }
 
-/// What a backend is doing, from what was applied and what the operator
-/// asked.
-fn serving_state(effective: Option<&BackendConfig>, admin: Admin) -> ServingState {
-    match (effective, admin) {
+/// What a backend is doing, from what was applied (`desired`), whether it
+/// is a backup and what the operator asked.
+fn serving_state(desired: Option<&DesiredBackend>, backup: bool, admin: Admin) -> ServingState {
+    match (desired, admin) {
         (_, Admin::Down) => ServingState::Down,
-        (Some(e), _) if e.down => ServingState::Unhealthy,
+        (Some(d), _) if d.failed => ServingState::Unhealthy,
         (_, Admin::Drain) => ServingState::Draining,
-        (Some(e), _) if e.weight > 0 => ServingState::Active,
-        (Some(e), _) if e.backup => ServingState::Standby,
+        (Some(d), _) if d.weight > 0 => ServingState::Active,
+        (Some(_), _) if backup => ServingState::Standby,
         _ => ServingState::Idle,
     }
 }

@@ -221,7 +221,9 @@ pub struct BackendConfig {
     /// Gets new flows only while no primary backend is usable.
     #[serde(default)]
     pub backup: bool,
-    /// Never used (nginx `down`).
+    /// Never used (nginx `down`). Read into the backend's operator state
+    /// ([`crate::health::Admin`]) when it enters the running configuration
+    /// (at start, reload or `xlb server add`); the agent keeps it there.
     #[serde(default)]
     pub down: bool,
     /// Failed connection attempts within `fail_timeout` that take the
@@ -327,12 +329,7 @@ impl From<Protocol> for IpProto {
 impl ServiceConfig {
     /// The data plane's key for this service.
     pub fn key(&self) -> ServiceKey {
-        let proto = IpProto::from(self.protocol) as u8;
-        let port_be = self.port.to_be();
-        match self.vip {
-            IpAddr::V4(v4) => ServiceKey::v4(v4.octets(), port_be, proto),
-            IpAddr::V6(v6) => ServiceKey::v6(v6.octets(), port_be, proto),
-        }
+        crate::desired::service_key(self.vip, self.port, IpProto::from(self.protocol) as u8)
     }
 }
 

@@ -1,17 +1,19 @@
 //! What a backend's state is and what it means for the data plane: active
 //! check results (rise/fall), passive failures (nginx `max_fails` within
 //! `fail_timeout`), operator state (down, drain), backup servers and slow
-//! start. Pure: time comes in as an argument, so all of it is unit-tested.
+//! start. A backend's runtime state ([`BackendState`]) is kept apart from
+//! its configuration; [`evaluate`] takes both side by side and gives the
+//! data plane's [`DesiredBackend`]s. Pure: time comes in as an argument, so
+//! all of it is unit-tested.
 
 use std::{collections::VecDeque, time::Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::BackendConfig;
-
-/// Weights are scaled by this before they reach the Maglev table, so slow
-/// start can ramp even a weight of 1 smoothly.
-pub const WEIGHT_SCALE: u32 = 100;
+use crate::{
+    config::BackendConfig,
+    desired::{DesiredBackend, WEIGHT_SCALE},
+};
 
 /// What the operator asked for a backend.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +26,20 @@ pub enum Admin {
     Down,
     /// No new flows; existing ones run to their end.
     Drain,
+}
+
+impl Admin {
+    /// What the file's `down` makes of a backend entering the running
+    /// configuration (`before`: `None`), or of one there already whose file
+    /// was read again (`before`: its state until then): `down` takes it
+    /// out, else it is in service; a drain carries over a reload.
+    pub fn from_file(down: bool, before: Option<Admin>) -> Self {
+        match (down, before) {
+            (true, _) => Self::Down,
+            (false, Some(Self::Drain)) => Self::Drain,
+            (false, _) => Self::Up,
+        }
+    }
 }
 
 /// Health of one backend as checks see it.
@@ -117,37 +133,27 @@ impl Health {
     }
 }
 
-/// A backend's runtime state: its configuration (as changed at runtime),
-/// the operator's wish, and its health.
+/// A backend's runtime state: the operator's wish and its health. Its
+/// configuration is not in it: the running configuration holds that.
 #[derive(Clone, Debug)]
 pub struct BackendState {
-    pub config: BackendConfig,
     pub admin: Admin,
     pub health: Health,
 }
 
-/// What the data plane should do with a backend at one moment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Effective {
-    /// Its flows move elsewhere and it gets none (down or unhealthy).
-    pub failed: bool,
-    /// Scaled weight in the Maglev table; 0 takes no new flows.
-    pub weight: u32,
-}
-
 impl BackendState {
-    pub fn new(config: BackendConfig, since: Instant) -> Self {
-        let admin = if config.down { Admin::Down } else { Admin::Up };
+    /// A backend that counts as usable since `since` (see
+    /// [`Health::new`]), with the operator's wish `admin`.
+    pub fn new(admin: Admin, since: Instant) -> Self {
         Self {
-            config,
             admin,
             health: Health::new(since),
         }
     }
 
     /// Usable for new flows if its turn comes (ignoring backup rules).
-    fn usable(&self, now: Instant) -> bool {
-        self.admin == Admin::Up && self.health.is_healthy(now) && self.config.weight > 0
+    fn usable(&self, config: &BackendConfig, now: Instant) -> bool {
+        self.admin == Admin::Up && self.health.is_healthy(now) && config.weight > 0
     }
 
     /// Notes when the backend became usable, for slow start. Call on every
@@ -161,10 +167,10 @@ impl BackendState {
         }
     }
 
-    /// Weight after slow start at `now`.
-    fn ramped_weight(&self, now: Instant) -> u32 {
-        let full = self.config.weight * WEIGHT_SCALE;
-        let ramp = self.config.slow_start;
+    /// Weight of `config` after slow start at `now`.
+    fn ramped_weight(&self, config: &BackendConfig, now: Instant) -> u32 {
+        let full = config.weight * WEIGHT_SCALE;
+        let ramp = config.slow_start;
         match self.health.usable_since {
             Some(since) if !ramp.is_zero() && now.duration_since(since) < ramp => {
                 let done = now.duration_since(since).as_secs_f64() / ramp.as_secs_f64();
@@ -175,24 +181,38 @@ impl BackendState {
     }
 }
 
-/// Decides every backend of one service at `now`: backups get new flows
-/// only while no primary is usable.
-pub fn evaluate(backends: &mut [BackendState], now: Instant) -> Vec<Effective> {
-    for b in backends.iter_mut() {
-        b.track_usable(now);
+/// Decides every backend of one service at `now`, from its configuration
+/// in `configs` and its runtime state at the same index of `states`:
+/// backups get new flows only while no primary is usable.
+pub fn evaluate(
+    configs: &[BackendConfig],
+    states: &mut [BackendState],
+    now: Instant,
+) -> Vec<DesiredBackend> {
+    assert_eq!(configs.len(), states.len(), "a state for every backend");
+    for state in states.iter_mut() {
+        state.track_usable(now);
     }
-    let primary_usable = backends.iter().any(|b| !b.config.backup && b.usable(now));
-    backends
+    let primary_usable = configs
         .iter()
-        .map(|b| {
-            let failed = b.admin == Admin::Down || !b.health.is_healthy(now);
-            let in_turn = b.config.backup != primary_usable;
-            let weight = if !failed && b.admin == Admin::Up && in_turn {
-                b.ramped_weight(now)
+        .zip(states.iter())
+        .any(|(config, state)| !config.backup && state.usable(config, now));
+    configs
+        .iter()
+        .zip(states.iter())
+        .map(|(config, state)| {
+            let failed = state.admin == Admin::Down || !state.health.is_healthy(now);
+            let in_turn = config.backup != primary_usable;
+            let weight = if !failed && state.admin == Admin::Up && in_turn {
+                state.ramped_weight(config, now)
             } else {
                 0
             };
-            Effective { failed, weight }
+            DesiredBackend {
+                address: config.address,
+                weight,
+                failed,
+            }
         })
         .collect()
 }
@@ -216,7 +236,15 @@ mod tests {
         let since = t0 - Duration::from_secs(3600);
         configs
             .iter()
-            .map(|c| BackendState::new(c.clone(), since))
+            .map(|c| BackendState::new(Admin::from_file(c.down, None), since))
+            .collect()
+    }
+
+    /// Each backend's `(failed, weight)`.
+    fn decide(configs: &[BackendConfig], s: &mut [BackendState], now: Instant) -> Vec<(bool, u32)> {
+        evaluate(configs, s, now)
+            .iter()
+            .map(|d| (d.failed, d.weight))
             .collect()
     }
 
@@ -225,29 +253,25 @@ mod tests {
         let t0 = Instant::now();
         let mut down = backend(1, false);
         down.down = true;
-        let mut s = states(&[backend(1, false), backend(3, false), down], t0);
-        let e = evaluate(&mut s, t0);
+        let configs = [backend(1, false), backend(3, false), down];
+        let mut s = states(&configs, t0);
         assert_eq!(
-            e[0],
-            Effective {
-                failed: false,
-                weight: 100
-            }
+            decide(&configs, &mut s, t0),
+            [(false, 100), (false, 300), (true, 0)]
         );
         assert_eq!(
-            e[1],
-            Effective {
-                failed: false,
-                weight: 300
-            }
+            evaluate(&configs, &mut s, t0)[2].address,
+            configs[2].address
         );
-        assert_eq!(
-            e[2],
-            Effective {
-                failed: true,
-                weight: 0
-            }
-        );
+    }
+
+    #[test]
+    fn the_file_sets_down_and_up_and_a_drain_carries_over() {
+        assert_eq!(Admin::from_file(true, None), Admin::Down);
+        assert_eq!(Admin::from_file(false, None), Admin::Up);
+        assert_eq!(Admin::from_file(false, Some(Admin::Down)), Admin::Up);
+        assert_eq!(Admin::from_file(false, Some(Admin::Drain)), Admin::Drain);
+        assert_eq!(Admin::from_file(true, Some(Admin::Drain)), Admin::Down);
     }
 
     #[test]
@@ -301,44 +325,32 @@ mod tests {
     #[test]
     fn backups_serve_only_while_no_primary_is_usable() {
         let t0 = Instant::now();
-        let mut s = states(
-            &[backend(1, false), backend(1, false), backend(1, true)],
-            t0,
-        );
-        assert_eq!(evaluate(&mut s, t0)[2].weight, 0);
+        let configs = [backend(1, false), backend(1, false), backend(1, true)];
+        let mut s = states(&configs, t0);
+        assert_eq!(decide(&configs, &mut s, t0)[2], (false, 0));
         s[0].admin = Admin::Down;
         s[1].health.active_ok = false;
-        let e = evaluate(&mut s, t0);
-        assert_eq!((e[0].failed, e[1].failed), (true, true));
         assert_eq!(
-            e[2],
-            Effective {
-                failed: false,
-                weight: 100
-            }
+            decide(&configs, &mut s, t0),
+            [(true, 0), (true, 0), (false, 100)]
         );
         // A draining primary takes no new flows either: the backup does.
         s[1].health.active_ok = true;
         s[1].admin = Admin::Drain;
-        assert_eq!(evaluate(&mut s, t0)[2].weight, 100);
+        assert_eq!(decide(&configs, &mut s, t0)[2], (false, 100));
         s[1].admin = Admin::Up;
-        let e = evaluate(&mut s, t0);
-        assert_eq!((e[1].weight, e[2].weight), (100, 0));
-        assert!(!e[2].failed, "the backup's existing flows keep running");
+        let e = decide(&configs, &mut s, t0);
+        assert_eq!((e[1].1, e[2].1), (100, 0));
+        assert!(!e[2].0, "the backup's existing flows keep running");
     }
 
     #[test]
     fn drain_keeps_flows_but_takes_no_new_ones() {
         let t0 = Instant::now();
-        let mut s = states(&[backend(2, false)], t0);
+        let configs = [backend(2, false)];
+        let mut s = states(&configs, t0);
         s[0].admin = Admin::Drain;
-        assert_eq!(
-            evaluate(&mut s, t0)[0],
-            Effective {
-                failed: false,
-                weight: 0
-            }
-        );
+        assert_eq!(decide(&configs, &mut s, t0), [(false, 0)]);
     }
 
     #[test]
@@ -346,27 +358,16 @@ mod tests {
         let t0 = Instant::now();
         let mut cfg = backend(2, false);
         cfg.slow_start = Duration::from_secs(10);
-        let mut s = states(&[cfg], t0);
-        assert_eq!(evaluate(&mut s, t0)[0].weight, 200);
+        let configs = [cfg];
+        let mut s = states(&configs, t0);
+        let weight = |s: &mut [BackendState], t| decide(&configs, s, t)[0].1;
+        assert_eq!(weight(&mut s, t0), 200);
         s[0].health.active_ok = false;
-        assert_eq!(
-            evaluate(&mut s, t0)[0],
-            Effective {
-                failed: true,
-                weight: 0
-            }
-        );
+        assert_eq!(decide(&configs, &mut s, t0), [(true, 0)]);
         s[0].health.active_ok = true;
         let t1 = t0 + Duration::from_secs(1);
-        assert_eq!(
-            evaluate(&mut s, t1)[0].weight,
-            1,
-            "ramp starts at the bottom"
-        );
-        assert_eq!(evaluate(&mut s, t1 + Duration::from_secs(5))[0].weight, 100);
-        assert_eq!(
-            evaluate(&mut s, t1 + Duration::from_secs(10))[0].weight,
-            200
-        );
+        assert_eq!(weight(&mut s, t1), 1, "ramp starts at the bottom");
+        assert_eq!(weight(&mut s, t1 + Duration::from_secs(5)), 100);
+        assert_eq!(weight(&mut s, t1 + Duration::from_secs(10)), 200);
     }
 }

@@ -8,6 +8,7 @@ pub mod checks;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod desired;
 pub mod diagnose;
 pub mod doctor;
 pub mod egress;

@@ -10,6 +10,7 @@ use lb_common::GlobalCounter;
 use xlb::{
     config::Config,
     dataplane::Dataplane,
+    desired::Desired,
     xdp::{AttachedMode, ModeRequest},
 };
 use xlb_lab::{
@@ -22,8 +23,8 @@ use xlb_tests::require_root;
 const VIP_PORT: u16 = 80;
 
 /// A service on the lab's VIP (of the family of `vip`) over all backends,
-/// with `weights`, in `mode`.
-fn service_config(lab: &Lab, vip: IpAddr, mode: &str, weights: &[u32]) -> Config {
+/// with `weights`, in `mode`, as configured.
+fn service_config(lab: &Lab, vip: IpAddr, mode: &str, weights: &[u32]) -> Desired {
     let v4 = vip.is_ipv4();
     let snat: IpAddr = if v4 {
         topology::SNAT_V4.into()
@@ -41,15 +42,15 @@ fn service_config(lab: &Lab, vip: IpAddr, mode: &str, weights: &[u32]) -> Config
         };
         text += &format!("[[service.backend]]\naddress = \"{address}\"\nweight = {weight}\n");
     }
-    Config::parse(&text).unwrap()
+    Desired::from(&Config::parse(&text).unwrap())
 }
 
 /// Loads the data plane in the lab's load-balancer namespace, programs
-/// `config` and attaches it to its interface in `mode`.
-fn attach(lab: &Lab, config: &Config, mode: ModeRequest) -> (Dataplane, AttachedMode) {
+/// `desired` and attaches it to its interface in `mode`.
+fn attach(lab: &Lab, desired: &Desired, mode: ModeRequest) -> (Dataplane, AttachedMode) {
     lab.in_lb(|| {
         let mut dataplane = Dataplane::load()?;
-        dataplane.apply(config)?;
+        dataplane.apply(desired)?;
         let mode = dataplane.attach(LB_IFACE, mode)?;
         anyhow::Ok((dataplane, mode))
     })

@@ -12,6 +12,7 @@ use serde_json::Value;
 use xlb::{
     config::Config,
     dataplane::{Dataplane, DataplaneState, LoadOptions, MapName},
+    desired::Desired,
 };
 use xlb_tests::require_root;
 
@@ -168,7 +169,7 @@ fn ids_in_use_are_told_from_the_pinned_maps_when_the_state_file_is_stale() {
     let dir = PinDir::new("derive");
     let mut config = Config::parse(include_str!("../fixtures/packet.toml")).unwrap();
     let mut dp = Dataplane::load_with(dir.options(4096)).unwrap();
-    dp.apply(&config).unwrap();
+    dp.apply(&Desired::from(&config)).unwrap();
     let stale = dp.export_state();
     // Some tables move to the second half of their range.
     let pair = config
@@ -177,7 +178,7 @@ fn ids_in_use_are_told_from_the_pinned_maps_when_the_state_file_is_stale() {
         .find(|s| s.name == "pair")
         .unwrap();
     pair.backends[0].weight = 3;
-    dp.apply(&config).unwrap();
+    dp.apply(&Desired::from(&config)).unwrap();
     let mut before = ids_in_use(&dp.export_state());
     drop(dp);
 
@@ -186,7 +187,8 @@ fn ids_in_use_are_told_from_the_pinned_maps_when_the_state_file_is_stale() {
     config.services.retain(|s| s.name != "dns");
     before.retain(|s| s.0 != "dns");
     let mut dp = Dataplane::load_with(dir.options(4096)).unwrap();
-    let adoption = dp.adopt(Ok(stale), &config).unwrap();
+    let desired = Desired::from(&config);
+    let adoption = dp.adopt(Ok(stale), &desired).unwrap();
     // (An empty table's entry moves to the other half at every write.)
     let problem = adoption.state_problem.map(|p| p.to_string());
     assert!(
@@ -215,7 +217,7 @@ fn ids_in_use_are_told_from_the_pinned_maps_when_the_state_file_is_stale() {
     assert_eq!(ids_in_use(&dp.export_state()), before);
 
     // The next change writes every table into the half packets do not use.
-    dp.apply(&config).unwrap();
+    dp.apply(&desired).unwrap();
     assert!(dp.lookup("pair", 7).unwrap().is_some());
     dp.shut_down().unwrap();
 }

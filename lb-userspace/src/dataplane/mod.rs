@@ -1,7 +1,7 @@
 //! The loaded XDP data plane: its program, its maps, and their contents.
 //!
-//! [`Dataplane::apply`] makes the maps match a configuration: services get
-//! ids and a range of Maglev slots, backends get ids that stay theirs while
+//! [`Dataplane::apply`] makes the maps match a desired state
+//! ([`crate::desired`]): services get ids and a range of Maglev slots, backends get ids that stay theirs while
 //! they exist (flows refer to them), and every table change is written to
 //! the half of the service's range that packets are not using before the
 //! service entry is pointed at it.
@@ -37,7 +37,7 @@ pub use self::{
     state::{Adoption, DataplaneState, STATE_VERSION, UnusableState},
 };
 use crate::{
-    config::Config,
+    desired::Desired,
     xdp::{AttachedMode, ModeRequest},
 };
 
@@ -142,35 +142,26 @@ impl Dataplane {
 
     /// Carries on with the maps an earlier agent pinned: with the ids and
     /// ranges of `saved` (its state file, as read) if they match the pinned
-    /// maps, else with ids re-derived from those maps and `config`. Call
-    /// right after loading with the same pin directory, before
+    /// maps, else with ids re-derived from those maps and the services and
+    /// backends of `desired` (their weights and failures do not matter
+    /// here). Call right after loading with the same pin directory, before
     /// [`apply`](Self::apply). Says what was kept and what was not.
     pub fn adopt(
         &mut self,
         saved: Result<DataplaneState, UnusableState>,
-        config: &Config,
+        desired: &Desired,
     ) -> anyhow::Result<Adoption> {
-        let (tables, adoption) = state::adopt(&mut self.ebpf, &self.pins, saved, config)?;
+        let (tables, adoption) = state::adopt(&mut self.ebpf, &self.pins, saved, desired)?;
         self.tables = tables;
         Ok(adoption)
     }
 
-    /// Makes the maps serve exactly `config`'s services. Existing flows keep
-    /// their backends; only new flows see changed tables.
-    pub fn apply(&mut self, config: &Config) -> anyhow::Result<()> {
-        self.tables.apply(&mut self.ebpf, config)
-    }
-
-    /// Marks a backend failed (its flows are scheduled again, it gets no new
-    /// ones) or usable again.
-    pub fn set_failed(
-        &mut self,
-        service: &str,
-        backend: SocketAddr,
-        failed: bool,
-    ) -> anyhow::Result<()> {
-        self.tables
-            .set_failed(&mut self.ebpf, service, backend, failed)
+    /// Makes the maps serve exactly `desired`'s services: its failed
+    /// backends' flows are scheduled again, the other backends share new
+    /// flows by weight. Existing flows of usable backends keep them; only
+    /// new flows see changed tables.
+    pub fn apply(&mut self, desired: &Desired) -> anyhow::Result<()> {
+        self.tables.apply(&mut self.ebpf, desired)
     }
 
     /// The backend that the active table of `service` gives a flow hash.

@@ -28,7 +28,7 @@ use super::{
     unmapped,
 };
 use crate::{
-    config::Config,
+    desired::{Desired, service_key},
     slots::{Range, SlotAllocator},
 };
 
@@ -63,13 +63,13 @@ struct SavedService {
     backends: Vec<SavedBackend>,
 }
 
+/// A backend's id. (Files written before the desired state also hold
+/// `failed`, always false for an agent's backends: ignored, as any field
+/// this agent does not know.)
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct SavedBackend {
     address: SocketAddr,
     id: u32,
-    /// Taken out with `Dataplane::set_failed`.
-    #[serde(default)]
-    failed: bool,
 }
 
 /// Why a state file cannot be used.
@@ -142,11 +142,7 @@ impl DataplaneState {
                 let mut backends: Vec<SavedBackend> = state
                     .backends
                     .iter()
-                    .map(|(&address, &id)| SavedBackend {
-                        address,
-                        id,
-                        failed: state.failed.contains(&address),
-                    })
+                    .map(|(&address, &id)| SavedBackend { address, id })
                     .collect();
                 backends.sort_by_key(|b| b.id);
                 SavedService {
@@ -250,9 +246,6 @@ impl DataplaneState {
             let mut state = ServiceState::new(s.id, s.key(), s.range, s.active, s.empty);
             for b in s.backends {
                 state.backends.insert(b.address, b.id);
-                if b.failed {
-                    state.failed.insert(b.address);
-                }
             }
             tables.services.insert(s.name, state);
         }
@@ -268,13 +261,6 @@ impl DataplaneState {
 impl SavedService {
     fn key(&self) -> ServiceKey {
         service_key(self.vip, self.port, self.protocol)
-    }
-}
-
-fn service_key(vip: IpAddr, port: u16, protocol: u8) -> ServiceKey {
-    match vip {
-        IpAddr::V4(v4) => ServiceKey::v4(v4.octets(), port.to_be(), protocol),
-        IpAddr::V6(v6) => ServiceKey::v6(v6.octets(), port.to_be(), protocol),
     }
 }
 
@@ -297,12 +283,12 @@ pub struct Adoption {
 
 /// The tables to carry on with over the maps `pins` describes: those of
 /// `saved` if it matches the pinned maps, else re-derived from them and
-/// `config`; pinned services `config` no longer has are removed.
+/// `desired`; pinned services `desired` no longer has are removed.
 pub(super) fn adopt(
     ebpf: &mut Ebpf,
     pins: &Pins,
     saved: Result<DataplaneState, UnusableState>,
-    config: &Config,
+    desired: &Desired,
 ) -> anyhow::Result<(Tables, Adoption)> {
     let flow_table = if pins.reused(MapName::Flows) && pins.reused(MapName::Replies) {
         "pinned flow table kept"
@@ -341,17 +327,17 @@ pub(super) fn adopt(
     } else {
         BTreeMap::new()
     };
-    let derived = derive(&pinned_services, &pinned_backends, config);
+    let derived = derive(&pinned_services, &pinned_backends, desired);
     let mut services = maps::services_mut(ebpf)?;
     for key in &derived.orphans {
         services.remove(key)?;
     }
-    let backends: usize = config.services.iter().map(|s| s.backends.len()).sum();
+    let backends: usize = desired.services.iter().map(|s| s.backends.len()).sum();
     let summary = format!(
         "service and backend ids re-derived from the pinned maps and the configuration \
          ({} of {} services, {} of {backends} backends found in them); {flow_table}",
         derived.services_found,
-        config.services.len(),
+        desired.services.len(),
         derived.backends_found,
     );
     let adoption = Adoption {
@@ -385,7 +371,7 @@ struct Derived {
     backends_found: usize,
 }
 
-/// The ids and ranges the pinned maps use for the services of `config`,
+/// The ids and ranges the pinned maps use for the services of `desired`,
 /// given `SERVICES`' entries and what `BACKENDS` holds by id:
 ///
 /// - a configured service found in `SERVICES` by its key keeps its id; its
@@ -401,9 +387,9 @@ struct Derived {
 fn derive(
     pinned_services: &[(ServiceKey, Service)],
     pinned_backends: &BTreeMap<u32, SocketAddr>,
-    config: &Config,
+    desired: &Desired,
 ) -> Derived {
-    let configured: HashSet<ServiceKey> = config.services.iter().map(|s| s.key()).collect();
+    let configured: HashSet<ServiceKey> = desired.services.iter().map(|s| s.key()).collect();
     let by_key: HashMap<ServiceKey, Service> = pinned_services.iter().copied().collect();
     let live: Vec<Range> = pinned_services
         .iter()
@@ -423,7 +409,7 @@ fn derive(
         ids_of.entry(address).or_default().push_back(id);
     }
     let mut claimed = HashSet::new();
-    for service in &config.services {
+    for service in &desired.services {
         let name = &service.name;
         let Some(entry) = by_key.get(&service.key()) else {
             continue;
@@ -518,8 +504,8 @@ fn place(slots: &SlotAllocator, own: Range, live: &[Range]) -> Option<(Range, u3
 mod tests {
     use super::*;
 
-    fn config(text: &str) -> Config {
-        Config::parse(text).unwrap()
+    fn desired(text: &str) -> Desired {
+        Desired::from(&crate::config::Config::parse(text).unwrap())
     }
 
     const TWO_SERVICES: &str = r#"
@@ -576,13 +562,13 @@ mod tests {
 
     #[test]
     fn a_written_state_reads_back_and_tolerates_fields_it_does_not_know() {
-        let config = config(TWO_SERVICES);
+        let desired = desired(TWO_SERVICES);
         let pinned = [
-            (config.services[0].key(), entry(4, 202, 101)),
-            (config.services[1].key(), entry(5, 0, 101)),
+            (desired.services[0].key(), entry(4, 202, 101)),
+            (desired.services[1].key(), entry(5, 0, 101)),
         ];
         let backends = BTreeMap::from([(0, "10.0.2.1:80".parse().unwrap())]);
-        let tables = derive(&pinned, &backends, &config).tables;
+        let tables = derive(&pinned, &backends, &desired).tables;
         let state = DataplaneState::export(&tables);
         let mut json: serde_json::Value = serde_json::to_value(&state).unwrap();
         json["added_by_a_later_agent"] = serde_json::json!(true);
@@ -594,18 +580,18 @@ mod tests {
             serde_json::to_value(&state).unwrap()
         );
         assert_eq!(back.services[0].vip, "10.0.0.1".parse::<IpAddr>().unwrap());
-        assert_eq!(back.services[0].key(), config.services[0].key());
+        assert_eq!(back.services[0].key(), desired.services[0].key());
     }
 
     #[test]
     fn ids_and_ranges_are_rederived_from_the_maps() {
-        let config = config(TWO_SERVICES);
+        let desired = desired(TWO_SERVICES);
         let orphan = ServiceKey::v4([10, 0, 0, 9], 80u16.to_be(), 6);
         // a: live table in the second half of [0, 202); b: in the first
         // half of [202, 404). The orphan's table sits at 404.
         let pinned = [
-            (config.services[0].key(), entry(3, 101, 101)),
-            (config.services[1].key(), entry(7, 202, 101)),
+            (desired.services[0].key(), entry(3, 101, 101)),
+            (desired.services[1].key(), entry(7, 202, 101)),
             (orphan, entry(1, 404, 101)),
         ];
         // Backend 10.0.2.1:80 holds ids 2 (service a) and 5 (service b);
@@ -615,7 +601,7 @@ mod tests {
             (4, "10.0.9.9:80".parse().unwrap()),
             (5, "10.0.2.1:80".parse().unwrap()),
         ]);
-        let derived = derive(&pinned, &backends, &config);
+        let derived = derive(&pinned, &backends, &desired);
         let a = &derived.tables.services["a"];
         assert_eq!(
             (a.id, a.range, a.active),
@@ -645,14 +631,14 @@ mod tests {
 
     #[test]
     fn a_table_whose_range_cannot_be_told_keeps_its_slots_until_it_moves() {
-        let config = config(TWO_SERVICES);
+        let desired = desired(TWO_SERVICES);
         // a's live table starts at 0 and b's right after it: a's range
         // can only be [0, 202), which holds b's table.
         let pinned = [
-            (config.services[0].key(), entry(0, 0, 101)),
-            (config.services[1].key(), entry(1, 101, 101)),
+            (desired.services[0].key(), entry(0, 0, 101)),
+            (desired.services[1].key(), entry(1, 101, 101)),
         ];
-        let derived = derive(&pinned, &BTreeMap::new(), &config);
+        let derived = derive(&pinned, &BTreeMap::new(), &desired);
         let a = &derived.tables.services["a"];
         assert_eq!(a.range, Range { start: 0, len: 101 });
         let b = &derived.tables.services["b"];

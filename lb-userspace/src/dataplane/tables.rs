@@ -8,7 +8,7 @@ use std::{
     net::SocketAddr,
 };
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, anyhow};
 use aya::Ebpf;
 use lb_common::{
     Backend, MAGLEV_SLOTS, MAX_BACKENDS, MAX_SERVICES, Service, ServiceKey,
@@ -19,7 +19,8 @@ use lb_common::{
 
 use super::{mapped, maps};
 use crate::{
-    config::{BackendConfig, Config, HashPolicy, Mode, ServiceConfig},
+    config::{HashPolicy, Mode},
+    desired::{Desired, DesiredService, Scheduler},
     slots::{Range, SlotAllocator},
 };
 
@@ -49,11 +50,6 @@ pub(super) struct ServiceState {
     pub(super) empty: bool,
     /// Backend ids by address.
     pub(super) backends: HashMap<SocketAddr, u32>,
-    /// Backends taken out with [`Tables::set_failed`].
-    pub(super) failed: HashSet<SocketAddr>,
-    /// The configuration last written; `None` for a service adopted from
-    /// an earlier agent and not written since.
-    pub(super) config: Option<ServiceConfig>,
 }
 
 impl ServiceState {
@@ -67,8 +63,6 @@ impl ServiceState {
             halves: Default::default(),
             empty,
             backends: HashMap::new(),
-            failed: HashSet::new(),
-            config: None,
         }
     }
 
@@ -110,9 +104,9 @@ impl Tables {
             .ok_or_else(|| anyhow!("service {service:?} has no backend {backend}"))
     }
 
-    /// Makes the maps serve exactly `config`'s services.
-    pub(super) fn apply(&mut self, ebpf: &mut Ebpf, config: &Config) -> anyhow::Result<()> {
-        let wanted: HashSet<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+    /// Makes the maps serve exactly `desired`'s services.
+    pub(super) fn apply(&mut self, ebpf: &mut Ebpf, desired: &Desired) -> anyhow::Result<()> {
+        let wanted: HashSet<&str> = desired.services.iter().map(|s| s.name.as_str()).collect();
         let gone: Vec<String> = self
             .services
             .keys()
@@ -122,39 +116,9 @@ impl Tables {
         for name in gone {
             self.remove_service(ebpf, &name)?;
         }
-        for service in &config.services {
+        for service in &desired.services {
             self.apply_service(ebpf, service)
                 .with_context(|| format!("service {:?}", service.name))?;
-        }
-        Ok(())
-    }
-
-    /// Marks a backend failed or usable again, and writes its service.
-    pub(super) fn set_failed(
-        &mut self,
-        ebpf: &mut Ebpf,
-        service: &str,
-        backend: SocketAddr,
-        failed: bool,
-    ) -> anyhow::Result<()> {
-        let state = self
-            .services
-            .get_mut(service)
-            .ok_or_else(|| anyhow!("no service named {service:?}"))?;
-        if !state.backends.contains_key(&backend) {
-            bail!("service {service:?} has no backend {backend}");
-        }
-        let changed = if failed {
-            state.failed.insert(backend)
-        } else {
-            state.failed.remove(&backend)
-        };
-        if changed {
-            let config = state
-                .config
-                .clone()
-                .ok_or_else(|| anyhow!("service {service:?} is not programmed yet"))?;
-            self.apply_service(ebpf, &config)?;
         }
         Ok(())
     }
@@ -174,46 +138,46 @@ impl Tables {
             .map(|(addr, _)| *addr))
     }
 
-    fn apply_service(&mut self, ebpf: &mut Ebpf, config: &ServiceConfig) -> anyhow::Result<()> {
-        let key = config.key();
+    fn apply_service(&mut self, ebpf: &mut Ebpf, service: &DesiredService) -> anyhow::Result<()> {
+        let key = service.key();
         // A renamed key or a resized table needs a fresh entry or range.
-        if let Some(old) = self.services.get(&config.name)
+        if let Some(old) = self.services.get(&service.name)
             && old.key != key
         {
             maps::services_mut(ebpf)?.remove(&old.key)?;
         }
         let needs_range = self
             .services
-            .get(&config.name)
-            .is_none_or(|old| old.range.len != 2 * config.table_size);
+            .get(&service.name)
+            .is_none_or(|old| old.range.len != 2 * service.table_size);
         if needs_range {
-            let range = self.slots.allocate(2 * config.table_size).ok_or_else(|| {
+            let range = self.slots.allocate(2 * service.table_size).ok_or_else(|| {
                 anyhow!(
                     "no room for two tables of {} slots ({} of {} slots in use); lower table_size",
-                    config.table_size,
+                    service.table_size,
                     self.slots.used(),
                     MAGLEV_SLOTS
                 )
             })?;
-            match self.services.get_mut(&config.name) {
+            match self.services.get_mut(&service.name) {
                 Some(state) => {
                     // The service entry still points into the old range
                     // until the switch below; free it only after that.
                     let old = std::mem::replace(&mut state.range, range);
                     state.active = 1; // so the first write goes to half 0
                     state.halves = Default::default();
-                    self.write_service(ebpf, &config.name, config)?;
+                    self.write_service(ebpf, &service.name, service)?;
                     self.slots.free(old);
                     return Ok(());
                 }
                 None => {
                     let id = self.free_service_id()?;
                     let state = ServiceState::new(id, key, range, 1, true);
-                    self.services.insert(config.name.clone(), state);
+                    self.services.insert(service.name.clone(), state);
                 }
             }
         }
-        self.write_service(ebpf, &config.name, config)
+        self.write_service(ebpf, &service.name, service)
     }
 
     /// Writes backends and the new table into the inactive half, then
@@ -222,10 +186,10 @@ impl Tables {
         &mut self,
         ebpf: &mut Ebpf,
         name: &str,
-        config: &ServiceConfig,
+        service: &DesiredService,
     ) -> anyhow::Result<()> {
         let mut state = self.services.remove(name).expect("service state exists");
-        let result = self.write_service_state(ebpf, &mut state, config);
+        let result = self.write_service_state(ebpf, &mut state, service);
         self.services.insert(name.to_owned(), state);
         result
     }
@@ -234,21 +198,22 @@ impl Tables {
         &mut self,
         ebpf: &mut Ebpf,
         state: &mut ServiceState,
-        config: &ServiceConfig,
+        service: &DesiredService,
     ) -> anyhow::Result<()> {
-        self.backend_ids.assign(state, config)?;
-        write_backends(ebpf, state, config)?;
-        let table = build_table(state, config)?;
+        self.backend_ids.assign(state, service)?;
+        write_backends(ebpf, state, service)?;
+        let table = match service.scheduler {
+            Scheduler::Maglev => build_table(state, service)?,
+        };
         let half = write_table(ebpf, state, &table)?;
         maps::services_mut(ebpf)?
-            .insert(config.key(), service_entry(state, config, &table, half))?;
-        state.key = config.key();
+            .insert(service.key(), service_entry(state, service, &table, half))?;
+        state.key = service.key();
         state.active = half;
         state.empty = table.is_empty();
         if !table.is_empty() {
             state.halves[half as usize] = table;
         }
-        state.config = Some(config.clone());
         Ok(())
     }
 
@@ -272,48 +237,44 @@ impl Tables {
     }
 }
 
-/// Writes the `BACKENDS` entry of every backend of `config`: its address
+/// Writes the `BACKENDS` entry of every backend of `service`: its address
 /// and whether it is failed.
 fn write_backends(
     ebpf: &mut Ebpf,
     state: &ServiceState,
-    config: &ServiceConfig,
+    service: &DesiredService,
 ) -> anyhow::Result<()> {
     let mut backends = maps::backends_mut(ebpf)?;
-    for backend in &config.backends {
+    for backend in &service.backends {
         let id = state.backends[&backend.address];
-        let flags = if is_failed(state, backend) {
-            BACKEND_F_FAILED
-        } else {
-            0
-        };
+        let flags = if backend.failed { BACKEND_F_FAILED } else { 0 };
         backends.set(id, backend_entry(backend.address, flags))?;
     }
     Ok(())
 }
 
-/// The service's Maglev table over its usable backends, as backend ids;
-/// empty if none is usable.
-fn build_table(state: &ServiceState, config: &ServiceConfig) -> anyhow::Result<Vec<u32>> {
-    let identities: Vec<Vec<u8>> = config
+/// The service's Maglev table over its backends by weight (a failed one
+/// gets no slot), as backend ids; empty if none has a slot.
+fn build_table(state: &ServiceState, service: &DesiredService) -> anyhow::Result<Vec<u32>> {
+    let identities: Vec<Vec<u8>> = service
         .backends
         .iter()
         .map(|b| b.address.to_string().into_bytes())
         .collect();
-    let candidates: Vec<Candidate<'_>> = config
+    let candidates: Vec<Candidate<'_>> = service
         .backends
         .iter()
         .zip(&identities)
         .map(|(b, identity)| Candidate {
             identity,
-            weight: if is_failed(state, b) { 0 } else { b.weight },
+            weight: if b.failed { 0 } else { b.weight },
         })
         .collect();
-    let table = maglev::build_table(&candidates, config.table_size).map_err(|e| anyhow!("{e}"))?;
+    let table = maglev::build_table(&candidates, service.table_size).map_err(|e| anyhow!("{e}"))?;
     Ok(table
         .map(|t| {
             t.iter()
-                .map(|&i| state.backends[&config.backends[i as usize].address])
+                .map(|&i| state.backends[&service.backends[i as usize].address])
                 .collect()
         })
         .unwrap_or_default())
@@ -341,18 +302,18 @@ fn write_table(ebpf: &mut Ebpf, state: &ServiceState, table: &[u32]) -> anyhow::
     Ok(half)
 }
 
-/// The `SERVICES` entry of `config` with `table` in `half` of its range.
+/// The `SERVICES` entry of `service` with `table` in `half` of its range.
 fn service_entry(
     state: &ServiceState,
-    config: &ServiceConfig,
+    service: &DesiredService,
     table: &[u32],
     half: u32,
 ) -> Service {
-    let mode = match config.mode {
+    let mode = match service.mode {
         Mode::Nat => 0,
         Mode::Dnat => SERVICE_F_DNAT,
     };
-    let hash = match config.hash {
+    let hash = match service.hash {
         HashPolicy::FiveTuple => 0,
         HashPolicy::SourceIp => SERVICE_F_HASH_SOURCE,
     };
@@ -362,16 +323,11 @@ fn service_entry(
         table_size: if table.is_empty() {
             0
         } else {
-            config.table_size
+            service.table_size
         },
         table_start: state.half_start(half),
-        snat_addr: config.snat.map(mapped).unwrap_or([0; 16]),
+        snat_addr: service.snat.map(mapped).unwrap_or([0; 16]),
     }
-}
-
-/// Whether `backend` is to be marked failed in the data plane.
-fn is_failed(state: &ServiceState, backend: &BackendConfig) -> bool {
-    backend.down || state.failed.contains(&backend.address)
 }
 
 fn backend_entry(address: SocketAddr, flags: u16) -> Backend {
@@ -421,19 +377,18 @@ impl IdPool {
         self.released.push_back(id);
     }
 
-    /// Gives `state` an id for every backend of `config`: existing ones
+    /// Gives `state` an id for every backend of `service`: existing ones
     /// keep theirs, new addresses get one, and those of removed backends
     /// come back to the pool.
-    fn assign(&mut self, state: &mut ServiceState, config: &ServiceConfig) -> anyhow::Result<()> {
-        let addresses: HashSet<SocketAddr> = config.backends.iter().map(|b| b.address).collect();
+    fn assign(&mut self, state: &mut ServiceState, service: &DesiredService) -> anyhow::Result<()> {
+        let addresses: HashSet<SocketAddr> = service.backends.iter().map(|b| b.address).collect();
         for (addr, id) in state.backends.clone() {
             if !addresses.contains(&addr) {
                 state.backends.remove(&addr);
-                state.failed.remove(&addr);
                 self.release(id);
             }
         }
-        for backend in &config.backends {
+        for backend in &service.backends {
             if let Entry::Vacant(slot) = state.backends.entry(backend.address) {
                 let id = self
                     .take()

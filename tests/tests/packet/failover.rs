@@ -23,7 +23,7 @@ fn a_flow_whose_backend_failed_is_scheduled_again() {
         let out = syn.rewritten(&snat, &first.to_string(), LB_MAC, mac_of(first));
         h.expect(&syn, Action::Tx, &out, GlobalCounter::ForwardTx);
 
-        h.dp.set_failed("pair", first, true).unwrap();
+        h.fail("pair", first);
         let second = h.dp.lookup("pair", hash).unwrap().unwrap();
         assert_ne!(first, second);
         let ack = Frame::tcp("10.0.0.2:42000", "10.0.0.101:80", Transport::ACK);
@@ -33,7 +33,7 @@ fn a_flow_whose_backend_failed_is_scheduled_again() {
         assert_eq!(h.new_flows("pair", &second.to_string()), 1);
 
         // With both failed, the service has no usable backend: new flows drop.
-        h.dp.set_failed("pair", second, true).unwrap();
+        h.fail("pair", second);
         let other = Frame::tcp("10.0.0.2:42001", "10.0.0.101:80", Transport::SYN);
         let before = h.counter(GlobalCounter::DropNoBackend);
         assert_eq!(h.run(&other).0, Action::Drop);

@@ -1,10 +1,13 @@
 //! The harness every packet case runs in: a data plane loaded with the
 //! fixture services, attached in a fresh fixture namespace.
 
+use std::net::SocketAddr;
+
 use lb_common::GlobalCounter;
 use xlb::{
     config::Config,
     dataplane::{Dataplane, LoadOptions},
+    desired::Desired,
     xdp::ModeRequest,
 };
 use xlb_tests::{
@@ -21,9 +24,20 @@ const CONFIG: &str = include_str!("../../fixtures/packet.toml");
 pub struct Harness {
     pub dp: Dataplane,
     pub ifindex: u32,
+    /// What `dp` was last given to serve.
+    pub desired: Desired,
 }
 
 impl Harness {
+    /// Marks `backend` of `service` failed in the desired state and applies
+    /// it, as the agent does for a backend down or unhealthy.
+    pub fn fail(&mut self, service: &str, backend: SocketAddr) {
+        let desired = self.desired.backend_mut(service, backend).unwrap();
+        desired.failed = true;
+        desired.weight = 0;
+        self.dp.apply(&self.desired).unwrap();
+    }
+
     pub fn run(&mut self, frame: &Frame) -> (Action, Vec<u8>) {
         run_on(&mut self.dp, self.ifindex, &frame.build())
     }
@@ -106,12 +120,17 @@ pub fn with_harness_loaded(options: LoadOptions, test: impl FnOnce(&mut Harness)
     let ifindex = fx.ifindex();
     fx.run(|| {
         let mut dp = Dataplane::load_with(options).expect("load the data plane");
-        dp.apply(&Config::parse(CONFIG).unwrap()).unwrap();
+        let desired = Desired::from(&Config::parse(CONFIG).unwrap());
+        dp.apply(&desired).unwrap();
         // Attached (generic: nothing really arrives here) so that XDP may
         // send out of fx0, as on a load balancer's NIC.
         dp.attach("fx0", ModeRequest::Generic)
             .expect("attach to fx0");
-        test(&mut Harness { dp, ifindex });
+        test(&mut Harness {
+            dp,
+            ifindex,
+            desired,
+        });
     });
 }
 
