@@ -76,8 +76,9 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
     anyhow::ensure!(
-        unsafe { libc::geteuid() } == 0,
+        euid == 0,
         "the bench loads BPF programs and builds network namespaces: run it as root"
     );
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -112,9 +112,11 @@ pub fn ensure_bpffs() -> anyhow::Result<()> {
     static MOUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = MOUNTING.lock().unwrap_or_else(|e| e.into_inner());
     let path = std::ffi::CString::new(BPF_FS).expect("no NUL");
-    // SAFETY: statfs writes into a zeroed, properly sized struct.
+    // SAFETY: an all-zero `statfs` is a valid value of this plain C struct.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+    // SAFETY: `path` is NUL-terminated and `st` a writable `statfs`.
+    let statfs = unsafe { libc::statfs(path.as_ptr(), &mut st) };
+    if statfs == 0 && st.f_type as i64 == BPF_FS_MAGIC {
         return Ok(());
     }
     std::fs::create_dir_all(BPF_FS).with_context(|| format!("creating {BPF_FS}"))?;
