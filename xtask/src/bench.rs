@@ -68,7 +68,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     {
         let interrupted = interrupted.clone();
         ctrlc::set_handler(move || interrupted.store(true, Ordering::SeqCst))
-            .context("installing the Ctrl-C handler")?;
+            .context("installing the handler of Ctrl-C, SIGTERM and SIGHUP")?;
     }
     let mut bench = cmd::command(cmd::binary(true, "xlb-bench"));
     bench

@@ -57,7 +57,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     {
         let stop = stop.clone();
         ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
-            .context("installing the Ctrl-C handler")?;
+            .context("installing the handler of Ctrl-C, SIGTERM and SIGHUP")?;
     }
     let deadline = args
         .duration
@@ -82,7 +82,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             .args(["--shape", &args.shape]),
     )?;
     let result = run_in_lab(&args, &xlb, &lab, &stop, deadline);
-    lab_down_all(true)?;
+    // Its own lab only: test labs running beside it are not its to remove.
+    cmd::status(cmd::command(&lab).args(["down", "--prefix", LAB_PREFIX]))?;
     result
 }
 
