@@ -252,10 +252,12 @@ pub const fn snat_port(hash: u32, attempt: u32) -> u16 {
 
 /// The `attempt`-th source port (host byte order) a new `nat` flow tries:
 /// first the client's own port, as masquerading does (the client's kernel
-/// already keeps its own ports apart), then [`snat_port`] candidates.
+/// already keeps its own ports apart), then [`snat_port`] candidates. A
+/// client port outside 1024–65535 (0, or a privileged port) is never used:
+/// the first candidate is then [`snat_port`]'s too.
 #[inline(always)]
 pub const fn snat_candidate(hash: u32, client_port: u16, attempt: u32) -> u16 {
-    if attempt == 0 {
+    if attempt == 0 && client_port >= SNAT_PORT_MIN {
         client_port
     } else {
         snat_port(hash, attempt)
@@ -443,6 +445,24 @@ mod tests {
             unique.sort();
             unique.dedup();
             assert_eq!(unique.len(), ports.len(), "{ports:?}");
+        }
+    }
+
+    #[test]
+    fn a_client_port_outside_the_range_is_never_the_snat_port() {
+        for hash in [0, 1, 0xdead_beef, u32::MAX] {
+            for client_port in [0, 1, 80, 1023] {
+                let ports: std::vec::Vec<u16> = (0..SNAT_PORT_ATTEMPTS)
+                    .map(|a| snat_candidate(hash, client_port, a))
+                    .collect();
+                assert!(ports.iter().all(|&p| p >= SNAT_PORT_MIN), "{ports:?}");
+                let mut unique = ports.clone();
+                unique.sort();
+                unique.dedup();
+                assert_eq!(unique.len(), ports.len(), "{ports:?}");
+            }
+            assert_eq!(snat_candidate(hash, 1024, 0), 1024);
+            assert_eq!(snat_candidate(hash, 40000, 0), 40000);
         }
     }
 

@@ -47,7 +47,8 @@ fn action(verdict: GlobalCounter) -> u32 {
         ForwardRedirect => xdp_action::XDP_REDIRECT,
         DropNoBackend | DropSnatPortsBusy | DropInternal | DropRewrite => xdp_action::XDP_DROP,
         PassNotIp | PassNotTcpUdp | PassFragment | PassNotService | PassMalformed
-        | PassNoNeighbour | PassRouteLookup | PassKernelForward => xdp_action::XDP_PASS,
+        | PassNoNeighbour | PassRouteLookup | PassKernelForward | PassBadLength
+        | PassTtlExceeded => xdp_action::XDP_PASS,
     }
 }
 
