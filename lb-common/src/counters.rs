@@ -92,6 +92,10 @@ global_counters! {
     /// 1 or 0: passed untouched, opening no flow, so the kernel answers
     /// with ICMP time exceeded as a router would.
     PassTtlExceeded => "pass_ttl_exceeded",
+    /// A backend's RST refusing a client's handshake, for a service with
+    /// `next_upstream` `error`: kept from the client, whose SYN, sent again
+    /// after its retransmission timeout, goes to another backend.
+    DropRefusedHandshake => "drop_refused_handshake",
 }
 
 /// Number of [`GlobalCounter`]s; sizes `GLOBAL_STATS`.

@@ -89,6 +89,15 @@ pub const FLOW_CLOSING: u8 = 2;
 /// the entry counts as no live flow and lives only
 /// [`FlowTimeouts::closing_ns`] after its last packet.
 pub const FLOW_MIDSTREAM: u8 = 3;
+/// The backend refused the handshake (a RST to the SYN) and the RST was
+/// kept from the client (`next_upstream` `error`): the client's SYN, sent
+/// again, is scheduled to another backend. Lives like [`FLOW_SYN_SENT`].
+pub const FLOW_REFUSED: u8 = 4;
+
+/// [`Flow::flags`]: a RST refusing the handshake is kept from the client,
+/// whose next SYN goes to another backend (the service's `next_upstream`
+/// has `error`).
+pub const FLOW_F_NEXT_ON_ERROR: u8 = 1 << 0;
 
 /// How long a flow may stay idle before its entry no longer counts and its
 /// next packet is scheduled again. The data plane reads it from a global
@@ -166,7 +175,8 @@ pub struct Flow {
     pub snat_port_be: u16,
     /// `FLOW_*` state.
     pub state: u8,
-    pub _pad: u8,
+    /// `FLOW_F_*` flags.
+    pub flags: u8,
     /// Monotonic time (coarse) of the last packet, in nanoseconds.
     pub last_seen_ns: u64,
     /// Next hop towards the backend.
@@ -181,7 +191,7 @@ impl Flow {
             timeouts.udp_idle_ns
         } else {
             match self.state {
-                FLOW_SYN_SENT => timeouts.syn_ns,
+                FLOW_SYN_SENT | FLOW_REFUSED => timeouts.syn_ns,
                 FLOW_CLOSING | FLOW_MIDSTREAM => timeouts.closing_ns,
                 _ => timeouts.tcp_idle_ns,
             }

@@ -106,7 +106,9 @@ fn to_client(ctx: &XdpContext, packet: &Packet, reply: *mut Reply) -> GlobalCoun
     });
     // SAFETY: as above; the borrow ends with the call, before `forward`
     // writes the entry's `next_hop`.
-    track_reply(packet, unsafe { &*reply });
+    if track_reply(packet, unsafe { &*reply }) {
+        return GlobalCounter::DropRefusedHandshake;
+    }
     // SAFETY: as above. Only single fields are borrowed, none of which the
     // write to `next_hop` in `forward` overlaps.
     let (src, dst, hop) = unsafe {

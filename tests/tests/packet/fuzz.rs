@@ -651,7 +651,7 @@ impl Fuzz<'_> {
                         matches!(
                             reason,
                             GlobalCounter::DropNoBackend | GlobalCounter::DropSnatPortsBusy
-                        ),
+                        ) || (reply.is_some() && reason == GlobalCounter::DropRefusedHandshake),
                         "a good frame dropped as {reason:?}: {}",
                         context()
                     );

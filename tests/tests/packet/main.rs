@@ -19,6 +19,7 @@ mod health_signals;
 mod ipv6;
 mod malformed;
 mod nat;
+mod next_upstream;
 mod not_for_a_service;
 mod snat_ports;
 mod ttl;
