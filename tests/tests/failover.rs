@@ -54,7 +54,7 @@ fn a_backend_killed_under_load_fails_no_new_connection() {
     let agent = Agent::start(&lab, &services(&lab, 4, "")).unwrap();
     let mut open = established(&lab, 16);
 
-    let load = Load::start(&lab, vip(), 8);
+    let load = Load::start(&lab, vip(), 8, Duration::ZERO);
     std::thread::sleep(Duration::from_secs(2));
     let before = load.counts();
     lab.stop_backend(1).unwrap();
@@ -106,7 +106,7 @@ fn without_next_upstream_the_same_kill_fails_requests() {
     require_root();
     let mut lab = Lab::up(LabSpec::for_test(4)).expect("lab up");
     let _agent = Agent::start(&lab, &services(&lab, 4, "next_upstream = []")).unwrap();
-    let load = Load::start(&lab, vip(), 8);
+    let load = Load::start(&lab, vip(), 8, Duration::ZERO);
     std::thread::sleep(Duration::from_secs(1));
     lab.stop_backend(1).unwrap();
     std::thread::sleep(Duration::from_secs(2));
