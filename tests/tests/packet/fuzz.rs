@@ -472,13 +472,14 @@ fn other_frame(rng: &mut Rng) -> Vec<u8> {
     f
 }
 
-/// Mutates a TCP or UDP frame: flags, TTL, lengths, data offset, IHL,
+/// Mutates a TCP or UDP frame (or random bytes that look like one, so
+/// every write is bounds-checked): flags, TTL, lengths, data offset, IHL,
 /// checksums, truncation, padding.
 fn mutate(rng: &mut Rng, f: &mut Vec<u8>) {
     let Some(at) = layout(f) else {
         return;
     };
-    if at.proto == TCP && rng.chance(20) {
+    if at.proto == TCP && f.len() > at.l4 + 13 && rng.chance(20) {
         f[at.l4 + 13] = rng.byte();
     }
     if rng.chance(15) {
@@ -486,7 +487,7 @@ fn mutate(rng: &mut Rng, f: &mut Vec<u8>) {
         let ttl = rng.pick(&[0, 1, 2, 255, any]);
         f[at.l3 + if at.v6 { 7 } else { 8 }] = ttl;
     }
-    if at.proto == UDP && rng.chance(20) {
+    if at.proto == UDP && f.len() >= at.check_at() + 2 && rng.chance(20) {
         f[at.check_at()..at.check_at() + 2].fill(0);
     }
     fix_checksums(f);
