@@ -14,7 +14,31 @@ use std::{
     time::Duration,
 };
 
-use xlb_lab::{Lab, client, netns};
+use xlb_lab::{Lab, client, netns, topology};
+
+/// The lab's VIP, port 80: where [`web_service`] listens.
+pub fn vip() -> SocketAddr {
+    SocketAddr::new(topology::VIP_V4.into(), 80)
+}
+
+/// A `web` service on [`vip`] in `nat` mode over the lab's first
+/// `backends` backends: `service_extra` goes into the service's table
+/// (after its fields, so it may open a `[service.health_check]`),
+/// `backend_extra` into every backend's.
+pub fn web_service(lab: &Lab, backends: usize, service_extra: &str, backend_extra: &str) -> String {
+    let mut text = format!(
+        "[[service]]\nname = \"web\"\nvip = \"{}\"\nport = 80\nsnat = \"{}\"\n{service_extra}\n",
+        topology::VIP_V4,
+        topology::SNAT_V4
+    );
+    for i in 0..backends {
+        text += &format!(
+            "[[service.backend]]\naddress = \"{}\"\n{backend_extra}\n",
+            lab.backend(i).addr_v4()
+        );
+    }
+    text
+}
 
 /// How long a request may take: above the client's first SYN
 /// retransmission (1 s), so a connection moved to another backend after a

@@ -7,12 +7,12 @@
 //! no new connection fails in any event, and only requests in flight on a
 //! killed backend break.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
-use xlb_lab::{Lab, LabSpec, topology};
+use xlb_lab::{Lab, LabSpec};
 use xlb_tests::{
     agent::Agent,
-    load::{Counts, Load},
+    load::{Counts, Load, vip, web_service},
     require_root,
 };
 
@@ -20,24 +20,13 @@ const BACKENDS: usize = 4;
 /// The backend killed and drained.
 const VICTIM: usize = 2;
 
-fn vip() -> SocketAddr {
-    SocketAddr::new(topology::VIP_V4.into(), 80)
-}
-
 fn services(lab: &Lab) -> String {
-    let mut text = format!(
-        "[[service]]\nname = \"web\"\nvip = \"{}\"\nport = 80\nsnat = \"{}\"\n\
-         [service.health_check]\ntype = \"tcp\"\ninterval = \"500ms\"\nrise = 2\nfall = 2\n",
-        topology::VIP_V4,
-        topology::SNAT_V4
-    );
-    for i in 0..BACKENDS {
-        text += &format!(
-            "[[service.backend]]\naddress = \"{}\"\nfail_timeout = \"2s\"\n",
-            lab.backend(i).addr_v4()
-        );
-    }
-    text
+    web_service(
+        lab,
+        BACKENDS,
+        "[service.health_check]\ntype = \"tcp\"\ninterval = \"500ms\"\nrise = 2\nfall = 2",
+        "fail_timeout = \"2s\"",
+    )
 }
 
 /// Each event and the requests that ended while it ran (a request counts

@@ -7,28 +7,17 @@
 //! refusal. Only connections already established on the dead backend fail;
 //! the test reports how many.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
-use xlb_lab::{Lab, LabSpec, client, topology};
-use xlb_tests::{agent::Agent, load::Load, require_root};
-
-fn vip() -> SocketAddr {
-    SocketAddr::new(topology::VIP_V4.into(), 80)
-}
+use xlb_lab::{Lab, LabSpec, client};
+use xlb_tests::{
+    agent::Agent,
+    load::{Load, vip, web_service},
+    require_root,
+};
 
 fn services(lab: &Lab, backends: usize, extra: &str) -> String {
-    let mut text = format!(
-        "[[service]]\nname = \"web\"\nvip = \"{}\"\nport = 80\nsnat = \"{}\"\n{extra}\n",
-        topology::VIP_V4,
-        topology::SNAT_V4
-    );
-    for i in 0..backends {
-        text += &format!(
-            "[[service.backend]]\naddress = \"{}\"\n",
-            lab.backend(i).addr_v4()
-        );
-    }
-    text
+    web_service(lab, backends, extra, "")
 }
 
 /// Opens `n` keep-alive connections through the VIP, each with the backend
