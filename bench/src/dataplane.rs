@@ -874,7 +874,8 @@ fn tcp(src: SocketAddrV4, dst: SocketAddrV4, transport: Transport) -> Frame {
     frame
 }
 
-/// A client packet as xlb sends it on to backend `g` from SNAT port `port`.
+/// A client packet as xlb sends it on to backend `g` from SNAT port `port`
+/// (by XDP, so one hop further: TTL less one).
 fn to_backend(input: &Frame, g: u32, port: u16) -> Vec<u8> {
     Frame {
         src: SocketAddr::V4(SocketAddrV4::new(SNAT, port)),
@@ -883,10 +884,12 @@ fn to_backend(input: &Frame, g: u32, port: u16) -> Vec<u8> {
         dst_mac: backend_mac(0),
         ..input.clone()
     }
+    .hop()
     .build()
 }
 
-/// A backend's packet of flow `i` as xlb sends it on to the client.
+/// A backend's packet of flow `i` as xlb sends it on to the client (by
+/// XDP, so one hop further: TTL less one).
 fn to_client(input: &Frame, s: &Scenario, i: usize) -> Vec<u8> {
     Frame {
         src: SocketAddr::V4(vip(s, i)),
@@ -895,6 +898,7 @@ fn to_client(input: &Frame, s: &Scenario, i: usize) -> Vec<u8> {
         dst_mac: CLIENT_MAC,
         ..input.clone()
     }
+    .hop()
     .build()
 }
 

@@ -4,6 +4,11 @@ use crate::impl_pod;
 
 /// Flows to this backend are scheduled again: it failed a health check.
 pub const BACKEND_F_FAILED: u16 = 1 << 0;
+/// The data plane sets [`BACKEND_F_FAILED`] itself at the backend's first
+/// failed connection attempt (a refused handshake, or, with `next_upstream`
+/// `timeout`, a SYN sent again): its `max_fails` is 1, so the agent would
+/// take it out at its next tick anyway; new flows stop going to it at once.
+pub const BACKEND_F_FAIL_AT_ONCE: u16 = 1 << 1;
 
 /// Entry of the `BACKENDS` array, indexed by backend id.
 #[repr(C)]

@@ -82,6 +82,20 @@ global_counters! {
     /// Scheduled, but a field to rewrite lay outside the frame (parsing
     /// checks that none does): dropped.
     DropRewrite => "drop_rewrite",
+    /// An IP packet whose length fields disagree with the frame or with
+    /// each other (an IP length past the end of the frame, or shorter than its
+    /// header or than the TCP/UDP header; a TCP data offset past the
+    /// segment; a UDP length past the IP payload or below 8): passed
+    /// untouched, opening no flow; the kernel drops it by its own rules.
+    PassBadLength => "pass_bad_length",
+    /// For a service, or a backend's reply, but with a TTL or hop limit of
+    /// 1 or 0: passed untouched, opening no flow, so the kernel answers
+    /// with ICMP time exceeded as a router would.
+    PassTtlExceeded => "pass_ttl_exceeded",
+    /// A backend's RST refusing a client's handshake, for a service with
+    /// `next_upstream` `error`: kept from the client, whose SYN, sent again
+    /// after its retransmission timeout, goes to another backend.
+    DropRefusedHandshake => "drop_refused_handshake",
 }
 
 /// Number of [`GlobalCounter`]s; sizes `GLOBAL_STATS`.

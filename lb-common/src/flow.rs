@@ -89,6 +89,15 @@ pub const FLOW_CLOSING: u8 = 2;
 /// the entry counts as no live flow and lives only
 /// [`FlowTimeouts::closing_ns`] after its last packet.
 pub const FLOW_MIDSTREAM: u8 = 3;
+/// The backend refused the handshake (a RST to the SYN) and the RST was
+/// kept from the client (`next_upstream` `error`): the client's SYN, sent
+/// again, is scheduled to another backend. Lives like [`FLOW_SYN_SENT`].
+pub const FLOW_REFUSED: u8 = 4;
+
+/// [`Flow::flags`]: a RST refusing the handshake is kept from the client,
+/// whose next SYN goes to another backend (the service's `next_upstream`
+/// has `error`).
+pub const FLOW_F_NEXT_ON_ERROR: u8 = 1 << 0;
 
 /// How long a flow may stay idle before its entry no longer counts and its
 /// next packet is scheduled again. The data plane reads it from a global
@@ -166,7 +175,8 @@ pub struct Flow {
     pub snat_port_be: u16,
     /// `FLOW_*` state.
     pub state: u8,
-    pub _pad: u8,
+    /// `FLOW_F_*` flags.
+    pub flags: u8,
     /// Monotonic time (coarse) of the last packet, in nanoseconds.
     pub last_seen_ns: u64,
     /// Next hop towards the backend.
@@ -181,7 +191,7 @@ impl Flow {
             timeouts.udp_idle_ns
         } else {
             match self.state {
-                FLOW_SYN_SENT => timeouts.syn_ns,
+                FLOW_SYN_SENT | FLOW_REFUSED => timeouts.syn_ns,
                 FLOW_CLOSING | FLOW_MIDSTREAM => timeouts.closing_ns,
                 _ => timeouts.tcp_idle_ns,
             }
@@ -252,10 +262,12 @@ pub const fn snat_port(hash: u32, attempt: u32) -> u16 {
 
 /// The `attempt`-th source port (host byte order) a new `nat` flow tries:
 /// first the client's own port, as masquerading does (the client's kernel
-/// already keeps its own ports apart), then [`snat_port`] candidates.
+/// already keeps its own ports apart), then [`snat_port`] candidates. A
+/// client port outside 1024–65535 (0, or a privileged port) is never used:
+/// the first candidate is then [`snat_port`]'s too.
 #[inline(always)]
 pub const fn snat_candidate(hash: u32, client_port: u16, attempt: u32) -> u16 {
-    if attempt == 0 {
+    if attempt == 0 && client_port >= SNAT_PORT_MIN {
         client_port
     } else {
         snat_port(hash, attempt)
@@ -443,6 +455,24 @@ mod tests {
             unique.sort();
             unique.dedup();
             assert_eq!(unique.len(), ports.len(), "{ports:?}");
+        }
+    }
+
+    #[test]
+    fn a_client_port_outside_the_range_is_never_the_snat_port() {
+        for hash in [0, 1, 0xdead_beef, u32::MAX] {
+            for client_port in [0, 1, 80, 1023] {
+                let ports: std::vec::Vec<u16> = (0..SNAT_PORT_ATTEMPTS)
+                    .map(|a| snat_candidate(hash, client_port, a))
+                    .collect();
+                assert!(ports.iter().all(|&p| p >= SNAT_PORT_MIN), "{ports:?}");
+                let mut unique = ports.clone();
+                unique.sort();
+                unique.dedup();
+                assert_eq!(unique.len(), ports.len(), "{ports:?}");
+            }
+            assert_eq!(snat_candidate(hash, 1024, 0), 1024);
+            assert_eq!(snat_candidate(hash, 40000, 0), 40000);
         }
     }
 

@@ -57,6 +57,12 @@ pub const SERVICE_F_HASH_SOURCE: u32 = 1 << 0;
 /// `dnat` mode: keep the client's address, rewrite only the destination.
 /// Without it the service is in `nat` mode (source becomes the SNAT address).
 pub const SERVICE_F_DNAT: u32 = 1 << 1;
+/// `next_upstream` has `error`: a backend's RST refusing a handshake is
+/// kept from the client, whose SYN, sent again, goes to another backend.
+pub const SERVICE_F_NEXT_ON_ERROR: u32 = 1 << 2;
+/// `next_upstream` has `timeout`: a client's SYN sent again because the
+/// backend did not answer the first goes to another backend.
+pub const SERVICE_F_NEXT_ON_TIMEOUT: u32 = 1 << 3;
 
 /// Value of the `SERVICES` map.
 ///

@@ -1,16 +1,20 @@
 //! Flow state: how a flow's TCP state follows its packets in both
-//! directions, and how long an idle flow's entry holds.
+//! directions, how long an idle flow's entry holds, and what a failed
+//! handshake does (`next_upstream`: the connection goes to another backend;
+//! `max_fails = 1`: the backend is out at once).
 
 use lb_common::{
-    Flow, Reply,
+    Flow, Reply, Service,
+    backend::{BACKEND_F_FAIL_AT_ONCE, BACKEND_F_FAILED},
     flow::{
-        FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_MIDSTREAM, FLOW_SYN_SENT, FlowTimeouts,
-        LAST_SEEN_GRANULARITY_NS,
+        FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_F_NEXT_ON_ERROR, FLOW_MIDSTREAM, FLOW_REFUSED,
+        FLOW_SYN_SENT, FlowTimeouts, LAST_SEEN_GRANULARITY_NS,
     },
+    service::{SERVICE_F_NEXT_ON_ERROR, SERVICE_F_NEXT_ON_TIMEOUT},
 };
 
 use crate::{
-    maps::{FLOWS, count_backend},
+    maps::{BACKENDS, FLOWS, count_backend},
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -83,21 +87,70 @@ pub fn initial_state(packet: &Packet) -> u8 {
     }
 }
 
-/// Updates the client flow's state from a backend's reply: a SYN-ACK
-/// completes the handshake; a RST before that counts as a refusal.
+/// The `FLOW_F_*` flags of a new flow of `service`.
 #[inline(always)]
-pub fn track_reply(packet: &Packet, reply: &Reply) {
+pub fn flags(service: &Service) -> u8 {
+    if service.flags & SERVICE_F_NEXT_ON_ERROR != 0 {
+        FLOW_F_NEXT_ON_ERROR
+    } else {
+        0
+    }
+}
+
+/// Whether the client's `packet` must go to another backend than its
+/// flow's: a SYN after the backend refused the handshake, or (with
+/// `next_upstream` `timeout`) a SYN sent again because the backend left the
+/// first unanswered. The flow's backend is then avoided by the new pick.
+#[inline(always)]
+pub fn next_upstream(flow: &Flow, packet: &Packet, service: &Service) -> bool {
+    packet.is_syn()
+        && (flow.state == FLOW_REFUSED
+            || (flow.state == FLOW_SYN_SENT && service.flags & SERVICE_F_NEXT_ON_TIMEOUT != 0))
+}
+
+/// A failed connection attempt on backend `id`: taken out at once if its
+/// `max_fails` is 1 (`BACKEND_F_FAIL_AT_ONCE`), as the agent would at its
+/// next tick; new flows stop going to it now, not a tick later.
+#[inline(always)]
+pub fn failed_attempt(id: u32) {
+    if let Some(backend) = BACKENDS.get_ptr_mut(id) {
+        // SAFETY: a pointer into the array's value, valid for this run. The
+        // agent may rewrite the entry meanwhile; it reads the same failures
+        // from the counters and decides the same.
+        unsafe {
+            if (*backend).flags & BACKEND_F_FAIL_AT_ONCE != 0 {
+                (*backend).flags |= BACKEND_F_FAILED;
+            }
+        }
+    }
+}
+
+/// Updates the client flow's state from a backend's reply: a SYN-ACK
+/// completes the handshake; a RST before that counts as a refusal (and a
+/// failed attempt). Returns whether the reply is a refusal to keep from the
+/// client (`next_upstream` `error`): its SYN, sent again, goes to another
+/// backend.
+#[inline(always)]
+pub fn track_reply(packet: &Packet, reply: &Reply) -> bool {
     if !packet.is_tcp() || packet.tcp_flags & (TCP_SYN | TCP_RST | TCP_FIN) == 0 {
-        return;
+        return false;
     }
     let Some(flow) = FLOWS.get_ptr_mut(reply.client_key(packet.key.proto)) else {
-        return;
+        return false;
     };
     // SAFETY: a pointer into the flow map's value, valid for this run.
     let flow = unsafe { &mut *flow };
     if packet.tcp_flags & TCP_RST != 0 {
         if flow.state == FLOW_SYN_SENT {
             count_backend(reply.backend, |c| c.handshake_rsts += 1);
+            failed_attempt(reply.backend);
+            if flow.flags & FLOW_F_NEXT_ON_ERROR != 0 {
+                flow.state = FLOW_REFUSED;
+                return true;
+            }
+        }
+        if flow.state == FLOW_REFUSED {
+            return true;
         }
         flow.state = FLOW_CLOSING;
     } else if packet.tcp_flags & TCP_FIN != 0 {
@@ -105,4 +158,5 @@ pub fn track_reply(packet: &Packet, reply: &Reply) {
     } else if packet.has_flags(TCP_SYN | TCP_ACK) && flow.state == FLOW_SYN_SENT {
         flow.state = FLOW_ESTABLISHED;
     }
+    false
 }

@@ -16,7 +16,13 @@ use aya_ebpf::{
 use lb_common::{GlobalCounter, flow::NextHop};
 use network_types::eth::EthHdr;
 
-use crate::{frame::ptr_at, maps::INTERFACES, parse::Packet, rewrite::Endpoint, vlan};
+use crate::{
+    frame::ptr_at,
+    maps::INTERFACES,
+    parse::Packet,
+    rewrite::{self, Endpoint},
+    vlan,
+};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -68,6 +74,9 @@ pub fn forward(ctx: &XdpContext, packet: &Packet, route: &Route) -> GlobalCounte
             Err(_) => return to_kernel(ctx, packet, GlobalCounter::PassKernelForward),
         }
     };
+    if let Err(counter) = rewrite::decrement_ttl(ctx, packet) {
+        return counter;
+    }
     if vlan::is_tagged(packet) && vlan::pop_tags(ctx, packet).is_err() {
         return GlobalCounter::DropInternal;
     }

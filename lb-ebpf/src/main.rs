@@ -45,9 +45,12 @@ fn action(verdict: GlobalCounter) -> u32 {
     match verdict {
         ForwardTx => xdp_action::XDP_TX,
         ForwardRedirect => xdp_action::XDP_REDIRECT,
-        DropNoBackend | DropSnatPortsBusy | DropInternal | DropRewrite => xdp_action::XDP_DROP,
+        DropNoBackend | DropSnatPortsBusy | DropInternal | DropRewrite | DropRefusedHandshake => {
+            xdp_action::XDP_DROP
+        }
         PassNotIp | PassNotTcpUdp | PassFragment | PassNotService | PassMalformed
-        | PassNoNeighbour | PassRouteLookup | PassKernelForward => xdp_action::XDP_PASS,
+        | PassNoNeighbour | PassRouteLookup | PassKernelForward | PassBadLength
+        | PassTtlExceeded => xdp_action::XDP_PASS,
     }
 }
 

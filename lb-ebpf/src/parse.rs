@@ -1,5 +1,6 @@
 //! Header parsing: Ethernet, up to two VLAN tags, IPv4 (with options),
-//! IPv6, then the TCP or UDP ports, every read bounds-checked (`frame`).
+//! IPv6, then the TCP or UDP ports, every read bounds-checked (`frame`),
+//! every length field checked against the frame and the headers around it.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{FlowKey, GlobalCounter, IpProto, service::ipv4_mapped};
@@ -11,7 +12,7 @@ use network_types::{
     vlan::VlanHdr,
 };
 
-use crate::frame::read_at;
+use crate::{frame, frame::read_at};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -23,7 +24,9 @@ const IPV4_OFFSET_MASK: u16 = 0x1fff;
 /// Offset of the EtherType in the Ethernet header.
 const ETHER_TYPE: usize = 12;
 /// Offsets in the IPv6 header.
+const IPV6_PAYLOAD_LEN: usize = 4;
 const IPV6_NEXT_HEADER: usize = 6;
+const IPV6_HOP_LIMIT: usize = 7;
 const IPV6_SRC: usize = 8;
 const IPV6_DST: usize = 24;
 /// Most VLAN tags parsed in front of the IP header (802.1ad + 802.1Q).
@@ -45,6 +48,8 @@ pub struct Packet {
     pub ipv6: bool,
     /// TCP flags byte; 0 for UDP.
     pub tcp_flags: u8,
+    /// IPv4 TTL or IPv6 hop limit, as received.
+    pub ttl: u8,
     /// The 5-tuple, addresses IPv4-mapped.
     pub key: FlowKey,
 }
@@ -106,8 +111,12 @@ pub fn parse(ctx: &XdpContext, packet: &mut Packet) -> Result<(), GlobalCounter>
         l3_offset += VlanHdr::LEN;
     }
 
+    // What the IP header says follows it must lie inside the frame (which
+    // may be longer: Ethernet pads short frames), and the TCP or UDP header
+    // inside that: a frame whose lengths disagree is not forwarded.
+    let frame_len = frame::len(ctx);
     let key = &mut packet.key;
-    let (l4_offset, ipv6) = match ether_type {
+    let (l4_offset, l4_len, ipv6) = match ether_type {
         ETH_P_IP => {
             let ip: Ipv4Hdr = read_at(ctx, l3_offset).ok_or(PassMalformed)?;
             let header_len = usize::from(ip.vihl & 0x0f) * 4;
@@ -117,15 +126,23 @@ pub fn parse(ctx: &XdpContext, packet: &mut Packet) -> Result<(), GlobalCounter>
             if u16::from_be_bytes(ip.frags) & (IPV4_MF | IPV4_OFFSET_MASK) != 0 {
                 return Err(PassFragment);
             }
+            let total_len = usize::from(u16::from_be_bytes(ip.tot_len));
+            if total_len < header_len || l3_offset + total_len > frame_len {
+                return Err(PassBadLength);
+            }
             key.src = ipv4_mapped(ip.src_addr);
             key.dst = ipv4_mapped(ip.dst_addr);
             key.proto = ip.proto;
-            (l3_offset + header_len, false)
+            packet.ttl = ip.ttl;
+            (l3_offset + header_len, total_len - header_len, false)
         }
         ETH_P_IPV6 => {
             // Field by field: a copy of the whole header costs stack.
             let version: u8 = read_at(ctx, l3_offset).ok_or(PassMalformed)?;
+            let payload_len: [u8; 2] =
+                read_at(ctx, l3_offset + IPV6_PAYLOAD_LEN).ok_or(PassMalformed)?;
             let next_hdr: u8 = read_at(ctx, l3_offset + IPV6_NEXT_HEADER).ok_or(PassMalformed)?;
+            let hop_limit: u8 = read_at(ctx, l3_offset + IPV6_HOP_LIMIT).ok_or(PassMalformed)?;
             key.src = read_at(ctx, l3_offset + IPV6_SRC).ok_or(PassMalformed)?;
             key.dst = read_at(ctx, l3_offset + IPV6_DST).ok_or(PassMalformed)?;
             if version >> 4 != 6 {
@@ -134,16 +151,22 @@ pub fn parse(ctx: &XdpContext, packet: &mut Packet) -> Result<(), GlobalCounter>
             if is_ipv6_extension_header(next_hdr) {
                 return Err(PassFragment);
             }
+            let payload_len = usize::from(u16::from_be_bytes(payload_len));
+            if l3_offset + Ipv6Hdr::LEN + payload_len > frame_len {
+                return Err(PassBadLength);
+            }
             key.proto = next_hdr;
-            (l3_offset + Ipv6Hdr::LEN, true)
+            packet.ttl = hop_limit;
+            (l3_offset + Ipv6Hdr::LEN, payload_len, true)
         }
         _ => return Err(PassNotIp),
     };
 
     let (ports, tcp_flags) = if key.proto == IpProto::Tcp as u8 {
         let tcp: TcpHdr = read_at(ctx, l4_offset).ok_or(PassMalformed)?;
-        if usize::from(tcp.doff()) * 4 < TcpHdr::LEN {
-            return Err(PassMalformed);
+        let header_len = usize::from(tcp.doff()) * 4;
+        if header_len < TcpHdr::LEN || header_len > l4_len {
+            return Err(PassBadLength);
         }
         let flags = tcp.fin() as u8
             | (tcp.syn() as u8) << 1
@@ -152,6 +175,10 @@ pub fn parse(ctx: &XdpContext, packet: &mut Packet) -> Result<(), GlobalCounter>
         ((tcp.source, tcp.dest), flags)
     } else if key.proto == IpProto::Udp as u8 {
         let udp: UdpHdr = read_at(ctx, l4_offset).ok_or(PassMalformed)?;
+        let udp_len = usize::from(u16::from_be_bytes(udp.len));
+        if udp_len < UdpHdr::LEN || udp_len > l4_len {
+            return Err(PassBadLength);
+        }
         ((udp.src, udp.dst), 0)
     } else {
         return Err(PassNotTcpUdp);

@@ -13,6 +13,10 @@ const IPV4_CHECK: usize = 10;
 const IPV4_ADDRS: usize = 12;
 /// IPv6: offset of the addresses in the IP header.
 const IPV6_ADDRS: usize = 8;
+/// IPv4: offset of the TTL (followed by the protocol); IPv6: of the hop
+/// limit.
+const IPV4_TTL: usize = 8;
+const IPV6_HOP_LIMIT: usize = 7;
 
 /// One end of a connection: address (IPv4-mapped for IPv4) and port, both
 /// in network byte order. Borrows the address to keep the stack small.
@@ -45,8 +49,9 @@ fn rewrite_fields(ctx: &XdpContext, packet: &Packet, src: &Endpoint, dst: &Endpo
 
     let check_at = packet.l4_checksum_offset();
     let l4_check = u16::from_be_bytes(read_at::<[u8; 2]>(ctx, check_at)?);
-    // A zero UDP checksum over IPv4 means "none": leave it so.
-    let keep_l4 = !packet.is_tcp() && !packet.ipv6 && l4_check == 0;
+    // A zero UDP checksum means "none" (over IPv6 only for tunnels, RFC
+    // 6935): leave it so.
+    let keep_l4 = !packet.is_tcp() && l4_check == 0;
     let mut l4_check = checksum::update(l4_check, &ports_old, &ports_new);
 
     if packet.ipv6 {
@@ -88,4 +93,30 @@ fn addrs4(src: &[u8; 16], dst: &[u8; 16]) -> [u8; 8] {
     [
         src[12], src[13], src[14], src[15], dst[12], dst[13], dst[14], dst[15],
     ]
+}
+
+/// Takes one from the TTL (IPv4, with the header checksum updated) or the
+/// hop limit (IPv6) of a frame XDP sends on itself: xlb forwards as a
+/// router does. A frame handed to the kernel keeps its TTL, which the
+/// kernel's forwarding then decrements; one that arrived with 1 or less
+/// never gets here (`pass_ttl_exceeded`). Call before the VLAN tags go.
+#[inline(always)]
+pub fn decrement_ttl(ctx: &XdpContext, packet: &Packet) -> Result<(), GlobalCounter> {
+    decrement(ctx, packet).ok_or(GlobalCounter::DropRewrite)
+}
+
+#[inline(always)]
+fn decrement(ctx: &XdpContext, packet: &Packet) -> Option<()> {
+    let l3 = packet.l3_offset();
+    let ttl = packet.ttl.wrapping_sub(1);
+    if packet.ipv6 {
+        return write_at(ctx, l3 + IPV6_HOP_LIMIT, ttl);
+    }
+    // The TTL shares its checksum word with the protocol.
+    let proto: u8 = read_at(ctx, l3 + IPV4_TTL + 1)?;
+    write_at(ctx, l3 + IPV4_TTL, ttl)?;
+    let check_at = l3 + IPV4_CHECK;
+    let check = u16::from_be_bytes(read_at::<[u8; 2]>(ctx, check_at)?);
+    let check = checksum::update(check, &[packet.ttl, proto], &[ttl, proto]);
+    write_at(ctx, check_at, check.to_be_bytes())
 }

@@ -3,7 +3,11 @@
 //! entries in `FLOWS` and `REPLIES`.
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
-use lb_common::{Backend, Flow, GlobalCounter, Reply, Service, flow::NextHop};
+use lb_common::{
+    Backend, Flow, GlobalCounter, Reply, Service,
+    flow::{FLOW_SYN_SENT, NextHop},
+    hash::mix64,
+};
 
 use crate::{
     flow,
@@ -24,18 +28,29 @@ pub struct Scheduled {
     pub now: u64,
 }
 
-/// Finds the packet's flow or schedules a new one.
+/// Finds the packet's flow or schedules a new one. A SYN its flow's backend
+/// refused, or (`next_upstream` `timeout`) left unanswered, is scheduled anew,
+/// avoiding that backend.
 #[inline(always)]
 pub fn schedule(packet: &Packet, service: &Service) -> Result<Scheduled, GlobalCounter> {
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let key = &packet.key;
     let mut stale = None;
+    let mut avoid = NO_BACKEND;
     if let Some(flow_ptr) = FLOWS.get_ptr_mut(key) {
         // SAFETY: a pointer into the flow map's value, valid for this run;
         // racing writers only touch the same plain fields.
         let flow = unsafe { &mut *flow_ptr };
-        if let Some(backend) = backend(flow.backend)
+        let next_upstream = flow::next_upstream(flow, packet, service);
+        if next_upstream {
+            if flow.state == FLOW_SYN_SENT {
+                // The client sent its SYN again: the backend did not answer.
+                count_backend(flow.backend, |c| c.syn_retries += 1);
+                flow::failed_attempt(flow.backend);
+            }
+            avoid = flow.backend;
+        } else if let Some(backend) = backend(flow.backend)
             && !backend.is_failed()
             && flow::holds(flow, packet, now)
         {
@@ -53,7 +68,36 @@ pub fn schedule(packet: &Packet, service: &Service) -> Result<Scheduled, GlobalC
     if let Some(old) = stale {
         forget_reply(packet, service, &old);
     }
-    new_flow(packet, service, now)
+    new_flow(packet, service, now, avoid)
+}
+
+/// No backend to avoid.
+const NO_BACKEND: u32 = u32::MAX;
+/// Slots a new flow tries after the one its hash picks, while the pick is
+/// the backend to avoid or a failed one (taken out by the data plane, its
+/// table not rebuilt yet); the last pick stands if all are.
+const MORE_PICKS: u32 = 7;
+
+/// The backend of a new flow with hash `hash`: the pick, or another slot's
+/// if the pick is `avoid` or failed.
+#[inline(always)]
+fn pick_usable(
+    service: &Service,
+    hash: u32,
+    avoid: u32,
+) -> Result<(u32, &'static Backend), GlobalCounter> {
+    let mut id = pick::pick(service, hash)?;
+    let mut chosen = backend(id).ok_or(GlobalCounter::DropInternal)?;
+    let mut next = hash;
+    for _ in 0..MORE_PICKS {
+        if id != avoid && !chosen.is_failed() {
+            break;
+        }
+        next = (mix64(u64::from(next)) >> 32) as u32;
+        id = pick::pick(service, next)?;
+        chosen = backend(id).ok_or(GlobalCounter::DropInternal)?;
+    }
+    Ok((id, chosen))
 }
 
 /// Schedules a new flow: picks its backend, claims a source port in `nat`
@@ -63,11 +107,15 @@ pub fn schedule(packet: &Packet, service: &Service) -> Result<Scheduled, GlobalC
     clippy::needless_borrows_for_generic_args,
     reason = "by reference the map helpers read the entries where they are, in scratch space; by value they would be copied onto the stack"
 )]
-fn new_flow(packet: &Packet, service: &Service, now: u64) -> Result<Scheduled, GlobalCounter> {
+fn new_flow(
+    packet: &Packet,
+    service: &Service,
+    now: u64,
+    avoid: u32,
+) -> Result<Scheduled, GlobalCounter> {
     let key = &packet.key;
     let hash = pick::flow_hash(key, service);
-    let backend_id = pick::pick(service, hash)?;
-    let backend = backend(backend_id).ok_or(GlobalCounter::DropInternal)?;
+    let (backend_id, backend) = pick_usable(service, hash, avoid)?;
 
     // The entries are built in per-CPU scratch space, not on the stack: the
     // verifier allows 512 bytes for the whole call chain.
@@ -96,7 +144,7 @@ fn new_flow(packet: &Packet, service: &Service, now: u64) -> Result<Scheduled, G
         backend: backend_id,
         snat_port_be,
         state: flow::initial_state(packet),
-        _pad: 0,
+        flags: flow::flags(service),
         last_seen_ns: now,
         next_hop: NextHop::default(),
     };

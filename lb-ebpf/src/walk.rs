@@ -37,6 +37,9 @@ pub fn walk(ctx: &XdpContext) -> GlobalCounter {
 /// A client's packet for `service`: pick the backend, rewrite, send.
 #[inline(never)]
 fn to_backend(ctx: &XdpContext, packet: &Packet, service: &Service) -> GlobalCounter {
+    if packet.ttl <= 1 {
+        return GlobalCounter::PassTtlExceeded;
+    }
     let bytes = frame::len(ctx);
     count_service(service.id, bytes);
     let scheduled = match schedule(packet, service) {
@@ -91,6 +94,9 @@ fn to_backend(ctx: &XdpContext, packet: &Packet, service: &Service) -> GlobalCou
 /// A backend's reply: rewrite it to come from the service, send it on.
 #[inline(never)]
 fn to_client(ctx: &XdpContext, packet: &Packet, reply: *mut Reply) -> GlobalCounter {
+    if packet.ttl <= 1 {
+        return GlobalCounter::PassTtlExceeded;
+    }
     // SAFETY: `reply` points into its map value, valid for this run (RCU).
     let backend = unsafe { (*reply).backend };
     let bytes = frame::len(ctx);
@@ -100,7 +106,9 @@ fn to_client(ctx: &XdpContext, packet: &Packet, reply: *mut Reply) -> GlobalCoun
     });
     // SAFETY: as above; the borrow ends with the call, before `forward`
     // writes the entry's `next_hop`.
-    track_reply(packet, unsafe { &*reply });
+    if track_reply(packet, unsafe { &*reply }) {
+        return GlobalCounter::DropRefusedHandshake;
+    }
     // SAFETY: as above. Only single fields are borrowed, none of which the
     // write to `next_hop` in `forward` overlaps.
     let (src, dst, hop) = unsafe {

@@ -137,6 +137,17 @@ pub struct ServiceConfig {
     /// `source-ip` (nginx `ip_hash`).
     #[serde(default)]
     pub hash: HashPolicy,
+    /// When a new connection goes to another backend instead of failing
+    /// (nginx `proxy_next_upstream`): `error` (the backend refused the
+    /// handshake), `timeout` (it left the SYN unanswered). Both by default;
+    /// `[]` turns it off. Written out only when not the default, so the
+    /// control API's wire format (`xlb config dump`) stays as it was for
+    /// configurations that do not set it.
+    #[serde(
+        default = "default_next_upstream",
+        skip_serializing_if = "is_default_next_upstream"
+    )]
+    pub next_upstream: Vec<NextUpstream>,
     /// Source address towards the backends in `nat` mode (required there).
     pub snat: Option<IpAddr>,
     /// Slots in the service's Maglev table: a prime, at least 100 per
@@ -288,6 +299,27 @@ pub enum HashPolicy {
     FiveTuple,
     /// Only the client's address: a client always reaches one backend.
     SourceIp,
+}
+
+/// A failed connection attempt after which the connection goes to another
+/// backend (nginx `proxy_next_upstream`).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NextUpstream {
+    /// The backend refused the handshake (a RST to the SYN): the RST is
+    /// kept from the client, whose SYN, sent again, goes elsewhere.
+    Error,
+    /// The backend left the SYN unanswered until the client sent it again:
+    /// that SYN goes elsewhere.
+    Timeout,
+}
+
+fn default_next_upstream() -> Vec<NextUpstream> {
+    vec![NextUpstream::Error, NextUpstream::Timeout]
+}
+
+fn is_default_next_upstream(on: &[NextUpstream]) -> bool {
+    on == default_next_upstream().as_slice()
 }
 
 /// Transport protocol of a service.
@@ -510,6 +542,24 @@ mod tests {
         assert_eq!(web.key().port_be, 80u16.to_be());
         assert_eq!(web.backends[0].weight, 1);
         assert_eq!(web.backends[1].weight, 3);
+    }
+
+    #[test]
+    fn next_upstream_defaults_to_error_and_timeout_and_is_dumped_only_when_set() {
+        let default = Config::parse(WEB).unwrap();
+        let on = &default.services[0].next_upstream;
+        assert_eq!(on, &[NextUpstream::Error, NextUpstream::Timeout]);
+        assert!(!default.to_toml().unwrap().contains("next_upstream"));
+        for (line, want) in [
+            ("next_upstream = []", vec![]),
+            ("next_upstream = [\"error\"]", vec![NextUpstream::Error]),
+        ] {
+            let config = Config::parse(&format!("{WEB}{line}\n")).unwrap();
+            assert_eq!(config.services[0].next_upstream, want);
+            assert_eq!(Config::parse(&config.to_toml().unwrap()).unwrap(), config);
+        }
+        let err = Config::parse(&format!("{WEB}next_upstream = [\"http_500\"]\n")).unwrap_err();
+        assert!(err.to_string().contains("http_500"), "{err}");
     }
 
     #[test]

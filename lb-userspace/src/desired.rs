@@ -18,7 +18,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use lb_common::{IpProto, ServiceKey};
 
-use crate::config::{BackendConfig, Config, HashPolicy, Mode, Protocol, ServiceConfig};
+use crate::config::{
+    BackendConfig, Config, HashPolicy, Mode, NextUpstream, Protocol, ServiceConfig,
+};
 
 /// Desired weights are configured weights scaled by this, so slow start
 /// can ramp even a weight of 1 smoothly. (Maglev tables depend on the
@@ -45,6 +47,8 @@ pub struct DesiredService {
     /// Source address towards the backends in `nat` mode.
     pub snat: Option<IpAddr>,
     pub hash: HashPolicy,
+    /// When a new connection goes to another backend instead of failing.
+    pub next_upstream: Vec<NextUpstream>,
     /// What picks a new flow's backend.
     pub scheduler: Scheduler,
     /// Slots of its Maglev table (a prime).
@@ -81,6 +85,9 @@ pub struct DesiredBackend {
     /// Out: its flows move to others and it gets no new ones, whatever its
     /// weight (down, or unhealthy).
     pub failed: bool,
+    /// The data plane takes it out itself at its first failed connection
+    /// attempt (its `max_fails` is 1), without waiting for the agent.
+    pub fail_at_once: bool,
 }
 
 impl Desired {
@@ -140,6 +147,7 @@ fn as_configured(backend: &BackendConfig) -> DesiredBackend {
             backend.weight.saturating_mul(WEIGHT_SCALE)
         },
         failed: backend.down,
+        fail_at_once: backend.max_fails == 1,
     }
 }
 
@@ -154,6 +162,7 @@ impl DesiredService {
             mode: config.mode,
             snat: config.snat,
             hash: config.hash,
+            next_upstream: config.next_upstream.clone(),
             scheduler: Scheduler::Maglev,
             table_size: config.table_size,
             backends,

@@ -212,6 +212,7 @@ pub fn evaluate(
                 address: config.address,
                 weight,
                 failed,
+                fail_at_once: config.max_fails == 1,
             }
         })
         .collect()

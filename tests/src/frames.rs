@@ -74,6 +74,8 @@ pub struct Frame {
     /// Ethernet source and destination.
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
+    /// IPv4 TTL or IPv6 hop limit.
+    pub ttl: u8,
 }
 
 impl Frame {
@@ -88,7 +90,21 @@ impl Frame {
             ipv4_fragment: None,
             src_mac: SRC_MAC,
             dst_mac: DST_MAC,
+            ttl: 64,
         }
+    }
+
+    /// Sets the IPv4 TTL or IPv6 hop limit.
+    pub fn ttl(mut self, ttl: u8) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The same frame one hop further: TTL or hop limit less one, as a
+    /// router (and xlb, when XDP sends a frame on) leaves it.
+    pub fn hop(mut self) -> Self {
+        self.ttl -= 1;
+        self
     }
 
     /// The same frame between other endpoints (flags, payload, tags and
@@ -154,8 +170,9 @@ impl Frame {
     pub fn build(&self) -> Vec<u8> {
         let ip = match (self.src.ip(), self.dst.ip()) {
             (IpAddr::V4(src), IpAddr::V4(dst)) => {
-                let mut header = Ipv4Header::new(0, 64, IpNumber(0), src.octets(), dst.octets())
-                    .expect("empty payload fits");
+                let mut header =
+                    Ipv4Header::new(0, self.ttl, IpNumber(0), src.octets(), dst.octets())
+                        .expect("empty payload fits");
                 header.options = self
                     .ipv4_options
                     .as_slice()
@@ -170,7 +187,7 @@ impl Frame {
             }
             (IpAddr::V6(src), IpAddr::V6(dst)) => IpHeaders::Ipv6(
                 Ipv6Header {
-                    hop_limit: 64,
+                    hop_limit: self.ttl,
                     source: src.octets(),
                     destination: dst.octets(),
                     ..Default::default()

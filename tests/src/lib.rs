@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod fixture;
 pub mod frames;
+pub mod load;
 pub mod xdp;
 
 /// Fails the calling test, with a clear message, unless it runs as root:

@@ -337,7 +337,17 @@ fn active_checks_take_out_hung_and_erroring_backends_and_bring_them_back() {
 fn passive_failures_follow_max_fails_and_fail_timeout() {
     let mut lab = lab(3);
     let passive = "max_fails = 3\nfail_timeout = \"2s\"";
-    let agent = Agent::start(&lab, &web(&lab, "", &[passive, passive, "max_fails = 0"])).unwrap();
+    // Without next_upstream, so refused connections reach the client and
+    // are counted here (with it they go elsewhere: tests/tests/failover.rs).
+    let agent = Agent::start(
+        &lab,
+        &web(
+            &lab,
+            "next_upstream = []",
+            &[passive, passive, "max_fails = 0"],
+        ),
+    )
+    .unwrap();
 
     // b1 dies: connections to it are refused until max_fails attempts have
     // failed; then it gets none for fail_timeout.

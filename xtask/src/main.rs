@@ -2,6 +2,7 @@
 
 mod bench;
 mod cmd;
+mod fuzz;
 mod run;
 mod setup;
 mod test;
@@ -38,6 +39,9 @@ enum Command {
     Test,
     /// Benchmark xlb beside the floor and its peers; writes bench/results/.
     Bench(bench::BenchArgs),
+    /// Fuzz the data plane with millions of frames, then the configuration
+    /// parser and the Maglev builder with cargo-fuzz.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 #[derive(Subcommand)]
@@ -85,6 +89,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Test => test::test(),
         Command::Bench(args) => bench::bench(args),
+        Command::Fuzz(args) => fuzz::fuzz(args),
     }
 }
 

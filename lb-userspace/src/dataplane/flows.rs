@@ -6,7 +6,7 @@ use std::{collections::HashMap, net::SocketAddr};
 use aya::Ebpf;
 use lb_common::{
     Flow, FlowKey, ServiceKey,
-    flow::{FLOW_CLOSING, FLOW_MIDSTREAM, FLOW_SYN_SENT, FlowTimeouts},
+    flow::{FLOW_CLOSING, FLOW_MIDSTREAM, FLOW_REFUSED, FLOW_SYN_SENT, FlowTimeouts},
 };
 use serde::Serialize;
 
@@ -33,7 +33,7 @@ pub(super) fn live(
     let owners = owners(tables);
     let mut counts = HashMap::new();
     for_each_current(ebpf, timeouts, |key, flow, _| {
-        if !matches!(flow.state, FLOW_CLOSING | FLOW_MIDSTREAM)
+        if !matches!(flow.state, FLOW_CLOSING | FLOW_MIDSTREAM | FLOW_REFUSED)
             && let Some((service, addr)) = owners.get(&(*key.service_key(), flow.backend))
         {
             *counts.entry(((*service).to_owned(), *addr)).or_insert(0) += 1;
@@ -64,6 +64,7 @@ pub(super) fn of_service(
                     FLOW_SYN_SENT => "syn-sent",
                     FLOW_CLOSING => "closing",
                     FLOW_MIDSTREAM => "midstream",
+                    FLOW_REFUSED => "refused",
                     _ => "established",
                 },
                 idle_seconds: now.saturating_sub(flow.last_seen_ns) as f64 / 1e9,

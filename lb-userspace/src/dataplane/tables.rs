@@ -12,14 +12,16 @@ use anyhow::{Context as _, anyhow};
 use aya::Ebpf;
 use lb_common::{
     Backend, MAGLEV_SLOTS, MAX_BACKENDS, MAX_SERVICES, Service, ServiceKey,
-    backend::BACKEND_F_FAILED,
+    backend::{BACKEND_F_FAIL_AT_ONCE, BACKEND_F_FAILED},
     maglev::{self, Candidate},
-    service::{SERVICE_F_DNAT, SERVICE_F_HASH_SOURCE},
+    service::{
+        SERVICE_F_DNAT, SERVICE_F_HASH_SOURCE, SERVICE_F_NEXT_ON_ERROR, SERVICE_F_NEXT_ON_TIMEOUT,
+    },
 };
 
 use super::{mapped, maps};
 use crate::{
-    config::{HashPolicy, Mode},
+    config::{HashPolicy, Mode, NextUpstream},
     desired::{Desired, DesiredService, Scheduler},
     slots::{Range, SlotAllocator},
 };
@@ -247,7 +249,10 @@ fn write_backends(
     let mut backends = maps::backends_mut(ebpf)?;
     for backend in &service.backends {
         let id = state.backends[&backend.address];
-        let flags = if backend.failed { BACKEND_F_FAILED } else { 0 };
+        let mut flags = if backend.failed { BACKEND_F_FAILED } else { 0 };
+        if backend.fail_at_once {
+            flags |= BACKEND_F_FAIL_AT_ONCE;
+        }
         backends.set(id, backend_entry(backend.address, flags))?;
     }
     Ok(())
@@ -317,9 +322,17 @@ fn service_entry(
         HashPolicy::FiveTuple => 0,
         HashPolicy::SourceIp => SERVICE_F_HASH_SOURCE,
     };
+    let next_upstream = service
+        .next_upstream
+        .iter()
+        .map(|on| match on {
+            NextUpstream::Error => SERVICE_F_NEXT_ON_ERROR,
+            NextUpstream::Timeout => SERVICE_F_NEXT_ON_TIMEOUT,
+        })
+        .fold(0, |flags, flag| flags | flag);
     Service {
         id: state.id,
-        flags: mode | hash,
+        flags: mode | hash | next_upstream,
         table_size: if table.is_empty() {
             0
         } else {

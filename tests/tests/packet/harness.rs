@@ -18,7 +18,7 @@ use xlb_tests::{
 };
 
 /// The services of every case.
-const CONFIG: &str = include_str!("../../fixtures/packet.toml");
+pub const CONFIG: &str = include_str!("../../fixtures/packet.toml");
 
 /// A loaded data plane inside a fixture namespace.
 pub struct Harness {
@@ -51,7 +51,9 @@ impl Harness {
     }
 
     /// Runs `input`; checks the action, the output bytes and that `counter`
-    /// counted it.
+    /// counted it. A frame XDP sends on (`XDP_TX`, a redirect) is one hop
+    /// further than `output`: its TTL or hop limit is one less; one handed
+    /// to the kernel is not (the kernel's forwarding decrements it).
     pub fn expect(
         &mut self,
         input: &Frame,
@@ -62,6 +64,10 @@ impl Harness {
         let before = self.counter(counter);
         let (got_action, got) = self.run(input);
         assert_eq!(got_action, action, "action for {input:?}");
+        let output = match action {
+            Action::Tx | Action::Redirect => output.clone().hop(),
+            _ => output.clone(),
+        };
         assert_bytes(&got, &output.build());
         assert_eq!(self.counter(counter), before + 1, "{counter:?} not counted");
     }

@@ -120,3 +120,25 @@ fn a_source_port_whose_flow_ended_is_used_again() {
         h.expect(&new, Action::Tx, &out, GlobalCounter::ForwardTx);
     });
 }
+
+#[test]
+fn a_client_port_below_1024_or_0_is_never_the_snat_port() {
+    with_harness(|h| {
+        for client_port in [0u16, 80, 1023] {
+            let syn = Frame::tcp(
+                &format!("10.0.0.2:{client_port}"),
+                "10.0.0.100:80",
+                Transport::SYN,
+            );
+            let port = snat_candidate(&syn, 0);
+            assert!(port >= 1024, "{port}");
+            let out = syn.rewritten(
+                &format!("10.1.0.100:{port}"),
+                "10.1.0.10:8000",
+                LB_MAC,
+                backend_mac(0),
+            );
+            h.expect(&syn, Action::Tx, &out, GlobalCounter::ForwardTx);
+        }
+    });
+}

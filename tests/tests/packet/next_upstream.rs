@@ -1,0 +1,127 @@
+//! `next_upstream`: a handshake a backend refuses, or leaves unanswered,
+//! goes to another backend when the client sends its SYN again, instead of
+//! failing; with `max_fails = 1` the data plane takes the backend out at
+//! once, before the agent's next tick.
+
+use std::net::SocketAddr;
+
+use lb_common::{GlobalCounter, flow::flow_hash};
+use xlb_tests::{
+    fixture::{CLIENT_MAC, LB_MAC, backend_mac},
+    frames::{Frame, Transport},
+    xdp::Action,
+};
+
+use crate::harness::{Harness, with_harness};
+
+fn mac_of(backend: SocketAddr) -> [u8; 6] {
+    backend_mac(backend.ip().to_string().ends_with(".11") as u8)
+}
+
+/// A client port whose SYN to `vip` the Maglev table of `service` sends to
+/// `backend`, from `from` on.
+fn port_to(h: &Harness, service: &str, vip: &str, backend: SocketAddr, from: u16) -> u16 {
+    (from..)
+        .find(|port| {
+            let syn = Frame::tcp(&format!("10.0.0.2:{port}"), vip, Transport::SYN);
+            h.dp.lookup(service, flow_hash(&syn.flow_key(), false))
+                .unwrap()
+                == Some(backend)
+        })
+        .unwrap()
+}
+
+/// Where a SYN from `port` to `vip` goes: the backend and the frame as sent.
+fn sent_to(h: &mut Harness, vip: &str, port: u16) -> (SocketAddr, Frame) {
+    let syn = Frame::tcp(&format!("10.0.0.2:{port}"), vip, Transport::SYN);
+    let (action, out) = h.run(&syn);
+    assert_eq!(action, Action::Tx);
+    let backend = SocketAddr::new(
+        std::net::Ipv4Addr::new(out[30], out[31], out[32], out[33]).into(),
+        u16::from_be_bytes([out[36], out[37]]),
+    );
+    let snat = format!("10.1.0.100:{}", u16::from_be_bytes([out[34], out[35]]));
+    let reply =
+        Frame::tcp(&backend.to_string(), &snat, Transport::RST).macs(mac_of(backend), LB_MAC);
+    (backend, reply)
+}
+
+#[test]
+fn a_refused_handshake_is_kept_from_the_client_and_its_syn_goes_elsewhere() {
+    with_harness(|h| {
+        let vip = "10.0.0.101:80";
+        let b0: SocketAddr = "10.1.0.10:8000".parse().unwrap();
+        let b1: SocketAddr = "10.1.0.11:8000".parse().unwrap();
+        let port = port_to(h, "pair", vip, b0, 53000);
+        let (first, refusal) = sent_to(h, vip, port);
+        assert_eq!(first, b0);
+
+        // b0 refuses: the RST is dropped, counted, not sent to the client.
+        let before = h.counter(GlobalCounter::DropRefusedHandshake);
+        assert_eq!(h.run(&refusal).0, Action::Drop);
+        assert_eq!(h.counter(GlobalCounter::DropRefusedHandshake), before + 1);
+        let c = h.dp.backend_counters("pair", b0).unwrap();
+        assert_eq!(c.handshake_rsts, 1);
+
+        // The client's SYN, sent again, goes to b1, which answers.
+        let (second, _) = sent_to(h, vip, port);
+        assert_eq!(
+            second, b1,
+            "the retransmitted SYN went back to the refusing backend"
+        );
+        let syn_ack = Frame::tcp(
+            &b1.to_string(),
+            &format!("10.1.0.100:{port}"),
+            Transport::SYN_ACK,
+        )
+        .macs(backend_mac(1), LB_MAC);
+        let back = syn_ack.rewritten(vip, &format!("10.0.0.2:{port}"), LB_MAC, CLIENT_MAC);
+        h.expect(&syn_ack, Action::Tx, &back, GlobalCounter::ForwardTx);
+
+        // max_fails = 1: b0 is out at once, before the agent's tick: a new
+        // client whose hash picks b0 goes to b1 too.
+        let other = port_to(h, "pair", vip, b0, port + 1);
+        assert_eq!(sent_to(h, vip, other).0, b1, "b0 was not taken out at once");
+    });
+}
+
+#[test]
+fn a_syn_left_unanswered_goes_elsewhere_when_the_client_sends_it_again() {
+    with_harness(|h| {
+        let vip = "10.0.0.101:80";
+        let b0: SocketAddr = "10.1.0.10:8000".parse().unwrap();
+        let port = port_to(h, "pair", vip, b0, 54000);
+        assert_eq!(sent_to(h, vip, port).0, b0);
+        // No answer; the client sends its SYN again.
+        assert_eq!(sent_to(h, vip, port).0, "10.1.0.11:8000".parse().unwrap());
+        assert_eq!(h.dp.backend_counters("pair", b0).unwrap().syn_retries, 1);
+    });
+}
+
+#[test]
+fn with_max_fails_above_1_the_backend_stays_in_but_the_connection_moves() {
+    with_harness(|h| {
+        let vip = "10.0.0.109:80";
+        let b0: SocketAddr = "10.1.0.10:8000".parse().unwrap();
+        let port = port_to(h, "pair3", vip, b0, 55000);
+        let (first, refusal) = sent_to(h, vip, port);
+        assert_eq!(first, b0);
+        assert_eq!(h.run(&refusal).0, Action::Drop);
+        assert_ne!(sent_to(h, vip, port).0, b0);
+        // The agent takes b0 out after 3 failures; one is not enough.
+        let other = port_to(h, "pair3", vip, b0, port + 1);
+        assert_eq!(sent_to(h, vip, other).0, b0);
+    });
+}
+
+#[test]
+fn without_next_upstream_the_refusal_reaches_the_client() {
+    with_harness(|h| {
+        let syn = Frame::tcp("10.0.0.2:56000", "10.0.0.108:80", Transport::SYN);
+        assert_eq!(h.run(&syn).0, Action::Tx);
+        let refusal = Frame::tcp("10.1.0.11:8001", "10.0.0.2:56000", Transport::RST)
+            .macs(backend_mac(1), LB_MAC);
+        let out = refusal.rewritten("10.0.0.108:80", "10.0.0.2:56000", LB_MAC, CLIENT_MAC);
+        h.expect(&refusal, Action::Tx, &out, GlobalCounter::ForwardTx);
+    });
+}
