@@ -4,6 +4,12 @@ use crate::impl_pod;
 
 /// Flows to this backend are scheduled again: it failed a health check.
 pub const BACKEND_F_FAILED: u16 = 1 << 0;
+/// The backend listens on this host (127.0.0.1, ::1 or one of the host's
+/// own addresses): a client's packet is handed to the kernel's local
+/// delivery after the rewrite, with the client's address kept (whatever the
+/// service's mode), and the reply is rewritten back by the tc egress
+/// program `xlb_egress`.
+pub const BACKEND_F_LOCAL: u16 = 1 << 1;
 
 /// Entry of the `BACKENDS` array, indexed by backend id.
 #[repr(C)]
@@ -22,6 +28,12 @@ impl Backend {
     #[inline(always)]
     pub const fn is_failed(&self) -> bool {
         self.flags & BACKEND_F_FAILED != 0
+    }
+
+    /// Whether the backend listens on this host ([`BACKEND_F_LOCAL`]).
+    #[inline(always)]
+    pub const fn is_local(&self) -> bool {
+        self.flags & BACKEND_F_LOCAL != 0
     }
 }
 

@@ -68,6 +68,9 @@ global_counters! {
     /// XDP program): passed to the kernel, MAC addresses untouched, which
     /// forwards it.
     PassKernelForward => "pass_kernel_forward",
+    /// Rewritten for a backend on this host (127.0.0.1, ::1, one of the
+    /// host's addresses): passed to the kernel, which delivers it locally.
+    PassLocal => "pass_local",
     /// Sent back out of the interface it came in on (`XDP_TX`).
     ForwardTx => "forward_tx",
     /// Redirected to another interface xlb is attached to.

@@ -71,7 +71,7 @@ pub fn forward(ctx: &XdpContext, packet: &Packet, route: &Route) -> GlobalCounte
     if vlan::is_tagged(packet) && vlan::pop_tags(ctx, packet).is_err() {
         return GlobalCounter::DropInternal;
     }
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+    let Some(eth) = ptr_at::<EthHdr, _>(ctx, 0) else {
         return GlobalCounter::DropInternal;
     };
     // SAFETY: `ptr_at` checked the Ethernet header lies inside the packet.
@@ -86,7 +86,7 @@ pub fn forward(ctx: &XdpContext, packet: &Packet, route: &Route) -> GlobalCounte
 /// addresses it arrived with. Its VLAN tags go unless VLAN devices on the
 /// interface will take them.
 #[inline(always)]
-fn to_kernel(ctx: &XdpContext, packet: &Packet, counter: GlobalCounter) -> GlobalCounter {
+pub fn to_kernel(ctx: &XdpContext, packet: &Packet, counter: GlobalCounter) -> GlobalCounter {
     if vlan::is_tagged(packet) && !vlan::kernel_knows_tags(ctx) {
         // A refusal leaves the tags: the kernel drops the frame, as it
         // would have without xlb.

@@ -15,12 +15,14 @@ mod flow;
 mod forward;
 mod frame;
 mod lab_vlan;
+mod local;
 mod maps;
 mod parse;
 mod pick;
 mod rewrite;
 mod schedule;
 mod snat;
+mod sock;
 mod vlan;
 mod walk;
 
@@ -47,7 +49,9 @@ fn action(verdict: GlobalCounter) -> u32 {
         ForwardRedirect => xdp_action::XDP_REDIRECT,
         DropNoBackend | DropSnatPortsBusy | DropInternal | DropRewrite => xdp_action::XDP_DROP,
         PassNotIp | PassNotTcpUdp | PassFragment | PassNotService | PassMalformed
-        | PassNoNeighbour | PassRouteLookup | PassKernelForward => xdp_action::XDP_PASS,
+        | PassNoNeighbour | PassRouteLookup | PassKernelForward | PassLocal => {
+            xdp_action::XDP_PASS
+        }
     }
 }
 

@@ -3,7 +3,10 @@
 //! entries in `FLOWS` and `REPLIES`.
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
-use lb_common::{Backend, Flow, GlobalCounter, Reply, Service, flow::NextHop};
+use lb_common::{
+    Backend, Flow, GlobalCounter, Reply, Service,
+    flow::{NextHop, snats},
+};
 
 use crate::{
     flow,
@@ -83,7 +86,7 @@ fn new_flow(packet: &Packet, service: &Service, now: u64) -> Result<Scheduled, G
     };
     // In `nat` mode the source port is filled in by `claim_port`.
     scratch.reply_key = key.reply_key(service, backend, 0);
-    let snat_port_be = if service.is_nat() {
+    let snat_port_be = if snats(service, backend) {
         snat::claim_port(scratch, hash, key.src_port_be, now)?
     } else {
         REPLIES

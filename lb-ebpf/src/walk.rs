@@ -6,11 +6,11 @@
 //! the frame, from which the entry point derives the XDP action.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{GlobalCounter, Reply, Service};
+use lb_common::{GlobalCounter, Reply, Service, flow::snats};
 
 use crate::{
     flow::track_reply,
-    forward::{Route, forward},
+    forward::{Route, forward, to_kernel},
     frame,
     maps::{self, REPLIES, count_backend, count_service},
     parse::{Packet, parse},
@@ -59,7 +59,7 @@ fn to_backend(ctx: &XdpContext, packet: &Packet, service: &Service) -> GlobalCou
         c.packets += 1;
         c.bytes += bytes as u64;
     });
-    let src = if service.is_nat() {
+    let src = if snats(service, scheduled.backend) {
         Endpoint {
             addr: &service.snat_addr,
             port_be: scheduled.snat_port_be,
@@ -74,6 +74,15 @@ fn to_backend(ctx: &XdpContext, packet: &Packet, service: &Service) -> GlobalCou
         addr: &scheduled.backend.addr,
         port_be: scheduled.backend.port_be,
     };
+    if scheduled.backend.is_local() {
+        // The kernel delivers it to the backend's socket (127.0.0.1 needs
+        // `route_localnet`, which the agent sets); the reply leaves through
+        // the tc egress program (`local.rs`).
+        if let Err(counter) = rewrite(ctx, packet, &src, &dst) {
+            return counter;
+        }
+        return to_kernel(ctx, packet, GlobalCounter::PassLocal);
+    }
     // SAFETY: `flow` points into its map value, valid for this run.
     let hop = unsafe { &raw mut (*scheduled.flow).next_hop };
     send(

@@ -112,6 +112,11 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
         pin_dir: Some(pin_dir.clone()),
         flow_capacity: config.flows.table_size,
         timeouts: config.flows.timeouts(),
+        sysctl_record: Some(
+            agent_cfg
+                .run_dir
+                .join(format!("{}.sysctls.json", agent_cfg.name)),
+        ),
     })?;
     let kernel_log = spawn_kernel_log(&mut dataplane)?;
     let adopting = previous_state(&mut dataplane, &pin_dir, &state_path, &config)?;
@@ -143,6 +148,7 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
     for iface in &config.interfaces {
         agent.dataplane.attach(iface, mode)?;
     }
+    agent.dataplane.attach_sockets()?;
     agent.sync_checks();
 
     let (request_tx, mut request_rx) = mpsc::channel::<Envelope>(64);

@@ -415,8 +415,18 @@ impl ServiceConfig {
     fn validate(&self) -> anyhow::Result<()> {
         let name = &self.name;
         let family = |ip: IpAddr| if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+        // Backends on this host are reached without a source address
+        // (their replies leave through the egress program), so a service
+        // whose backends are all local needs no `snat`.
+        let all_local = self
+            .backends
+            .iter()
+            .all(|b| crate::local::is_local(b.address.ip()));
         match (self.mode, self.snat) {
-            (Mode::Nat, None) => bail!("service {name:?}: mode \"nat\" needs a `snat` address"),
+            (Mode::Nat, None) if !all_local => bail!(
+                "service {name:?}: mode \"nat\" needs a `snat` address (backends on this host \
+                 need none, the others do)"
+            ),
             (_, Some(snat)) if snat.is_ipv4() != self.vip.is_ipv4() => bail!(
                 "service {name:?}: snat {snat} is {} but the vip is {}",
                 family(snat),

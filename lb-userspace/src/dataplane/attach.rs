@@ -8,12 +8,16 @@ use anyhow::{Context as _, bail};
 use aya::{
     Ebpf,
     programs::{
+        CgroupAttachMode, TcAttachType,
         links::{FdLink, PinnedLink},
         xdp::{XdpLink, XdpLinkId},
     },
 };
 
-use super::{load::xdp_program, maps};
+use super::{
+    load::{SOCKET_PROGRAMS, egress_program, socket_program, xdp_program},
+    maps,
+};
 use crate::{
     egress::{Egress, EgressPath},
     xdp::{self, AttachedMode, ModeRequest},
@@ -175,4 +179,95 @@ fn ifindex(iface: &str) -> anyhow::Result<u32> {
         bail!("no interface named {iface}");
     }
     Ok(index)
+}
+
+/// An attachment of the egress or a socket program, pinned (with a pin
+/// directory) so that it outlives a killed agent like the XDP attachment.
+/// Dropping it without its pin detaches the program.
+pub(super) struct Held {
+    pub(super) pin: Option<PathBuf>,
+    pub(super) _link: FdLink,
+}
+
+/// Attaches the egress program (tc, clsact egress) to `iface`, taking the
+/// place of an attachment an earlier agent pinned.
+pub(super) fn attach_egress(
+    ebpf: &mut Ebpf,
+    pin_dir: Option<&Path>,
+    iface: &str,
+) -> anyhow::Result<Held> {
+    let pin = pin_dir.map(|d| d.join(format!("link-tc-{iface}")));
+    hold(pin, || {
+        let program = egress_program(ebpf)?;
+        let id = program
+            .attach(iface, TcAttachType::Egress)
+            .with_context(|| format!("attaching the egress program to {iface}"))?;
+        FdLink::try_from(program.take_link(id)?)
+            .context("the egress attachment is not a bpf_link; cannot pin it")
+    })
+}
+
+/// Root of the cgroup v2 hierarchy: every process of the machine.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Attaches the socket programs to the root cgroup (beside any other
+/// program there), each taking the place of an attachment an earlier agent
+/// pinned. They act only on sockets of this agent's network namespace.
+pub(super) fn attach_sockets(ebpf: &mut Ebpf, pin_dir: Option<&Path>) -> anyhow::Result<Vec<Held>> {
+    let cgroup = std::fs::File::open(CGROUP_ROOT)
+        .with_context(|| format!("opening the cgroup v2 root {CGROUP_ROOT}"))?;
+    SOCKET_PROGRAMS
+        .iter()
+        .map(|name| {
+            let pin = pin_dir.map(|d| d.join(format!("link-cgroup-{name}")));
+            hold(pin, || {
+                let program = socket_program(ebpf, name)?;
+                let id = program
+                    .attach(&cgroup, CgroupAttachMode::AllowMultiple)
+                    .with_context(|| format!("attaching {name} to {CGROUP_ROOT}"))?;
+                FdLink::try_from(program.take_link(id)?)
+                    .with_context(|| format!("{name}: not a bpf_link; cannot pin it"))
+            })
+        })
+        .collect()
+}
+
+/// Attaches with `attach` and pins the link at `pin`. A link an earlier
+/// agent pinned there is let go once the new one is in place: both run for
+/// that moment, and the second finds nothing left to rewrite.
+fn hold(
+    pin: Option<PathBuf>,
+    attach: impl FnOnce() -> anyhow::Result<FdLink>,
+) -> anyhow::Result<Held> {
+    let earlier = match &pin {
+        Some(pin) if pin.exists() => {
+            let link = PinnedLink::from_pin(pin)
+                .with_context(|| format!("opening the pinned attachment {}", pin.display()))?;
+            std::fs::remove_file(pin).with_context(|| format!("removing {}", pin.display()))?;
+            Some(link)
+        }
+        _ => None,
+    };
+    let link = attach()?;
+    let link = match &pin {
+        Some(pin) => FdLink::from(
+            link.pin(pin)
+                .with_context(|| format!("pinning {}", pin.display()))?,
+        ),
+        None => link,
+    };
+    drop(earlier);
+    Ok(Held { pin, _link: link })
+}
+
+/// Removes the pins of `held` and detaches them.
+pub(super) fn release(held: Vec<Held>) -> anyhow::Result<()> {
+    for held in held {
+        if let Some(pin) = &held.pin
+            && pin.exists()
+        {
+            std::fs::remove_file(pin).with_context(|| format!("removing {}", pin.display()))?;
+        }
+    }
+    Ok(())
 }
