@@ -275,6 +275,44 @@ impl Lab {
         Ok(())
     }
 
+    /// App instance `i` on the load balancer's own host, as in nginx's
+    /// tutorial: `l<i>` on 127.0.0.1, port 8000 + `i`, in the lb namespace.
+    pub fn local_backend(&self, i: usize) -> Backend {
+        Backend {
+            index: i,
+            name: format!("l{i}"),
+            ns: self.topo.lb_ns(),
+            v4: std::net::Ipv4Addr::LOCALHOST,
+            v6: std::net::Ipv6Addr::LOCALHOST,
+            port: topology::backend_port(i),
+            mac: [0; 6],
+        }
+    }
+
+    /// Starts local app instance `i` ([`Lab::local_backend`], listening on
+    /// 127.0.0.1 only) and waits until it answers.
+    pub fn start_local_backend(&mut self, i: usize) -> anyhow::Result<()> {
+        let (run_dir, b) = (self.topo.run_dir(), self.local_backend(i));
+        let localhost = Some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        let mut child = procs::spawn_backend_on(&procs::httpd_path()?, &run_dir, &b, localhost)?;
+        procs::wait_ready(&mut child, &run_dir, &b)?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// Kills local app instance `i`: connections to it are refused.
+    pub fn stop_local_backend(&mut self, i: usize) -> anyhow::Result<()> {
+        let path = procs::pid_path(&self.topo.run_dir(), &self.local_backend(i));
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let pid: i32 = text.trim().parse()?;
+        signal(pid, libc::SIGKILL)?;
+        if let Some(child) = self.children.iter_mut().find(|c| c.id() as i32 == pid) {
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+
     /// Makes backend `i` answer `GET /health` with `status` (`None`: 200).
     pub fn set_health_status(&self, i: usize, status: Option<u16>) -> anyhow::Result<()> {
         let path = procs::health_path(&self.topo.run_dir(), &self.topo.backend(i));
