@@ -11,7 +11,7 @@ use std::{
 };
 
 use lb_common::GlobalCounter;
-use xlb::protocol::Health;
+use xlb::protocol::{Health, ServingState};
 use xlb_lab::{Lab, LabSpec, client, netns, topology};
 use xlb_tests::{agent::Agent, require_root};
 
@@ -111,8 +111,10 @@ fn tutorial_config_serves_outside_and_host_clients_with_the_weights() {
     wait_healthy(&agent, &(0..4).map(local).collect::<Vec<_>>());
 
     let outside = requests_from(&lab.client_ns(), 1000);
+    eprintln!("outside: {outside:?}");
     assert_shares(&outside, &PRIMARIES);
     let inside = requests_from(&lab.lb_ns(), 1000);
+    eprintln!("inside: {inside:?}");
     assert_shares(&inside, &PRIMARIES);
 
     let stats = agent.stats().unwrap();
@@ -175,4 +177,135 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = netns::delete(&self.0);
     }
+}
+
+fn route_localnet(lab: &Lab) -> String {
+    lab.in_lb(|| std::fs::read_to_string("/proc/sys/net/ipv4/conf/eth0/route_localnet"))
+        .unwrap()
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// Requests from the client namespace and from the lb host in parallel.
+fn both(lab: &Lab, n: usize) -> (BTreeMap<String, usize>, BTreeMap<String, usize>) {
+    let (client, lb) = (lab.client_ns(), lab.lb_ns());
+    let outside = std::thread::spawn(move || requests_from(&client, n));
+    let inside = requests_from(&lb, n);
+    (outside.join().unwrap(), inside)
+}
+
+fn assert_no_failures(counts: &BTreeMap<String, usize>) {
+    assert!(
+        !counts.keys().any(|k| k.starts_with("failed")),
+        "failed requests: {counts:?}"
+    );
+}
+
+/// A local app instance whose process dies is taken out by the health
+/// check like a remote backend, and every later request from outside and
+/// from the host succeeds on the others.
+#[test]
+fn a_dead_local_backend_is_taken_out() {
+    let mut lab = lab(1, 4);
+    let agent = Agent::start(&lab, &tutorial()).expect("xlb run");
+    wait_healthy(&agent, &(0..4).map(local).collect::<Vec<_>>());
+    lab.stop_local_backend(1).unwrap();
+    agent.wait_for("l1 down", Duration::from_secs(10), |a| {
+        a.backend("web", &local(1)).state == ServingState::Unhealthy
+    });
+    let (outside, inside) = both(&lab, 300);
+    for counts in [&outside, &inside] {
+        assert_no_failures(counts);
+        assert!(!counts.contains_key("l1"), "{counts:?}");
+        assert!(counts.contains_key("l0") && counts.contains_key("l2"), "{counts:?}");
+    }
+}
+
+/// When every primary is gone the backup serves, for both kinds of client.
+#[test]
+fn the_local_backup_takes_over() {
+    let mut lab = lab(1, 4);
+    let agent = Agent::start(&lab, &tutorial()).expect("xlb run");
+    wait_healthy(&agent, &(0..4).map(local).collect::<Vec<_>>());
+    for i in 0..3 {
+        lab.stop_local_backend(i).unwrap();
+    }
+    agent.wait_for("primaries down", Duration::from_secs(10), |a| {
+        (0..3).all(|i| a.backend("web", &local(i)).state == ServingState::Unhealthy)
+    });
+    let (outside, inside) = both(&lab, 100);
+    assert_eq!(outside, BTreeMap::from([("l3".to_owned(), 100)]));
+    assert_eq!(inside, BTreeMap::from([("l3".to_owned(), 100)]));
+}
+
+/// A drained local backend gets no new connection from either kind of
+/// client.
+#[test]
+fn a_drained_local_backend_gets_no_new_connections() {
+    let lab = lab(1, 4);
+    let agent = Agent::start(&lab, &tutorial()).expect("xlb run");
+    wait_healthy(&agent, &(0..4).map(local).collect::<Vec<_>>());
+    agent.cli(&["server", "drain", "web", &local(1)]).unwrap();
+    let (outside, inside) = both(&lab, 300);
+    for counts in [&outside, &inside] {
+        assert_no_failures(counts);
+        assert!(!counts.contains_key("l1"), "{counts:?}");
+    }
+}
+
+/// A service mixing app instances on the host with a backend elsewhere
+/// keeps its weights, from outside and from the host.
+#[test]
+fn mixed_local_and_remote_backends_keep_their_weights() {
+    let lab = lab(1, 2);
+    let remote = lab.backend(0).addr_v4();
+    let services = format!(
+        "[[service]]\nname = \"web\"\nvip = \"{}\"\nport = 80\nsnat = \"{}\"\n\
+         [[service.backend]]\naddress = \"{}\"\n\
+         [[service.backend]]\naddress = \"{}\"\nweight = 2\n\
+         [[service.backend]]\naddress = \"{remote}\"\nweight = 2\n",
+        topology::LB_CLIENT_SIDE_V4,
+        topology::SNAT_V4,
+        local(0),
+        local(1),
+    );
+    let _agent = Agent::start(&lab, &services).expect("xlb run");
+    let weights = [("l0", 1.0), ("l1", 2.0), ("b0", 2.0)];
+    let (outside, inside) = both(&lab, 1000);
+    eprintln!("outside {outside:?} inside {inside:?}");
+    assert_shares(&outside, &weights);
+    assert_shares(&inside, &weights);
+}
+
+/// Killed with SIGKILL, the agent leaves the data plane serving both kinds
+/// of client (the XDP, tc and cgroup attachments are pinned); restarted, it
+/// takes them over; stopped with SIGTERM, it removes them all and puts
+/// route_localnet back as it was before the first start.
+#[test]
+fn kill9_restart_and_sigterm_keep_serving_then_restore_the_host() {
+    let lab = lab(1, 4);
+    let before = route_localnet(&lab);
+    let mut agent = Agent::start(&lab, &tutorial()).expect("xlb run");
+    wait_healthy(&agent, &(0..4).map(local).collect::<Vec<_>>());
+    assert_eq!(route_localnet(&lab), "1");
+
+    agent.kill9();
+    let (outside, inside) = both(&lab, 200);
+    assert_no_failures(&outside);
+    assert_no_failures(&inside);
+
+    agent.spawn().unwrap();
+    wait_healthy(&agent, &(0..4).map(local).collect::<Vec<_>>());
+    let (outside, inside) = both(&lab, 500);
+    assert_shares(&outside, &PRIMARIES);
+    assert_shares(&inside, &PRIMARIES);
+
+    drop(agent); // SIGTERM
+    assert_eq!(route_localnet(&lab), before, "route_localnet not restored");
+    // Nothing listens on the VIP itself: with the socket programs gone, a
+    // connection from the host is refused instead of balanced.
+    let inside = requests_from(&lab.lb_ns(), 5);
+    assert_eq!(inside.len(), 1, "{inside:?}");
+    assert!(inside.keys().all(|k| k.starts_with("failed")), "{inside:?}");
 }
