@@ -22,10 +22,10 @@ pub mod service;
 pub mod sock;
 
 pub use backend::{Backend, BackendCounters};
-pub use sock::{SockKey, SockPeer};
 pub use counters::{GlobalCounter, TrafficCounters};
 pub use flow::{Flow, FlowKey, Reply};
 pub use service::{IpProto, Service, ServiceKey};
+pub use sock::{SockKey, SockPeer};
 
 /// Most services the data plane holds; sizes `SERVICES` and `SERVICE_STATS`.
 pub const MAX_SERVICES: u32 = 1024;

@@ -49,9 +49,7 @@ fn action(verdict: GlobalCounter) -> u32 {
         ForwardRedirect => xdp_action::XDP_REDIRECT,
         DropNoBackend | DropSnatPortsBusy | DropInternal | DropRewrite => xdp_action::XDP_DROP,
         PassNotIp | PassNotTcpUdp | PassFragment | PassNotService | PassMalformed
-        | PassNoNeighbour | PassRouteLookup | PassKernelForward | PassLocal => {
-            xdp_action::XDP_PASS
-        }
+        | PassNoNeighbour | PassRouteLookup | PassKernelForward | PassLocal => xdp_action::XDP_PASS,
     }
 }
 

@@ -114,7 +114,8 @@ pub static LOCAL_PORTS: Array<u64> = Array::with_max_entries(LOCAL_PORT_WORDS, 0
 /// Sockets local clients opened to a service, by (socket cookie, backend):
 /// the service address `getpeername` and `recvmsg` report instead.
 #[map]
-pub static SOCKETS: LruHashMap<SockKey, SockPeer> = LruHashMap::with_max_entries(MAX_LOCAL_SOCKETS, 0);
+pub static SOCKETS: LruHashMap<SockKey, SockPeer> =
+    LruHashMap::with_max_entries(MAX_LOCAL_SOCKETS, 0);
 
 /// Whether some local backend listens on `port_be` (network byte order).
 #[inline(always)]

@@ -20,9 +20,7 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use lb_common::{
-    ServiceKey, SockKey, SockPeer, hash::mix64, service::SERVICE_F_HASH_SOURCE,
-};
+use lb_common::{ServiceKey, SockKey, SockPeer, hash::mix64, service::SERVICE_F_HASH_SOURCE};
 
 use crate::{
     maps::{self, BACKENDS, SOCKETS, count_backend},

@@ -10,7 +10,7 @@ use lb_common::{GlobalCounter, Reply, Service, flow::snats};
 
 use crate::{
     flow::track_reply,
-    forward::{Route, forward, to_kernel},
+    forward::{Route, forward},
     frame,
     maps::{self, REPLIES, count_backend, count_service},
     parse::{Packet, parse},
@@ -74,15 +74,6 @@ fn to_backend(ctx: &XdpContext, packet: &Packet, service: &Service) -> GlobalCou
         addr: &scheduled.backend.addr,
         port_be: scheduled.backend.port_be,
     };
-    if scheduled.backend.is_local() {
-        // The kernel delivers it to the backend's socket (127.0.0.1 needs
-        // `route_localnet`, which the agent sets); the reply leaves through
-        // the tc egress program (`local.rs`).
-        if let Err(counter) = rewrite(ctx, packet, &src, &dst) {
-            return counter;
-        }
-        return to_kernel(ctx, packet, GlobalCounter::PassLocal);
-    }
     // SAFETY: `flow` points into its map value, valid for this run.
     let hop = unsafe { &raw mut (*scheduled.flow).next_hop };
     send(
@@ -93,6 +84,7 @@ fn to_backend(ctx: &XdpContext, packet: &Packet, service: &Service) -> GlobalCou
             dst,
             hop,
             now: scheduled.now,
+            local: scheduled.backend.is_local(),
         },
     )
 }
@@ -127,7 +119,18 @@ fn to_client(ctx: &XdpContext, packet: &Packet, reply: *mut Reply) -> GlobalCoun
     };
     // SAFETY: the helper has no preconditions.
     let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() };
-    send(ctx, packet, &Route { src, dst, hop, now })
+    let local = false;
+    send(
+        ctx,
+        packet,
+        &Route {
+            src,
+            dst,
+            hop,
+            now,
+            local,
+        },
+    )
 }
 
 /// Rewrites the frame for `route` and sends it on.

@@ -418,10 +418,11 @@ impl ServiceConfig {
         // Backends on this host are reached without a source address
         // (their replies leave through the egress program), so a service
         // whose backends are all local needs no `snat`.
-        let all_local = self
-            .backends
-            .iter()
-            .all(|b| crate::local::is_local(b.address.ip()));
+        let all_local = !self.backends.is_empty()
+            && self
+                .backends
+                .iter()
+                .all(|b| crate::local::is_local(b.address.ip()));
         match (self.mode, self.snat) {
             (Mode::Nat, None) if !all_local => bail!(
                 "service {name:?}: mode \"nat\" needs a `snat` address (backends on this host \
@@ -574,6 +575,19 @@ mod tests {
             let err = format!("{:#}", Config::parse(&text).unwrap_err());
             assert!(err.contains(needle), "{needle:?} not in {err}");
         }
+    }
+
+    #[test]
+    fn local_backends_need_no_snat() {
+        let service = "[[service]]\nname = \"web\"\nvip = \"10.0.0.1\"\nport = 80\n";
+        let local = "[[service.backend]]\naddress = \"127.0.0.1:8000\"\n\
+                     [[service.backend]]\naddress = \"127.0.0.1:8001\"\nweight = 3\n";
+        let config = Config::parse(&format!("{service}{local}")).unwrap();
+        assert_eq!(config.services[0].mode, Mode::Nat);
+        assert_eq!(config.services[0].snat, None);
+        let mixed = format!("{service}{local}[[service.backend]]\naddress = \"192.0.2.1:80\"\n");
+        let err = format!("{:#}", Config::parse(&mixed).unwrap_err());
+        assert!(err.contains("needs a `snat`"), "{err}");
     }
 
     #[test]

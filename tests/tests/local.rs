@@ -74,7 +74,7 @@ fn requests_from(ns: &str, n: usize) -> BTreeMap<String, usize> {
 fn assert_shares(counts: &BTreeMap<String, usize>, names: &[(&str, f64)]) {
     let total: usize = counts.values().sum();
     let weight_sum: f64 = names.iter().map(|(_, w)| w).sum();
-    for (name, _) in counts {
+    for name in counts.keys() {
         assert!(
             names.iter().any(|(n, _)| n == name),
             "unexpected answer {name:?}: {counts:?}"
@@ -168,7 +168,10 @@ fn a_client_in_another_namespace_is_left_alone() {
     assert_eq!(answers, BTreeMap::from([("other".to_owned(), 20)]));
     // And the agent's own namespace still is balanced.
     let inside = requests_from(&lab.lb_ns(), 50);
-    assert!(!inside.keys().any(|k| k.starts_with("failed")), "{inside:?}");
+    assert!(
+        !inside.keys().any(|k| k.starts_with("failed")),
+        "{inside:?}"
+    );
 }
 
 struct Cleanup(String);
@@ -218,7 +221,10 @@ fn a_dead_local_backend_is_taken_out() {
     for counts in [&outside, &inside] {
         assert_no_failures(counts);
         assert!(!counts.contains_key("l1"), "{counts:?}");
-        assert!(counts.contains_key("l0") && counts.contains_key("l2"), "{counts:?}");
+        assert!(
+            counts.contains_key("l0") && counts.contains_key("l2"),
+            "{counts:?}"
+        );
     }
 }
 
