@@ -315,3 +315,112 @@ fn kill9_restart_and_sigterm_keep_serving_then_restore_the_host() {
     assert_eq!(inside.len(), 1, "{inside:?}");
     assert!(inside.keys().all(|k| k.starts_with("failed")), "{inside:?}");
 }
+
+/// Clients on the host see the service's address as their peer, not the
+/// backend's (`getpeername`, and the source of unconnected UDP replies).
+#[test]
+fn host_clients_see_the_vip_as_their_peer() {
+    let lab = lab(1, 4);
+    let _agent = Agent::start(&lab, &tutorial()).expect("xlb run");
+    let peer = lab
+        .in_lb(|| std::net::TcpStream::connect(vip()).map(|s| s.peer_addr()))
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(peer, vip());
+}
+
+/// A UDP service on the host's address with local backends: answered from
+/// outside (XDP, local delivery, the egress program rewriting a UDP reply)
+/// and from the host, connected (connect) and unconnected (sendmsg, with
+/// the reply's source shown as the service by recvmsg).
+#[test]
+fn udp_from_outside_and_from_the_host() {
+    let lab = lab(1, 3);
+    let vip = SocketAddr::new(topology::LB_CLIENT_SIDE_V4.into(), 5353);
+    let mut services = format!(
+        "[[service]]\nname = \"dns\"\nvip = \"{}\"\nport = 5353\nprotocol = \"udp\"\n",
+        vip.ip()
+    );
+    for i in 0..3 {
+        services += &format!("[[service.backend]]\naddress = \"{}\"\n", local(i));
+    }
+    let _agent = Agent::start(&lab, &services).expect("xlb run");
+    let ask = move || {
+        let mut names = BTreeMap::new();
+        for _ in 0..60 {
+            let answer = client::udp_ask(vip, Duration::from_millis(800))
+                .unwrap_or_else(|e| format!("failed: {e:#}"));
+            *names.entry(answer).or_insert(0) += 1;
+        }
+        names
+    };
+    for (who, names) in [
+        ("outside", lab.in_client(ask).unwrap()),
+        ("host", lab.in_lb(ask).unwrap()),
+    ] {
+        assert_no_failures(&names);
+        assert!(names.len() == 3, "{who}: {names:?}");
+    }
+    let (answer, from) = lab
+        .in_lb(move || {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_secs(1)))
+                .unwrap();
+            socket.send_to(b"who?\n", vip).unwrap();
+            let mut buf = [0; 64];
+            let (n, from) = socket.recv_from(&mut buf).unwrap();
+            (String::from_utf8_lossy(&buf[..n]).trim().to_owned(), from)
+        })
+        .unwrap();
+    assert!(answer.starts_with('l'), "{answer}");
+    assert_eq!(from, vip, "the reply's source as recvfrom shows it");
+}
+
+/// Passive failure signals count for local backends too: a dead app
+/// instance's refusals (its RSTs leave through the egress program, which
+/// counts them like the XDP program counts a remote backend's) take it out
+/// after `max_fails`, without any active check.
+#[test]
+fn passive_failures_take_a_dead_local_backend_out() {
+    let mut lab = lab(1, 3);
+    let mut services = format!(
+        "[[service]]\nname = \"web\"\nvip = \"{}\"\nport = 80\n",
+        topology::LB_CLIENT_SIDE_V4
+    );
+    for i in 0..3 {
+        services += &format!(
+            "[[service.backend]]\naddress = \"{}\"\nmax_fails = 3\nfail_timeout = \"30s\"\n",
+            local(i)
+        );
+    }
+    let agent = Agent::start(&lab, &services).expect("xlb run");
+    lab.stop_local_backend(1).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut failed = 0;
+    while agent.backend("web", &local(1)).state != ServingState::Unhealthy {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "l1 never taken out; log:\n{}",
+            agent.log()
+        );
+        failed += requests_from(&lab.client_ns(), 5)
+            .iter()
+            .filter(|(k, _)| k.starts_with("failed"))
+            .map(|(_, n)| n)
+            .sum::<usize>();
+    }
+    assert!(failed >= 3, "taken out after {failed} failures");
+    let health = agent.backend("web", &local(1)).health;
+    assert!(
+        matches!(health, Health::FailedAttempts { .. }),
+        "{health:?}"
+    );
+    assert!(agent.backend("web", &local(1)).counters.handshake_rsts >= 3);
+    let (outside, inside) = both(&lab, 100);
+    for counts in [&outside, &inside] {
+        assert_no_failures(counts);
+        assert!(!counts.contains_key("l1"), "{counts:?}");
+    }
+}
