@@ -144,15 +144,25 @@ fn a_client_in_another_namespace_is_left_alone() {
             run(&["addr", "add", &format!("{}/32", vip().ip()), "dev", "lo"]).unwrap()
         );
         let listener = TcpListener::bind(vip()).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        // Answers until 20 requests came or 5 s passed (rewritten
+        // connections would never arrive).
         let server = std::thread::spawn(move || {
             use std::io::{Read as _, Write as _};
-            for _ in 0..20 {
-                let (mut conn, _) = listener.accept().unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let mut served = 0;
+            while served < 20 && std::time::Instant::now() < deadline {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                conn.set_nonblocking(false).unwrap();
                 let mut buf = [0u8; 1024];
                 let _ = conn.read(&mut buf);
                 let _ = conn.write_all(
                     b"HTTP/1.1 200 OK\r\nx-backend: other\r\ncontent-length: 6\r\nconnection: close\r\n\r\nother\n",
                 );
+                served += 1;
             }
         });
         let mut answers = BTreeMap::new();
