@@ -276,17 +276,10 @@ impl Lab {
     }
 
     /// App instance `i` on the load balancer's own host, as in nginx's
-    /// tutorial: `l<i>` on 127.0.0.1, port 8000 + `i`, in the lb namespace.
+    /// tutorial: `l<i>` on 127.0.0.1, port 8000 + `i`, in the lb namespace
+    /// ([`topology::local_backend`]).
     pub fn local_backend(&self, i: usize) -> Backend {
-        Backend {
-            index: i,
-            name: format!("l{i}"),
-            ns: self.topo.lb_ns(),
-            v4: std::net::Ipv4Addr::LOCALHOST,
-            v6: std::net::Ipv6Addr::LOCALHOST,
-            port: topology::backend_port(i),
-            mac: [0; 6],
-        }
+        topology::local_backend(self.topo.prefix(), i)
     }
 
     /// Starts local app instance `i` ([`Lab::local_backend`], listening on
@@ -516,8 +509,17 @@ pub(crate) fn recorded_shape(prefix: &str) -> anyhow::Result<Option<Shape>> {
     }
 }
 
-/// Number of backends of the lab with `prefix`, from its namespaces.
+/// Number of backends of the lab with `prefix`, from its namespaces (in
+/// the local shape, from the backends' pid files).
 pub(crate) fn discover_backends(prefix: &str) -> anyhow::Result<usize> {
+    if recorded_shape(prefix)?.is_some_and(Shape::local_backends) {
+        let run_dir = topology::run_dir(prefix);
+        return Ok((0..)
+            .take_while(|&i| {
+                procs::pid_path(&run_dir, &topology::local_backend(prefix, i)).exists()
+            })
+            .count());
+    }
     Ok(netns::list()?
         .iter()
         .filter_map(|ns| match topology::role_of(prefix, ns) {
@@ -528,8 +530,12 @@ pub(crate) fn discover_backends(prefix: &str) -> anyhow::Result<usize> {
         .unwrap_or(0))
 }
 
-/// Backend `i` of the lab with `prefix`, without validating the prefix.
-pub(crate) fn backend_at(prefix: &str, i: usize) -> Backend {
+/// Backend `i` of the lab with `prefix` and `shape`, without validating
+/// the prefix.
+pub(crate) fn backend_at(prefix: &str, shape: Shape, i: usize) -> Backend {
+    if shape.local_backends() {
+        return topology::local_backend(prefix, i);
+    }
     Backend {
         index: i,
         name: topology::backend_name(i),

@@ -544,6 +544,14 @@ mod tests {
     }
 
     #[test]
+    fn the_local_example_is_valid() {
+        let config = Config::parse(include_str!("../../examples/local.toml")).unwrap();
+        assert_eq!(config.services.len(), 3);
+        assert_eq!(config.services[0].snat, None);
+        assert!(config.services[0].backends[4].backup);
+    }
+
+    #[test]
     fn service_rules_are_enforced() {
         for (extra, needle) in [
             ("mode = \"nat\"\n", "needs a `snat`"),

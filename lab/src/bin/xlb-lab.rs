@@ -128,7 +128,8 @@ fn main() -> anyhow::Result<()> {
                 "pause" => lab.pause_backend(index)?,
                 _ => lab.resume_backend(index)?,
             }
-            println!("lab {prefix}: backend b{index}: {action}");
+            let name = lab.backend(index).name;
+            println!("lab {prefix}: backend {name}: {action}");
         }
         Command::Load {
             prefix,

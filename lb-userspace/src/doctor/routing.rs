@@ -44,15 +44,21 @@ fn local_backend(address: SocketAddr, subject: String) -> Finding {
              write that address as the backend's",
         );
     }
+    let localnet = if ip.is_loopback() {
+        " (127.0.0.0/8 needs route_localnet on the attached interfaces, which xlb run sets \
+         and restores)"
+    } else {
+        ""
+    };
     Finding::new(
         Check::BackendLocal,
         Severity::Info,
         subject,
         format!(
             "{ip} is an address of this host: xlb hands clients' packets to the kernel's local \
-             delivery (with route_localnet on the attached interfaces, which xlb run sets and \
-             restores) and its tc egress program rewrites the replies back to the VIP; the \
-             backend sees the client's address whatever the service's mode"
+             delivery{localnet}, its tc egress program rewrites the replies back to the VIP, \
+             and clients on this host are connected to it by its socket programs; the backend \
+             sees the client's address whatever the service's mode"
         ),
         "nothing to do",
     )
