@@ -89,6 +89,11 @@ impl Dataplane {
         load::xdp_program(&mut self.ebpf)
     }
 
+    /// The tc egress program that rewrites local backends' replies.
+    pub fn egress_program(&mut self) -> anyhow::Result<&mut aya::programs::SchedClassifier> {
+        load::egress_program(&mut self.ebpf)
+    }
+
     /// Attaches the program to `iface`; returns the mode it got. With a pin
     /// directory, the attachment is pinned there too, and an attachment an
     /// earlier agent pinned is taken over in place: the kernel swaps the
