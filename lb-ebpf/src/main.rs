@@ -47,7 +47,9 @@ fn action(verdict: GlobalCounter) -> u32 {
     match verdict {
         ForwardTx => xdp_action::XDP_TX,
         ForwardRedirect => xdp_action::XDP_REDIRECT,
-        DropNoBackend | DropSnatPortsBusy | DropInternal | DropRewrite => xdp_action::XDP_DROP,
+        DropNoBackend | DropSnatPortsBusy | DropInternal | DropRewrite | DropLoopback => {
+            xdp_action::XDP_DROP
+        }
         PassNotIp | PassNotTcpUdp | PassFragment | PassNotService | PassMalformed
         | PassNoNeighbour | PassRouteLookup | PassKernelForward | PassLocal => xdp_action::XDP_PASS,
     }

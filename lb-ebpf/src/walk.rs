@@ -31,6 +31,10 @@ pub fn walk(ctx: &XdpContext) -> GlobalCounter {
     if let Some(reply) = REPLIES.get_ptr_mut(key) {
         return to_client(ctx, &packet, reply);
     }
+    if !packet.ipv6 && key.dst[12] == 127 {
+        // Only xlb's own rewrites may reach 127.0.0.0/8 from the wire.
+        return GlobalCounter::DropLoopback;
+    }
     GlobalCounter::PassNotService
 }
 

@@ -16,6 +16,7 @@ mod forwarding;
 mod hashing;
 mod health_signals;
 mod ipv6;
+mod local;
 mod malformed;
 mod nat;
 mod not_for_a_service;
