@@ -56,6 +56,18 @@ pub struct BackendCounters {
     /// Packets and bytes of the backend's replies.
     pub reply_packets: u64,
     pub reply_bytes: u64,
+    /// Connections (and unconnected UDP sockets) that clients on the load
+    /// balancer's host opened to the backend through the socket programs:
+    /// they have no packets here, so they are not `new_flows`. Left out of
+    /// the control API's reports while 0, and read as 0 when absent, so
+    /// reports stay as they were for hosts without such clients.
+    #[cfg_attr(feature = "user", serde(default, skip_serializing_if = "is_zero"))]
+    pub host_connects: u64,
+}
+
+#[cfg(feature = "user")]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl BackendCounters {
@@ -68,6 +80,7 @@ impl BackendCounters {
         self.handshake_rsts += o.handshake_rsts;
         self.reply_packets += o.reply_packets;
         self.reply_bytes += o.reply_bytes;
+        self.host_connects += o.host_connects;
     }
 }
 

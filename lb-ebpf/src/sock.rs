@@ -143,9 +143,8 @@ fn to_backend(sa: *mut bpf_sock_addr, v6: bool, sticky: bool) {
         backend: id,
     };
     if SOCKETS.get_ptr(key).is_none() {
-        // A new socket to this backend: a new flow, as the XDP program
-        // counts one.
-        count_backend(id, |c| c.new_flows += 1);
+        // A new socket to this backend.
+        count_backend(id, |c| c.host_connects += 1);
         let _ = SOCKETS.insert(key, peer, 0);
     }
     write_peer(sa, v6, &backend.addr, backend.port_be);

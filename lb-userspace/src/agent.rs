@@ -148,7 +148,9 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
     for iface in &config.interfaces {
         agent.dataplane.attach(iface, mode)?;
     }
-    agent.dataplane.attach_sockets()?;
+    if let Err(e) = agent.dataplane.attach_sockets() {
+        tracing::warn!("clients on this host will not be balanced: {e:#}");
+    }
     agent.sync_checks();
 
     let (request_tx, mut request_rx) = mpsc::channel::<Envelope>(64);

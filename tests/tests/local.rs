@@ -120,6 +120,12 @@ fn tutorial_config_serves_outside_and_host_clients_with_the_weights() {
     let stats = agent.stats().unwrap();
     let passed_local = stats.counter(GlobalCounter::PassLocal).unwrap_or(0);
     assert!(passed_local >= 1000, "pass_local {passed_local}");
+    // The host's clients were connected by the socket programs, one
+    // connection each.
+    let host_connects: u64 = (0..4)
+        .map(|i| agent.backend("web", &local(i)).counters.host_connects)
+        .sum();
+    assert_eq!(host_connects, 1000);
 }
 
 /// The socket programs sit on the root cgroup, which holds every process of
