@@ -650,7 +650,11 @@ fn start(lab: &Lab, setup: Setup, options: &Options) -> anyhow::Result<Running> 
                 } else {
                     String::new()
                 },
-                if mode == "nat" {
+                if lab.shape().local_backends() {
+                    "the app instances on the lb host see the client (local delivery; replies \
+                     through the egress program)"
+                        .into()
+                } else if mode == "nat" {
                     format!("backends see SNAT {}", topology::SNAT_V4)
                 } else {
                     "backends see the client and route back through the lb".into()

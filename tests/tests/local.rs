@@ -98,6 +98,20 @@ fn wait_healthy(agent: &Agent, addrs: &[String]) {
     });
 }
 
+fn wait_all_healthy(agent: &Agent) {
+    wait_healthy(agent, &(0..4).map(local).collect::<Vec<_>>());
+}
+
+/// A lab with l0–l3 on 127.0.0.1 and `xlb run` serving [`tutorial`], every
+/// backend healthy. (Bound in this order, the agent stops before the lab
+/// goes.)
+fn tutorial_up() -> (Lab, Agent) {
+    let lab = lab(1, 4);
+    let agent = Agent::start(&lab, &tutorial()).expect("xlb run");
+    wait_all_healthy(&agent);
+    (lab, agent)
+}
+
 const PRIMARIES: [(&str, f64); 3] = [("l0", 1.0), ("l1", 3.0), ("l2", 1.0)];
 
 /// The done-when of issue 10: every request from outside and from the host
@@ -106,9 +120,7 @@ const PRIMARIES: [(&str, f64); 3] = [("l0", 1.0), ("l1", 3.0), ("l2", 1.0)];
 /// without snat), and neither path reaches 127.0.0.1.
 #[test]
 fn tutorial_config_serves_outside_and_host_clients_with_the_weights() {
-    let lab = lab(1, 4);
-    let agent = Agent::start(&lab, &tutorial()).expect("xlb run");
-    wait_healthy(&agent, &(0..4).map(local).collect::<Vec<_>>());
+    let (lab, agent) = tutorial_up();
 
     let outside = requests_from(&lab.client_ns(), 1000);
     eprintln!("outside: {outside:?}");
@@ -226,9 +238,7 @@ fn assert_no_failures(counts: &BTreeMap<String, usize>) {
 /// from the host succeeds on the others.
 #[test]
 fn a_dead_local_backend_is_taken_out() {
-    let mut lab = lab(1, 4);
-    let agent = Agent::start(&lab, &tutorial()).expect("xlb run");
-    wait_healthy(&agent, &(0..4).map(local).collect::<Vec<_>>());
+    let (mut lab, agent) = tutorial_up();
     lab.stop_local_backend(1).unwrap();
     agent.wait_for("l1 down", Duration::from_secs(10), |a| {
         a.backend("web", &local(1)).state == ServingState::Unhealthy
@@ -247,9 +257,7 @@ fn a_dead_local_backend_is_taken_out() {
 /// When every primary is gone the backup serves, for both kinds of client.
 #[test]
 fn the_local_backup_takes_over() {
-    let mut lab = lab(1, 4);
-    let agent = Agent::start(&lab, &tutorial()).expect("xlb run");
-    wait_healthy(&agent, &(0..4).map(local).collect::<Vec<_>>());
+    let (mut lab, agent) = tutorial_up();
     for i in 0..3 {
         lab.stop_local_backend(i).unwrap();
     }
@@ -265,9 +273,7 @@ fn the_local_backup_takes_over() {
 /// client.
 #[test]
 fn a_drained_local_backend_gets_no_new_connections() {
-    let lab = lab(1, 4);
-    let agent = Agent::start(&lab, &tutorial()).expect("xlb run");
-    wait_healthy(&agent, &(0..4).map(local).collect::<Vec<_>>());
+    let (lab, agent) = tutorial_up();
     agent.cli(&["server", "drain", "web", &local(1)]).unwrap();
     let (outside, inside) = both(&lab, 300);
     for counts in [&outside, &inside] {
@@ -309,7 +315,7 @@ fn kill9_restart_and_sigterm_keep_serving_then_restore_the_host() {
     let lab = lab(1, 4);
     let before = route_localnet(&lab);
     let mut agent = Agent::start(&lab, &tutorial()).expect("xlb run");
-    wait_healthy(&agent, &(0..4).map(local).collect::<Vec<_>>());
+    wait_all_healthy(&agent);
     assert_eq!(route_localnet(&lab), "1");
 
     agent.kill9();
@@ -318,7 +324,7 @@ fn kill9_restart_and_sigterm_keep_serving_then_restore_the_host() {
     assert_no_failures(&inside);
 
     agent.spawn().unwrap();
-    wait_healthy(&agent, &(0..4).map(local).collect::<Vec<_>>());
+    wait_all_healthy(&agent);
     let (outside, inside) = both(&lab, 500);
     assert_shares(&outside, &PRIMARIES);
     assert_shares(&inside, &PRIMARIES);
