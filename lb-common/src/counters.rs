@@ -85,10 +85,11 @@ global_counters! {
     /// Scheduled, but a field to rewrite lay outside the frame (parsing
     /// checks that none does): dropped.
     DropRewrite => "drop_rewrite",
-    /// Arrived from the wire addressed to 127.0.0.0/8 and not for a
-    /// service: dropped, as the kernel would without the `route_localnet`
-    /// xlb sets for local backends, so that localhost-only services stay
-    /// out of the network's reach.
+    /// Arrived from the wire addressed to 127.0.0.0/8 (even a service on
+    /// a loopback VIP, which is for clients on this host): dropped, as the
+    /// kernel would without the `route_localnet` xlb sets for local
+    /// backends, so that localhost-only services stay out of the network's
+    /// reach.
     DropLoopback => "drop_loopback",
 }
 

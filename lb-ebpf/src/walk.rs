@@ -25,15 +25,18 @@ pub fn walk(ctx: &XdpContext) -> GlobalCounter {
         return counter;
     }
     let key = &packet.key;
+    if !packet.ipv6 && key.dst[12] == 127 {
+        // Nothing from the wire may reach 127.0.0.0/8 but xlb's own
+        // rewrites (the agent sets `route_localnet` for local backends),
+        // not even a service on a loopback VIP, which is for clients on
+        // this host.
+        return GlobalCounter::DropLoopback;
+    }
     if let Some(service) = maps::service(key.service_key()) {
         return to_backend(ctx, &packet, service);
     }
     if let Some(reply) = REPLIES.get_ptr_mut(key) {
         return to_client(ctx, &packet, reply);
-    }
-    if !packet.ipv6 && key.dst[12] == 127 {
-        // Only xlb's own rewrites may reach 127.0.0.0/8 from the wire.
-        return GlobalCounter::DropLoopback;
     }
     GlobalCounter::PassNotService
 }

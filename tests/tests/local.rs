@@ -446,3 +446,32 @@ fn passive_failures_take_a_dead_local_backend_out() {
         assert!(!counts.contains_key("l1"), "{counts:?}");
     }
 }
+
+/// `curl http://localhost/` on the host: a service on 127.0.0.1:80 serves
+/// the host's clients (the socket programs), with the weights.
+#[test]
+fn localhost_as_the_vip_for_clients_on_the_host() {
+    let lab = lab(1, 3);
+    let mut services =
+        "[[service]]\nname = \"localhost\"\nvip = \"127.0.0.1\"\nport = 80\n".to_owned();
+    for (i, weight) in [1, 3, 1].iter().enumerate() {
+        services += &format!(
+            "[[service.backend]]\naddress = \"{}\"\nweight = {weight}\n",
+            local(i)
+        );
+    }
+    let _agent = Agent::start(&lab, &services).expect("xlb run");
+    let localhost = SocketAddr::from(([127, 0, 0, 1], 80));
+    let counts = lab
+        .in_lb(|| {
+            let mut counts = BTreeMap::new();
+            for _ in 0..1000 {
+                let answer = client::http_get(localhost, Duration::from_millis(800))
+                    .unwrap_or_else(|e| format!("failed: {e:#}"));
+                *counts.entry(answer).or_insert(0) += 1;
+            }
+            counts
+        })
+        .unwrap();
+    assert_shares(&counts, &PRIMARIES);
+}

@@ -33,6 +33,13 @@ protocol = "udp"
 address = "127.0.0.1:8053"
 
 [[service]]
+name = "localhost"
+vip = "127.0.0.1"
+port = 80
+[[service.backend]]
+address = "127.0.0.1:8000"
+
+[[service]]
 name = "local6"
 vip = "fd00::1"
 port = 80
@@ -126,6 +133,8 @@ fn packets_from_the_wire_to_loopback_are_dropped() {
         for frame in [
             Frame::tcp("10.0.0.2:40000", "127.0.0.1:6379", Transport::SYN),
             Frame::udp("10.0.0.2:40000", "127.0.0.53:53"),
+            // A service on a loopback VIP is for clients on this host.
+            Frame::tcp("10.0.0.2:40000", "127.0.0.1:80", Transport::SYN),
         ] {
             let before = h.counter(GlobalCounter::DropLoopback);
             assert_eq!(h.run(&frame).0, Action::Drop);
