@@ -57,10 +57,15 @@ fn lab(remote: usize, local: usize) -> Lab {
 /// `n` requests on new connections from `ns`; answers by backend name,
 /// failures under "failed".
 fn requests_from(ns: &str, n: usize) -> BTreeMap<String, usize> {
+    requests_to(ns, vip(), n)
+}
+
+/// [`requests_from`] to `target`.
+fn requests_to(ns: &str, target: SocketAddr, n: usize) -> BTreeMap<String, usize> {
     netns::run_in(ns, || {
         let mut counts = BTreeMap::new();
         for _ in 0..n {
-            let answer = client::http_get(vip(), Duration::from_millis(800))
+            let answer = client::http_get(target, Duration::from_millis(800))
                 .unwrap_or_else(|e| format!("failed: {e:#}"));
             *counts.entry(answer).or_insert(0) += 1;
         }
@@ -226,6 +231,17 @@ fn both(lab: &Lab, n: usize) -> (BTreeMap<String, usize>, BTreeMap<String, usize
     (outside.join().unwrap(), inside)
 }
 
+/// `n` requests from outside and from the host: all answered, none by
+/// `name`.
+fn assert_both_avoid(lab: &Lab, n: usize, name: &str) -> [BTreeMap<String, usize>; 2] {
+    let (outside, inside) = both(lab, n);
+    for counts in [&outside, &inside] {
+        assert_no_failures(counts);
+        assert!(!counts.contains_key(name), "{counts:?}");
+    }
+    [outside, inside]
+}
+
 fn assert_no_failures(counts: &BTreeMap<String, usize>) {
     assert!(
         !counts.keys().any(|k| k.starts_with("failed")),
@@ -243,10 +259,7 @@ fn a_dead_local_backend_is_taken_out() {
     agent.wait_for("l1 down", Duration::from_secs(10), |a| {
         a.backend("web", &local(1)).state == ServingState::Unhealthy
     });
-    let (outside, inside) = both(&lab, 300);
-    for counts in [&outside, &inside] {
-        assert_no_failures(counts);
-        assert!(!counts.contains_key("l1"), "{counts:?}");
+    for counts in assert_both_avoid(&lab, 300, "l1") {
         assert!(
             counts.contains_key("l0") && counts.contains_key("l2"),
             "{counts:?}"
@@ -275,11 +288,7 @@ fn the_local_backup_takes_over() {
 fn a_drained_local_backend_gets_no_new_connections() {
     let (lab, agent) = tutorial_up();
     agent.cli(&["server", "drain", "web", &local(1)]).unwrap();
-    let (outside, inside) = both(&lab, 300);
-    for counts in [&outside, &inside] {
-        assert_no_failures(counts);
-        assert!(!counts.contains_key("l1"), "{counts:?}");
-    }
+    assert_both_avoid(&lab, 300, "l1");
 }
 
 /// A service mixing app instances on the host with a backend elsewhere
@@ -440,11 +449,7 @@ fn passive_failures_take_a_dead_local_backend_out() {
         "{health:?}"
     );
     assert!(agent.backend("web", &local(1)).counters.handshake_rsts >= 3);
-    let (outside, inside) = both(&lab, 100);
-    for counts in [&outside, &inside] {
-        assert_no_failures(counts);
-        assert!(!counts.contains_key("l1"), "{counts:?}");
-    }
+    assert_both_avoid(&lab, 100, "l1");
 }
 
 /// `curl http://localhost/` on the host: a service on 127.0.0.1:80 serves
@@ -462,16 +467,6 @@ fn localhost_as_the_vip_for_clients_on_the_host() {
     }
     let _agent = Agent::start(&lab, &services).expect("xlb run");
     let localhost = SocketAddr::from(([127, 0, 0, 1], 80));
-    let counts = lab
-        .in_lb(|| {
-            let mut counts = BTreeMap::new();
-            for _ in 0..1000 {
-                let answer = client::http_get(localhost, Duration::from_millis(800))
-                    .unwrap_or_else(|e| format!("failed: {e:#}"));
-                *counts.entry(answer).or_insert(0) += 1;
-            }
-            counts
-        })
-        .unwrap();
+    let counts = requests_to(&lab.lb_ns(), localhost, 1000);
     assert_shares(&counts, &PRIMARIES);
 }
