@@ -277,11 +277,12 @@ pub fn run(options: &Options) -> anyhow::Result<E2eResults> {
 }
 
 fn run_all(options: &Options) -> anyhow::Result<E2eResults> {
-    let backends: Vec<SocketAddrV4> = topology::Topology::new(PREFIX, BACKENDS)?
-        .backends()
-        .iter()
-        .map(|b| SocketAddrV4::new(b.v4, b.port))
-        .collect();
+    let backends: Vec<SocketAddrV4> =
+        topology::Topology::with_shape(PREFIX, BACKENDS, options.shape)?
+            .backends()
+            .iter()
+            .map(|b| SocketAddrV4::new(b.v4, b.port))
+            .collect();
     std::fs::create_dir_all(&options.configs_dir)?;
     let configs = &options.configs_dir;
     let write = |name: &str, text: String| -> anyhow::Result<PathBuf> {
@@ -485,10 +486,12 @@ fn measure_round(
                 }
                 // Whichever way out the lab's shape gives: XDP_TX, a
                 // redirect, or the kernel (into a bridge).
+                // Local backends: the kernel's local delivery.
                 let forwarded: u64 = [
                     GlobalCounter::ForwardTx,
                     GlobalCounter::ForwardRedirect,
                     GlobalCounter::PassKernelForward,
+                    GlobalCounter::PassLocal,
                 ]
                 .iter()
                 .filter_map(|c| run.xlb_counters.get(c.label()))
@@ -540,12 +543,22 @@ fn in_situ(
 ) -> anyhow::Result<InSitu> {
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .context("enabling BPF run-time statistics")?;
-    let before = dp.program()?.info()?;
+    // The XDP program, and the egress program that rewrites local
+    // backends' replies (it runs on every packet the lb host sends).
+    let before = [dp.program()?.info()?, dp.egress_program()?.info()?];
     let run = wrk(lab, url, load, options, 3)?;
-    let after = dp.program()?.info()?;
-    let packets = after.run_count() - before.run_count();
-    anyhow::ensure!(packets > 0 && run.requests > 0, "no traffic through xlb");
-    let ns_per_packet = (after.run_time() - before.run_time()).as_nanos() as f64 / packets as f64;
+    let after = [dp.program()?.info()?, dp.egress_program()?.info()?];
+    let xdp_packets = after[0].run_count() - before[0].run_count();
+    anyhow::ensure!(
+        xdp_packets > 0 && run.requests > 0,
+        "no traffic through xlb"
+    );
+    let (mut packets, mut time) = (0, Duration::ZERO);
+    for (b, a) in before.iter().zip(&after) {
+        packets += a.run_count() - b.run_count();
+        time += a.run_time() - b.run_time();
+    }
+    let ns_per_packet = time.as_nanos() as f64 / packets as f64;
     let packets_per_request = packets as f64 / run.requests as f64;
     Ok(InSitu {
         load,
@@ -586,6 +599,15 @@ fn start(lab: &Lab, setup: Setup, options: &Options) -> anyhow::Result<Running> 
         undo: Vec::new(),
     };
     match setup {
+        Setup::None if lab.shape().local_backends() => {
+            // The app instances listen on every address of the lb host.
+            let direct = SocketAddrV4::new(topology::LB_CLIENT_SIDE_V4, backends[0].port());
+            running.url = format!("http://{direct}/");
+            running.description = format!(
+                "no load balancer: the client talks to one app instance on the lb host \
+                 ({direct}) directly"
+            );
+        }
         Setup::None => {
             running.url = format!("http://{}/", backends[0]);
             running.description = format!(
@@ -628,7 +650,11 @@ fn start(lab: &Lab, setup: Setup, options: &Options) -> anyhow::Result<Running> 
                 } else {
                     String::new()
                 },
-                if mode == "nat" {
+                if lab.shape().local_backends() {
+                    "the app instances on the lb host see the client (local delivery; replies \
+                     through the egress program)"
+                        .into()
+                } else if mode == "nat" {
                     format!("backends see SNAT {}", topology::SNAT_V4)
                 } else {
                     "backends see the client and route back through the lb".into()
@@ -650,6 +676,17 @@ fn start(lab: &Lab, setup: Setup, options: &Options) -> anyhow::Result<Running> 
             running.description = "nftables: DNAT to `numgen random mod 4` in the lb's \
                                    prerouting hook, conntrack for replies"
                 .into();
+            if lab.shape().local_backends() {
+                // DNAT to 127.0.0.1 from outside needs what xlb sets too.
+                let key = "net/ipv4/conf/eth0/route_localnet";
+                lab.in_lb(|| netns::sysctl(key, "1"))??;
+                running.undo.push(netns::exec(
+                    &lb,
+                    "sysctl",
+                    ["-w", "net.ipv4.conf.eth0.route_localnet=0"],
+                ));
+                running.description += "; route_localnet on eth0 for 127.0.0.1";
+            }
         }
         Setup::Nginx | Setup::Haproxy => {
             // The proxy must own the VIP to accept connections for it.

@@ -63,7 +63,8 @@ struct Args {
     #[arg(long, default_value_t = 32)]
     connections: u32,
     /// How the lab wires the load balancer for the end-to-end part:
-    /// one-armed, two-armed, bridge or vlan (docs/lab.md).
+    /// one-armed, two-armed, bridge, vlan or local (the backends on the lb
+    /// host, 127.0.0.1:8000-8003) (docs/lab.md).
     #[arg(long, default_value_t = Shape::OneArmed)]
     shape: Shape,
     /// Only these end-to-end setups (comma-separated: none, xlb-nat-b0,

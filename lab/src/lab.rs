@@ -275,6 +275,37 @@ impl Lab {
         Ok(())
     }
 
+    /// App instance `i` on the load balancer's own host, as in nginx's
+    /// tutorial: `l<i>` on 127.0.0.1, port 8000 + `i`, in the lb namespace
+    /// ([`topology::local_backend`]).
+    pub fn local_backend(&self, i: usize) -> Backend {
+        topology::local_backend(self.topo.prefix(), i)
+    }
+
+    /// Starts local app instance `i` ([`Lab::local_backend`], listening on
+    /// 127.0.0.1 only) and waits until it answers.
+    pub fn start_local_backend(&mut self, i: usize) -> anyhow::Result<()> {
+        let (run_dir, b) = (self.topo.run_dir(), self.local_backend(i));
+        let localhost = Some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        let mut child = procs::spawn_backend_on(&procs::httpd_path()?, &run_dir, &b, localhost)?;
+        procs::wait_ready(&mut child, &run_dir, &b)?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// Kills local app instance `i`: connections to it are refused.
+    pub fn stop_local_backend(&mut self, i: usize) -> anyhow::Result<()> {
+        let path = procs::pid_path(&self.topo.run_dir(), &self.local_backend(i));
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let pid: i32 = text.trim().parse()?;
+        signal(pid, libc::SIGKILL)?;
+        if let Some(child) = self.children.iter_mut().find(|c| c.id() as i32 == pid) {
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+
     /// Makes backend `i` answer `GET /health` with `status` (`None`: 200).
     pub fn set_health_status(&self, i: usize, status: Option<u16>) -> anyhow::Result<()> {
         let path = procs::health_path(&self.topo.run_dir(), &self.topo.backend(i));
@@ -478,8 +509,17 @@ pub(crate) fn recorded_shape(prefix: &str) -> anyhow::Result<Option<Shape>> {
     }
 }
 
-/// Number of backends of the lab with `prefix`, from its namespaces.
+/// Number of backends of the lab with `prefix`, from its namespaces (in
+/// the local shape, from the backends' pid files).
 pub(crate) fn discover_backends(prefix: &str) -> anyhow::Result<usize> {
+    if recorded_shape(prefix)?.is_some_and(Shape::local_backends) {
+        let run_dir = topology::run_dir(prefix);
+        return Ok((0..)
+            .take_while(|&i| {
+                procs::pid_path(&run_dir, &topology::local_backend(prefix, i)).exists()
+            })
+            .count());
+    }
     Ok(netns::list()?
         .iter()
         .filter_map(|ns| match topology::role_of(prefix, ns) {
@@ -490,8 +530,12 @@ pub(crate) fn discover_backends(prefix: &str) -> anyhow::Result<usize> {
         .unwrap_or(0))
 }
 
-/// Backend `i` of the lab with `prefix`, without validating the prefix.
-pub(crate) fn backend_at(prefix: &str, i: usize) -> Backend {
+/// Backend `i` of the lab with `prefix` and `shape`, without validating
+/// the prefix.
+pub(crate) fn backend_at(prefix: &str, shape: Shape, i: usize) -> Backend {
+    if shape.local_backends() {
+        return topology::local_backend(prefix, i);
+    }
     Backend {
         index: i,
         name: topology::backend_name(i),

@@ -68,23 +68,29 @@ pub fn pid_path(run_dir: &Path, b: &Backend) -> PathBuf {
 /// Starts `httpd` for backend `b` in its namespace, detached (own session,
 /// stdin null, output to its log file in `run_dir`), and records its pid.
 pub fn spawn_backend(httpd: &Path, run_dir: &Path, b: &Backend) -> anyhow::Result<Child> {
+    spawn_backend_on(httpd, run_dir, b, None)
+}
+
+/// [`spawn_backend`], listening on `bind` only (e.g. 127.0.0.1) instead of
+/// every address.
+pub fn spawn_backend_on(
+    httpd: &Path,
+    run_dir: &Path,
+    b: &Backend,
+    bind: Option<std::net::IpAddr>,
+) -> anyhow::Result<Child> {
     let log = log_path(run_dir, b);
     let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let err = out.try_clone()?;
     let port = b.port.to_string();
     let health = health_path(run_dir, b);
-    let mut cmd = netns::exec(
-        &b.ns,
-        &httpd.to_string_lossy(),
-        [
-            "--name",
-            &b.name,
-            "--port",
-            &port,
-            "--health-file",
-            &health.to_string_lossy(),
-        ],
-    );
+    let health = health.to_string_lossy();
+    let mut args = vec!["--name", &b.name, "--port", &port, "--health-file", &health];
+    let bind = bind.map(|ip| ip.to_string());
+    if let Some(bind) = &bind {
+        args.extend(["--bind", bind]);
+    }
+    let mut cmd = netns::exec(&b.ns, &httpd.to_string_lossy(), args);
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     // SAFETY: setsid is async-signal-safe and touches no parent state.
     unsafe {

@@ -26,30 +26,49 @@ pub enum Shape {
     /// One-armed, but the client's TCP and UDP frames carry an 802.1Q tag
     /// (VLAN [`crate::topology::VLAN_ID`]) on the wire.
     Vlan,
+    /// One NIC, `eth0`, and no backend namespace: the backends are app
+    /// instances on the load balancer's own host, in its namespace, on
+    /// 127.0.0.1 (and the host's other addresses), ports 8000 + i, as in
+    /// nginx's tutorial.
+    Local,
 }
 
 impl Shape {
     /// Every shape, in the order the docs list them.
-    pub const ALL: [Shape; 4] = [Shape::OneArmed, Shape::TwoArmed, Shape::Bridge, Shape::Vlan];
+    pub const ALL: [Shape; 5] = [
+        Shape::OneArmed,
+        Shape::TwoArmed,
+        Shape::Bridge,
+        Shape::Vlan,
+        Shape::Local,
+    ];
 
     /// The shape's name on the command line: `one-armed`, `two-armed`,
-    /// `bridge`, `vlan`.
+    /// `bridge`, `vlan`, `local`.
     pub fn name(self) -> &'static str {
         match self {
             Shape::OneArmed => "one-armed",
             Shape::TwoArmed => "two-armed",
             Shape::Bridge => "bridge",
             Shape::Vlan => "vlan",
+            Shape::Local => "local",
         }
     }
 
     /// The load balancer's interfaces xlb attaches to, client side first.
     pub fn lb_interfaces(self) -> &'static [&'static str] {
         match self {
-            Shape::OneArmed | Shape::Vlan => &[LB_IFACE],
+            Shape::OneArmed | Shape::Vlan | Shape::Local => &[LB_IFACE],
             Shape::TwoArmed => &[LB_IFACE, LB_BACKEND_IFACE],
             Shape::Bridge => &[LB_IFACE, LB_BRIDGE],
         }
+    }
+}
+
+impl Shape {
+    /// Whether the backends run on the load balancer's host itself.
+    pub fn local_backends(self) -> bool {
+        self == Shape::Local
     }
 }
 
@@ -88,5 +107,6 @@ mod tests {
         assert_eq!(Shape::default(), Shape::OneArmed);
         assert!("triangle".parse::<Shape>().is_err());
         assert_eq!(Shape::Bridge.lb_interfaces(), ["eth0", "brb"]);
+        assert_eq!("local".parse::<Shape>().unwrap(), Shape::Local);
     }
 }

@@ -72,9 +72,11 @@ impl LabStatus {
 pub(crate) fn status(prefix: &str) -> anyhow::Result<LabStatus> {
     let shape = crate::lab::recorded_shape(prefix)?;
     let count = crate::lab::discover_backends(prefix)?;
+    let local = shape.is_some_and(|s| s.local_backends());
+    let namespaced = if local { 0 } else { count };
     let roles = [Role::Switch, Role::Client, Role::Lb]
         .into_iter()
-        .chain((0..count).map(Role::Backend));
+        .chain((0..namespaced).map(Role::Backend));
     let namespaces = roles
         .map(|role| {
             let name = topology::ns_name(prefix, role);
@@ -91,7 +93,7 @@ pub(crate) fn status(prefix: &str) -> anyhow::Result<LabStatus> {
     let run_dir = topology::run_dir(prefix);
     let backends = (0..count)
         .map(|i| {
-            let backend = crate::lab::backend_at(prefix, i);
+            let backend = crate::lab::backend_at(prefix, shape.unwrap_or_default(), i);
             let pid = std::fs::read_to_string(procs::pid_path(&run_dir, &backend))
                 .ok()
                 .and_then(|s| s.trim().parse().ok());

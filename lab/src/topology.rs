@@ -244,7 +244,7 @@ impl Topology {
     /// `br1` in the switch namespace, or `brb` in the lb's.
     pub fn backend_segment(&self) -> (String, &'static str) {
         match self.shape {
-            Shape::OneArmed | Shape::Vlan => (self.switch_ns(), BRIDGE),
+            Shape::OneArmed | Shape::Vlan | Shape::Local => (self.switch_ns(), BRIDGE),
             Shape::TwoArmed => (self.switch_ns(), BACKEND_BRIDGE),
             Shape::Bridge => (self.lb_ns(), LB_BRIDGE),
         }
@@ -281,10 +281,13 @@ impl Topology {
         self.ns(Role::Lb)
     }
 
-    /// All roles, switch first, then client, lb and backends.
+    /// All roles, switch first, then client, lb and backends (which have
+    /// no namespace of their own in the local shape).
     pub fn roles(&self) -> Vec<Role> {
         let mut roles = vec![Role::Switch, Role::Client, Role::Lb];
-        roles.extend((0..self.backends).map(Role::Backend));
+        if !self.shape.local_backends() {
+            roles.extend((0..self.backends).map(Role::Backend));
+        }
         roles
     }
 
@@ -293,9 +296,12 @@ impl Topology {
         self.roles().into_iter().map(|r| self.ns(r)).collect()
     }
 
-    /// Backend `i`.
+    /// Backend `i`; in the local shape, [`local_backend`] `i`.
     pub fn backend(&self, i: usize) -> Backend {
         assert!(i < self.backends, "backend {i} of {}", self.backends);
+        if self.shape.local_backends() {
+            return local_backend(&self.prefix, i);
+        }
         Backend {
             index: i,
             name: backend_name(i),
@@ -320,6 +326,21 @@ impl Topology {
     /// Per-lab bpffs pin directory: `/sys/fs/bpf/xlb-lab/<prefix>`.
     pub fn pin_dir(&self) -> PathBuf {
         pin_dir(&self.prefix)
+    }
+}
+
+/// App instance `i` on the load balancer's own host (the local shape's
+/// backends, and those tests start in other shapes): `l<i>` in the lb
+/// namespace, on 127.0.0.1 and ::1, port 8000 + `i`.
+pub fn local_backend(prefix: &str, i: usize) -> Backend {
+    Backend {
+        index: i,
+        name: format!("l{i}"),
+        ns: ns_name(prefix, Role::Lb),
+        v4: Ipv4Addr::LOCALHOST,
+        v6: Ipv6Addr::LOCALHOST,
+        port: backend_port(i),
+        mac: [0; 6],
     }
 }
 

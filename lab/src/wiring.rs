@@ -92,7 +92,7 @@ pub fn plan(topo: &Topology) -> Plan {
             dev: Iface::new(&lb, LB_BRIDGE),
             mac: Some(LB_BACKEND_MAC),
         }),
-        Shape::OneArmed | Shape::Vlan => {}
+        Shape::OneArmed | Shape::Vlan | Shape::Local => {}
     }
 
     let host_veth = |role: Role, mac| Veth {
@@ -114,7 +114,13 @@ pub fn plan(topo: &Topology) -> Plan {
         });
     }
     let (segment_ns, segment_bridge) = topo.backend_segment();
-    veths.extend(topo.backends().into_iter().map(|b| Veth {
+    // Local backends run in the lb's namespace: no veth, no address.
+    let remote = if shape.local_backends() {
+        Vec::new()
+    } else {
+        topo.backends()
+    };
+    veths.extend(remote.iter().cloned().map(|b| Veth {
         port: Iface::new(&segment_ns, switch_port(Role::Backend(b.index))),
         bridge: segment_bridge,
         host: Iface::new(b.ns, HOST_IFACE),
@@ -122,7 +128,7 @@ pub fn plan(topo: &Topology) -> Plan {
     }));
 
     let lb_backend_side = match shape {
-        Shape::OneArmed | Shape::Vlan => LB_IFACE,
+        Shape::OneArmed | Shape::Vlan | Shape::Local => LB_IFACE,
         Shape::TwoArmed => LB_BACKEND_IFACE,
         Shape::Bridge => LB_BRIDGE,
     };
@@ -148,7 +154,7 @@ pub fn plan(topo: &Topology) -> Plan {
             ],
         ),
     ];
-    addresses.extend(topo.backends().into_iter().map(|b| {
+    addresses.extend(remote.into_iter().map(|b| {
         (
             Iface::new(b.ns, HOST_IFACE),
             vec![(b.v4.into(), v4), (b.v6.into(), v6)],
@@ -258,8 +264,24 @@ mod tests {
             );
             let client_side = addressed(&plan, topology::LB_CLIENT_SIDE_V4.into());
             assert_eq!(client_side.name, topology::LB_IFACE, "{shape}");
-            assert_eq!(plan.routes.len(), 8, "{shape}");
+            // The client's 4, each backend's 2 (none in the local shape).
+            let routes = if shape.local_backends() { 4 } else { 8 };
+            assert_eq!(plan.routes.len(), routes, "{shape}");
         }
+    }
+
+    #[test]
+    fn local_backends_get_no_namespace_veth_or_address() {
+        let local = plan_of(Shape::Local);
+        assert_eq!(local.veths.len(), 2, "client and lb only");
+        assert_eq!(local.addresses.len(), 3, "client, lb's eth0 twice");
+        let t = Topology::with_shape("xlbt-1-2", 2, Shape::Local).unwrap();
+        assert_eq!(t.namespaces().len(), 3);
+        let b1 = t.backend(1);
+        assert_eq!(
+            (b1.ns.as_str(), b1.v4, b1.port),
+            ("xlbt-1-2-lb", std::net::Ipv4Addr::LOCALHOST, 8001)
+        );
     }
 
     #[test]

@@ -9,6 +9,12 @@ pub const BACKEND_F_FAILED: u16 = 1 << 0;
 /// `timeout`, a SYN sent again): its `max_fails` is 1, so the agent would
 /// take it out at its next tick anyway; new flows stop going to it at once.
 pub const BACKEND_F_FAIL_AT_ONCE: u16 = 1 << 1;
+/// The backend listens on this host (127.0.0.1, ::1 or one of the host's
+/// own addresses): a client's packet is handed to the kernel's local
+/// delivery after the rewrite, with the client's address kept (whatever the
+/// service's mode), and the reply is rewritten back by the tc egress
+/// program `xlb_egress`.
+pub const BACKEND_F_LOCAL: u16 = 1 << 2;
 
 /// Entry of the `BACKENDS` array, indexed by backend id.
 #[repr(C)]
@@ -27,6 +33,12 @@ impl Backend {
     #[inline(always)]
     pub const fn is_failed(&self) -> bool {
         self.flags & BACKEND_F_FAILED != 0
+    }
+
+    /// Whether the backend listens on this host ([`BACKEND_F_LOCAL`]).
+    #[inline(always)]
+    pub const fn is_local(&self) -> bool {
+        self.flags & BACKEND_F_LOCAL != 0
     }
 }
 
@@ -49,6 +61,18 @@ pub struct BackendCounters {
     /// Packets and bytes of the backend's replies.
     pub reply_packets: u64,
     pub reply_bytes: u64,
+    /// Connections (and unconnected UDP sockets) that clients on the load
+    /// balancer's host opened to the backend through the socket programs:
+    /// they have no packets here, so they are not `new_flows`. Left out of
+    /// the control API's reports while 0, and read as 0 when absent, so
+    /// reports stay as they were for hosts without such clients.
+    #[cfg_attr(feature = "user", serde(default, skip_serializing_if = "is_zero"))]
+    pub host_connects: u64,
+}
+
+#[cfg(feature = "user")]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl BackendCounters {
@@ -61,6 +85,7 @@ impl BackendCounters {
         self.handshake_rsts += o.handshake_rsts;
         self.reply_packets += o.reply_packets;
         self.reply_bytes += o.reply_bytes;
+        self.host_connects += o.host_connects;
     }
 }
 

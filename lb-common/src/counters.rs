@@ -68,6 +68,9 @@ global_counters! {
     /// XDP program): passed to the kernel, MAC addresses untouched, which
     /// forwards it.
     PassKernelForward => "pass_kernel_forward",
+    /// Rewritten for a backend on this host (127.0.0.1, ::1, one of the
+    /// host's addresses): passed to the kernel, which delivers it locally.
+    PassLocal => "pass_local",
     /// Sent back out of the interface it came in on (`XDP_TX`).
     ForwardTx => "forward_tx",
     /// Redirected to another interface xlb is attached to.
@@ -96,6 +99,12 @@ global_counters! {
     /// `next_upstream` `error`: kept from the client, whose SYN, sent again
     /// after its retransmission timeout, goes to another backend.
     DropRefusedHandshake => "drop_refused_handshake",
+    /// Arrived from the wire addressed to 127.0.0.0/8 (even a service on
+    /// a loopback VIP, which is for clients on this host): dropped, as the
+    /// kernel would without the `route_localnet` xlb sets for local
+    /// backends, so that localhost-only services stay out of the network's
+    /// reach.
+    DropLoopback => "drop_loopback",
 }
 
 /// Number of [`GlobalCounter`]s; sizes `GLOBAL_STATS`.

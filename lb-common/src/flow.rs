@@ -59,10 +59,11 @@ impl FlowKey {
 
     /// The key in `REPLIES` of `backend`'s replies to this client flow of
     /// `service`: they come from the backend to the SNAT address and
-    /// `snat_port_be` in `nat` mode, to the client itself in `dnat` mode.
+    /// `snat_port_be` in `nat` mode, to the client itself in `dnat` mode
+    /// and from a local backend (see [`snats`]).
     #[inline(always)]
     pub const fn reply_key(&self, service: &Service, backend: &Backend, snat_port_be: u16) -> Self {
-        let (from, from_port_be) = if service.is_nat() {
+        let (from, from_port_be) = if snats(service, backend) {
             (&service.snat_addr, snat_port_be)
         } else {
             (&self.src, self.src_port_be)
@@ -75,6 +76,15 @@ impl FlowKey {
             self.proto,
         )
     }
+}
+
+/// Whether `service`'s flows to `backend` get the SNAT address as their
+/// source: in `nat` mode, except to a backend on this host, which is reached
+/// as in `dnat` mode (the kernel delivers the packet locally and the reply
+/// leaves through the tc egress program, so no source address is needed).
+#[inline(always)]
+pub const fn snats(service: &Service, backend: &Backend) -> bool {
+    service.is_nat() && !backend.is_local()
 }
 
 /// Waiting for the backend's SYN-ACK.

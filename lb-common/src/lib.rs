@@ -19,11 +19,13 @@ pub mod hash;
 #[cfg(any(feature = "std", test))]
 pub mod maglev;
 pub mod service;
+pub mod sock;
 
 pub use backend::{Backend, BackendCounters};
 pub use counters::{GlobalCounter, TrafficCounters};
 pub use flow::{Flow, FlowKey, Reply};
 pub use service::{IpProto, Service, ServiceKey};
+pub use sock::{SockKey, SockPeer};
 
 /// Most services the data plane holds; sizes `SERVICES` and `SERVICE_STATS`.
 pub const MAX_SERVICES: u32 = 1024;
@@ -35,6 +37,13 @@ pub const MAX_BACKENDS: u32 = 16_384;
 pub const MAGLEV_SLOTS: u32 = 1 << 21;
 /// Most interfaces one agent attaches to; sizes `INTERFACES`.
 pub const MAX_INTERFACES: u32 = 64;
+/// Entries of `SOCKETS`: connections (and unconnected UDP peers) that local
+/// clients opened to a service, by socket cookie and backend, so that
+/// `getpeername` and `recvmsg` show the service's address.
+pub const MAX_LOCAL_SOCKETS: u32 = 1 << 13;
+/// 64-bit words of `LOCAL_PORTS`, the bitmap of local backends' ports the
+/// tc egress program checks before any map lookup: one bit per port.
+pub const LOCAL_PORT_WORDS: u32 = 65536 / 64;
 /// Default capacity of the flow table (`FLOWS`) and of `REPLIES`; the agent
 /// may load the maps larger or smaller.
 pub const DEFAULT_FLOW_CAPACITY: u32 = 1 << 18;

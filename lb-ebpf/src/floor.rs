@@ -22,7 +22,7 @@ pub fn xlb_floor(ctx: XdpContext) -> u32 {
     if parse(&ctx, &mut Packet::default()).is_err() {
         return xdp_action::XDP_PASS;
     }
-    let Some(eth) = ptr_at::<EthHdr>(&ctx, 0) else {
+    let Some(eth) = ptr_at::<EthHdr, _>(&ctx, 0) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: `ptr_at` checked that the Ethernet header lies inside the

@@ -35,14 +35,33 @@ pub struct Route<'a> {
     pub hop: *mut NextHop,
     /// Coarse time of this packet.
     pub now: u64,
+    /// The backend is on this host: the kernel delivers the packet locally
+    /// (127.0.0.1 needs `route_localnet`, which the agent sets), and the
+    /// reply comes back through the tc egress program (`local.rs`).
+    pub local: bool,
 }
 
 /// Sends the (already rewritten) frame on. The next hop is the flow's
 /// remembered one while it is fresh, else `bpf_fib_lookup`'s answer, which
 /// is then remembered; a next hop XDP cannot send to is remembered too, as
-/// [`NextHop::KERNEL`]. Returns the verdict.
+/// [`NextHop::KERNEL`]. A frame for a local backend goes to the kernel.
+/// Returns the verdict.
 #[inline(never)]
 pub fn forward(ctx: &XdpContext, packet: &Packet, route: &Route) -> GlobalCounter {
+    match send(ctx, packet, route) {
+        Ok(sent) => sent,
+        // One place hands frames to the kernel, whatever the reason.
+        Err(counter) => to_kernel(ctx, packet, counter),
+    }
+}
+
+/// Sends the frame out by XDP; `Err` is the counter of a frame the kernel
+/// has to handle.
+#[inline(always)]
+fn send(ctx: &XdpContext, packet: &Packet, route: &Route) -> Result<GlobalCounter, GlobalCounter> {
+    if route.local {
+        return Err(GlobalCounter::PassLocal);
+    }
     // SAFETY: `hop` points into a map value that lives for this run; other
     // CPUs may refresh it concurrently, with the same answer but for a
     // route change.
@@ -50,17 +69,13 @@ pub fn forward(ctx: &XdpContext, packet: &Packet, route: &Route) -> GlobalCounte
     let hop = if remembered.is_fresh(route.now) {
         remembered
     } else {
-        match lookup(ctx, packet, &route.src, &route.dst, route.now) {
-            Ok(fresh) => {
-                // SAFETY: as above.
-                unsafe { *route.hop = fresh };
-                fresh
-            }
-            Err(counter) => return to_kernel(ctx, packet, counter),
-        }
+        let fresh = lookup(ctx, packet, &route.src, &route.dst, route.now)?;
+        // SAFETY: as above.
+        unsafe { *route.hop = fresh };
+        fresh
     };
     if hop.ifindex == NextHop::KERNEL {
-        return to_kernel(ctx, packet, GlobalCounter::PassKernelForward);
+        return Err(GlobalCounter::PassKernelForward);
     }
     let sent = if hop.ifindex == ctx.ingress_ifindex() as u32 {
         GlobalCounter::ForwardTx
@@ -71,24 +86,24 @@ pub fn forward(ctx: &XdpContext, packet: &Packet, route: &Route) -> GlobalCounte
         match INTERFACES.redirect(hop.ifindex, 0) {
             // `Ok` is always `XDP_REDIRECT`, the action of this verdict.
             Ok(_) => GlobalCounter::ForwardRedirect,
-            Err(_) => return to_kernel(ctx, packet, GlobalCounter::PassKernelForward),
+            Err(_) => return Err(GlobalCounter::PassKernelForward),
         }
     };
     if let Err(counter) = rewrite::decrement_ttl(ctx, packet) {
         return counter;
     }
     if vlan::is_tagged(packet) && vlan::pop_tags(ctx, packet).is_err() {
-        return GlobalCounter::DropInternal;
+        return Ok(GlobalCounter::DropInternal);
     }
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return GlobalCounter::DropInternal;
+    let Some(eth) = ptr_at::<EthHdr, _>(ctx, 0) else {
+        return Ok(GlobalCounter::DropInternal);
     };
     // SAFETY: `ptr_at` checked the Ethernet header lies inside the packet.
     unsafe {
         (*eth).dst_addr = hop.dst_mac;
         (*eth).src_addr = hop.src_mac;
     }
-    sent
+    Ok(sent)
 }
 
 /// Hands the rewritten frame to the kernel to route, with the MAC

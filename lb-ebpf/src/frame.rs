@@ -1,35 +1,62 @@
 //! Bounds-checked access to the frame's bytes. Every read and write of
 //! packet data goes through here, so the verifier sees each one checked.
+//!
+//! The XDP program and the tc egress program (`local`) read frames the same
+//! way, through [`Frame`]: direct packet access between the context's
+//! `data` and `data_end`. Each program gets its own copy of the generic
+//! code, so the XDP program's is what it was.
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
+
+/// A program context whose packet bytes can be read directly.
+pub trait Frame {
+    /// The frame's first and one-past-last byte addresses.
+    fn bounds(&self) -> (usize, usize);
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn bounds(&self) -> (usize, usize) {
+        // SAFETY: `self.ctx` is the kernel's `xdp_md` for this run. The loads
+        // are volatile so LLVM cannot hoist them into a caller and pass the
+        // values as arguments: their zero-extension there is pointer
+        // arithmetic the verifier refuses.
+        unsafe {
+            let md = self.ctx;
+            (
+                core::ptr::read_volatile(&raw const (*md).data) as usize,
+                core::ptr::read_volatile(&raw const (*md).data_end) as usize,
+            )
+        }
+    }
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn bounds(&self) -> (usize, usize) {
+        // SAFETY: `self.skb.skb` is the kernel's `__sk_buff` for this run;
+        // volatile for the reason given for XDP above.
+        unsafe {
+            let skb = self.skb.skb;
+            (
+                core::ptr::read_volatile(&raw const (*skb).data) as usize,
+                core::ptr::read_volatile(&raw const (*skb).data_end) as usize,
+            )
+        }
+    }
+}
 
 /// Returns a pointer to a `T` at `offset` if the whole `T` lies inside the
 /// frame.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
-    let (start, end) = bounds(ctx);
+pub fn ptr_at<T, C: Frame>(ctx: &C, offset: usize) -> Option<*mut T> {
+    let (start, end) = ctx.bounds();
     if start + offset + size_of::<T>() > end {
         return None;
     }
     Some((start + offset) as *mut T)
-}
-
-/// The frame's first and one-past-last byte addresses.
-#[inline(always)]
-fn bounds(ctx: &XdpContext) -> (usize, usize) {
-    // SAFETY: `ctx.ctx` is the kernel's `xdp_md` for this run. The loads are
-    // volatile so LLVM cannot hoist them into a caller and pass the values
-    // as arguments: their zero-extension there is pointer arithmetic the
-    // verifier refuses.
-    unsafe {
-        let md = ctx.ctx;
-        (
-            core::ptr::read_volatile(&raw const (*md).data) as usize,
-            core::ptr::read_volatile(&raw const (*md).data_end) as usize,
-        )
-    }
 }
 
 /// The frame's length in bytes.
@@ -40,10 +67,10 @@ pub fn len(ctx: &XdpContext) -> usize {
 
 /// Reads a `T` at `offset`, bounds-checked.
 #[inline(always)]
-pub fn read_at<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+pub fn read_at<T: Copy, C: Frame>(ctx: &C, offset: usize) -> Option<T> {
     // SAFETY: `ptr_at` checked that the `T` lies inside the frame; packet
     // data has no alignment guarantee, hence the unaligned read.
-    ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
+    ptr_at::<T, C>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
 }
 
 /// Writes `value` at `offset`, bounds-checked.
@@ -51,5 +78,5 @@ pub fn read_at<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
 pub fn write_at<T>(ctx: &XdpContext, offset: usize, value: T) -> Option<()> {
     // SAFETY: `ptr_at` checked that the `T` lies inside the frame, which
     // this program may modify; the write is unaligned like the data.
-    ptr_at::<T>(ctx, offset).map(|p| unsafe { p.write_unaligned(value) })
+    ptr_at::<T, XdpContext>(ctx, offset).map(|p| unsafe { p.write_unaligned(value) })
 }

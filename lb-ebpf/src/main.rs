@@ -15,12 +15,14 @@ mod flow;
 mod forward;
 mod frame;
 mod lab_vlan;
+mod local;
 mod maps;
 mod parse;
 mod pick;
 mod rewrite;
 mod schedule;
 mod snat;
+mod sock;
 mod vlan;
 mod walk;
 
@@ -45,12 +47,11 @@ fn action(verdict: GlobalCounter) -> u32 {
     match verdict {
         ForwardTx => xdp_action::XDP_TX,
         ForwardRedirect => xdp_action::XDP_REDIRECT,
-        DropNoBackend | DropSnatPortsBusy | DropInternal | DropRewrite | DropRefusedHandshake => {
-            xdp_action::XDP_DROP
-        }
+        DropNoBackend | DropSnatPortsBusy | DropInternal | DropRewrite | DropRefusedHandshake
+        | DropLoopback => xdp_action::XDP_DROP,
         PassNotIp | PassNotTcpUdp | PassFragment | PassNotService | PassMalformed
         | PassNoNeighbour | PassRouteLookup | PassKernelForward | PassBadLength
-        | PassTtlExceeded => xdp_action::XDP_PASS,
+        | PassTtlExceeded | PassLocal => xdp_action::XDP_PASS,
     }
 }
 

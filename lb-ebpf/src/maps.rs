@@ -7,9 +7,9 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, BackendCounters, DEFAULT_FLOW_CAPACITY, Flow, FlowKey, GlobalCounter, MAGLEV_SLOTS,
-    MAX_BACKENDS, MAX_INTERFACES, MAX_SERVICES, Reply, Service, ServiceKey, TrafficCounters,
-    counters::GLOBAL_COUNTERS,
+    Backend, BackendCounters, DEFAULT_FLOW_CAPACITY, Flow, FlowKey, GlobalCounter,
+    LOCAL_PORT_WORDS, MAGLEV_SLOTS, MAX_BACKENDS, MAX_INTERFACES, MAX_LOCAL_SOCKETS, MAX_SERVICES,
+    Reply, Service, ServiceKey, SockKey, SockPeer, TrafficCounters, counters::GLOBAL_COUNTERS,
 };
 
 /// Services by (VIP, port, protocol); filled by userspace.
@@ -103,4 +103,25 @@ pub fn count_global(counter: GlobalCounter) {
         // SAFETY: per-CPU slot, so nothing else writes it concurrently.
         unsafe { *value += 1 };
     }
+}
+
+/// Ports local backends listen on, one bit per port (host byte order): the
+/// tc egress program looks a packet up in `REPLIES` only when its source
+/// port's bit is set, so the host's other traffic costs one array read.
+#[map]
+pub static LOCAL_PORTS: Array<u64> = Array::with_max_entries(LOCAL_PORT_WORDS, 0);
+
+/// Sockets local clients opened to a service, by (socket cookie, backend):
+/// the service address `getpeername` and `recvmsg` report instead.
+#[map]
+pub static SOCKETS: LruHashMap<SockKey, SockPeer> =
+    LruHashMap::with_max_entries(MAX_LOCAL_SOCKETS, 0);
+
+/// Whether some local backend listens on `port_be` (network byte order).
+#[inline(always)]
+pub fn is_local_port(port_be: u16) -> bool {
+    let port = u16::from_be(port_be);
+    LOCAL_PORTS
+        .get(u32::from(port >> 6))
+        .is_some_and(|word| word & (1 << (port & 63)) != 0)
 }

@@ -2,7 +2,6 @@
 //! IPv6, then the TCP or UDP ports, every read bounds-checked (`frame`),
 //! every length field checked against the frame and the headers around it.
 
-use aya_ebpf::programs::XdpContext;
 use lb_common::{FlowKey, GlobalCounter, IpProto, service::ipv4_mapped};
 use network_types::{
     eth::EthHdr,
@@ -12,7 +11,7 @@ use network_types::{
     vlan::VlanHdr,
 };
 
-use crate::{frame, frame::read_at};
+use crate::frame::{self, Frame, read_at};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -97,10 +96,10 @@ impl Packet {
 /// optimised enum out of the object's BTF, which the kernel refuses.) Not inlined, so its
 /// temporaries do not add to the stack of the forwarding path.
 #[inline(never)]
-pub fn parse(ctx: &XdpContext, packet: &mut Packet) -> Result<(), GlobalCounter> {
+pub fn parse<C: Frame>(ctx: &C, packet: &mut Packet) -> Result<(), GlobalCounter> {
     use GlobalCounter::*;
 
-    let mut ether_type = u16::from_be(read_at::<u16>(ctx, ETHER_TYPE).ok_or(PassMalformed)?);
+    let mut ether_type = u16::from_be(read_at::<u16, C>(ctx, ETHER_TYPE).ok_or(PassMalformed)?);
     let mut l3_offset = EthHdr::LEN;
     for _ in 0..MAX_VLAN_TAGS {
         if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {

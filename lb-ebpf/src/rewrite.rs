@@ -48,7 +48,7 @@ fn rewrite_fields(ctx: &XdpContext, packet: &Packet, src: &Endpoint, dst: &Endpo
     write_at(ctx, packet.l4_offset(), ports_new)?;
 
     let check_at = packet.l4_checksum_offset();
-    let l4_check = u16::from_be_bytes(read_at::<[u8; 2]>(ctx, check_at)?);
+    let l4_check = u16::from_be_bytes(read_at::<[u8; 2], _>(ctx, check_at)?);
     // A zero UDP checksum means "none" (over IPv6 only for tunnels, RFC
     // 6935): leave it so.
     let keep_l4 = !packet.is_tcp() && l4_check == 0;
@@ -65,7 +65,7 @@ fn rewrite_fields(ctx: &XdpContext, packet: &Packet, src: &Endpoint, dst: &Endpo
         let new = addrs4(src.addr, dst.addr);
         write_at(ctx, packet.l3_offset() + IPV4_ADDRS, new)?;
         let ip_check_at = packet.l3_offset() + IPV4_CHECK;
-        let ip_check = u16::from_be_bytes(read_at::<[u8; 2]>(ctx, ip_check_at)?);
+        let ip_check = u16::from_be_bytes(read_at::<[u8; 2], _>(ctx, ip_check_at)?);
         let ip_check = checksum::update(ip_check, &old, &new);
         write_at(ctx, ip_check_at, ip_check.to_be_bytes())?;
         l4_check = checksum::update(l4_check, &old, &new);

@@ -5,7 +5,7 @@
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
     Backend, Flow, GlobalCounter, Reply, Service,
-    flow::{FLOW_SYN_SENT, NextHop},
+    flow::{FLOW_SYN_SENT, NextHop, snats},
     hash::mix64,
 };
 
@@ -131,7 +131,7 @@ fn new_flow(
     };
     // In `nat` mode the source port is filled in by `claim_port`.
     scratch.reply_key = key.reply_key(service, backend, 0);
-    let snat_port_be = if service.is_nat() {
+    let snat_port_be = if snats(service, backend) {
         snat::claim_port(scratch, hash, key.src_port_be, now)?
     } else {
         REPLIES

@@ -6,7 +6,7 @@
 //! the frame, from which the entry point derives the XDP action.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{GlobalCounter, Reply, Service};
+use lb_common::{GlobalCounter, Reply, Service, flow::snats};
 
 use crate::{
     flow::track_reply,
@@ -25,6 +25,13 @@ pub fn walk(ctx: &XdpContext) -> GlobalCounter {
         return counter;
     }
     let key = &packet.key;
+    if !packet.ipv6 && key.dst[12] == 127 {
+        // Nothing from the wire may reach 127.0.0.0/8 but xlb's own
+        // rewrites (the agent sets `route_localnet` for local backends),
+        // not even a service on a loopback VIP, which is for clients on
+        // this host.
+        return GlobalCounter::DropLoopback;
+    }
     if let Some(service) = maps::service(key.service_key()) {
         return to_backend(ctx, &packet, service);
     }
@@ -62,7 +69,7 @@ fn to_backend(ctx: &XdpContext, packet: &Packet, service: &Service) -> GlobalCou
         c.packets += 1;
         c.bytes += bytes as u64;
     });
-    let src = if service.is_nat() {
+    let src = if snats(service, scheduled.backend) {
         Endpoint {
             addr: &service.snat_addr,
             port_be: scheduled.snat_port_be,
@@ -87,6 +94,7 @@ fn to_backend(ctx: &XdpContext, packet: &Packet, service: &Service) -> GlobalCou
             dst,
             hop,
             now: scheduled.now,
+            local: scheduled.backend.is_local(),
         },
     )
 }
@@ -126,7 +134,18 @@ fn to_client(ctx: &XdpContext, packet: &Packet, reply: *mut Reply) -> GlobalCoun
     };
     // SAFETY: the helper has no preconditions.
     let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() };
-    send(ctx, packet, &Route { src, dst, hop, now })
+    let local = false;
+    send(
+        ctx,
+        packet,
+        &Route {
+            src,
+            dst,
+            hop,
+            now,
+            local,
+        },
+    )
 }
 
 /// Rewrites the frame for `route` and sends it on.

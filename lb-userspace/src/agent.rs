@@ -112,6 +112,11 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
         pin_dir: Some(pin_dir.clone()),
         flow_capacity: config.flows.table_size,
         timeouts: config.flows.timeouts(),
+        sysctl_record: Some(
+            agent_cfg
+                .run_dir
+                .join(format!("{}.sysctls.json", agent_cfg.name)),
+        ),
     })?;
     let kernel_log = spawn_kernel_log(&mut dataplane)?;
     let adopting = previous_state(&mut dataplane, &pin_dir, &state_path, &config)?;
@@ -142,6 +147,9 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
     let mode: ModeRequest = agent_cfg.xdp_mode.parse()?;
     for iface in &config.interfaces {
         agent.dataplane.attach(iface, mode)?;
+    }
+    if let Err(e) = agent.dataplane.attach_sockets() {
+        tracing::warn!("clients on this host will not be balanced: {e:#}");
     }
     agent.sync_checks();
 

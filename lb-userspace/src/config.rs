@@ -447,8 +447,19 @@ impl ServiceConfig {
     fn validate(&self) -> anyhow::Result<()> {
         let name = &self.name;
         let family = |ip: IpAddr| if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+        // Backends on this host are reached without a source address
+        // (their replies leave through the egress program), so a service
+        // whose backends are all local needs no `snat`.
+        let all_local = !self.backends.is_empty()
+            && self
+                .backends
+                .iter()
+                .all(|b| crate::local::is_local(b.address.ip()));
         match (self.mode, self.snat) {
-            (Mode::Nat, None) => bail!("service {name:?}: mode \"nat\" needs a `snat` address"),
+            (Mode::Nat, None) if !all_local => bail!(
+                "service {name:?}: mode \"nat\" needs a `snat` address (backends on this host \
+                 need none, the others do)"
+            ),
             (_, Some(snat)) if snat.is_ipv4() != self.vip.is_ipv4() => bail!(
                 "service {name:?}: snat {snat} is {} but the vip is {}",
                 family(snat),
@@ -583,6 +594,14 @@ mod tests {
     }
 
     #[test]
+    fn the_local_example_is_valid() {
+        let config = Config::parse(include_str!("../../examples/local.toml")).unwrap();
+        assert_eq!(config.services.len(), 3);
+        assert_eq!(config.services[0].snat, None);
+        assert!(config.services[0].backends[4].backup);
+    }
+
+    #[test]
     fn service_rules_are_enforced() {
         for (extra, needle) in [
             ("mode = \"nat\"\n", "needs a `snat`"),
@@ -614,6 +633,19 @@ mod tests {
             let err = format!("{:#}", Config::parse(&text).unwrap_err());
             assert!(err.contains(needle), "{needle:?} not in {err}");
         }
+    }
+
+    #[test]
+    fn local_backends_need_no_snat() {
+        let service = "[[service]]\nname = \"web\"\nvip = \"10.0.0.1\"\nport = 80\n";
+        let local = "[[service.backend]]\naddress = \"127.0.0.1:8000\"\n\
+                     [[service.backend]]\naddress = \"127.0.0.1:8001\"\nweight = 3\n";
+        let config = Config::parse(&format!("{service}{local}")).unwrap();
+        assert_eq!(config.services[0].mode, Mode::Nat);
+        assert_eq!(config.services[0].snat, None);
+        let mixed = format!("{service}{local}[[service.backend]]\naddress = \"192.0.2.1:80\"\n");
+        let err = format!("{:#}", Config::parse(&mixed).unwrap_err());
+        assert!(err.contains("needs a `snat`"), "{err}");
     }
 
     #[test]

@@ -102,7 +102,10 @@ pub fn render(stats: &Stats, status: &Status) -> String {
             let c = &b.counters;
             backend_packets.get_or_create(&labels).inc_by(c.packets);
             backend_bytes.get_or_create(&labels).inc_by(c.bytes);
-            backend_flows.get_or_create(&labels).inc_by(c.new_flows);
+            // Flows through XDP and connections of clients on the host.
+            backend_flows
+                .get_or_create(&labels)
+                .inc_by(c.new_flows + c.host_connects);
             let mut kind = labels.clone();
             kind.push(("kind".into(), "syn_retry".into()));
             backend_failures.get_or_create(&kind).inc_by(c.syn_retries);

@@ -604,6 +604,7 @@ pub(crate) mod tests {
             handshake_rsts: 0,
             reply_packets: 9,
             reply_bytes: 900,
+            host_connects: 0,
         };
         let backend = |address: &str| BackendStatus {
             address: addr(address),

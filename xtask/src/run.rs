@@ -43,8 +43,10 @@ pub struct RunArgs {
     /// Skip the show of failover, backup and drain.
     #[arg(long)]
     no_demo: bool,
-    /// How the lab wires the load balancer: one-armed, two-armed, bridge or
-    /// vlan (docs/lab.md); xlb attaches to that shape's interfaces.
+    /// How the lab wires the load balancer: one-armed, two-armed, bridge,
+    /// vlan, or local (the backends on the load balancer's host, on
+    /// 127.0.0.1:8000-8004, with examples/local.toml) (docs/lab.md); xlb
+    /// attaches to that shape's interfaces.
     #[arg(long, default_value = "one-armed", conflicts_with = "iface")]
     shape: String,
 }
@@ -94,10 +96,16 @@ fn run_in_lab(
     stop: &Arc<AtomicBool>,
     deadline: Option<Instant>,
 ) -> anyhow::Result<()> {
+    let local = args.shape == "local";
+    let example = if local {
+        "examples/local.toml"
+    } else {
+        "examples/lab.toml"
+    };
     let config = args
         .config
         .clone()
-        .unwrap_or_else(|| workspace_root().join("examples/lab.toml"));
+        .unwrap_or_else(|| workspace_root().join(example));
     let interfaces = cmd::output(cmd::command(lab).args(["interfaces", "--prefix", LAB_PREFIX]))
         .context("asking the lab which interfaces xlb attaches to")?;
     let interfaces: Vec<&str> = interfaces.split_whitespace().collect();
@@ -129,13 +137,14 @@ fn run_in_lab(
     );
     let demo = (!args.no_demo).then(|| {
         let (xlb, lab, stop) = (xlb.to_owned(), lab.to_owned(), stop.clone());
-        std::thread::spawn(move || demo(&xlb, &lab, &stop))
+        std::thread::spawn(move || demo(&xlb, &lab, &stop, local))
     });
     wait(&mut [&mut agent, &mut client], stop, deadline, demo)
 }
 
-/// Failover, backup and drain while the client keeps sending requests.
-fn demo(xlb: &Path, lab: &Path, stop: &AtomicBool) -> anyhow::Result<()> {
+/// Failover, backup and drain while the client keeps sending requests;
+/// with `local` backends (the local shape), on 127.0.0.1.
+fn demo(xlb: &Path, lab: &Path, stop: &AtomicBool, local: bool) -> anyhow::Result<()> {
     let pause = |secs: u64| {
         let until = Instant::now() + Duration::from_secs(secs);
         while Instant::now() < until {
@@ -158,28 +167,48 @@ fn demo(xlb: &Path, lab: &Path, stop: &AtomicBool) -> anyhow::Result<()> {
             .status();
     };
     let say = |text: &str| println!("\n===== {text} =====\n");
-    let primaries = [
-        "10.10.2.10:8000",
-        "10.10.2.11:8001",
-        "10.10.2.12:8002",
-        "10.10.2.13:8003",
-    ];
+    let primaries = if local {
+        [
+            "127.0.0.1:8000",
+            "127.0.0.1:8001",
+            "127.0.0.1:8002",
+            "127.0.0.1:8003",
+        ]
+    } else {
+        [
+            "10.10.2.10:8000",
+            "10.10.2.11:8001",
+            "10.10.2.12:8002",
+            "10.10.2.13:8003",
+        ]
+    };
+    let (b1, b3, b4) = if local {
+        ("l1", "l3", "l4")
+    } else {
+        ("b1", "b3", "b4")
+    };
 
     if !pause(5) {
         return Ok(());
     }
-    say("killing backend b1: the health check takes it out, traffic moves to the others");
+    say(&format!(
+        "killing backend {b1}: the health check takes it out, traffic moves to the others"
+    ));
     backend("stop", "1");
     if !pause(5) {
         return Ok(());
     }
     xlb_cli(&["status"]);
-    say("starting b1 again: once its fail_timeout (10 s) is over and 2 checks pass, it is back");
+    say(&format!(
+        "starting {b1} again: once its fail_timeout (10 s) is over and 2 checks pass, it is back"
+    ));
     backend("start", "1");
     if !pause(9) {
         return Ok(());
     }
-    say("taking every primary down: the backup b4 takes over");
+    say(&format!(
+        "taking every primary down: the backup {b4} takes over"
+    ));
     for address in primaries {
         xlb_cli(&["server", "down", "web", address]);
     }
@@ -187,14 +216,16 @@ fn demo(xlb: &Path, lab: &Path, stop: &AtomicBool) -> anyhow::Result<()> {
         return Ok(());
     }
     xlb_cli(&["status"]);
-    say("primaries up again: b4 gets no new connections");
+    say(&format!("primaries up again: {b4} gets no new connections"));
     for address in primaries {
         xlb_cli(&["server", "up", "web", address]);
     }
     if !pause(5) {
         return Ok(());
     }
-    say("draining b3: no new connections, waiting for its live flows to end");
+    say(&format!(
+        "draining {b3}: no new connections, waiting for its live flows to end"
+    ));
     xlb_cli(&[
         "server",
         "drain",
@@ -208,7 +239,9 @@ fn demo(xlb: &Path, lab: &Path, stop: &AtomicBool) -> anyhow::Result<()> {
     if !pause(5) {
         return Ok(());
     }
-    say("undraining b3; the show is over, traffic keeps flowing until Ctrl-C");
+    say(&format!(
+        "undraining {b3}; the show is over, traffic keeps flowing until Ctrl-C"
+    ));
     xlb_cli(&["server", "undrain", "web", primaries[3]]);
     Ok(())
 }

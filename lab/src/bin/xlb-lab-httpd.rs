@@ -6,7 +6,7 @@
 
 use std::{
     convert::Infallible,
-    net::{Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
 };
 
 use anyhow::Context as _;
@@ -26,6 +26,10 @@ struct Args {
     /// TCP and UDP port to listen on.
     #[arg(long)]
     port: u16,
+    /// Address to listen on (default `::`, dual stack); e.g. 127.0.0.1 for
+    /// an app instance on the load balancer's host, as in nginx's tutorial.
+    #[arg(long, default_value = "::")]
+    bind: std::net::IpAddr,
     /// File holding the status code for `GET /health`.
     #[arg(long)]
     health_file: Option<std::path::PathBuf>,
@@ -40,13 +44,20 @@ fn main() -> anyhow::Result<()> {
         .block_on(serve(args))
 }
 
-/// A dual-stack socket bound to `[::]:port` with SO_REUSEADDR.
-fn bind(port: u16, ty: Type, protocol: Protocol) -> anyhow::Result<Socket> {
-    let socket = Socket::new(Domain::IPV6, ty, Some(protocol))?;
-    socket.set_only_v6(false)?;
+/// A socket bound to `ip:port` with SO_REUSEADDR; dual stack for `::`.
+fn bind(ip: IpAddr, port: u16, ty: Type, protocol: Protocol) -> anyhow::Result<Socket> {
+    let domain = if ip.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let socket = Socket::new(domain, ty, Some(protocol))?;
+    if ip == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+        socket.set_only_v6(false)?;
+    }
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
-    let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+    let addr = SocketAddr::new(ip, port);
     socket
         .bind(&addr.into())
         .with_context(|| format!("binding {ty:?} to {addr}"))?;
@@ -54,13 +65,14 @@ fn bind(port: u16, ty: Type, protocol: Protocol) -> anyhow::Result<Socket> {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
-    let tcp = bind(args.port, Type::STREAM, Protocol::TCP)?;
+    let tcp = bind(args.bind, args.port, Type::STREAM, Protocol::TCP)?;
     tcp.listen(1024)?;
     let listener = tokio::net::TcpListener::from_std(tcp.into())?;
-    let udp = bind(args.port, Type::DGRAM, Protocol::UDP)?;
+    let udp = bind(args.bind, args.port, Type::DGRAM, Protocol::UDP)?;
     let udp = tokio::net::UdpSocket::from_std(udp.into())?;
     let body = Bytes::from(format!("{}\n", args.name));
-    eprintln!("{}: serving HTTP and UDP on [::]:{}", args.name, args.port);
+    let on = SocketAddr::new(args.bind, args.port);
+    eprintln!("{}: serving HTTP and UDP on {on}", args.name);
 
     let reply = body.clone();
     tokio::spawn(async move {

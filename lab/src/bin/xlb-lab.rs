@@ -25,8 +25,9 @@ enum Command {
         prefix: String,
         #[arg(long, default_value_t = topology::DEFAULT_BACKENDS)]
         backends: usize,
-        /// How the load balancer is wired: one-armed, two-armed, bridge or
-        /// vlan (see docs/lab.md).
+        /// How the load balancer is wired: one-armed, two-armed, bridge,
+        /// vlan, or local (the backends on the load balancer's host, on
+        /// 127.0.0.1) (see docs/lab.md).
         #[arg(long, default_value_t = Shape::OneArmed)]
         shape: Shape,
     },
@@ -128,7 +129,8 @@ fn main() -> anyhow::Result<()> {
                 "pause" => lab.pause_backend(index)?,
                 _ => lab.resume_backend(index)?,
             }
-            println!("lab {prefix}: backend b{index}: {action}");
+            let name = lab.backend(index).name;
+            println!("lab {prefix}: backend {name}: {action}");
         }
         Command::Load {
             prefix,

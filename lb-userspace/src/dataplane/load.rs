@@ -23,7 +23,7 @@ use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapInfo, MapType},
-    programs::Xdp,
+    programs::{CgroupSockAddr, SchedClassifier, Xdp},
 };
 use aya_obj::generated::bpf_map_type;
 use lb_common::flow::FlowTimeouts;
@@ -33,6 +33,19 @@ use crate::xdp;
 
 /// Name of the main XDP program in the eBPF object.
 pub const PROGRAM: &str = "xlb";
+/// Name of the tc egress program that rewrites local backends' replies.
+pub const EGRESS_PROGRAM: &str = "xlb_egress";
+/// The cgroup socket programs that balance clients on this host.
+pub const SOCKET_PROGRAMS: [&str; 8] = [
+    "xlb_connect4",
+    "xlb_connect6",
+    "xlb_sendmsg4",
+    "xlb_sendmsg6",
+    "xlb_getpeername4",
+    "xlb_getpeername6",
+    "xlb_recvmsg4",
+    "xlb_recvmsg6",
+];
 
 /// Sizes chosen when loading the data plane.
 #[derive(Clone, Debug)]
@@ -46,6 +59,10 @@ pub struct LoadOptions {
     /// so a restarted agent keeps flows and counters); `None` keeps the maps
     /// private to this process.
     pub pin_dir: Option<PathBuf>,
+    /// File recording the `route_localnet` values the agent changed, so
+    /// that they are restored even after the agent was killed and
+    /// restarted; `None` keeps them in memory only.
+    pub sysctl_record: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -54,6 +71,7 @@ impl Default for LoadOptions {
             flow_capacity: lb_common::DEFAULT_FLOW_CAPACITY,
             timeouts: FlowTimeouts::DEFAULT,
             pin_dir: None,
+            sysctl_record: None,
         }
     }
 }
@@ -111,6 +129,10 @@ fn loss(map: MapName) -> &'static str {
         MapName::ServiceStats => "the per-service counters (back to 0)",
         MapName::BackendStats => "the per-backend counters (back to 0)",
         MapName::GlobalStats => "the data-path counters of `xlb stats` (back to 0)",
+        MapName::LocalPorts => "nothing (refilled from the configuration)",
+        MapName::Sockets => {
+            "which service local clients' open sockets asked for: getpeername shows the backend"
+        }
     }
 }
 
@@ -149,11 +171,17 @@ pub(super) fn load(options: &mut LoadOptions) -> anyhow::Result<(Ebpf, Pins)> {
             options.flow_capacity = kept;
         }
     }
+    // The socket programs act only in this namespace; 0 (unknown) in none.
+    let netns_cookie = crate::local::netns_cookie().unwrap_or_else(|e| {
+        tracing::warn!("local clients will not be balanced: {e:#}");
+        0
+    });
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(MapName::Flows.as_str(), options.flow_capacity)
         .map_max_entries(MapName::Replies.as_str(), options.flow_capacity)
-        .override_global("FLOW_TIMEOUTS", &options.timeouts, true);
+        .override_global("FLOW_TIMEOUTS", &options.timeouts, true)
+        .override_global("NETNS_COOKIE", &netns_cookie, true);
     if let Some(dir) = &options.pin_dir {
         for map in MapName::ALL {
             loader.map_pin_path(map.as_str(), map_pin(dir, map));
@@ -165,6 +193,14 @@ pub(super) fn load(options: &mut LoadOptions) -> anyhow::Result<(Ebpf, Pins)> {
     xdp_program(&mut ebpf)?
         .load()
         .context("loading the xlb XDP program (verifier)")?;
+    egress_program(&mut ebpf)?
+        .load()
+        .context("loading the xlb tc egress program (verifier)")?;
+    for name in SOCKET_PROGRAMS {
+        socket_program(&mut ebpf, name)?
+            .load()
+            .with_context(|| format!("loading the socket program {name} (verifier)"))?;
+    }
     Ok((ebpf, pins))
 }
 
@@ -330,5 +366,22 @@ pub(super) fn xdp_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
     Ok(ebpf
         .program_mut(PROGRAM)
         .ok_or_else(|| anyhow!("program {PROGRAM} missing from the eBPF object"))?
+        .try_into()?)
+}
+
+pub(super) fn egress_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
+    Ok(ebpf
+        .program_mut(EGRESS_PROGRAM)
+        .ok_or_else(|| anyhow!("program {EGRESS_PROGRAM} missing from the eBPF object"))?
+        .try_into()?)
+}
+
+pub(super) fn socket_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> anyhow::Result<&'a mut CgroupSockAddr> {
+    Ok(ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
         .try_into()?)
 }

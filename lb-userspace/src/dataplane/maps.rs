@@ -32,11 +32,13 @@ pub enum MapName {
     ServiceStats,
     BackendStats,
     GlobalStats,
+    LocalPorts,
+    Sockets,
 }
 
 impl MapName {
     /// Every one, in the order of docs/datapath.md.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 12] = [
         Self::Services,
         Self::Maglev,
         Self::Backends,
@@ -47,6 +49,8 @@ impl MapName {
         Self::ServiceStats,
         Self::BackendStats,
         Self::GlobalStats,
+        Self::LocalPorts,
+        Self::Sockets,
     ];
 
     /// Its name in the eBPF object (and its pin's file name).
@@ -62,6 +66,8 @@ impl MapName {
             Self::ServiceStats => "SERVICE_STATS",
             Self::BackendStats => "BACKEND_STATS",
             Self::GlobalStats => "GLOBAL_STATS",
+            Self::LocalPorts => "LOCAL_PORTS",
+            Self::Sockets => "SOCKETS",
         }
     }
 }
@@ -289,4 +295,9 @@ pub(super) fn memory(ebpf: &Ebpf) -> anyhow::Result<Vec<MapMemory>> {
     }
     out.sort_by_key(|m| std::cmp::Reverse(m.bytes));
     Ok(out)
+}
+
+/// `LOCAL_PORTS`: the bitmap of local backends' ports, 64 per entry.
+pub(super) fn local_ports_mut(ebpf: &mut Ebpf) -> anyhow::Result<Named<Array<&mut MapData, u64>>> {
+    open_mut(ebpf, MapName::LocalPorts)
 }

@@ -38,6 +38,7 @@ pub use self::{
 };
 use crate::{
     desired::Desired,
+    local::RouteLocalnet,
     xdp::{AttachedMode, ModeRequest},
 };
 
@@ -48,6 +49,10 @@ pub struct Dataplane {
     options: LoadOptions,
     pins: Pins,
     links: Vec<(XdpLinkId, Attachment)>,
+    /// Egress and socket program attachments.
+    held: Vec<attach::Held>,
+    /// `route_localnet` as it was before attaching.
+    localnet: RouteLocalnet,
     tables: Tables,
 }
 
@@ -62,11 +67,14 @@ impl Dataplane {
     /// replaced (see [`Dataplane::pins`]).
     pub fn load_with(mut options: LoadOptions) -> anyhow::Result<Self> {
         let (ebpf, pins) = load::load(&mut options)?;
+        let localnet = RouteLocalnet::new(options.sysctl_record.clone());
         Ok(Self {
             ebpf,
             options,
             pins,
             links: Vec::new(),
+            held: Vec::new(),
+            localnet,
             tables: Tables::new(),
         })
     }
@@ -81,6 +89,11 @@ impl Dataplane {
         load::xdp_program(&mut self.ebpf)
     }
 
+    /// The tc egress program that rewrites local backends' replies.
+    pub fn egress_program(&mut self) -> anyhow::Result<&mut aya::programs::SchedClassifier> {
+        load::egress_program(&mut self.ebpf)
+    }
+
     /// Attaches the program to `iface`; returns the mode it got. With a pin
     /// directory, the attachment is pinned there too, and an attachment an
     /// earlier agent pinned is taken over in place: the kernel swaps the
@@ -90,7 +103,22 @@ impl Dataplane {
         let (link, attachment) = attach::attach(&mut self.ebpf, pin_dir, iface, request)?;
         let mode = attachment.mode;
         self.links.push((link, attachment));
+        self.localnet.enable(iface)?;
+        let egress = attach::attach_egress(&mut self.ebpf, pin_dir, iface)?;
+        self.held.push(egress);
         Ok(mode)
+    }
+
+    /// Attaches the socket programs that balance connections opened on
+    /// this host, in this network namespace, to a service (see
+    /// `lb-ebpf/src/sock.rs`): to the root cgroup, pinned like the XDP
+    /// attachments.
+    pub fn attach_sockets(&mut self) -> anyhow::Result<()> {
+        let pin_dir = self.options.pin_dir.as_deref();
+        let held = attach::attach_sockets(&mut self.ebpf, pin_dir)?;
+        self.held.extend(held);
+        tracing::info!("socket programs attached: clients on this host are balanced");
+        Ok(())
     }
 
     /// Reads every attached interface's way out again (a veth peer may have
@@ -127,6 +155,8 @@ impl Dataplane {
     /// process ends.
     pub fn shut_down(mut self) -> anyhow::Result<()> {
         let links = std::mem::take(&mut self.links);
+        attach::release(std::mem::take(&mut self.held))?;
+        self.localnet.restore()?;
         if let Some(dir) = &self.options.pin_dir {
             attach::unpin(dir, &links)?;
             load::remove_map_pins(dir);

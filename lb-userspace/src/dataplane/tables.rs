@@ -12,7 +12,7 @@ use anyhow::{Context as _, anyhow};
 use aya::Ebpf;
 use lb_common::{
     Backend, MAGLEV_SLOTS, MAX_BACKENDS, MAX_SERVICES, Service, ServiceKey,
-    backend::{BACKEND_F_FAIL_AT_ONCE, BACKEND_F_FAILED},
+    backend::{BACKEND_F_FAIL_AT_ONCE, BACKEND_F_FAILED, BACKEND_F_LOCAL},
     maglev::{self, Candidate},
     service::{
         SERVICE_F_DNAT, SERVICE_F_HASH_SOURCE, SERVICE_F_NEXT_ON_ERROR, SERVICE_F_NEXT_ON_TIMEOUT,
@@ -32,6 +32,8 @@ pub(super) struct Tables {
     pub(super) services: HashMap<String, ServiceState>,
     pub(super) backend_ids: IdPool,
     pub(super) slots: SlotAllocator,
+    /// `LOCAL_PORTS` as last written; `None` before the first write.
+    pub(super) local_ports: Option<Vec<u64>>,
 }
 
 /// A service as programmed into the maps.
@@ -88,6 +90,7 @@ impl Tables {
             services: HashMap::new(),
             backend_ids: IdPool::new(MAX_BACKENDS),
             slots: SlotAllocator::new(MAGLEV_SLOTS),
+            local_ports: None,
         }
     }
 
@@ -122,6 +125,26 @@ impl Tables {
             self.apply_service(ebpf, service)
                 .with_context(|| format!("service {:?}", service.name))?;
         }
+        self.write_local_ports(ebpf, desired)
+    }
+
+    /// Makes `LOCAL_PORTS` hold the ports of `desired`'s local backends,
+    /// writing only the words that changed since the last write.
+    fn write_local_ports(&mut self, ebpf: &mut Ebpf, desired: &Desired) -> anyhow::Result<()> {
+        let mut words = vec![0u64; lb_common::LOCAL_PORT_WORDS as usize];
+        for backend in desired.services.iter().flat_map(|s| &s.backends) {
+            if crate::local::is_local(backend.address.ip()) {
+                let port = usize::from(backend.address.port());
+                words[port / 64] |= 1 << (port % 64);
+            }
+        }
+        let mut map = maps::local_ports_mut(ebpf)?;
+        for (i, word) in words.iter().enumerate() {
+            if self.local_ports.as_ref().is_none_or(|old| old[i] != *word) {
+                map.set(i as u32, *word)?;
+            }
+        }
+        self.local_ports = Some(words);
         Ok(())
     }
 
@@ -344,10 +367,15 @@ fn service_entry(
 }
 
 fn backend_entry(address: SocketAddr, flags: u16) -> Backend {
+    let local = if crate::local::is_local(address.ip()) {
+        BACKEND_F_LOCAL
+    } else {
+        0
+    };
     Backend {
         addr: mapped(address.ip()),
         port_be: address.port().to_be(),
-        flags,
+        flags: flags | local,
         _pad: 0,
     }
 }

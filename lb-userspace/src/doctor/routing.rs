@@ -25,6 +25,45 @@ pub(super) fn check(setup: &Setup, out: &mut Vec<Finding>) {
     }
 }
 
+/// A backend on this host: served (see docs/topologies.md), which is worth
+/// knowing; `::1` only to clients on this host.
+fn local_backend(address: SocketAddr, subject: String) -> Finding {
+    let ip = address.ip();
+    if ip.is_ipv6() && ip.is_loopback() {
+        return Finding::new(
+            Check::BackendLocal,
+            Severity::Warning,
+            subject,
+            format!(
+                "{ip} is this host's IPv6 loopback: clients on this host reach it (the socket \
+                 programs connect them to it), but the kernel drops packets to ::1 that arrive \
+                 on any other interface than `lo` (IPv6 has no route_localnet), so clients \
+                 elsewhere are never answered"
+            ),
+            "have the backend listen on [::] or on one of this host's IPv6 addresses, and \
+             write that address as the backend's",
+        );
+    }
+    let localnet = if ip.is_loopback() {
+        " (127.0.0.0/8 needs route_localnet on the attached interfaces, which xlb run sets \
+         and restores)"
+    } else {
+        ""
+    };
+    Finding::new(
+        Check::BackendLocal,
+        Severity::Info,
+        subject,
+        format!(
+            "{ip} is an address of this host: xlb hands clients' packets to the kernel's local \
+             delivery{localnet}, its tc egress program rewrites the replies back to the VIP, \
+             and clients on this host are connected to it by its socket programs; the backend \
+             sees the client's address whatever the service's mode"
+        ),
+        "nothing to do",
+    )
+}
+
 /// The unicast routes to a service's backends; the others are findings.
 fn backend_routes<'a>(
     setup: &'a Setup,
@@ -38,20 +77,9 @@ fn backend_routes<'a>(
         match setup.facts.route(address.ip()) {
             None => {}
             Some(Ok(route)) if route.kind == RouteKind::Unicast => routes.push((address, route)),
-            Some(Ok(route)) if route.kind == RouteKind::Local => out.push(Finding::new(
-                Check::BackendLocal,
-                Severity::Error,
-                subject,
-                format!(
-                    "{} is an address of this host: the kernel delivers what xlb forwards to it \
-                     over `lo`, and the backend's replies never leave by an interface xlb is \
-                     attached to, so they are never rewritten back to the VIP",
-                    address.ip()
-                ),
-                "run the backend in a network namespace or container joined to this host by a \
-                 veth pair (or a bridge) and add that interface to `interfaces`, or on another \
-                 host",
-            )),
+            Some(Ok(route)) if route.kind == RouteKind::Local => {
+                out.push(local_backend(address, subject));
+            }
             Some(route) => out.push(Finding::new(
                 Check::BackendUnreachable,
                 Severity::Error,

@@ -17,6 +17,7 @@ mod fuzz;
 mod hashing;
 mod health_signals;
 mod ipv6;
+mod local;
 mod malformed;
 mod nat;
 mod next_upstream;
