@@ -90,7 +90,7 @@ fn send(ctx: &XdpContext, packet: &Packet, route: &Route) -> Result<GlobalCounte
         }
     };
     if let Err(counter) = rewrite::decrement_ttl(ctx, packet) {
-        return counter;
+        return Ok(counter);
     }
     if vlan::is_tagged(packet) && vlan::pop_tags(ctx, packet).is_err() {
         return Ok(GlobalCounter::DropInternal);

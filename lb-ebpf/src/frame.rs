@@ -61,8 +61,9 @@ pub fn ptr_at<T, C: Frame>(ctx: &C, offset: usize) -> Option<*mut T> {
 
 /// The frame's length in bytes.
 #[inline(always)]
-pub fn len(ctx: &XdpContext) -> usize {
-    ctx.data_end() - ctx.data()
+pub fn len<C: Frame>(ctx: &C) -> usize {
+    let (start, end) = ctx.bounds();
+    end - start
 }
 
 /// Reads a `T` at `offset`, bounds-checked.

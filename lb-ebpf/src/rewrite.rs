@@ -116,7 +116,7 @@ fn decrement(ctx: &XdpContext, packet: &Packet) -> Option<()> {
     let proto: u8 = read_at(ctx, l3 + IPV4_TTL + 1)?;
     write_at(ctx, l3 + IPV4_TTL, ttl)?;
     let check_at = l3 + IPV4_CHECK;
-    let check = u16::from_be_bytes(read_at::<[u8; 2]>(ctx, check_at)?);
+    let check = u16::from_be_bytes(read_at::<[u8; 2], _>(ctx, check_at)?);
     let check = checksum::update(check, &[packet.ttl, proto], &[ttl, proto]);
     write_at(ctx, check_at, check.to_be_bytes())
 }
