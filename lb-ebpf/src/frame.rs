@@ -12,8 +12,19 @@ use aya_ebpf::programs::{TcContext, XdpContext};
 
 /// A program context whose packet bytes can be read directly.
 pub trait Frame {
-    /// The frame's first and one-past-last byte addresses.
+    /// The first and one-past-last byte addresses of the bytes the program
+    /// can read directly.
     fn bounds(&self) -> (usize, usize);
+
+    /// The frame's whole length: for XDP the bytes between the bounds; for
+    /// tc also what lies in the skb's fragments (a TSO super-packet the
+    /// host's stack sends carries its payload there), so length fields are
+    /// checked against the packet, not its linear head.
+    #[inline(always)]
+    fn len(&self) -> usize {
+        let (start, end) = self.bounds();
+        end - start
+    }
 }
 
 impl Frame for XdpContext {
@@ -46,6 +57,11 @@ impl Frame for TcContext {
             )
         }
     }
+
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.skb.len() as usize
+    }
 }
 
 /// Returns a pointer to a `T` at `offset` if the whole `T` lies inside the
@@ -62,8 +78,7 @@ pub fn ptr_at<T, C: Frame>(ctx: &C, offset: usize) -> Option<*mut T> {
 /// The frame's length in bytes.
 #[inline(always)]
 pub fn len<C: Frame>(ctx: &C) -> usize {
-    let (start, end) = ctx.bounds();
-    end - start
+    ctx.len()
 }
 
 /// Reads a `T` at `offset`, bounds-checked.
