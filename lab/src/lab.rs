@@ -231,6 +231,32 @@ impl Lab {
         Ok(namespaces)
     }
 
+    /// Removes what test runs leave behind: every namespace whose name starts
+    /// with [`topology::TEST_PREFIX_ROOT`] and those labs' pins and run
+    /// directories. Labs of `cargo xtask run` or the bench running beside
+    /// are left alone. Returns the namespaces removed.
+    pub fn down_tests() -> anyhow::Result<Vec<String>> {
+        let root = topology::TEST_PREFIX_ROOT;
+        let namespaces: Vec<String> = netns::list()?
+            .into_iter()
+            .filter(|ns| ns.starts_with(root))
+            .collect();
+        let mut dirs = Vec::new();
+        for parent in [topology::PIN_ROOT, topology::RUN_ROOT] {
+            let Ok(entries) = std::fs::read_dir(parent) else {
+                continue;
+            };
+            dirs.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(root))
+                    .map(|e| e.path()),
+            );
+        }
+        remove(&namespaces, &dirs).context("tearing down test labs")?;
+        Ok(namespaces)
+    }
+
     /// Describes the lab with `prefix` as it is now (works for a partial or
     /// absent lab too).
     pub fn status(prefix: &str) -> anyhow::Result<LabStatus> {

@@ -124,6 +124,10 @@ pub fn fmt_mac(mac: [u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
 }
 
+/// Every test's namespaces start with this (labs, packet fixtures, host
+/// checks), so [`crate::Lab::down_tests`] finds what an interrupted run left.
+pub const TEST_PREFIX_ROOT: &str = "xlbt-";
+
 /// A fresh prefix for a test lab, `xlbt-<pid>-<n>`, unique within this host.
 pub fn test_prefix() -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);

@@ -283,8 +283,3 @@ fn wait(
         _ => Ok(()),
     }
 }
-
-/// Removes every lab namespace and process, whatever run left them.
-pub fn lab_down_all(release: bool) -> anyhow::Result<()> {
-    cmd::status(cmd::command(cmd::binary(release, "xlb-lab")).args(["down", "--all"]))
-}

@@ -5,13 +5,18 @@ use crate::{cmd, setup};
 pub fn test() -> anyhow::Result<()> {
     setup::setup()?;
     cmd::build(false)?;
-    // Leftovers of an interrupted run would collide with the tests' labs.
-    crate::run::lab_down_all(false)?;
+    // Leftovers of an interrupted run would collide with the tests' labs;
+    // a `cargo xtask run` or bench lab beside them is left alone.
+    lab_down_tests()?;
     let result = checks();
-    crate::run::lab_down_all(false)?;
+    lab_down_tests()?;
     result?;
     println!("xtask: all tests passed");
     Ok(())
+}
+
+fn lab_down_tests() -> anyhow::Result<()> {
+    cmd::status(cmd::command(cmd::binary(false, "xlb-lab")).args(["down", "--tests"]))
 }
 
 fn checks() -> anyhow::Result<()> {

@@ -38,6 +38,9 @@ enum Command {
         /// Remove every lab, including leftovers of interrupted test runs.
         #[arg(long)]
         all: bool,
+        /// Remove only what test runs left (namespaces `xlbt-*`).
+        #[arg(long, conflicts_with_all = ["all", "prefix"])]
+        tests: bool,
     },
     /// Show a lab's namespaces, addresses, backends and XDP attachment.
     Status {
@@ -98,8 +101,11 @@ fn main() -> anyhow::Result<()> {
             lab.keep();
             print!("{}", Lab::status(&prefix)?);
         }
-        Command::Down { prefix, all } => {
-            if all {
+        Command::Down { prefix, all, tests } => {
+            if tests {
+                let removed = Lab::down_tests()?;
+                println!("lab: removed {} test namespace(s)", removed.len());
+            } else if all {
                 let removed = Lab::down_all()?;
                 println!("lab: removed {} namespace(s)", removed.len());
             } else {
