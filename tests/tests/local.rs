@@ -470,3 +470,63 @@ fn localhost_as_the_vip_for_clients_on_the_host() {
     let counts = requests_to(&lab.lb_ns(), localhost, 1000);
     assert_shares(&counts, &PRIMARIES);
 }
+
+/// A large reply from a local backend leaves the host as a GSO
+/// super-packet, its payload in the skb's fragments: the egress program
+/// must rewrite it, not take it for a frame whose length fields disagree
+/// with it. 4 MiB arrive whole at an outside client.
+#[test]
+fn a_large_reply_from_a_local_backend_comes_back_whole() {
+    use std::io::{Read as _, Write as _};
+
+    const BYTES: usize = 4 << 20;
+    const PORT: u16 = 9300;
+    let lab = lab(1, 0);
+    // Checksum offload on, as on a host's NIC, so the stack builds
+    // GSO/TSO-sized replies.
+    netns::run(&mut netns::exec(
+        &lab.lb_ns(),
+        "ethtool",
+        ["-K", "eth0", "tx", "on"],
+    ))
+    .expect("ethtool");
+    let listener = lab
+        .in_lb(|| TcpListener::bind(("127.0.0.1", PORT)))
+        .unwrap()
+        .expect("listening on 127.0.0.1");
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        // Bounded: replies that never arrive would leave it blocked.
+        conn.set_write_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut request = [0u8; 64];
+        let _ = conn.read(&mut request);
+        let body: Vec<u8> = (0..BYTES).map(|i| (i % 251) as u8).collect();
+        conn.write_all(&body)
+    });
+    let service = format!(
+        "[[service]]\nname = \"big\"\nvip = \"{}\"\nport = {PORT}\n\
+         [[service.backend]]\naddress = \"127.0.0.1:{PORT}\"\n",
+        topology::LB_CLIENT_SIDE_V4
+    );
+    let agent = Agent::start(&lab, &service).expect("xlb run");
+    let target = SocketAddr::new(topology::LB_CLIENT_SIDE_V4.into(), PORT);
+    let got = lab
+        .in_client(|| -> anyhow::Result<Vec<u8>> {
+            let mut conn = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+            conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+            conn.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut body = Vec::new();
+            conn.read_to_end(&mut body)?;
+            Ok(body)
+        })
+        .unwrap();
+    let written = server.join().unwrap();
+    let got = got.unwrap_or_else(|e| panic!("reading the reply: {e:#}\n{}", agent.diagnostics()));
+    assert!(written.is_ok(), "writing the reply: {written:?}");
+    assert_eq!(got.len(), BYTES, "bytes received\n{}", agent.diagnostics());
+    assert!(
+        got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8),
+        "the reply arrived changed"
+    );
+}
