@@ -18,6 +18,18 @@ pub fn update<const N: usize>(check: u16, old: &[u8; N], new: &[u8; N]) -> u16 {
     !fold(sum)
 }
 
+/// Adds `data`'s 16-bit words to the ones' complement sum `sum` (fold it
+/// with [`fold`] at the end; 32 bits hold the sum of thousands of words).
+#[inline(always)]
+pub fn add_words<const N: usize>(mut sum: u32, data: &[u8; N]) -> u32 {
+    let mut i = 0;
+    while i + 1 < N {
+        sum += u32::from(u16::from_be_bytes([data[i], data[i + 1]]));
+        i += 2;
+    }
+    sum
+}
+
 /// Folds a 32-bit ones' complement sum into 16 bits.
 #[inline(always)]
 pub const fn fold(mut sum: u32) -> u16 {

@@ -105,6 +105,14 @@ global_counters! {
     /// backends, so that localhost-only services stay out of the network's
     /// reach.
     DropLoopback => "drop_loopback",
+    /// A SYN answered by the data plane itself with a SYN-ACK carrying a
+    /// cookie (`XDP_TX`): past the half-open budget, or always, as
+    /// configured. No state is kept.
+    ForwardSynCookie => "forward_syn_cookie",
+    /// A backend's SYN-ACK to the load balancer's own SYN (the client
+    /// answered a cookie), answered with the ACK that completes the
+    /// backend's handshake (`XDP_TX`).
+    ForwardProxyAck => "forward_proxy_ack",
 }
 
 /// Number of [`GlobalCounter`]s; sizes `GLOBAL_STATS`.

@@ -103,11 +103,23 @@ pub const FLOW_MIDSTREAM: u8 = 3;
 /// kept from the client (`next_upstream` `error`): the client's SYN, sent
 /// again, is scheduled to another backend. Lives like [`FLOW_SYN_SENT`].
 pub const FLOW_REFUSED: u8 = 4;
+/// The client answered a SYN cookie; the load balancer sent the backend a
+/// SYN of its own and waits for its SYN-ACK (`Flow::seq_delta` holds the
+/// cookie meanwhile). Lives like [`FLOW_SYN_SENT`].
+pub const FLOW_PROXY_SYN: u8 = 5;
 
 /// [`Flow::flags`]: a RST refusing the handshake is kept from the client,
 /// whose next SYN goes to another backend (the service's `next_upstream`
 /// has `error`).
 pub const FLOW_F_NEXT_ON_ERROR: u8 = 1 << 0;
+/// [`Flow::flags`]: the handshake was the load balancer's (a SYN cookie),
+/// so the backend's sequence numbers differ from those the client knows by
+/// [`Flow::seq_delta`].
+pub const FLOW_F_SEQ_SHIFT: u8 = 1 << 1;
+/// [`Flow::flags`] bits 4 and 5, in [`FLOW_PROXY_SYN`]: the MSS class the
+/// client's cookie carried (`flood::mss_class`), for the SYN to the backend.
+pub const FLOW_F_MSS_CLASS_SHIFT: u8 = 4;
+pub const FLOW_F_MSS_CLASS_MASK: u8 = 0b11 << FLOW_F_MSS_CLASS_SHIFT;
 
 /// How long a flow may stay idle before its entry no longer counts and its
 /// next packet is scheduled again. The data plane reads it from a global
@@ -187,6 +199,13 @@ pub struct Flow {
     pub state: u8,
     /// `FLOW_F_*` flags.
     pub flags: u8,
+    /// With [`FLOW_F_SEQ_SHIFT`]: the backend's initial sequence number
+    /// minus the cookie's, added to the acknowledgements the client sends
+    /// (host byte order). In [`FLOW_PROXY_SYN`]: the cookie.
+    pub seq_delta: u32,
+    /// In [`FLOW_PROXY_SYN`]: the client's initial sequence number, for the
+    /// SYN sent to the backend again (host byte order).
+    pub client_isn: u32,
     /// Monotonic time (coarse) of the last packet, in nanoseconds.
     pub last_seen_ns: u64,
     /// Next hop towards the backend.
@@ -201,7 +220,7 @@ impl Flow {
             timeouts.udp_idle_ns
         } else {
             match self.state {
-                FLOW_SYN_SENT | FLOW_REFUSED => timeouts.syn_ns,
+                FLOW_SYN_SENT | FLOW_REFUSED | FLOW_PROXY_SYN => timeouts.syn_ns,
                 FLOW_CLOSING | FLOW_MIDSTREAM => timeouts.closing_ns,
                 _ => timeouts.tcp_idle_ns,
             }
@@ -231,6 +250,11 @@ pub struct Reply {
     pub client_port_be: u16,
     /// Backend id, for its counters.
     pub backend: u32,
+    /// Taken from the sequence numbers the backend sends (host byte order):
+    /// `Flow::seq_delta` of a connection whose handshake was the load
+    /// balancer's, else 0.
+    pub seq_delta: u32,
+    pub _pad: u32,
     /// Next hop towards the client.
     pub next_hop: NextHop,
 }
@@ -422,8 +446,8 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<FlowKey>(), 16 + 2 + 1 + 1 + 16 + 2 + 2);
         assert_eq!(size_of::<NextHop>(), 8 + 4 + 6 + 6);
-        assert_eq!(size_of::<Flow>(), 4 + 2 + 1 + 1 + 8 + 24);
-        assert_eq!(size_of::<Reply>(), 16 + 16 + 2 + 2 + 4 + 24);
+        assert_eq!(size_of::<Flow>(), 4 + 2 + 1 + 1 + 4 + 4 + 8 + 24);
+        assert_eq!(size_of::<Reply>(), 16 + 16 + 2 + 2 + 4 + 4 + 4 + 24);
     }
 
     #[test]

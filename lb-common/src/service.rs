@@ -63,6 +63,11 @@ pub const SERVICE_F_NEXT_ON_ERROR: u32 = 1 << 2;
 /// `next_upstream` has `timeout`: a client's SYN sent again because the
 /// backend did not answer the first goes to another backend.
 pub const SERVICE_F_NEXT_ON_TIMEOUT: u32 = 1 << 3;
+/// The data plane may answer the service's SYNs with cookies and open the
+/// connection to the backend itself (`crate::flood`): a TCP service none
+/// of whose backends is on this host (a local backend's handshake leaves
+/// through the tc egress program, which does not take part).
+pub const SERVICE_F_SYN_PROXY: u32 = 1 << 4;
 
 /// Value of the `SERVICES` map.
 ///

@@ -4,17 +4,20 @@
 //! `max_fails = 1`: the backend is out at once).
 
 use lb_common::{
-    Flow, Reply, Service,
+    Flow, FlowKey, Reply, Service,
     backend::{BACKEND_F_FAIL_AT_ONCE, BACKEND_F_FAILED},
     flow::{
-        FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_F_NEXT_ON_ERROR, FLOW_MIDSTREAM, FLOW_REFUSED,
-        FLOW_SYN_SENT, FlowTimeouts, LAST_SEEN_GRANULARITY_NS,
+        FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_F_MSS_CLASS_MASK, FLOW_F_NEXT_ON_ERROR,
+        FLOW_F_SEQ_SHIFT, FLOW_MIDSTREAM, FLOW_PROXY_SYN, FLOW_REFUSED, FLOW_SYN_SENT,
+        FlowTimeouts, LAST_SEEN_GRANULARITY_NS,
     },
     service::{SERVICE_F_NEXT_ON_ERROR, SERVICE_F_NEXT_ON_TIMEOUT},
 };
 
 use crate::{
-    maps::{BACKENDS, FLOWS, count_backend},
+    cookie,
+    frame::{Frame, read_at},
+    maps::{BACKENDS, FLOWS, REPLIES, count_backend},
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -58,6 +61,9 @@ pub fn track(packet: &Packet, flow: &mut Flow, now: u64) {
     if packet.is_tcp() {
         if ends(packet) {
             if flow.state != FLOW_CLOSING {
+                if flow.state == FLOW_SYN_SENT {
+                    cookie::settled();
+                }
                 flow.state = FLOW_CLOSING;
             }
         } else if flow.state == FLOW_SYN_SENT && packet.is_syn() {
@@ -125,38 +131,96 @@ pub fn failed_attempt(id: u32) {
     }
 }
 
+/// What a backend's reply means for its flow, beyond being forwarded.
+pub enum Tracked {
+    /// Forward it to the client.
+    Forward,
+    /// A refusal kept from the client (`next_upstream` `error`): its SYN,
+    /// sent again, goes to another backend.
+    Refused,
+    /// The backend's SYN-ACK to the load balancer's own SYN: answer it
+    /// with the ACK that completes the handshake, not to the client.
+    ProxyAccepted,
+}
+
 /// Updates the client flow's state from a backend's reply: a SYN-ACK
 /// completes the handshake; a RST before that counts as a refusal (and a
-/// failed attempt). Returns whether the reply is a refusal to keep from the
-/// client (`next_upstream` `error`): its SYN, sent again, goes to another
-/// backend.
+/// failed attempt). Returns what else to do with the reply.
 #[inline(always)]
-pub fn track_reply(packet: &Packet, reply: &Reply) -> bool {
+pub fn track_reply<C: Frame>(ctx: &C, packet: &Packet, reply: *mut Reply) -> Tracked {
     if !packet.is_tcp() || packet.tcp_flags & (TCP_SYN | TCP_RST | TCP_FIN) == 0 {
-        return false;
+        return Tracked::Forward;
     }
-    let Some(flow) = FLOWS.get_ptr_mut(reply.client_key(packet.key.proto)) else {
-        return false;
+    // SAFETY: `reply` points into its map value, valid for this run.
+    let client_key = unsafe { (*reply).client_key(packet.key.proto) };
+    // SAFETY: as above.
+    let backend = unsafe { (*reply).backend };
+    let Some(flow) = FLOWS.get_ptr_mut(&client_key) else {
+        return Tracked::Forward;
     };
     // SAFETY: a pointer into the flow map's value, valid for this run.
     let flow = unsafe { &mut *flow };
+    if flow.state == FLOW_PROXY_SYN {
+        return track_proxied(ctx, packet, flow, reply, &client_key);
+    }
     if packet.tcp_flags & TCP_RST != 0 {
         if flow.state == FLOW_SYN_SENT {
-            count_backend(reply.backend, |c| c.handshake_rsts += 1);
-            failed_attempt(reply.backend);
+            cookie::settled();
+            count_backend(backend, |c| c.handshake_rsts += 1);
+            failed_attempt(backend);
             if flow.flags & FLOW_F_NEXT_ON_ERROR != 0 {
                 flow.state = FLOW_REFUSED;
-                return true;
+                return Tracked::Refused;
             }
         }
         if flow.state == FLOW_REFUSED {
-            return true;
+            return Tracked::Refused;
         }
         flow.state = FLOW_CLOSING;
     } else if packet.tcp_flags & TCP_FIN != 0 {
+        if flow.state == FLOW_SYN_SENT {
+            cookie::settled();
+        }
         flow.state = FLOW_CLOSING;
     } else if packet.has_flags(TCP_SYN | TCP_ACK) && flow.state == FLOW_SYN_SENT {
+        cookie::settled();
         flow.state = FLOW_ESTABLISHED;
     }
-    false
+    Tracked::Forward
+}
+
+/// A backend's reply to the load balancer's own SYN. Its SYN-ACK fixes the
+/// shift between its sequence numbers and the cookie the client knows. A
+/// refusal forgets the flow: the client's next packet still carries its
+/// cookie and opens it again, on another backend if this one is out.
+#[inline(always)]
+fn track_proxied<C: Frame>(
+    ctx: &C,
+    packet: &Packet,
+    flow: &mut Flow,
+    reply: *mut Reply,
+    client_key: &FlowKey,
+) -> Tracked {
+    if packet.has_flags(TCP_SYN | TCP_ACK) {
+        let Some(seq) = read_at::<[u8; 4], _>(ctx, packet.l4_offset() + cookie::SEQ) else {
+            return Tracked::Forward;
+        };
+        let backend_isn = u32::from_be_bytes(seq);
+        let delta = backend_isn.wrapping_sub(flow.seq_delta);
+        flow.seq_delta = delta;
+        flow.flags = (flow.flags & !FLOW_F_MSS_CLASS_MASK) | FLOW_F_SEQ_SHIFT;
+        flow.state = FLOW_ESTABLISHED;
+        // SAFETY: `reply` points into its map value, valid for this run.
+        unsafe { (*reply).seq_delta = delta };
+        return Tracked::ProxyAccepted;
+    }
+    if packet.tcp_flags & TCP_RST != 0 {
+        // SAFETY: as above.
+        let backend = unsafe { (*reply).backend };
+        count_backend(backend, |c| c.handshake_rsts += 1);
+        failed_attempt(backend);
+        let _ = FLOWS.remove(client_key);
+        let _ = REPLIES.remove(&packet.key);
+    }
+    Tracked::Refused
 }

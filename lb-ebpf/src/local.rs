@@ -56,6 +56,9 @@ fn egress(ctx: &TcContext) {
 /// make it come from the service.
 #[inline(never)]
 fn to_client(ctx: &TcContext, packet: &Packet, reply: *mut Reply) {
+    // Local backends' services are not proxied (`SERVICE_F_SYN_PROXY`),
+    // so a reply only updates its flow's state.
+    track_reply(ctx, packet, reply);
     // SAFETY: `reply` points into its map value, valid for this run (RCU);
     // only read.
     let reply = unsafe { &*reply };
@@ -63,7 +66,6 @@ fn to_client(ctx: &TcContext, packet: &Packet, reply: *mut Reply) {
         c.reply_packets += 1;
         c.reply_bytes += u64::from(ctx.len());
     });
-    track_reply(packet, reply);
     let _ = rewrite_source(ctx, packet, &reply.vip, reply.vip_port_be);
 }
 

@@ -9,7 +9,11 @@
 
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the shared counters of `cookie` (BPF has no stable atomics).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
+mod cookie;
 mod floor;
 mod flow;
 mod forward;
@@ -45,7 +49,7 @@ pub fn xlb(ctx: XdpContext) -> u32 {
 fn action(verdict: GlobalCounter) -> u32 {
     use GlobalCounter::*;
     match verdict {
-        ForwardTx => xdp_action::XDP_TX,
+        ForwardTx | ForwardSynCookie | ForwardProxyAck => xdp_action::XDP_TX,
         ForwardRedirect => xdp_action::XDP_REDIRECT,
         DropNoBackend | DropSnatPortsBusy | DropInternal | DropRewrite | DropRefusedHandshake
         | DropLoopback => xdp_action::XDP_DROP,

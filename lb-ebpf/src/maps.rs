@@ -10,6 +10,7 @@ use lb_common::{
     Backend, BackendCounters, DEFAULT_FLOW_CAPACITY, Flow, FlowKey, GlobalCounter,
     LOCAL_PORT_WORDS, MAGLEV_SLOTS, MAX_BACKENDS, MAX_INTERFACES, MAX_LOCAL_SOCKETS, MAX_SERVICES,
     Reply, Service, ServiceKey, SockKey, SockPeer, TrafficCounters, counters::GLOBAL_COUNTERS,
+    flood::FLOOD_STATE_LEN,
 };
 
 /// Services by (VIP, port, protocol); filled by userspace.
@@ -44,6 +45,17 @@ pub static INTERFACES: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES,
 /// unused): a tagged frame handed to the kernel there keeps its tags.
 #[map]
 pub static VLAN_PARENTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_INTERFACES, 0);
+
+/// Interfaces XDP can answer a packet on (`XDP_TX` back out of the
+/// interface it came in on): those with the driver's XDP transmit, and any
+/// attached in generic mode. SYN cookies are answered only there.
+#[map]
+pub static ANSWER_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_INTERFACES, 0);
+
+/// The half-open budget's counts and the SYN cookies' (`lb_common::flood`),
+/// shared by every CPU.
+#[map]
+pub static FLOOD_STATE: Array<u64> = Array::with_max_entries(FLOOD_STATE_LEN, 0);
 
 /// Room to build a new flow's entries in, one per CPU: the verifier's stack
 /// is too small for them beside the rest of the call chain.

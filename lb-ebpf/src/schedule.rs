@@ -2,14 +2,19 @@
 //! else a new flow: the pick, a source port in `nat` mode, and the flow's
 //! entries in `FLOWS` and `REPLIES`.
 
-use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
+use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use lb_common::{
     Backend, Flow, GlobalCounter, Reply, Service,
-    flow::{FLOW_SYN_SENT, NextHop, snats},
+    flow::{
+        FLOW_F_MSS_CLASS_MASK, FLOW_F_MSS_CLASS_SHIFT, FLOW_PROXY_SYN, FLOW_SYN_SENT, NextHop,
+        snats,
+    },
     hash::mix64,
+    service::SERVICE_F_SYN_PROXY,
 };
 
 use crate::{
+    cookie::{self, Answer},
     flow,
     maps::{BACKENDS, FLOWS, REPLIES, SCRATCH, count_backend},
     parse::Packet,
@@ -30,9 +35,16 @@ pub struct Scheduled {
 
 /// Finds the packet's flow or schedules a new one. A SYN its flow's backend
 /// refused, or (`next_upstream` `timeout`) left unanswered, is scheduled anew,
-/// avoiding that backend.
+/// avoiding that backend. A new flow's SYN may be answered with a cookie
+/// instead (`Err` is then that verdict), and a client's ACK with a valid
+/// cookie opens a flow whose handshake with the backend the data plane
+/// makes itself: the packet becomes that handshake's SYN.
 #[inline(always)]
-pub fn schedule(packet: &Packet, service: &Service) -> Result<Scheduled, GlobalCounter> {
+pub fn schedule(
+    ctx: &XdpContext,
+    packet: &Packet,
+    service: &Service,
+) -> Result<Scheduled, GlobalCounter> {
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let key = &packet.key;
@@ -54,6 +66,13 @@ pub fn schedule(packet: &Packet, service: &Service) -> Result<Scheduled, GlobalC
             && !backend.is_failed()
             && flow::holds(flow, packet, now)
         {
+            if flow.state == FLOW_PROXY_SYN {
+                // The backend has not answered the load balancer's SYN yet:
+                // whatever the client sends goes to it as that SYN again.
+                let class =
+                    u32::from((flow.flags & FLOW_F_MSS_CLASS_MASK) >> FLOW_F_MSS_CLASS_SHIFT);
+                cookie::to_backend_syn(ctx, packet, flow.client_isn, class)?;
+            }
             flow::track(packet, flow, now);
             return Ok(Scheduled {
                 backend_id: flow.backend,
@@ -66,9 +85,31 @@ pub fn schedule(packet: &Packet, service: &Service) -> Result<Scheduled, GlobalC
         stale = Some(*flow);
     }
     if let Some(old) = stale {
+        if old.state == FLOW_SYN_SENT {
+            cookie::settled();
+        }
         forget_reply(packet, service, &old);
     }
-    new_flow(packet, service, now, avoid)
+    if packet.is_syn() {
+        if avoid == NO_BACKEND
+            && cookie::wanted(ctx, service)
+            && let Some(verdict) = cookie::answer_syn(ctx, packet, now)
+        {
+            if stale.is_some() {
+                // The 5-tuple's earlier connection is over; its entry would
+                // take the cookie's answer for its own.
+                let _ = FLOWS.remove(key);
+            }
+            return Err(verdict);
+        }
+    } else if service.flags & SERVICE_F_SYN_PROXY != 0
+        && let Some(answer) = cookie::check_ack(ctx, packet, now)
+    {
+        // The frame first: the new flow reads only the parsed 5-tuple.
+        cookie::to_backend_syn(ctx, packet, answer.client_isn, answer.mss_class)?;
+        return new_flow(packet, service, NO_BACKEND, Some(&answer));
+    }
+    new_flow(packet, service, avoid, None)
 }
 
 /// No backend to avoid.
@@ -110,9 +151,13 @@ fn pick_usable(
 fn new_flow(
     packet: &Packet,
     service: &Service,
-    now: u64,
     avoid: u32,
+    cookie: Option<&Answer>,
 ) -> Result<Scheduled, GlobalCounter> {
+    // Read here rather than passed: a BPF call takes five arguments, the
+    // result's place among them.
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let key = &packet.key;
     let hash = pick::flow_hash(key, service);
     let (backend_id, backend) = pick_usable(service, hash, avoid)?;
@@ -127,6 +172,8 @@ fn new_flow(
         vip_port_be: key.dst_port_be,
         client_port_be: key.src_port_be,
         backend: backend_id,
+        seq_delta: 0,
+        _pad: 0,
         next_hop: NextHop::default(),
     };
     // In `nat` mode the source port is filled in by `claim_port`.
@@ -145,9 +192,20 @@ fn new_flow(
         snat_port_be,
         state: flow::initial_state(packet),
         flags: flow::flags(service),
+        seq_delta: 0,
+        client_isn: 0,
         last_seen_ns: now,
         next_hop: NextHop::default(),
     };
+    if let Some(answer) = cookie {
+        let flow = &mut scratch.flow;
+        flow.state = FLOW_PROXY_SYN;
+        flow.seq_delta = answer.cookie;
+        flow.client_isn = answer.client_isn;
+        flow.flags |= ((answer.mss_class as u8) << FLOW_F_MSS_CLASS_SHIFT) & FLOW_F_MSS_CLASS_MASK;
+    } else if scratch.flow.state == FLOW_SYN_SENT {
+        cookie::opened();
+    }
     FLOWS
         .insert(key, &scratch.flow, 0)
         .map_err(|_| GlobalCounter::DropInternal)?;

@@ -6,14 +6,18 @@
 //! the frame, from which the entry point derives the XDP action.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{GlobalCounter, Reply, Service, flow::snats};
+use lb_common::{
+    GlobalCounter, Reply, Service,
+    flow::{FLOW_F_SEQ_SHIFT, snats},
+};
 
 use crate::{
-    flow::track_reply,
+    cookie,
+    flow::{Tracked, track_reply},
     forward::{Route, forward},
     frame,
     maps::{self, REPLIES, count_backend, count_service},
-    parse::{Packet, parse},
+    parse::{Packet, TCP_ACK, parse},
     rewrite::{Endpoint, rewrite},
     schedule::schedule,
 };
@@ -49,10 +53,11 @@ fn to_backend(ctx: &XdpContext, packet: &Packet, service: &Service) -> GlobalCou
     }
     let bytes = frame::len(ctx);
     count_service(service.id, bytes);
-    let scheduled = match schedule(packet, service) {
+    let scheduled = match schedule(ctx, packet, service) {
         Ok(scheduled) => scheduled,
         Err(counter) => {
-            if counter != GlobalCounter::DropNoBackend {
+            if counter != GlobalCounter::DropNoBackend && counter != GlobalCounter::ForwardSynCookie
+            {
                 // Rare: every candidate source port taken, or maps that
                 // disagree. Worth a line in the agent's log.
                 aya_log_ebpf::warn!(
@@ -85,6 +90,14 @@ fn to_backend(ctx: &XdpContext, packet: &Packet, service: &Service) -> GlobalCou
         port_be: scheduled.backend.port_be,
     };
     // SAFETY: `flow` points into its map value, valid for this run.
+    let (flags, seq_delta) = unsafe { ((*scheduled.flow).flags, (*scheduled.flow).seq_delta) };
+    if flags & FLOW_F_SEQ_SHIFT != 0
+        && packet.has_flags(TCP_ACK)
+        && let Err(counter) = cookie::shift(ctx, packet, cookie::ACK, seq_delta)
+    {
+        return counter;
+    }
+    // SAFETY: `flow` points into its map value, valid for this run.
     let hop = unsafe { &raw mut (*scheduled.flow).next_hop };
     send(
         ctx,
@@ -112,10 +125,17 @@ fn to_client(ctx: &XdpContext, packet: &Packet, reply: *mut Reply) -> GlobalCoun
         c.reply_packets += 1;
         c.reply_bytes += bytes as u64;
     });
-    // SAFETY: as above; the borrow ends with the call, before `forward`
-    // writes the entry's `next_hop`.
-    if track_reply(packet, unsafe { &*reply }) {
-        return GlobalCounter::DropRefusedHandshake;
+    match track_reply(ctx, packet, reply) {
+        Tracked::Forward => {}
+        Tracked::Refused => return GlobalCounter::DropRefusedHandshake,
+        Tracked::ProxyAccepted => return cookie::ack_backend(ctx, packet),
+    }
+    // SAFETY: as above.
+    let seq_delta = unsafe { (*reply).seq_delta };
+    if seq_delta != 0
+        && let Err(counter) = cookie::shift(ctx, packet, cookie::SEQ, seq_delta.wrapping_neg())
+    {
+        return counter;
     }
     // SAFETY: as above. Only single fields are borrowed, none of which the
     // write to `next_hop` in `forward` overlaps.

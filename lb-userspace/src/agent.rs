@@ -31,8 +31,8 @@ use crate::{
     lock::Locks,
     metrics,
     protocol::{
-        Answer, AttachmentStatus, BackendStatus, Change, Flow, Health, Request, Response,
-        RuntimeChange, ServiceStats, ServiceStatus, ServingState, Stats, Status,
+        Answer, AttachmentStatus, BackendStatus, Change, FloodStats, Flow, Health, Request,
+        Response, RuntimeChange, ServiceStats, ServiceStatus, ServingState, Stats, Status,
     },
     xdp::ModeRequest,
 };
@@ -112,6 +112,7 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
         pin_dir: Some(pin_dir.clone()),
         flow_capacity: config.flows.table_size,
         timeouts: config.flows.timeouts(),
+        flood: config.flood.data_plane(config.flows.table_size),
         sysctl_record: Some(
             agent_cfg
                 .run_dir
@@ -373,8 +374,10 @@ impl Agent {
     /// Reads passive health signals and rates, then reconciles.
     fn tick(&mut self) -> anyhow::Result<()> {
         let now = Instant::now();
-        let elapsed = now.duration_since(self.last_tick).as_secs_f64().max(1e-3);
+        let since = now.duration_since(self.last_tick);
+        let elapsed = since.as_secs_f64().max(1e-3);
         self.last_tick = now;
+        self.dataplane.expire_half_open(since)?;
         for service in &self.runtime.services {
             for backend in &service.backends {
                 let key = (service.name.clone(), backend.address);
@@ -784,7 +787,18 @@ impl Agent {
             };
             services.insert(service.name.clone(), stats);
         }
-        Ok(Stats { global, services })
+        let counts = self.dataplane.flood_counts()?;
+        let flood = Some(FloodStats {
+            half_open: counts.half_open,
+            half_open_limit: counts.half_open_limit,
+            handshakes: counts.handshakes,
+            cookies_validated: counts.cookies_validated,
+        });
+        Ok(Stats {
+            global,
+            services,
+            flood,
+        })
     }
 
     /// Flow-table entries of `service`, at most `limit`.

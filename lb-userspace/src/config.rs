@@ -28,6 +28,11 @@ pub struct Config {
     /// Size of the flow table and how long idle flows live.
     #[serde(default)]
     pub flows: FlowsConfig,
+    /// How SYN floods are met. Written out only when not the default, so
+    /// the control API's wire format (`xlb config dump`) stays as it was
+    /// for configurations that do not set it.
+    #[serde(default, skip_serializing_if = "FloodSettings::is_default")]
+    pub flood: FloodSettings,
     /// Services, in the order they get their ids.
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
@@ -113,6 +118,38 @@ impl FlowsConfig {
             tcp_idle_ns: ns(self.tcp_idle_timeout),
             closing_ns: ns(self.tcp_closing_timeout),
             udp_idle_ns: ns(self.udp_idle_timeout),
+        }
+    }
+}
+
+/// How SYN floods are met (`lb_common::flood`, docs/reliability.md). Read
+/// at start, not on reload.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FloodSettings {
+    /// When the data plane answers a SYN with a cookie instead of opening
+    /// a flow: `auto` (past the half-open budget), `always` or `off`.
+    pub syn_cookies: lb_common::flood::SynCookies,
+    /// Handshakes that may be outstanding before cookies take over; an
+    /// eighth of `flows.table_size` if unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub half_open_limit: Option<u64>,
+}
+
+impl FloodSettings {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The settings as the data plane reads them, for a flow table of
+    /// `table_size` entries.
+    pub fn data_plane(&self, table_size: u32) -> lb_common::flood::FloodConfig {
+        lb_common::flood::FloodConfig {
+            half_open_limit: self
+                .half_open_limit
+                .unwrap_or(lb_common::flood::default_half_open_limit(table_size)),
+            syn_cookies: self.syn_cookies as u8,
+            _pad: [0; 7],
         }
     }
 }

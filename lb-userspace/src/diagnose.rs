@@ -151,6 +151,7 @@ async fn doctor(
         interfaces: attached(&facts),
         agent: AgentConfig::default(),
         flows: FlowsConfig::default(),
+        flood: Default::default(),
         services: Vec::new(),
     });
     let mut findings = Vec::new();

@@ -123,6 +123,36 @@ pub fn render(stats: &Stats, status: &Status) -> String {
             weight.get_or_create(&labels).set(b.effective_weight);
         }
     }
+    if let Some(flood) = &stats.flood {
+        let half_open = Gauge::<i64>::default();
+        half_open.set(i64::try_from(flood.half_open).unwrap_or(i64::MAX));
+        registry.register(
+            "half_open",
+            "Handshakes outstanding, as the half-open budget reckons them",
+            half_open,
+        );
+        let limit = Gauge::<i64>::default();
+        limit.set(i64::try_from(flood.half_open_limit).unwrap_or(i64::MAX));
+        registry.register(
+            "half_open_limit",
+            "Outstanding handshakes past which SYNs get cookies",
+            limit,
+        );
+        let handshakes = Counter::<u64>::default();
+        handshakes.inc_by(flood.handshakes);
+        registry.register(
+            "handshakes",
+            "Handshakes opened by clients' SYNs",
+            handshakes,
+        );
+        let validated = Counter::<u64>::default();
+        validated.inc_by(flood.cookies_validated);
+        registry.register(
+            "syn_cookies_validated",
+            "Clients that answered a SYN cookie correctly",
+            validated,
+        );
+    }
     registry.register("packets", "Packets to each service", packets);
     registry.register(
         "datapath_packets",

@@ -352,6 +352,26 @@ pub struct Stats {
     pub global: BTreeMap<String, u64>,
     /// By service name.
     pub services: BTreeMap<String, ServiceStats>,
+    /// What the data plane counts of SYN floods. Absent from an agent that
+    /// does not report it, and then read as `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flood: Option<FloodStats>,
+}
+
+/// SYN-flood pressure in [`Stats`] (docs/reliability.md). Cookies sent are
+/// the `forward_syn_cookie` counter.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FloodStats {
+    /// Handshakes outstanding (SYN seen, no answer yet), as the half-open
+    /// budget reckons them.
+    pub half_open: u64,
+    /// The budget: past it, SYNs get cookies (or, with cookies off, open
+    /// flows all the same).
+    pub half_open_limit: u64,
+    /// Handshakes opened by clients' SYNs, ever.
+    pub handshakes: u64,
+    /// Clients that answered a SYN cookie correctly, ever.
+    pub cookies_validated: u64,
 }
 
 impl Stats {

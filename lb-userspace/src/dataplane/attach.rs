@@ -72,7 +72,7 @@ pub(super) fn attach(
         None => xdp::attach(program, iface, request)?,
     };
     let egress = Egress::probe(iface, ifindex);
-    program_egress(ebpf, ifindex, &egress)
+    program_egress(ebpf, ifindex, mode, &egress)
         .with_context(|| format!("programming the way out of {iface}"))?;
     tracing::info!(
         iface,
@@ -104,7 +104,7 @@ pub(super) fn refresh_egress(
             continue;
         }
         let iface = attachment.iface.as_str();
-        program_egress(ebpf, attachment.ifindex, &egress)
+        program_egress(ebpf, attachment.ifindex, attachment.mode, &egress)
             .with_context(|| format!("programming the way out of {iface}"))?;
         tracing::info!(
             iface,
@@ -120,13 +120,26 @@ pub(super) fn refresh_egress(
     Ok(())
 }
 
-/// Makes `INTERFACES` and `VLAN_PARENTS` say what `egress` says of
-/// interface `ifindex`.
-fn program_egress(ebpf: &mut Ebpf, ifindex: u32, egress: &Egress) -> anyhow::Result<()> {
+/// Makes `INTERFACES`, `ANSWER_IFACES` and `VLAN_PARENTS` say what
+/// `egress` says of interface `ifindex`, attached in `mode`: XDP answers a
+/// packet where it came in (`XDP_TX`) where the driver transmits XDP frames,
+/// and anywhere in generic mode, whose `XDP_TX` is the kernel's own send.
+fn program_egress(
+    ebpf: &mut Ebpf,
+    ifindex: u32,
+    mode: AttachedMode,
+    egress: &Egress,
+) -> anyhow::Result<()> {
     let mut interfaces = maps::interfaces_mut(ebpf)?;
     match egress.path {
         EgressPath::Xdp => interfaces.insert(ifindex)?,
         EgressPath::Kernel => interfaces.remove(ifindex)?,
+    }
+    let mut answer = maps::answer_ifaces_mut(ebpf)?;
+    if egress.path == EgressPath::Xdp || mode == AttachedMode::Generic {
+        answer.insert(ifindex, 1)?;
+    } else {
+        answer.remove(&ifindex)?;
     }
     let mut parents = maps::vlan_parents_mut(ebpf)?;
     if egress.vlan_devices.is_empty() {

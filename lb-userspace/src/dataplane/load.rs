@@ -26,7 +26,7 @@ use aya::{
     programs::{CgroupSockAddr, SchedClassifier, Xdp},
 };
 use aya_obj::generated::bpf_map_type;
-use lb_common::flow::FlowTimeouts;
+use lb_common::{flood::FloodConfig, flow::FlowTimeouts};
 
 use super::maps::MapName;
 use crate::xdp;
@@ -55,6 +55,8 @@ pub struct LoadOptions {
     pub flow_capacity: u32,
     /// Idle timeouts of flows.
     pub timeouts: FlowTimeouts,
+    /// The half-open budget and when SYNs get cookies.
+    pub flood: FloodConfig,
     /// bpffs directory to pin every map in (and to reuse pinned maps from,
     /// so a restarted agent keeps flows and counters); `None` keeps the maps
     /// private to this process.
@@ -70,6 +72,7 @@ impl Default for LoadOptions {
         Self {
             flow_capacity: lb_common::DEFAULT_FLOW_CAPACITY,
             timeouts: FlowTimeouts::DEFAULT,
+            flood: FloodConfig::DEFAULT,
             pin_dir: None,
             sysctl_record: None,
         }
@@ -125,7 +128,10 @@ fn loss(map: MapName) -> &'static str {
         MapName::Flows | MapName::Replies => {
             "every open flow: connections through xlb are scheduled again and may be reset"
         }
-        MapName::Interfaces | MapName::VlanParents => "nothing (refilled when attaching)",
+        MapName::Interfaces | MapName::VlanParents | MapName::AnswerIfaces => {
+            "nothing (refilled when attaching)"
+        }
+        MapName::FloodState => "the half-open count and cookie counts (the budget starts afresh)",
         MapName::ServiceStats => "the per-service counters (back to 0)",
         MapName::BackendStats => "the per-backend counters (back to 0)",
         MapName::GlobalStats => "the data-path counters of `xlb stats` (back to 0)",
@@ -181,6 +187,7 @@ pub(super) fn load(options: &mut LoadOptions) -> anyhow::Result<(Ebpf, Pins)> {
         .map_max_entries(MapName::Flows.as_str(), options.flow_capacity)
         .map_max_entries(MapName::Replies.as_str(), options.flow_capacity)
         .override_global("FLOW_TIMEOUTS", &options.timeouts, true)
+        .override_global("FLOOD", &options.flood, true)
         .override_global("NETNS_COOKIE", &netns_cookie, true);
     if let Some(dir) = &options.pin_dir {
         for map in MapName::ALL {

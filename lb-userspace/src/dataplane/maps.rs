@@ -34,11 +34,13 @@ pub enum MapName {
     GlobalStats,
     LocalPorts,
     Sockets,
+    AnswerIfaces,
+    FloodState,
 }
 
 impl MapName {
     /// Every one, in the order of docs/datapath.md.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 14] = [
         Self::Services,
         Self::Maglev,
         Self::Backends,
@@ -51,6 +53,8 @@ impl MapName {
         Self::GlobalStats,
         Self::LocalPorts,
         Self::Sockets,
+        Self::AnswerIfaces,
+        Self::FloodState,
     ];
 
     /// Its name in the eBPF object (and its pin's file name).
@@ -68,6 +72,8 @@ impl MapName {
             Self::GlobalStats => "GLOBAL_STATS",
             Self::LocalPorts => "LOCAL_PORTS",
             Self::Sockets => "SOCKETS",
+            Self::AnswerIfaces => "ANSWER_IFACES",
+            Self::FloodState => "FLOOD_STATE",
         }
     }
 }
@@ -236,6 +242,23 @@ pub(super) fn vlan_parents_mut(
     ebpf: &mut Ebpf,
 ) -> anyhow::Result<Named<HashMap<&mut MapData, u32, u32>>> {
     open_mut(ebpf, MapName::VlanParents)
+}
+
+/// `ANSWER_IFACES`: interfaces XDP can answer on (value unused).
+pub(super) fn answer_ifaces_mut(
+    ebpf: &mut Ebpf,
+) -> anyhow::Result<Named<HashMap<&mut MapData, u32, u32>>> {
+    open_mut(ebpf, MapName::AnswerIfaces)
+}
+
+/// `FLOOD_STATE`: the half-open budget's counts and the cookies'
+/// (`lb_common::flood`).
+pub(super) fn flood_state(ebpf: &Ebpf) -> anyhow::Result<Named<Array<&MapData, u64>>> {
+    open(ebpf, MapName::FloodState)
+}
+
+pub(super) fn flood_state_mut(ebpf: &mut Ebpf) -> anyhow::Result<Named<Array<&mut MapData, u64>>> {
+    open_mut(ebpf, MapName::FloodState)
 }
 
 /// `SERVICE_STATS`: per-CPU counters by service id.

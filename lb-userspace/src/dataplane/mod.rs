@@ -26,7 +26,11 @@ use aya::{
     Ebpf,
     programs::{Xdp, xdp::XdpLinkId},
 };
-use lb_common::{BackendCounters, GlobalCounter, TrafficCounters, service::ipv4_mapped};
+use lb_common::{
+    BackendCounters, GlobalCounter, TrafficCounters,
+    flood::{self, FLOOD_COOKIES_VALID, FLOOD_EXPIRED, FLOOD_OPENED, FLOOD_SETTLED},
+    service::ipv4_mapped,
+};
 
 use self::tables::Tables;
 pub use self::{
@@ -244,11 +248,55 @@ impl Dataplane {
         counters::global(&self.ebpf, counter)
     }
 
+    /// The half-open budget's counts and the cookies' (`lb_common::flood`).
+    pub fn flood_counts(&self) -> anyhow::Result<FloodCounts> {
+        let state = maps::flood_state(&self.ebpf)?;
+        let opened = state.get(FLOOD_OPENED)?;
+        let settled = state.get(FLOOD_SETTLED)?;
+        let expired = state.get(FLOOD_EXPIRED)?;
+        Ok(FloodCounts {
+            half_open: flood::outstanding(opened, settled, expired),
+            half_open_limit: self.options.flood.half_open_limit,
+            handshakes: opened,
+            cookies_validated: state.get(FLOOD_COOKIES_VALID)?,
+        })
+    }
+
+    /// Reckons the share of outstanding handshakes that expired unanswered
+    /// over `elapsed` ([`flood::decay`] with the handshake timeout): the
+    /// data plane cannot see their entries go. Call once a tick.
+    pub fn expire_half_open(&mut self, elapsed: std::time::Duration) -> anyhow::Result<()> {
+        let timeout_ns = self.options.timeouts.syn_ns;
+        let mut state = maps::flood_state_mut(&mut self.ebpf)?;
+        let opened = state.get(FLOOD_OPENED)?;
+        let settled = state.get(FLOOD_SETTLED)?;
+        let expired = state.get(FLOOD_EXPIRED)?;
+        let live = flood::outstanding(opened, settled, expired);
+        let gone = flood::decay(live, elapsed.as_nanos() as u64, timeout_ns);
+        if gone > 0 {
+            state.set(FLOOD_EXPIRED, expired.wrapping_add(gone))?;
+        }
+        Ok(())
+    }
+
     /// Kernel memory charged for each of the data plane's maps (the
     /// `memlock` the kernel reports), largest first.
     pub fn map_memory(&self) -> anyhow::Result<Vec<MapMemory>> {
         maps::memory(&self.ebpf)
     }
+}
+
+/// What the data plane counts of SYN floods.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloodCounts {
+    /// Handshakes outstanding, as the half-open budget reckons them.
+    pub half_open: u64,
+    /// Past it, SYNs get cookies.
+    pub half_open_limit: u64,
+    /// Handshakes opened by clients' SYNs, ever.
+    pub handshakes: u64,
+    /// Clients that answered a SYN cookie correctly, ever.
+    pub cookies_validated: u64,
 }
 
 fn unmapped(addr: [u8; 16]) -> IpAddr {

@@ -16,12 +16,13 @@ use lb_common::{
     maglev::{self, Candidate},
     service::{
         SERVICE_F_DNAT, SERVICE_F_HASH_SOURCE, SERVICE_F_NEXT_ON_ERROR, SERVICE_F_NEXT_ON_TIMEOUT,
+        SERVICE_F_SYN_PROXY,
     },
 };
 
 use super::{mapped, maps};
 use crate::{
-    config::{HashPolicy, Mode, NextUpstream},
+    config::{HashPolicy, Mode, NextUpstream, Protocol},
     desired::{Desired, DesiredService, Scheduler},
     slots::{Range, SlotAllocator},
 };
@@ -353,9 +354,21 @@ fn service_entry(
             NextUpstream::Timeout => SERVICE_F_NEXT_ON_TIMEOUT,
         })
         .fold(0, |flags, flag| flags | flag);
+    // A local backend's handshake leaves through the tc egress program,
+    // which does not take part in the data plane's own handshakes.
+    let syn_proxy = if service.protocol == Protocol::Tcp
+        && !service
+            .backends
+            .iter()
+            .any(|b| crate::local::is_local(b.address.ip()))
+    {
+        SERVICE_F_SYN_PROXY
+    } else {
+        0
+    };
     Service {
         id: state.id,
-        flags: mode | hash | next_upstream,
+        flags: mode | hash | next_upstream | syn_proxy,
         table_size: if table.is_empty() {
             0
         } else {
