@@ -6,7 +6,9 @@ use std::{collections::HashMap, net::SocketAddr};
 use aya::Ebpf;
 use lb_common::{
     Flow, FlowKey, ServiceKey,
-    flow::{FLOW_CLOSING, FLOW_MIDSTREAM, FLOW_REFUSED, FLOW_SYN_SENT, FlowTimeouts},
+    flow::{
+        FLOW_CLOSING, FLOW_MIDSTREAM, FLOW_PROXY_SYN, FLOW_REFUSED, FLOW_SYN_SENT, FlowTimeouts,
+    },
 };
 use serde::Serialize;
 
@@ -61,7 +63,8 @@ pub(super) fn of_service(
                 client: SocketAddr::new(unmapped(key.src), u16::from_be(key.src_port_be)),
                 backend: owners.get(&(wanted, flow.backend)).map(|(_, addr)| *addr),
                 state: match flow.state {
-                    FLOW_SYN_SENT => "syn-sent",
+                    // The data plane's own SYN awaits the backend's answer.
+                    FLOW_SYN_SENT | FLOW_PROXY_SYN => "syn-sent",
                     FLOW_CLOSING => "closing",
                     FLOW_MIDSTREAM => "midstream",
                     FLOW_REFUSED => "refused",
