@@ -2,7 +2,9 @@
 
 pub mod agent;
 pub mod fixture;
+pub mod flood;
 pub mod frames;
+pub mod keepalive;
 pub mod load;
 pub mod xdp;
 

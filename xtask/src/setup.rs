@@ -16,8 +16,13 @@ use crate::cmd;
 const EBPF_TOOLCHAIN: &str = "nightly";
 /// bpf-linker release installed; it must link the nightly's own LLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Commands the lab and tests use, with the Debian package providing each.
-const DEBIAN_COMMANDS: &[(&str, &str)] = &[("ip", "iproute2"), ("ethtool", "ethtool")];
+/// Commands the lab and tests use, with the Debian package providing each
+/// (hping3: the SYN floods of `tests/tests/flood.rs`).
+const DEBIAN_COMMANDS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("ethtool", "ethtool"),
+    ("hping3", "hping3"),
+];
 
 pub fn setup() -> anyhow::Result<()> {
     rust_src()?;
