@@ -113,6 +113,11 @@ global_counters! {
     /// answered a cookie), answered with the ACK that completes the
     /// backend's handshake (`XDP_TX`).
     ForwardProxyAck => "forward_proxy_ack",
+    /// A client's TCP RST for no flow here (a host answering a SYN-ACK it
+    /// never asked for, as a cookie sent to a forged address): dropped
+    /// rather than opening an entry to tell a backend of a connection it
+    /// never had.
+    DropStrayRst => "drop_stray_rst",
 }
 
 /// Number of [`GlobalCounter`]s; sizes `GLOBAL_STATS`.

@@ -17,7 +17,7 @@ use crate::{
     cookie::{self, Answer},
     flow,
     maps::{BACKENDS, FLOWS, REPLIES, SCRATCH, count_backend},
-    parse::Packet,
+    parse::{Packet, TCP_RST},
     pick, snat,
 };
 
@@ -91,17 +91,23 @@ pub fn schedule(
         forget_reply(packet, service, &old);
     }
     if packet.is_syn() {
-        if avoid == NO_BACKEND
-            && cookie::wanted(ctx, service)
+        // A SYN sent again (`next_upstream`) too: under a flood from one
+        // address, whose ports wrap, most SYNs find an earlier one's entry.
+        if cookie::wanted(ctx, service)
             && let Some(verdict) = cookie::answer_syn(ctx, packet, now)
         {
             if stale.is_some() {
-                // The 5-tuple's earlier connection is over; its entry would
+                // The 5-tuple's earlier attempt is over; its entry would
                 // take the cookie's answer for its own.
                 let _ = FLOWS.remove(key);
             }
             return Err(verdict);
         }
+    } else if packet.tcp_flags & TCP_RST != 0 {
+        // A reset of no connection here (a client's answer to a SYN-ACK
+        // it did not ask for, such as a cookie sent to a forged address):
+        // an entry and a backend would learn nothing from it.
+        return Err(GlobalCounter::DropStrayRst);
     } else if service.flags & SERVICE_F_SYN_PROXY != 0
         && let Some(answer) = cookie::check_ack(ctx, packet, now)
     {

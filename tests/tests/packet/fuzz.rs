@@ -652,7 +652,11 @@ impl Fuzz<'_> {
                         matches!(
                             reason,
                             GlobalCounter::DropNoBackend | GlobalCounter::DropSnatPortsBusy
-                        ) || (reply.is_some() && reason == GlobalCounter::DropRefusedHandshake),
+                        ) || (reply.is_some() && reason == GlobalCounter::DropRefusedHandshake)
+                            || (reply.is_none()
+                                && c.at.proto == 6
+                                && frame[c.at.l4 + 13] & 0x04 != 0
+                                && reason == GlobalCounter::DropStrayRst),
                         "a good frame dropped as {reason:?}: {}",
                         context()
                     );
