@@ -1,7 +1,8 @@
 //! End to end in a lab: the same four backends behind nothing, xlb (`nat`
 //! and `dnat`), nftables DNAT, nginx `stream` and HAProxy `mode tcp`, loaded
 //! by wrk from the client namespace, with keep-alive connections and with
-//! one connection per request.
+//! one connection per request; then each through a random-source SYN flood
+//! with 32 keep-alive connections open ([`flood_one`]).
 //!
 //! Everything runs in the bench's own lab (`xlbbench-*` namespaces), torn
 //! down when the bench ends, passing or failing.
@@ -18,8 +19,16 @@ use std::{
 use anyhow::{Context as _, bail};
 use lb_common::GlobalCounter;
 use serde::Serialize;
-use xlb::{config::Config, dataplane::Dataplane, xdp::ModeRequest};
+use xlb::{
+    config::Config,
+    dataplane::{Dataplane, LoadOptions},
+    xdp::ModeRequest,
+};
 use xlb_lab::{Lab, LabSpec, Shape, client, netns, topology};
+use xlb_tests::{
+    flood::{Source, SynFlood},
+    keepalive::{KeepAlive, WINDOW},
+};
 
 use crate::{
     machine::{CpuTimes, busy_fraction, ticks_per_second},
@@ -52,6 +61,9 @@ pub struct Options {
     /// How the lab wires the load balancer.
     #[serde(serialize_with = "display")]
     pub shape: Shape,
+    /// Whether to run the SYN-flood scenario ([`flood_one`]) after the
+    /// rounds, once per setup.
+    pub flood: bool,
 }
 
 fn display<S: serde::Serializer>(value: &impl std::fmt::Display, s: S) -> Result<S::Ok, S::Error> {
@@ -84,6 +96,8 @@ pub struct SetupResult {
     /// xlb only: what its program cost in the lab under each load (the
     /// kernel's BPF run-time statistics, in separate 3 s runs of round 1).
     pub xlb_in_situ: Vec<InSitu>,
+    /// Through a random-source SYN flood, if it ran.
+    pub flood: Option<FloodResult>,
     /// Why the setup could not be measured, if it could not.
     pub error: Option<String>,
 }
@@ -296,9 +310,19 @@ fn run_all(options: &Options) -> anyhow::Result<E2eResults> {
             peers::xlb(vip(), topology::SNAT_V4, &backends, mode),
         )?;
     }
+    for mode in ["nat", "dnat"] {
+        write(
+            &format!("xlb-{mode}-flood.toml"),
+            peers::xlb_flood(vip(), topology::SNAT_V4, &backends, mode),
+        )?;
+    }
     write(
         "xlb-nat-b0.toml",
         peers::xlb(vip(), topology::SNAT_V4, &backends[..1], "nat"),
+    )?;
+    write(
+        "xlb-nat-b0-flood.toml",
+        peers::xlb_flood(vip(), topology::SNAT_V4, &backends[..1], "nat"),
     )?;
     write("nftables.nft", peers::nftables(vip(), &backends))?;
     write(
@@ -331,6 +355,7 @@ fn run_all(options: &Options) -> anyhow::Result<E2eResults> {
             reached: BTreeMap::new(),
             runs: Vec::new(),
             xlb_in_situ: Vec::new(),
+            flood: None,
             error: None,
         })
         .collect();
@@ -343,6 +368,42 @@ fn run_all(options: &Options) -> anyhow::Result<E2eResults> {
             let i = (k + round) % selected.len();
             let lab = fresh_lab(options.shape)?;
             measure_one(&lab, selected[i], options, round, &mut setups[i])?;
+            lab.down()?;
+        }
+    }
+    if options.flood {
+        for (setup, result) in selected.iter().zip(&mut setups) {
+            let lab = fresh_lab(options.shape)?;
+            eprintln!(
+                "bench: end to end, {}, random-source SYN flood",
+                setup.name()
+            );
+            match flood_one(&lab, *setup, options) {
+                Ok(flood) => {
+                    eprintln!(
+                        "bench:   {:.0} SYNs/s: {:.0} req/s before, {:.0} during, {:.0} after; \
+                         {} of {} keep-alive connections survived; {} of {} new connections \
+                         answered after",
+                        flood.syns_per_s,
+                        flood.rps_before,
+                        flood.rps_during,
+                        flood.rps_after,
+                        flood.survived,
+                        flood.connections,
+                        flood.new_answered,
+                        flood.new_connections
+                    );
+                    result.flood = Some(flood);
+                }
+                Err(e) => {
+                    let e = format!("flood: {e:#}");
+                    eprintln!("bench:   FAILED: {e}");
+                    result.error = Some(match result.error.take() {
+                        Some(earlier) => format!("{earlier}; {e}"),
+                        None => e,
+                    });
+                }
+            }
             lab.down()?;
         }
     }
@@ -456,7 +517,7 @@ fn measure_round(
     round: usize,
     result: &mut SetupResult,
 ) -> anyhow::Result<()> {
-    let mut running = start(lab, setup, options)?;
+    let mut running = start(lab, setup, options, false)?;
     result.description = running.description.clone();
     result.url = running.url.clone();
     let outcome = (|| -> anyhow::Result<()> {
@@ -520,6 +581,127 @@ fn measure_round(
     outcome.and(stopped)
 }
 
+/// Keep-alive connections, each sending `GET /` after `GET /`, through
+/// the flood (the issue's lab had 32, under wrk).
+const FLOOD_CONNECTIONS: usize = 32;
+/// Load before the flood: the rate to compare with.
+const FLOOD_BEFORE: Duration = Duration::from_secs(2);
+/// How long hping3 floods.
+const FLOOD_SECONDS: Duration = Duration::from_secs(4);
+/// Load after the flood (after the new connections).
+const FLOOD_AFTER: Duration = Duration::from_secs(2);
+/// New connections opened one after another right after the flood, each
+/// within [`FLOOD_NEW_TIMEOUT`] (under the client's first SYN
+/// retransmission).
+const FLOOD_NEW_CONNECTIONS: usize = 16;
+const FLOOD_NEW_TIMEOUT: Duration = Duration::from_millis(900);
+
+/// A setup through a random-source SYN flood (issue 12): what keep-alive
+/// connections kept, and whether new ones were answered after.
+#[derive(Clone, Debug, Serialize)]
+pub struct FloodResult {
+    /// The hping3 command, as run in the client namespace.
+    pub command: String,
+    /// SYNs hping3 sent, a second, and for how long.
+    pub syns_per_s: f64,
+    pub seconds: f64,
+    /// Keep-alive connections open when the flood began, and those still
+    /// open (never broken) at the end.
+    pub connections: usize,
+    pub survived: usize,
+    /// Of those, the ones answered during the flood.
+    pub answered_during: usize,
+    /// Requests/s over all the keep-alive connections.
+    pub rps_before: f64,
+    pub rps_during: f64,
+    pub rps_after: f64,
+    /// Requests/s every 250 ms from the start of the load.
+    pub rps_windows: Vec<u64>,
+    /// New connections right after the flood, and those answered in time.
+    pub new_connections: usize,
+    pub new_answered: usize,
+    /// How the first connections broke.
+    pub breaks: Vec<String>,
+    /// xlb's counters over the scenario (xlb setups only; non-zero ones).
+    pub xlb_counters: BTreeMap<String, u64>,
+}
+
+/// Runs the flood scenario on `setup` in `lab`: [`FLOOD_CONNECTIONS`]
+/// keep-alive connections (not wrk: they must not be replaced when they
+/// break) loading it for [`FLOOD_BEFORE`], `hping3 -S --flood
+/// --rand-source` at its address for [`FLOOD_SECONDS`], then new
+/// connections, then [`FLOOD_AFTER`] more. xlb gets a flow table of 16 384
+/// entries, as in the issue.
+fn flood_one(lab: &Lab, setup: Setup, options: &Options) -> anyhow::Result<FloodResult> {
+    let running = start(lab, setup, options, true)?;
+    let outcome = (|| -> anyhow::Result<FloodResult> {
+        let target = target_of(&running.url)?;
+        reach(lab, target)?;
+        let before = match &running.dataplane {
+            Some(dp) => Some(dp.global_counters()?),
+            None => None,
+        };
+        let load = KeepAlive::start(lab, target, FLOOD_CONNECTIONS)?;
+        std::thread::sleep(FLOOD_BEFORE);
+        let from = load.elapsed();
+        let flood = SynFlood::start(lab, target, Source::Random, FLOOD_SECONDS)?.wait()?;
+        let to = load.elapsed();
+        let new_answered = lab.in_client(|| {
+            (0..FLOOD_NEW_CONNECTIONS)
+                .filter(|_| client::http_get(target, FLOOD_NEW_TIMEOUT).is_ok())
+                .count()
+        })?;
+        std::thread::sleep(FLOOD_AFTER);
+        let report = load.stop();
+        let mut xlb_counters = BTreeMap::new();
+        if let (Some(dp), Some(before)) = (&running.dataplane, before) {
+            for ((counter, b), (_, a)) in before.iter().zip(&dp.global_counters()?) {
+                if a > b {
+                    xlb_counters.insert(counter.label().to_owned(), a - b);
+                }
+            }
+        }
+        Ok(FloodResult {
+            command: format!(
+                "hping3 -S --flood --rand-source -p {} {} (for {} s)",
+                target.port(),
+                target.ip(),
+                FLOOD_SECONDS.as_secs()
+            ),
+            syns_per_s: flood.rate(),
+            seconds: flood.ran.as_secs_f64(),
+            connections: FLOOD_CONNECTIONS,
+            survived: report.alive(),
+            answered_during: (0..FLOOD_CONNECTIONS)
+                .filter(|&i| report.answers_between(i, from, to) > 0)
+                .count(),
+            rps_before: report.rate(WINDOW, from),
+            rps_during: report.rate(from, to),
+            rps_after: report.rate(to, report.elapsed),
+            rps_windows: report.rates(),
+            new_connections: FLOOD_NEW_CONNECTIONS,
+            new_answered,
+            breaks: report
+                .breaks()
+                .iter()
+                .take(4)
+                .map(|(i, backend, b)| {
+                    format!(
+                        "connection {i} (to {backend}) at {:.2} s: {}",
+                        b.at.as_secs_f64(),
+                        b.error
+                    )
+                })
+                .collect(),
+            xlb_counters,
+        })
+    })();
+    let stopped = running.stop().context("stopping");
+    let result = outcome?;
+    stopped?;
+    Ok(result)
+}
+
 /// What xlb's program cost in the lab under one load.
 #[derive(Clone, Debug, Serialize)]
 pub struct InSitu {
@@ -581,8 +763,9 @@ fn target_of(url: &str) -> anyhow::Result<SocketAddr> {
     Ok(with_port.parse()?)
 }
 
-/// Brings `setup` up in the lab.
-fn start(lab: &Lab, setup: Setup, options: &Options) -> anyhow::Result<Running> {
+/// Brings `setup` up in the lab; xlb with the flood scenario's smaller
+/// flow table if `flood`.
+fn start(lab: &Lab, setup: Setup, options: &Options, flood: bool) -> anyhow::Result<Running> {
     let lb = lab.lb_ns();
     let configs = &options.configs_dir;
     let vip_url = format!("http://{}/", topology::VIP_V4);
@@ -618,9 +801,18 @@ fn start(lab: &Lab, setup: Setup, options: &Options) -> anyhow::Result<Running> 
         }
         Setup::Xlb(x) => {
             let (mode, request) = (x.mode, x.attach);
-            let file = format!("xlb-{mode}{}.toml", if x.only_b0 { "-b0" } else { "" });
+            let file = format!(
+                "xlb-{mode}{}{}.toml",
+                if x.only_b0 { "-b0" } else { "" },
+                if flood { "-flood" } else { "" }
+            );
             let text = std::fs::read_to_string(configs.join(file))?;
             let config = Config::parse(&text)?;
+            let load = LoadOptions {
+                flow_capacity: config.flows.table_size,
+                timeouts: config.flows.timeouts(),
+                ..LoadOptions::default()
+            };
             // Native where the driver allows: a bridge takes generic only.
             let request = match request {
                 ModeRequest::Native => ModeRequest::Auto,
@@ -629,7 +821,7 @@ fn start(lab: &Lab, setup: Setup, options: &Options) -> anyhow::Result<Running> 
             let interfaces = lab.lb_interfaces();
             let (dataplane, attached) = lab
                 .in_lb(|| -> anyhow::Result<(Dataplane, Vec<String>)> {
-                    let mut dataplane = Dataplane::load()?;
+                    let mut dataplane = Dataplane::load_with(load)?;
                     dataplane.apply(&xlb::desired::Desired::from(&config))?;
                     for iface in &interfaces {
                         dataplane.attach(iface, request)?;

@@ -5,7 +5,9 @@
 //!    floor program and a do-nothing program, and how it scales
 //!    ([`dataplane`]).
 //! 2. End to end in a lab of network namespaces: no load balancer, xlb in
-//!    both modes, nginx, HAProxy and nftables, loaded with wrk ([`e2e`]).
+//!    both modes, nginx, HAProxy and nftables, loaded with wrk ([`e2e`]),
+//!    and each through a random-source SYN flood with 32 keep-alive
+//!    connections open (issue 12).
 //!
 //! Results go to `<out>/latest.json` and `<out>/latest.md` (`partial.*`
 //! when only part ran); the setups' configuration files to
@@ -72,6 +74,11 @@ struct Args {
     /// xlb-nat-generic, xlb-dnat-generic).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Skip the SYN-flood scenario (hping3 --flood --rand-source at each
+    /// setup for 4 s, 32 keep-alive connections through it) that follows
+    /// the end-to-end rounds.
+    #[arg(long)]
+    no_flood: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -128,6 +135,7 @@ fn main() -> anyhow::Result<()> {
             only: args.only.clone(),
             configs_dir: args.out.join("configs"),
             shape: args.shape,
+            flood: !args.no_flood,
         };
         Some(e2e::run(&options)?)
     };
@@ -136,8 +144,11 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     // A partial run must not pass for the full one.
-    let partial =
-        args.dataplane_only || args.e2e_only || !args.only.is_empty() || !args.scenarios.is_empty();
+    let partial = args.dataplane_only
+        || args.e2e_only
+        || args.no_flood
+        || !args.only.is_empty()
+        || !args.scenarios.is_empty();
     let name = match (partial, args.shape) {
         (true, _) => "partial".to_owned(),
         (false, Shape::OneArmed) => "latest".to_owned(),

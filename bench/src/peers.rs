@@ -139,3 +139,21 @@ pub fn xlb(
     }
     text
 }
+
+/// Flow-table entries of xlb in the SYN-flood scenario, as in issue 12's
+/// lab.
+pub const FLOOD_TABLE_SIZE: u32 = 16_384;
+
+/// [`xlb`] with a flow table of [`FLOOD_TABLE_SIZE`] entries.
+pub fn xlb_flood(
+    vip: SocketAddrV4,
+    snat: std::net::Ipv4Addr,
+    backends: &[SocketAddrV4],
+    mode: &str,
+) -> String {
+    xlb(vip, snat, backends, mode).replacen(
+        "\n[[service]]",
+        &format!("\n[flows]\ntable_size = {FLOOD_TABLE_SIZE}\n\n[[service]]"),
+        1,
+    )
+}
