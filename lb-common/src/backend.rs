@@ -2,12 +2,13 @@
 
 use crate::impl_pod;
 
-/// Flows to this backend are scheduled again: it failed a health check.
+/// Flows to this backend are scheduled again, and it gets no new ones: it
+/// is down (the operator's `down`) or fails its active health checks.
 pub const BACKEND_F_FAILED: u16 = 1 << 0;
-/// The data plane sets [`BACKEND_F_FAILED`] itself at the backend's first
-/// failed connection attempt (a refused handshake, or, with `next_upstream`
-/// `timeout`, a SYN sent again): its `max_fails` is 1, so the agent would
-/// take it out at its next tick anyway; new flows stop going to it at once.
+/// The data plane sets [`BACKEND_F_NO_NEW_FLOWS`] itself when the backend
+/// refuses a handshake (a RST to a client's SYN): its `max_fails` is 1, so
+/// the agent would take it out at its next tick anyway; new flows stop
+/// going to it at once. A SYN sent again does not: any client can send one.
 pub const BACKEND_F_FAIL_AT_ONCE: u16 = 1 << 1;
 /// The backend listens on this host (127.0.0.1, ::1 or one of the host's
 /// own addresses): a client's packet is handed to the kernel's local
@@ -15,6 +16,10 @@ pub const BACKEND_F_FAIL_AT_ONCE: u16 = 1 << 1;
 /// service's mode), and the reply is rewritten back by the tc egress
 /// program `xlb_egress`.
 pub const BACKEND_F_LOCAL: u16 = 1 << 2;
+/// Taken out passively (nginx `max_fails` within `fail_timeout`): new
+/// flows avoid it, established flows keep going to it, as nginx's passive
+/// checks stop new requests only.
+pub const BACKEND_F_NO_NEW_FLOWS: u16 = 1 << 3;
 
 /// Entry of the `BACKENDS` array, indexed by backend id.
 #[repr(C)]
@@ -33,6 +38,13 @@ impl Backend {
     #[inline(always)]
     pub const fn is_failed(&self) -> bool {
         self.flags & BACKEND_F_FAILED != 0
+    }
+
+    /// Whether a new flow may go to it: neither failed nor taken out
+    /// passively ([`BACKEND_F_NO_NEW_FLOWS`]).
+    #[inline(always)]
+    pub const fn takes_new_flows(&self) -> bool {
+        self.flags & (BACKEND_F_FAILED | BACKEND_F_NO_NEW_FLOWS) == 0
     }
 
     /// Whether the backend listens on this host ([`BACKEND_F_LOCAL`]).

@@ -17,6 +17,7 @@ pub mod counters;
 pub mod flood;
 pub mod flow;
 pub mod hash;
+pub mod log_limit;
 #[cfg(any(feature = "std", test))]
 pub mod maglev;
 pub mod service;

@@ -1,11 +1,12 @@
 //! Flow state: how a flow's TCP state follows its packets in both
 //! directions, how long an idle flow's entry holds, and what a failed
 //! handshake does (`next_upstream`: the connection goes to another backend;
-//! `max_fails = 1`: the backend is out at once).
+//! `max_fails = 1` and a refused handshake: the backend takes no new flows
+//! at once).
 
 use lb_common::{
     Flow, FlowKey, Reply, Service,
-    backend::{BACKEND_F_FAIL_AT_ONCE, BACKEND_F_FAILED},
+    backend::{BACKEND_F_FAIL_AT_ONCE, BACKEND_F_NO_NEW_FLOWS},
     flow::{
         FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_F_MSS_CLASS_MASK, FLOW_F_NEXT_ON_ERROR,
         FLOW_F_SEQ_SHIFT, FLOW_MIDSTREAM, FLOW_PROXY_SYN, FLOW_REFUSED, FLOW_SYN_SENT,
@@ -114,9 +115,11 @@ pub fn next_upstream(flow: &Flow, packet: &Packet, service: &Service) -> bool {
             || (flow.state == FLOW_SYN_SENT && service.flags & SERVICE_F_NEXT_ON_TIMEOUT != 0))
 }
 
-/// A failed connection attempt on backend `id`: taken out at once if its
-/// `max_fails` is 1 (`BACKEND_F_FAIL_AT_ONCE`), as the agent would at its
-/// next tick; new flows stop going to it now, not a tick later.
+/// Backend `id` refused a handshake (its own RST, which no client can
+/// forge): if its `max_fails` is 1 (`BACKEND_F_FAIL_AT_ONCE`) it takes no
+/// new flows from now on, not a tick later, as the agent decides at its
+/// next tick; its established flows keep going to it (a passive take-out,
+/// `BACKEND_F_NO_NEW_FLOWS`). A SYN sent again never comes here.
 #[inline(always)]
 pub fn failed_attempt(id: u32) {
     if let Some(backend) = BACKENDS.get_ptr_mut(id) {
@@ -125,7 +128,7 @@ pub fn failed_attempt(id: u32) {
         // from the counters and decides the same.
         unsafe {
             if (*backend).flags & BACKEND_F_FAIL_AT_ONCE != 0 {
-                (*backend).flags |= BACKEND_F_FAILED;
+                (*backend).flags |= BACKEND_F_NO_NEW_FLOWS;
             }
         }
     }

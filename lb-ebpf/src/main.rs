@@ -20,6 +20,7 @@ mod forward;
 mod frame;
 mod lab_vlan;
 mod local;
+mod log;
 mod maps;
 mod parse;
 mod pick;

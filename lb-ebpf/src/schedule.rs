@@ -58,8 +58,8 @@ pub fn schedule(
         if next_upstream {
             if flow.state == FLOW_SYN_SENT {
                 // The client sent its SYN again: the backend did not answer.
+                // Counted, not a take-out: any client can repeat a SYN.
                 count_backend(flow.backend, |c| c.syn_retries += 1);
-                flow::failed_attempt(flow.backend);
             }
             avoid = flow.backend;
         } else if let Some(backend) = backend(flow.backend)
@@ -121,12 +121,12 @@ pub fn schedule(
 /// No backend to avoid.
 const NO_BACKEND: u32 = u32::MAX;
 /// Slots a new flow tries after the one its hash picks, while the pick is
-/// the backend to avoid or a failed one (taken out by the data plane, its
-/// table not rebuilt yet); the last pick stands if all are.
+/// the backend to avoid or one taking no new flows (taken out by the data
+/// plane, its table not rebuilt yet); the last pick stands if all are.
 const MORE_PICKS: u32 = 7;
 
 /// The backend of a new flow with hash `hash`: the pick, or another slot's
-/// if the pick is `avoid` or failed.
+/// if the pick is `avoid` or takes no new flows.
 #[inline(always)]
 fn pick_usable(
     service: &Service,
@@ -137,7 +137,7 @@ fn pick_usable(
     let mut chosen = backend(id).ok_or(GlobalCounter::DropInternal)?;
     let mut next = hash;
     for _ in 0..MORE_PICKS {
-        if id != avoid && !chosen.is_failed() {
+        if id != avoid && chosen.takes_new_flows() {
             break;
         }
         next = (mix64(u64::from(next)) >> 32) as u32;

@@ -59,10 +59,11 @@ fn to_backend(ctx: &XdpContext, packet: &Packet, service: &Service) -> GlobalCou
             if counter != GlobalCounter::DropNoBackend && counter != GlobalCounter::ForwardSynCookie
             {
                 // Rare: every candidate source port taken, or maps that
-                // disagree. Worth a line in the agent's log.
-                aya_log_ebpf::warn!(
+                // disagree. Worth a line in the agent's log, once a second.
+                crate::log::warn_limited!(
                     ctx,
-                    "dropped a new flow of service {}: {}",
+                    crate::log::Site::NewFlowDropped,
+                    "dropped a new flow of service {}: {} ({} similar suppressed)",
                     service.id,
                     counter.label()
                 );

@@ -397,15 +397,14 @@ impl Agent {
                     now,
                 );
                 if let Some(state) = self.states.get_mut(&key)
-                    && state.health.record_failures(
-                        counters.syn_retries + counters.handshake_rsts,
-                        backend,
-                        now,
-                    )
+                    && state
+                        .health
+                        .record_failures((&counters).into(), backend, now)
                 {
                     tracing::warn!(
                         service = %service.name, backend = %backend.address,
-                        "{} failed connection attempts within {:?}: no new connections for {:?}",
+                        "{} failed connection attempts within {:?}: no new connections for {:?} \
+                         (established ones go on)",
                         backend.max_fails, backend.fail_timeout, backend.fail_timeout
                     );
                 }
@@ -823,7 +822,7 @@ impl Agent {
 fn serving_state(desired: Option<&DesiredBackend>, backup: bool, admin: Admin) -> ServingState {
     match (desired, admin) {
         (_, Admin::Down) => ServingState::Down,
-        (Some(d), _) if d.failed => ServingState::Unhealthy,
+        (Some(d), _) if d.failed || d.no_new_flows => ServingState::Unhealthy,
         (_, Admin::Drain) => ServingState::Draining,
         (Some(d), _) if d.weight > 0 => ServingState::Active,
         (Some(_), _) if backup => ServingState::Standby,

@@ -83,10 +83,14 @@ pub struct DesiredBackend {
     /// flows.
     pub weight: u32,
     /// Out: its flows move to others and it gets no new ones, whatever its
-    /// weight (down, or unhealthy).
+    /// weight (down, or failing its active checks).
     pub failed: bool,
-    /// The data plane takes it out itself at its first failed connection
-    /// attempt (its `max_fails` is 1), without waiting for the agent.
+    /// Taken out passively (`max_fails` failed attempts within
+    /// `fail_timeout`): no new flows, whatever its weight, while its
+    /// established flows keep going to it, as in nginx.
+    pub no_new_flows: bool,
+    /// The data plane takes it out of new flows itself when it refuses a
+    /// handshake (its `max_fails` is 1), without waiting for the agent.
     pub fail_at_once: bool,
 }
 
@@ -147,6 +151,7 @@ fn as_configured(backend: &BackendConfig) -> DesiredBackend {
             backend.weight.saturating_mul(WEIGHT_SCALE)
         },
         failed: backend.down,
+        no_new_flows: false,
         fail_at_once: backend.max_fails == 1,
     }
 }

@@ -1,13 +1,15 @@
 //! What a backend's state is and what it means for the data plane: active
 //! check results (rise/fall), passive failures (nginx `max_fails` within
-//! `fail_timeout`), operator state (down, drain), backup servers and slow
-//! start. A backend's runtime state ([`BackendState`]) is kept apart from
+//! `fail_timeout`; only signals one client cannot forge count on their
+//! own, see [`PassiveSignals`]), operator state (down, drain), backup
+//! servers and slow start. A backend's runtime state ([`BackendState`]) is kept apart from
 //! its configuration; [`evaluate`] takes both side by side and gives the
 //! data plane's [`DesiredBackend`]s. Pure: time comes in as an argument, so
 //! all of it is unit-tested.
 
 use std::{collections::VecDeque, time::Instant};
 
+use lb_common::BackendCounters;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -42,6 +44,48 @@ impl Admin {
     }
 }
 
+/// The data plane's cumulative counts a backend's passive health is read
+/// from (its `BACKEND_STATS`, summed over CPUs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassiveSignals {
+    /// RSTs the backend sent to a client's SYN: its own answer (nothing
+    /// listens), which no client can send in its name.
+    pub handshake_rsts: u64,
+    /// SYNs a client sent again before a SYN-ACK came back: a backend that
+    /// does not answer, or a client that repeats itself (a flood whose
+    /// source ports wrap, a forged SYN sent twice). Any client can make
+    /// these.
+    pub syn_retries: u64,
+    /// Packets the backend sent back through xlb, to any client.
+    pub reply_packets: u64,
+}
+
+impl From<&BackendCounters> for PassiveSignals {
+    fn from(c: &BackendCounters) -> Self {
+        Self {
+            handshake_rsts: c.handshake_rsts,
+            syn_retries: c.syn_retries,
+            reply_packets: c.reply_packets,
+        }
+    }
+}
+
+impl PassiveSignals {
+    /// The failed attempts between the reading `before` and this one that
+    /// count toward `max_fails`: every handshake RST; SYN retries only if
+    /// the backend sent no reply packet at all meanwhile. A backend that
+    /// answers other clients is alive, and a SYN sent again may be one
+    /// client's doing; a silent one (host down, blackholed) is out by its
+    /// SYN retries alone. (Counters read lower than before, after the
+    /// data plane's maps were replaced, count as no change.)
+    pub fn failed_attempts_since(&self, before: &Self) -> u64 {
+        let rsts = self.handshake_rsts.saturating_sub(before.handshake_rsts);
+        let retries = self.syn_retries.saturating_sub(before.syn_retries);
+        let silent = self.reply_packets <= before.reply_packets;
+        rsts + if silent { retries } else { 0 }
+    }
+}
+
 /// Health of one backend as checks see it.
 #[derive(Clone, Debug)]
 pub struct Health {
@@ -51,10 +95,11 @@ pub struct Health {
     fail_streak: u32,
     /// Recent failed attempts seen by the data plane.
     failures: VecDeque<Instant>,
-    /// Out because of passive failures until then.
+    /// Out because of passive failures until then: no new flows, its
+    /// established ones keep going to it.
     pub passive_out_until: Option<Instant>,
-    /// Last cumulative failure count read from the data plane.
-    last_failure_count: Option<u64>,
+    /// The data plane's counts at the last reading.
+    last_signals: Option<PassiveSignals>,
     /// When the backend last became usable; drives slow start.
     usable_since: Option<Instant>,
 }
@@ -69,7 +114,7 @@ impl Health {
             fail_streak: 0,
             failures: VecDeque::new(),
             passive_out_until: None,
-            last_failure_count: None,
+            last_signals: None,
             usable_since: Some(since),
         }
     }
@@ -96,13 +141,20 @@ impl Health {
         false
     }
 
-    /// Feeds the data plane's cumulative count of failed attempts (SYNs
-    /// that got no answer, handshakes refused). With `max_fails` of them
-    /// within `fail_timeout`, the backend is out for `fail_timeout`.
-    /// Returns whether it was just taken out.
-    pub fn record_failures(&mut self, count: u64, backend: &BackendConfig, now: Instant) -> bool {
-        let new = count.saturating_sub(self.last_failure_count.unwrap_or(count));
-        self.last_failure_count = Some(count);
+    /// Feeds the data plane's cumulative counts, read once a tick; the
+    /// failed attempts since the last reading that count
+    /// ([`PassiveSignals::failed_attempts_since`]) are recorded. With
+    /// `max_fails` of them within `fail_timeout`, the backend takes no new
+    /// flows for `fail_timeout` (its established flows go on). Returns
+    /// whether it was just taken out.
+    pub fn record_failures(
+        &mut self,
+        signals: PassiveSignals,
+        backend: &BackendConfig,
+        now: Instant,
+    ) -> bool {
+        let new = signals.failed_attempts_since(&self.last_signals.unwrap_or(signals));
+        self.last_signals = Some(signals);
         if backend.max_fails == 0 {
             return false;
         }
@@ -127,9 +179,14 @@ impl Health {
         false
     }
 
-    /// Whether checks allow traffic at `now`.
+    /// Whether checks allow new flows at `now`.
     pub fn is_healthy(&self, now: Instant) -> bool {
-        self.active_ok && self.passive_out_until.is_none_or(|until| now >= until)
+        self.active_ok && !self.is_passively_out(now)
+    }
+
+    /// Whether passive failures keep new flows from it at `now`.
+    pub fn is_passively_out(&self, now: Instant) -> bool {
+        self.passive_out_until.is_some_and(|until| now < until)
     }
 }
 
@@ -201,9 +258,12 @@ pub fn evaluate(
         .iter()
         .zip(states.iter())
         .map(|(config, state)| {
-            let failed = state.admin == Admin::Down || !state.health.is_healthy(now);
+            // Down or failing active checks: its flows move. Out by passive
+            // failures: no new flows, its established ones go on (nginx).
+            let failed = state.admin == Admin::Down || !state.health.active_ok;
+            let no_new_flows = !failed && state.health.is_passively_out(now);
             let in_turn = config.backup != primary_usable;
-            let weight = if !failed && state.admin == Admin::Up && in_turn {
+            let weight = if !failed && !no_new_flows && state.admin == Admin::Up && in_turn {
                 state.ramped_weight(config, now)
             } else {
                 0
@@ -212,6 +272,7 @@ pub fn evaluate(
                 address: config.address,
                 weight,
                 failed,
+                no_new_flows,
                 fail_at_once: config.max_fails == 1,
             }
         })
@@ -291,6 +352,16 @@ mod tests {
         assert!(h.active_ok);
     }
 
+    /// Cumulative counts with `rsts` handshake RSTs, `retries` SYN retries
+    /// and `replies` reply packets.
+    fn signals(rsts: u64, retries: u64, replies: u64) -> PassiveSignals {
+        PassiveSignals {
+            handshake_rsts: rsts,
+            syn_retries: retries,
+            reply_packets: replies,
+        }
+    }
+
     #[test]
     fn passive_failures_take_a_backend_out_for_fail_timeout() {
         let t0 = Instant::now();
@@ -298,13 +369,15 @@ mod tests {
         cfg.max_fails = 3;
         cfg.fail_timeout = Duration::from_secs(10);
         let mut h = Health::new(t0);
-        assert!(!h.record_failures(5, &cfg, t0)); // first read sets the baseline
-        assert!(!h.record_failures(7, &cfg, t0 + Duration::from_secs(1)));
+        // The first reading sets the baseline.
+        assert!(!h.record_failures(signals(5, 0, 0), &cfg, t0));
+        assert!(!h.record_failures(signals(7, 0, 0), &cfg, t0 + Duration::from_secs(1)));
         // The two old ones fall out of the 10 s window before the third.
-        assert!(!h.record_failures(8, &cfg, t0 + Duration::from_secs(12)));
+        let t = t0 + Duration::from_secs(12);
+        assert!(!h.record_failures(signals(8, 0, 0), &cfg, t));
         assert!(h.is_healthy(t0 + Duration::from_secs(12)));
         let t1 = t0 + Duration::from_secs(13);
-        assert!(h.record_failures(10, &cfg, t1));
+        assert!(h.record_failures(signals(10, 0, 0), &cfg, t1));
         assert!(!h.is_healthy(t1 + Duration::from_secs(9)));
         assert!(
             h.is_healthy(t1 + Duration::from_secs(11)),
@@ -318,9 +391,95 @@ mod tests {
         let mut cfg = backend(1, false);
         cfg.max_fails = 0;
         let mut h = Health::new(t0);
-        h.record_failures(0, &cfg, t0);
-        assert!(!h.record_failures(1000, &cfg, t0));
+        h.record_failures(signals(0, 0, 0), &cfg, t0);
+        assert!(!h.record_failures(signals(1000, 1000, 0), &cfg, t0));
         assert!(h.is_healthy(t0));
+    }
+
+    #[test]
+    fn handshake_rsts_always_count_syn_retries_only_from_a_silent_backend() {
+        let before = signals(10, 100, 1000);
+        // The backend's own RSTs count, however much it answers others.
+        assert_eq!(signals(12, 100, 5000).failed_attempts_since(&before), 2);
+        // SYNs sent again while the backend answered (other clients, or
+        // the same one): one client can repeat its SYNs; not counted.
+        assert_eq!(signals(10, 5000, 1001).failed_attempts_since(&before), 0);
+        assert_eq!(signals(13, 5000, 1001).failed_attempts_since(&before), 3);
+        // Not one reply packet meanwhile: the retries are corroborated.
+        assert_eq!(signals(10, 104, 1000).failed_attempts_since(&before), 4);
+        assert_eq!(signals(11, 104, 1000).failed_attempts_since(&before), 5);
+        // Counters reset (maps replaced): no change, not a failure.
+        assert_eq!(signals(0, 0, 0).failed_attempts_since(&before), 0);
+    }
+
+    #[test]
+    fn a_flood_of_repeated_syns_does_not_take_an_answering_backend_out() {
+        let t0 = Instant::now();
+        let cfg = backend(1, false); // max_fails = 1, the default
+        assert_eq!(cfg.max_fails, 1);
+        let mut h = Health::new(t0);
+        h.record_failures(signals(0, 0, 0), &cfg, t0);
+        let tick = Duration::from_millis(250);
+        // A flood: thousands of SYN retries a tick, the backend answering.
+        for i in 1..=12u64 {
+            let t = t0 + tick * i as u32;
+            assert!(!h.record_failures(signals(0, 5000 * i, 3000 * i), &cfg, t));
+            assert!(h.is_healthy(t));
+        }
+        // One tick without a reply: its retries count, and one is enough.
+        let t = t0 + tick * 13;
+        assert!(h.record_failures(signals(0, 60_001, 36_000), &cfg, t));
+        assert!(h.is_passively_out(t));
+        // A refusal counts even while the backend answers others.
+        let mut h = Health::new(t0);
+        h.record_failures(signals(0, 0, 0), &cfg, t0);
+        assert!(h.record_failures(signals(1, 0, 500), &cfg, t0 + tick));
+    }
+
+    #[test]
+    fn a_passive_take_out_stops_new_flows_only() {
+        let t0 = Instant::now();
+        let configs = [backend(1, false), backend(1, false), backend(1, true)];
+        let mut s = states(&configs, t0);
+        s[0].health
+            .record_failures(signals(0, 0, 0), &configs[0], t0);
+        assert!(
+            s[0].health
+                .record_failures(signals(1, 0, 0), &configs[0], t0)
+        );
+        let d = evaluate(&configs, &mut s, t0);
+        // Out of new flows (weight 0), not failed: its flows stay with it.
+        assert_eq!(
+            (d[0].failed, d[0].no_new_flows, d[0].weight),
+            (false, true, 0)
+        );
+        assert_eq!(
+            (d[1].failed, d[1].no_new_flows, d[1].weight),
+            (false, false, 100)
+        );
+        assert!(!s[0].health.is_healthy(t0));
+        // With every primary out passively, the backup takes new flows.
+        s[1].health
+            .record_failures(signals(0, 0, 0), &configs[1], t0);
+        assert!(
+            s[1].health
+                .record_failures(signals(1, 0, 0), &configs[1], t0)
+        );
+        let d = evaluate(&configs, &mut s, t0);
+        assert_eq!(d[2].weight, 100);
+        assert!(d.iter().all(|b| !b.failed));
+        // Failing active checks, or down, is failed: its flows move.
+        s[0].health.active_ok = false;
+        s[1].admin = Admin::Down;
+        let d = evaluate(&configs, &mut s, t0);
+        assert_eq!((d[0].failed, d[0].no_new_flows), (true, false));
+        assert_eq!((d[1].failed, d[1].no_new_flows), (true, false));
+        // After fail_timeout it takes new flows again.
+        s[0].health.active_ok = true;
+        s[1].admin = Admin::Up;
+        let later = t0 + configs[0].fail_timeout;
+        let d = evaluate(&configs, &mut s, later);
+        assert!(d[..2].iter().all(|b| !b.failed && !b.no_new_flows));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use anyhow::{Context as _, anyhow};
 use aya::Ebpf;
 use lb_common::{
     Backend, MAGLEV_SLOTS, MAX_BACKENDS, MAX_SERVICES, Service, ServiceKey,
-    backend::{BACKEND_F_FAIL_AT_ONCE, BACKEND_F_FAILED, BACKEND_F_LOCAL},
+    backend::{BACKEND_F_FAIL_AT_ONCE, BACKEND_F_FAILED, BACKEND_F_LOCAL, BACKEND_F_NO_NEW_FLOWS},
     maglev::{self, Candidate},
     service::{
         SERVICE_F_DNAT, SERVICE_F_HASH_SOURCE, SERVICE_F_NEXT_ON_ERROR, SERVICE_F_NEXT_ON_TIMEOUT,
@@ -264,7 +264,7 @@ impl Tables {
 }
 
 /// Writes the `BACKENDS` entry of every backend of `service`: its address
-/// and whether it is failed.
+/// and whether it is failed (its flows move) or takes no new flows.
 fn write_backends(
     ebpf: &mut Ebpf,
     state: &ServiceState,
@@ -274,6 +274,9 @@ fn write_backends(
     for backend in &service.backends {
         let id = state.backends[&backend.address];
         let mut flags = if backend.failed { BACKEND_F_FAILED } else { 0 };
+        if backend.no_new_flows {
+            flags |= BACKEND_F_NO_NEW_FLOWS;
+        }
         if backend.fail_at_once {
             flags |= BACKEND_F_FAIL_AT_ONCE;
         }
@@ -282,8 +285,9 @@ fn write_backends(
     Ok(())
 }
 
-/// The service's Maglev table over its backends by weight (a failed one
-/// gets no slot), as backend ids; empty if none has a slot.
+/// The service's Maglev table over its backends by weight (a failed one,
+/// or one taking no new flows, gets no slot), as backend ids; empty if none
+/// has a slot.
 fn build_table(state: &ServiceState, service: &DesiredService) -> anyhow::Result<Vec<u32>> {
     let identities: Vec<Vec<u8>> = service
         .backends
@@ -296,7 +300,11 @@ fn build_table(state: &ServiceState, service: &DesiredService) -> anyhow::Result
         .zip(&identities)
         .map(|(b, identity)| Candidate {
             identity,
-            weight: if b.failed { 0 } else { b.weight },
+            weight: if b.failed || b.no_new_flows {
+                0
+            } else {
+                b.weight
+            },
         })
         .collect();
     let table = maglev::build_table(&candidates, service.table_size).map_err(|e| anyhow!("{e}"))?;

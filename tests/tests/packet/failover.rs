@@ -1,5 +1,5 @@
 //! Backends that fail, and services left without any: flows move on or
-//! are dropped.
+//! are dropped; a backend out by failed attempts keeps its flows.
 
 use lb_common::{GlobalCounter, flow::flow_hash};
 use xlb_tests::{
@@ -48,5 +48,34 @@ fn a_service_without_backends_drops_and_counts() {
         let before = h.counter(GlobalCounter::DropNoBackend);
         assert_eq!(h.run(&syn).0, Action::Drop);
         assert_eq!(h.counter(GlobalCounter::DropNoBackend), before + 1);
+    });
+}
+
+#[test]
+fn a_backend_out_by_failed_attempts_keeps_its_flows_and_gets_no_new_ones() {
+    with_harness(|h| {
+        let syn = Frame::tcp("10.0.0.2:44000", "10.0.0.101:80", Transport::SYN);
+        let hash = flow_hash(&syn.flow_key(), false);
+        let first = h.dp.lookup("pair", hash).unwrap().unwrap();
+        let mac_of =
+            |addr: std::net::SocketAddr| backend_mac(addr.ip().to_string().ends_with(".11") as u8);
+        let snat = format!("10.1.0.100:{}", first_snat_port(&syn));
+        let out = syn.rewritten(&snat, &first.to_string(), LB_MAC, mac_of(first));
+        h.expect(&syn, Action::Tx, &out, GlobalCounter::ForwardTx);
+
+        // The agent takes it out passively: no new flows, not failed.
+        h.take_out_passively("pair", first);
+        let second = h.dp.lookup("pair", hash).unwrap().unwrap();
+        assert_ne!(first, second, "its slots went to the other backend");
+        let ack = Frame::tcp("10.0.0.2:44000", "10.0.0.101:80", Transport::ACK);
+        let out = ack.rewritten(&snat, &first.to_string(), LB_MAC, mac_of(first));
+        h.expect(&ack, Action::Tx, &out, GlobalCounter::ForwardTx);
+        assert_eq!(h.new_flows("pair", &second.to_string()), 0);
+
+        // Once failed (down, or failing active checks), its flows move.
+        h.fail("pair", first);
+        let out = ack.rewritten(&snat, &second.to_string(), LB_MAC, mac_of(second));
+        h.expect(&ack, Action::Tx, &out, GlobalCounter::ForwardTx);
+        assert_eq!(h.new_flows("pair", &second.to_string()), 1);
     });
 }

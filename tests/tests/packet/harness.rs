@@ -38,6 +38,15 @@ impl Harness {
         self.dp.apply(&self.desired).unwrap();
     }
 
+    /// Takes `backend` of `service` out of new flows in the desired state
+    /// and applies it, as the agent does for one out by failed attempts.
+    pub fn take_out_passively(&mut self, service: &str, backend: SocketAddr) {
+        let desired = self.desired.backend_mut(service, backend).unwrap();
+        desired.no_new_flows = true;
+        desired.weight = 0;
+        self.dp.apply(&self.desired).unwrap();
+    }
+
     pub fn run(&mut self, frame: &Frame) -> (Action, Vec<u8>) {
         run_on(&mut self.dp, self.ifindex, &frame.build())
     }

@@ -1,7 +1,9 @@
 //! `next_upstream`: a handshake a backend refuses, or leaves unanswered,
 //! goes to another backend when the client sends its SYN again, instead of
-//! failing; with `max_fails = 1` the data plane takes the backend out at
-//! once, before the agent's next tick.
+//! failing; with `max_fails = 1` the data plane takes a backend that
+//! refused out of new flows at once, before the agent's next tick, while
+//! its established flows stay; a SYN sent again (which any client can send)
+//! takes it out of nothing.
 
 use std::net::SocketAddr;
 
@@ -95,6 +97,72 @@ fn a_syn_left_unanswered_goes_elsewhere_when_the_client_sends_it_again() {
         // No answer; the client sends its SYN again.
         assert_eq!(sent_to(h, vip, port).0, "10.1.0.11:8000".parse().unwrap());
         assert_eq!(h.dp.backend_counters("pair", b0).unwrap().syn_retries, 1);
+    });
+}
+
+#[test]
+fn a_refusal_stops_new_flows_only_the_backends_established_flows_stay() {
+    with_harness(|h| {
+        let vip = "10.0.0.101:80";
+        let b0: SocketAddr = "10.1.0.10:8000".parse().unwrap();
+        let b1: SocketAddr = "10.1.0.11:8000".parse().unwrap();
+        // A connection established on b0.
+        let kept = port_to(h, "pair", vip, b0, 57000);
+        assert_eq!(sent_to(h, vip, kept).0, b0);
+        let syn_ack = Frame::tcp(
+            &b0.to_string(),
+            &format!("10.1.0.100:{kept}"),
+            Transport::SYN_ACK,
+        )
+        .macs(mac_of(b0), LB_MAC);
+        assert_eq!(h.run(&syn_ack).0, Action::Tx);
+
+        // Another client's handshake, refused by b0: max_fails = 1 takes
+        // b0 out of new flows at once.
+        let refused = port_to(h, "pair", vip, b0, kept + 1);
+        let (first, refusal) = sent_to(h, vip, refused);
+        assert_eq!(first, b0);
+        assert_eq!(h.run(&refusal).0, Action::Drop);
+        let other = port_to(h, "pair", vip, b0, refused + 1);
+        assert_eq!(sent_to(h, vip, other).0, b1, "b0 still takes new flows");
+
+        // The established connection keeps going to b0, and b0's answers
+        // back to the client.
+        let ack = Frame::tcp(&format!("10.0.0.2:{kept}"), vip, Transport::ACK);
+        let snat = format!("10.1.0.100:{kept}");
+        let out = ack.rewritten(&snat, &b0.to_string(), LB_MAC, mac_of(b0));
+        h.expect(&ack, Action::Tx, &out, GlobalCounter::ForwardTx);
+        let answer = Frame::tcp(&b0.to_string(), &snat, Transport::ACK).macs(mac_of(b0), LB_MAC);
+        let back = answer.rewritten(vip, &format!("10.0.0.2:{kept}"), LB_MAC, CLIENT_MAC);
+        h.expect(&answer, Action::Tx, &back, GlobalCounter::ForwardTx);
+    });
+}
+
+#[test]
+fn a_syn_sent_again_takes_no_backend_out() {
+    with_harness(|h| {
+        let vip = "10.0.0.101:80";
+        let b0: SocketAddr = "10.1.0.10:8000".parse().unwrap();
+        let b1: SocketAddr = "10.1.0.11:8000".parse().unwrap();
+        // One client repeats its SYNs (a flood whose ports wrap, or a
+        // forged duplicate) on both backends: each repeat moves its
+        // connection and is counted, and takes neither backend out, though
+        // their max_fails is 1.
+        for (i, backend) in [b0, b1].into_iter().enumerate() {
+            let port = port_to(h, "pair", vip, backend, 58000 + 100 * i as u16);
+            assert_eq!(sent_to(h, vip, port).0, backend);
+            assert_ne!(sent_to(h, vip, port).0, backend);
+            let c = h.dp.backend_counters("pair", backend).unwrap();
+            assert_eq!(c.syn_retries, 1);
+        }
+        for backend in [b0, b1] {
+            let port = port_to(h, "pair", vip, backend, 59000);
+            assert_eq!(
+                sent_to(h, vip, port).0,
+                backend,
+                "a SYN sent again took {backend} out of new flows"
+            );
+        }
     });
 }
 
