@@ -118,6 +118,9 @@ global_counters! {
     /// rather than opening an entry to tell a backend of a connection it
     /// never had.
     DropStrayRst => "drop_stray_rst",
+    /// A SYN past its source address's rate of cookies (`[flood]
+    /// source_syn_rate`), while SYNs get cookies: dropped.
+    DropSourceLimit => "drop_source_limit",
 }
 
 /// Number of [`GlobalCounter`]s; sizes `GLOBAL_STATS`.

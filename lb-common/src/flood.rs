@@ -43,6 +43,11 @@ pub struct FloodConfig {
     /// Handshakes that may be outstanding (SYN seen, no SYN-ACK yet) before
     /// SYNs get cookies, or are dropped with cookies off.
     pub half_open_limit: u64,
+    /// While SYNs get cookies, one source address gets one at most this
+    /// often (nanoseconds; 0: no limit); the others are dropped.
+    pub source_interval_ns: u64,
+    /// How far ahead of its rate a source may run (a burst, nanoseconds).
+    pub source_burst_ns: u64,
     /// [`SynCookies`] as its `u8`.
     pub syn_cookies: u8,
     pub _pad: [u8; 7],
@@ -51,6 +56,8 @@ pub struct FloodConfig {
 impl FloodConfig {
     pub const DEFAULT: Self = Self {
         half_open_limit: default_half_open_limit(crate::DEFAULT_FLOW_CAPACITY),
+        source_interval_ns: source_interval_ns(DEFAULT_SOURCE_SYN_RATE),
+        source_burst_ns: NS_PER_SEC,
         syn_cookies: SynCookies::Auto as u8,
         _pad: [0; 7],
     };
@@ -60,6 +67,40 @@ impl Default for FloodConfig {
     fn default() -> Self {
         Self::DEFAULT
     }
+}
+
+/// Cookies one source address gets a second by default: a client opens a
+/// connection or a few at a time; a flood from one address sends hundreds
+/// of thousands, whose answers would crowd the link out.
+pub const DEFAULT_SOURCE_SYN_RATE: u32 = 1000;
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// Entries of `SOURCES`, the per-address rate of cookies.
+pub const MAX_SOURCES: u32 = 1 << 16;
+
+/// The interval between cookies for `rate` a second (0: no limit).
+pub const fn source_interval_ns(rate: u32) -> u64 {
+    if rate == 0 {
+        0
+    } else {
+        NS_PER_SEC / rate as u64
+    }
+}
+
+/// Whether a source whose next cookie is due at `due_ns` (0 for a source
+/// not seen yet) may have one at `now_ns` (GCRA: the due time moves one
+/// interval on per cookie, and may run at most `burst_ns` ahead of now).
+/// Returns the new due time, or `None` to drop the SYN.
+#[inline(always)]
+pub const fn source_allows(due_ns: u64, now_ns: u64, config: &FloodConfig) -> Option<u64> {
+    if config.source_interval_ns == 0 {
+        return Some(0);
+    }
+    let due = if due_ns > now_ns { due_ns } else { now_ns };
+    if due - now_ns > config.source_burst_ns {
+        return None;
+    }
+    Some(due + config.source_interval_ns)
 }
 
 /// The half-open budget for a flow table of `table_size` entries: an
@@ -170,6 +211,33 @@ mod tests {
                 assert_ne!(a, b);
             }
         }
+    }
+
+    #[test]
+    fn a_source_gets_its_rate_and_burst_of_cookies() {
+        let config = FloodConfig {
+            source_interval_ns: source_interval_ns(10),
+            source_burst_ns: NS_PER_SEC,
+            ..FloodConfig::DEFAULT
+        };
+        let now = 5 * NS_PER_SEC;
+        let mut due = 0;
+        let mut allowed = 0;
+        for _ in 0..100 {
+            if let Some(next) = source_allows(due, now, &config) {
+                due = next;
+                allowed += 1;
+            }
+        }
+        // A second's worth ahead, plus the one due now.
+        assert_eq!(allowed, 11);
+        // Time refills it at the rate.
+        assert!(source_allows(due, now + NS_PER_SEC / 10, &config).is_some());
+        let off = FloodConfig {
+            source_interval_ns: 0,
+            ..config
+        };
+        assert!(source_allows(u64::MAX, now, &off).is_some());
     }
 
     #[test]

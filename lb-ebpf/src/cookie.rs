@@ -16,7 +16,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use crate::{
     frame::{self, ptr_at, read_at, write_at},
-    maps::{ANSWER_IFACES, FLOOD_STATE},
+    maps::{ANSWER_IFACES, FLOOD_STATE, SOURCES},
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 use aya_ebpf::{
@@ -33,6 +33,7 @@ use lb_common::{
     flood::{
         COOKIE_LIFETIME_NS, FLOOD_COOKIE_SENT_NS, FLOOD_COOKIES_VALID, FLOOD_EXPIRED, FLOOD_OPENED,
         FLOOD_SETTLED, FloodConfig, MSS_V4, MSS_V6, SynCookies, cookie_seq, mss_class, outstanding,
+        source_allows,
     },
     service::SERVICE_F_SYN_PROXY,
 };
@@ -113,6 +114,32 @@ pub fn wanted(ctx: &XdpContext, service: &Service) -> bool {
         || (config.syn_cookies == SynCookies::Auto as u8 && spent());
     // SAFETY: the value is only tested for presence.
     wanted && unsafe { ANSWER_IFACES.get(ctx.ingress_ifindex() as u32) }.is_some()
+}
+
+/// Whether the packet's source address may have a cookie now (its rate,
+/// `[flood] source_syn_rate`), counting this one.
+#[inline(always)]
+pub fn source_allowed(packet: &Packet, now: u64) -> bool {
+    let config = config();
+    if config.source_interval_ns == 0 {
+        return true;
+    }
+    let src = &packet.key.src;
+    let due = SOURCES.get_ptr_mut(src);
+    // SAFETY: a pointer into the map's value, valid for this run; racing
+    // CPUs may lose one another's update, which only loosens the limit.
+    let previous = due.map_or(0, |d| unsafe { *d });
+    let Some(next) = source_allows(previous, now, &config) else {
+        return false;
+    };
+    match due {
+        // SAFETY: as above.
+        Some(d) => unsafe { *d = next },
+        None => {
+            let _ = SOURCES.insert(src, &next, 0);
+        }
+    }
+    true
 }
 
 /// What a segment the data plane writes says.

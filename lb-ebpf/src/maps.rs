@@ -9,8 +9,9 @@ use aya_ebpf::{
 use lb_common::{
     Backend, BackendCounters, DEFAULT_FLOW_CAPACITY, Flow, FlowKey, GlobalCounter,
     LOCAL_PORT_WORDS, MAGLEV_SLOTS, MAX_BACKENDS, MAX_INTERFACES, MAX_LOCAL_SOCKETS, MAX_SERVICES,
-    Reply, Service, ServiceKey, SockKey, SockPeer, TrafficCounters, counters::GLOBAL_COUNTERS,
-    flood::FLOOD_STATE_LEN,
+    Reply, Service, ServiceKey, SockKey, SockPeer, TrafficCounters,
+    counters::GLOBAL_COUNTERS,
+    flood::{FLOOD_STATE_LEN, MAX_SOURCES},
 };
 
 /// Services by (VIP, port, protocol); filled by userspace.
@@ -56,6 +57,11 @@ pub static ANSWER_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_INTE
 /// shared by every CPU.
 #[map]
 pub static FLOOD_STATE: Array<u64> = Array::with_max_entries(FLOOD_STATE_LEN, 0);
+
+/// When each source address may have its next SYN cookie (coarse ns,
+/// `lb_common::flood::source_allows`), while cookies are sent.
+#[map]
+pub static SOURCES: LruHashMap<[u8; 16], u64> = LruHashMap::with_max_entries(MAX_SOURCES, 0);
 
 /// Room to build a new flow's entries in, one per CPU: the verifier's stack
 /// is too small for them beside the rest of the call chain.

@@ -93,15 +93,18 @@ pub fn schedule(
     if packet.is_syn() {
         // A SYN sent again (`next_upstream`) too: under a flood from one
         // address, whose ports wrap, most SYNs find an earlier one's entry.
-        if cookie::wanted(ctx, service)
-            && let Some(verdict) = cookie::answer_syn(ctx, packet, now)
-        {
-            if stale.is_some() {
-                // The 5-tuple's earlier attempt is over; its entry would
-                // take the cookie's answer for its own.
-                let _ = FLOWS.remove(key);
+        if cookie::wanted(ctx, service) {
+            if !cookie::source_allowed(packet, now) {
+                return Err(GlobalCounter::DropSourceLimit);
             }
-            return Err(verdict);
+            if let Some(verdict) = cookie::answer_syn(ctx, packet, now) {
+                if stale.is_some() {
+                    // The 5-tuple's earlier attempt is over; its entry would
+                    // take the cookie's answer for its own.
+                    let _ = FLOWS.remove(key);
+                }
+                return Err(verdict);
+            }
         }
     } else if packet.tcp_flags & TCP_RST != 0 {
         // A reset of no connection here (a client's answer to a SYN-ACK

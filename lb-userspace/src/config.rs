@@ -124,7 +124,7 @@ impl FlowsConfig {
 
 /// How SYN floods are met (`lb_common::flood`, docs/reliability.md). Read
 /// at start, not on reload.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct FloodSettings {
     /// When the data plane answers a SYN with a cookie instead of opening
@@ -134,6 +134,24 @@ pub struct FloodSettings {
     /// eighth of `flows.table_size` if unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub half_open_limit: Option<u64>,
+    /// While SYNs get cookies, cookies one source address gets a second
+    /// (a second's worth at once); 0 for no limit.
+    #[serde(default = "default_source_syn_rate")]
+    pub source_syn_rate: u32,
+}
+
+impl Default for FloodSettings {
+    fn default() -> Self {
+        Self {
+            syn_cookies: Default::default(),
+            half_open_limit: None,
+            source_syn_rate: default_source_syn_rate(),
+        }
+    }
+}
+
+fn default_source_syn_rate() -> u32 {
+    lb_common::flood::DEFAULT_SOURCE_SYN_RATE
 }
 
 impl FloodSettings {
@@ -148,6 +166,8 @@ impl FloodSettings {
             half_open_limit: self
                 .half_open_limit
                 .unwrap_or(lb_common::flood::default_half_open_limit(table_size)),
+            source_interval_ns: lb_common::flood::source_interval_ns(self.source_syn_rate),
+            source_burst_ns: 1_000_000_000,
             syn_cookies: self.syn_cookies as u8,
             _pad: [0; 7],
         }
