@@ -76,7 +76,7 @@ pub const DEFAULT_SOURCE_SYN_RATE: u32 = 1000;
 const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// Entries of `SOURCES`, the per-address rate of cookies.
-pub const MAX_SOURCES: u32 = 1 << 16;
+pub const MAX_SOURCES: u32 = 1 << 14;
 
 /// The interval between cookies for `rate` a second (0: no limit).
 pub const fn source_interval_ns(rate: u32) -> u64 {
