@@ -136,7 +136,7 @@ pub fn source_allowed(packet: &Packet, now: u64) -> bool {
         // SAFETY: as above.
         Some(d) => unsafe { *d = next },
         None => {
-            let _ = SOURCES.insert(src, &next, 0);
+            let _ = SOURCES.insert(src, next, 0);
         }
     }
     true

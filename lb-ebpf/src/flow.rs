@@ -158,7 +158,7 @@ pub fn track_reply<C: Frame>(ctx: &C, packet: &Packet, reply: *mut Reply) -> Tra
     let client_key = unsafe { (*reply).client_key(packet.key.proto) };
     // SAFETY: as above.
     let backend = unsafe { (*reply).backend };
-    let Some(flow) = FLOWS.get_ptr_mut(&client_key) else {
+    let Some(flow) = FLOWS.get_ptr_mut(client_key) else {
         return Tracked::Forward;
     };
     // SAFETY: a pointer into the flow map's value, valid for this run.
@@ -223,7 +223,7 @@ fn track_proxied<C: Frame>(
         count_backend(backend, |c| c.handshake_rsts += 1);
         failed_attempt(backend);
         let _ = FLOWS.remove(client_key);
-        let _ = REPLIES.remove(&packet.key);
+        let _ = REPLIES.remove(packet.key);
     }
     Tracked::Refused
 }
