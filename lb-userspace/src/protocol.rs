@@ -253,7 +253,9 @@ pub enum ServingState {
     Draining,
     /// Taken out by the operator (or `down = true`).
     Down,
-    /// Taken out by health checks or failed attempts.
+    /// Taken out by failing health checks (its flows move) or by failed
+    /// attempts (`max_fails`: no new flows, its established ones go on;
+    /// `health` says which).
     Unhealthy,
     /// Takes no new flows for another reason (weight 0, slow start at 0).
     Idle,
@@ -277,7 +279,8 @@ impl fmt::Display for ServingState {
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Health {
     Healthy,
-    /// `max_fails` failed attempts within `fail_timeout` took it out.
+    /// `max_fails` failed attempts within `fail_timeout` took it out of
+    /// new flows.
     FailedAttempts {
         out_for_seconds: f64,
     },

@@ -19,7 +19,8 @@ use lb_common::{Backend, BackendCounters, Flow, FlowKey, Service, ServiceKey, Tr
 
 /// A map of the eBPF object that userspace reads or writes; all of them are
 /// pinned with a pin directory. (`SCRATCH`, the program's per-CPU work
-/// space, and `AYA_LOGS`, its log ring, are neither.)
+/// space, `AYA_LOGS`, its log ring, and `LOG_TURNS`, that ring's rate
+/// limit, are neither.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MapName {
     Services,
