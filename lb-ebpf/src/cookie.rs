@@ -168,24 +168,14 @@ pub fn answer_syn(ctx: &XdpContext, packet: &Packet, now: u64) -> Option<GlobalC
     let table = if packet.ipv6 { &MSS_V6 } else { &MSS_V4 };
     let class = mss_class(table, client_mss(ctx, packet, &tcp));
     let cookie = gen_cookie(ctx, packet, &tcp, cookie_seq(client_seq, class))?;
-    let key = &packet.key;
-    write_segment(
+    answer_back(
         ctx,
         packet,
-        &Segment {
-            src: &key.dst,
-            dst: &key.src,
-            src_port_be: key.dst_port_be,
-            dst_port_be: key.src_port_be,
-            seq: cookie,
-            ack: client_seq.wrapping_add(1),
-            flags: TCP_SYN | TCP_ACK,
-            window: WINDOW,
-            mss: table[class as usize],
-            ttl: ANSWER_TTL,
-        },
+        cookie,
+        client_seq.wrapping_add(1),
+        TCP_SYN | TCP_ACK,
+        table[class as usize],
     )?;
-    swap_macs(ctx)?;
     if now.wrapping_sub(state(FLOOD_COOKIE_SENT_NS)) > 1_000_000_000
         && let Some(sent) = FLOOD_STATE.get_ptr_mut(FLOOD_COOKIE_SENT_NS)
     {
@@ -343,30 +333,10 @@ fn answer_ack(ctx: &XdpContext, packet: &Packet) -> Option<GlobalCounter> {
     if unsafe { ANSWER_IFACES.get(ctx.ingress_ifindex() as u32) }.is_none() {
         return Some(GlobalCounter::DropInternal);
     }
-    if !packet.ipv6 {
-        ipv4_header(ctx, packet)?;
-    }
     let tcp: [u8; TCP_HEADER] = read_at(ctx, packet.l4_offset())?;
     let backend_seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
     let ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
-    let key = &packet.key;
-    write_segment(
-        ctx,
-        packet,
-        &Segment {
-            src: &key.dst,
-            dst: &key.src,
-            src_port_be: key.dst_port_be,
-            dst_port_be: key.src_port_be,
-            seq: ack,
-            ack: backend_seq.wrapping_add(1),
-            flags: TCP_ACK,
-            window: WINDOW,
-            mss: 0,
-            ttl: ANSWER_TTL,
-        },
-    )?;
-    swap_macs(ctx)?;
+    answer_back(ctx, packet, ack, backend_seq.wrapping_add(1), TCP_ACK, 0)?;
     Some(GlobalCounter::ForwardProxyAck)
 }
 
@@ -397,6 +367,37 @@ fn shift_field(ctx: &XdpContext, packet: &Packet, offset: usize, delta: u32) -> 
 /// Offsets of the sequence and acknowledgement numbers in the TCP header.
 pub const SEQ: usize = 4;
 pub const ACK: usize = 8;
+
+/// Turns the frame into a segment back to its sender (addresses, ports
+/// and MACs swapped) with `seq`, `ack`, `flags` and an MSS option (0: none).
+#[inline(always)]
+fn answer_back(
+    ctx: &XdpContext,
+    packet: &Packet,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    mss: u16,
+) -> Option<()> {
+    let key = &packet.key;
+    write_segment(
+        ctx,
+        packet,
+        &Segment {
+            src: &key.dst,
+            dst: &key.src,
+            src_port_be: key.dst_port_be,
+            dst_port_be: key.src_port_be,
+            seq,
+            ack,
+            flags,
+            window: WINDOW,
+            mss,
+            ttl: ANSWER_TTL,
+        },
+    )?;
+    swap_macs(ctx)
+}
 
 /// Swaps the frame's Ethernet source and destination.
 #[inline(always)]
