@@ -8,7 +8,10 @@ use crate::{Backend, Service, hash::mix64, impl_pod};
 /// The destination half comes first and is laid out exactly like a
 /// [`ServiceKey`](crate::ServiceKey), so the data plane looks a packet's
 /// service up with [`FlowKey::service_key`] instead of a copy.
-#[repr(C)]
+///
+/// Aligned to 4 bytes (its size, 40, adds no padding) so that the data
+/// plane zeroes and copies it with word-sized stores, not byte loops.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     /// Destination address, network byte order, IPv4-mapped for IPv4.
@@ -156,9 +159,10 @@ impl Default for FlowTimeouts {
 pub const LAST_SEEN_GRANULARITY_NS: u64 = NS_PER_SEC;
 const NS_PER_SEC: u64 = 1_000_000_000;
 
-/// A next hop as `bpf_fib_lookup` gave it, remembered with a flow so that
-/// its packets skip the route lookup (a quarter of a microsecond) until the
-/// entry is [`NEXT_HOP_TTL_NS`] old.
+/// A next hop as `bpf_fib_lookup` gave it, remembered so that packets skip
+/// the route lookup (a quarter of a microsecond) until the entry is
+/// [`NEXT_HOP_TTL_NS`] old: one per backend (`BACKEND_HOPS`), shared by all
+/// its flows, and one per reply entry, towards its client.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NextHop {
@@ -208,8 +212,6 @@ pub struct Flow {
     pub client_isn: u32,
     /// Monotonic time (coarse) of the last packet, in nanoseconds.
     pub last_seen_ns: u64,
-    /// Next hop towards the backend.
-    pub next_hop: NextHop,
 }
 
 impl Flow {
@@ -446,7 +448,7 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<FlowKey>(), 16 + 2 + 1 + 1 + 16 + 2 + 2);
         assert_eq!(size_of::<NextHop>(), 8 + 4 + 6 + 6);
-        assert_eq!(size_of::<Flow>(), 4 + 2 + 1 + 1 + 4 + 4 + 8 + 24);
+        assert_eq!(size_of::<Flow>(), 4 + 2 + 1 + 1 + 4 + 4 + 8);
         assert_eq!(size_of::<Reply>(), 16 + 16 + 2 + 2 + 4 + 4 + 4 + 24);
     }
 

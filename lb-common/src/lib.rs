@@ -14,6 +14,7 @@ extern crate alloc;
 pub mod backend;
 pub mod checksum;
 pub mod counters;
+pub mod filter;
 pub mod flood;
 pub mod flow;
 pub mod hash;

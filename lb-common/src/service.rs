@@ -13,8 +13,9 @@ pub enum IpProto {
 /// Key of the `SERVICES` map: a virtual IP, port and protocol.
 ///
 /// IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`) so one key type
-/// serves both families.
-#[repr(C)]
+/// serves both families. Aligned like [`FlowKey`](crate::FlowKey), whose
+/// first half it is (20 bytes, no padding).
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ServiceKey {
     /// Virtual IP address, network byte order, IPv4-mapped for IPv4.

@@ -11,7 +11,9 @@ use lb_common::{
     LOCAL_PORT_WORDS, MAGLEV_SLOTS, MAX_BACKENDS, MAX_INTERFACES, MAX_LOCAL_SOCKETS, MAX_SERVICES,
     Reply, Service, ServiceKey, SockKey, SockPeer, TrafficCounters,
     counters::GLOBAL_COUNTERS,
+    filter::{ADDRESS_SLOTS, address_slot},
     flood::{FLOOD_STATE_LEN, MAX_SOURCES},
+    flow::NextHop,
 };
 
 /// Services by (VIP, port, protocol); filled by userspace.
@@ -25,6 +27,23 @@ pub static MAGLEV: Array<u32> = Array::with_max_entries(MAGLEV_SLOTS, 0);
 /// Backends by id.
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Next hop towards each backend, by backend id, shared by its flows: the
+/// data plane refreshes an entry when it is a second old; the agent clears
+/// one whose id it gives to another address.
+#[map]
+pub static BACKEND_HOPS: Array<NextHop> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// The address filter (`lb_common::filter`): `ROLE_*` bits by address slot,
+/// written by the agent.
+#[map]
+pub static ADDRESS_ROLES: Array<u8> = Array::with_max_entries(ADDRESS_SLOTS, 0);
+
+/// The `ROLE_*` bits of `addr`'s slot in the address filter.
+#[inline(always)]
+pub fn address_roles(addr: &[u8; 16]) -> u8 {
+    ADDRESS_ROLES.get(address_slot(addr)).copied().unwrap_or(0)
+}
 
 /// Client flow (as received) → its backend.
 #[map]

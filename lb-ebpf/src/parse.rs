@@ -37,8 +37,14 @@ pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 /// A TCP or UDP packet the load balancer may handle.
+///
+/// `repr(C)` and 8-byte aligned, the key first: `Packet::default()` is then
+/// six word stores, not a call to a byte-by-byte `memset`.
 #[derive(Default)]
+#[repr(C, align(8))]
 pub struct Packet {
+    /// The 5-tuple, addresses IPv4-mapped.
+    pub key: FlowKey,
     /// Offset of the IP header from the start of the frame. A `u8`, so the
     /// verifier knows its bound wherever it is loaded again.
     l3_offset: u8,
@@ -49,8 +55,8 @@ pub struct Packet {
     pub tcp_flags: u8,
     /// IPv4 TTL or IPv6 hop limit, as received.
     pub ttl: u8,
-    /// The 5-tuple, addresses IPv4-mapped.
-    pub key: FlowKey,
+    /// Zeroed with the rest, so the whole is 48 bytes of word stores.
+    _pad: [u8; 3],
 }
 
 impl Packet {

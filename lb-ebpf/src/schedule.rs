@@ -27,8 +27,9 @@ pub struct Scheduled {
     pub backend: &'static Backend,
     /// Source port towards the backend in `nat` mode (network byte order).
     pub snat_port_be: u16,
-    /// The flow's entry in `FLOWS`, for its remembered next hop.
-    pub flow: *mut Flow,
+    /// The flow's entry (in `FLOWS`, or for a new flow the copy it was
+    /// inserted from), for its flags and sequence shift.
+    pub flow: *const Flow,
     /// The coarse time this packet was handled at.
     pub now: u64,
 }
@@ -204,7 +205,6 @@ fn new_flow(
         seq_delta: 0,
         client_isn: 0,
         last_seen_ns: now,
-        next_hop: NextHop::default(),
     };
     if let Some(answer) = cookie {
         let flow = &mut scratch.flow;
@@ -218,13 +218,14 @@ fn new_flow(
     FLOWS
         .insert(key, &scratch.flow, 0)
         .map_err(|_| GlobalCounter::DropInternal)?;
-    let flow = FLOWS.get_ptr_mut(key).ok_or(GlobalCounter::DropInternal)?;
     count_backend(backend_id, |c| c.new_flows += 1);
     Ok(Scheduled {
         backend_id,
         backend,
         snat_port_be,
-        flow,
+        // The scratch copy, per CPU and valid for this run: what this
+        // packet needs of the flow, without looking it up again.
+        flow: &raw const scratch.flow,
         now,
     })
 }

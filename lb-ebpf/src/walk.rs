@@ -8,6 +8,7 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     GlobalCounter, Reply, Service,
+    filter::{ROLE_BACKEND, ROLE_VIP},
     flow::{FLOW_F_SEQ_SHIFT, snats},
 };
 
@@ -16,7 +17,7 @@ use crate::{
     flow::{Tracked, track_reply},
     forward::{Route, forward},
     frame,
-    maps::{self, REPLIES, count_backend, count_service},
+    maps::{self, BACKEND_HOPS, REPLIES, count_backend, count_service},
     parse::{Packet, TCP_ACK, parse},
     rewrite::{Endpoint, rewrite},
     schedule::schedule,
@@ -36,10 +37,16 @@ pub fn walk(ctx: &XdpContext) -> GlobalCounter {
         // this host.
         return GlobalCounter::DropLoopback;
     }
-    if let Some(service) = maps::service(key.service_key()) {
+    // The address filter first: most frames that are neither for a service
+    // nor a reply skip both hash lookups.
+    if maps::address_roles(&key.dst) & ROLE_VIP != 0
+        && let Some(service) = maps::service(key.service_key())
+    {
         return to_backend(ctx, &packet, service);
     }
-    if let Some(reply) = REPLIES.get_ptr_mut(key) {
+    if maps::address_roles(&key.src) & ROLE_BACKEND != 0
+        && let Some(reply) = REPLIES.get_ptr_mut(key)
+    {
         return to_client(ctx, &packet, reply);
     }
     GlobalCounter::PassNotService
@@ -98,8 +105,9 @@ fn to_backend(ctx: &XdpContext, packet: &Packet, service: &Service) -> GlobalCou
     {
         return counter;
     }
-    // SAFETY: `flow` points into its map value, valid for this run.
-    let hop = unsafe { &raw mut (*scheduled.flow).next_hop };
+    let Some(hop) = BACKEND_HOPS.get_ptr_mut(scheduled.backend_id) else {
+        return GlobalCounter::DropInternal;
+    };
     send(
         ctx,
         packet,

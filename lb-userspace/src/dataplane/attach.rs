@@ -97,7 +97,8 @@ pub(super) fn attach(
 pub(super) fn refresh_egress(
     ebpf: &mut Ebpf,
     links: &mut [(XdpLinkId, Attachment)],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
+    let mut changed = false;
     for (_, attachment) in links {
         let egress = Egress::probe(&attachment.iface, attachment.ifindex);
         if egress == attachment.egress {
@@ -116,8 +117,9 @@ pub(super) fn refresh_egress(
             egress.reason()
         );
         attachment.egress = egress;
+        changed = true;
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// Makes `INTERFACES`, `ANSWER_IFACES` and `VLAN_PARENTS` say what

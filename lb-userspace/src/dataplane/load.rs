@@ -135,7 +135,8 @@ fn loss(map: MapName) -> &'static str {
         MapName::ServiceStats => "the per-service counters (back to 0)",
         MapName::BackendStats => "the per-backend counters (back to 0)",
         MapName::GlobalStats => "the data-path counters of `xlb stats` (back to 0)",
-        MapName::LocalPorts => "nothing (refilled from the configuration)",
+        MapName::LocalPorts | MapName::AddressRoles => "nothing (refilled from the configuration)",
+        MapName::BackendHops => "nothing (next hops are looked up again)",
         MapName::Sockets => {
             "which service local clients' open sockets asked for: getpeername shows the backend"
         }

@@ -15,7 +15,9 @@ use aya::{
     Ebpf, Pod,
     maps::{Array, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
 };
-use lb_common::{Backend, BackendCounters, Flow, FlowKey, Service, ServiceKey, TrafficCounters};
+use lb_common::{
+    Backend, BackendCounters, Flow, FlowKey, Service, ServiceKey, TrafficCounters, flow::NextHop,
+};
 
 /// A map of the eBPF object that userspace reads or writes; all of them are
 /// pinned with a pin directory. (`SCRATCH`, the program's per-CPU work
@@ -37,11 +39,13 @@ pub enum MapName {
     Sockets,
     AnswerIfaces,
     FloodState,
+    BackendHops,
+    AddressRoles,
 }
 
 impl MapName {
     /// Every one, in the order of docs/datapath.md.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 16] = [
         Self::Services,
         Self::Maglev,
         Self::Backends,
@@ -56,6 +60,8 @@ impl MapName {
         Self::Sockets,
         Self::AnswerIfaces,
         Self::FloodState,
+        Self::BackendHops,
+        Self::AddressRoles,
     ];
 
     /// Its name in the eBPF object (and its pin's file name).
@@ -75,6 +81,8 @@ impl MapName {
             Self::Sockets => "SOCKETS",
             Self::AnswerIfaces => "ANSWER_IFACES",
             Self::FloodState => "FLOOD_STATE",
+            Self::BackendHops => "BACKEND_HOPS",
+            Self::AddressRoles => "ADDRESS_ROLES",
         }
     }
 }
@@ -226,6 +234,18 @@ pub(super) fn backends(ebpf: &Ebpf) -> anyhow::Result<Named<Array<&MapData, Back
 
 pub(super) fn backends_mut(ebpf: &mut Ebpf) -> anyhow::Result<Named<Array<&mut MapData, Backend>>> {
     open_mut(ebpf, MapName::Backends)
+}
+
+/// `BACKEND_HOPS`: backend id → the next hop the data plane remembers.
+pub(super) fn backend_hops_mut(
+    ebpf: &mut Ebpf,
+) -> anyhow::Result<Named<Array<&mut MapData, NextHop>>> {
+    open_mut(ebpf, MapName::BackendHops)
+}
+
+/// `ADDRESS_ROLES`: the address filter, `ROLE_*` bits by address slot.
+pub(super) fn address_roles_mut(ebpf: &mut Ebpf) -> anyhow::Result<Named<Array<&mut MapData, u8>>> {
+    open_mut(ebpf, MapName::AddressRoles)
 }
 
 /// `FLOWS`: client flow → its backend and state.

@@ -107,6 +107,9 @@ impl Dataplane {
         let (link, attachment) = attach::attach(&mut self.ebpf, pin_dir, iface, request)?;
         let mode = attachment.mode;
         self.links.push((link, attachment));
+        // Next hops remembered before may name this interface as one XDP
+        // cannot send out of.
+        self.tables.forget_next_hops(&mut self.ebpf)?;
         self.localnet.enable(iface)?;
         let egress = attach::attach_egress(&mut self.ebpf, pin_dir, iface)?;
         self.held.push(egress);
@@ -129,7 +132,10 @@ impl Dataplane {
     /// gained or lost its XDP program, VLAN devices may have come or gone)
     /// and updates the maps where it changed.
     pub fn refresh_egress(&mut self) -> anyhow::Result<()> {
-        attach::refresh_egress(&mut self.ebpf, &mut self.links)
+        if attach::refresh_egress(&mut self.ebpf, &mut self.links)? {
+            self.tables.forget_next_hops(&mut self.ebpf)?;
+        }
+        Ok(())
     }
 
     /// Interfaces the program is attached to.

@@ -13,6 +13,8 @@ use aya::Ebpf;
 use lb_common::{
     Backend, MAGLEV_SLOTS, MAX_BACKENDS, MAX_SERVICES, Service, ServiceKey,
     backend::{BACKEND_F_FAIL_AT_ONCE, BACKEND_F_FAILED, BACKEND_F_LOCAL, BACKEND_F_NO_NEW_FLOWS},
+    filter::{ADDRESS_SLOTS, ROLE_BACKEND, ROLE_VIP, address_slot},
+    flow::NextHop,
     maglev::{self, Candidate},
     service::{
         SERVICE_F_DNAT, SERVICE_F_HASH_SOURCE, SERVICE_F_NEXT_ON_ERROR, SERVICE_F_NEXT_ON_TIMEOUT,
@@ -35,6 +37,12 @@ pub(super) struct Tables {
     pub(super) slots: SlotAllocator,
     /// `LOCAL_PORTS` as last written; `None` before the first write.
     pub(super) local_ports: Option<Vec<u64>>,
+    /// The address of every backend id handed out, as its `BACKENDS` entry
+    /// holds it (flows may name a released id until it is reused); read
+    /// from the map at the first write.
+    pub(super) backend_addrs: Option<HashMap<u32, [u8; 16]>>,
+    /// `ADDRESS_ROLES` as last written; `None` before the first write.
+    pub(super) address_roles: Option<Vec<u8>>,
 }
 
 /// A service as programmed into the maps.
@@ -92,6 +100,8 @@ impl Tables {
             backend_ids: IdPool::new(MAX_BACKENDS),
             slots: SlotAllocator::new(MAGLEV_SLOTS),
             local_ports: None,
+            backend_addrs: None,
+            address_roles: None,
         }
     }
 
@@ -112,6 +122,26 @@ impl Tables {
 
     /// Makes the maps serve exactly `desired`'s services.
     pub(super) fn apply(&mut self, ebpf: &mut Ebpf, desired: &Desired) -> anyhow::Result<()> {
+        self.load_backend_addrs(ebpf)?;
+        // The address filter lets the new services' frames through before
+        // their entries exist, and stops a removed service's only after.
+        let mut before = self.address_roles.clone().unwrap_or_default();
+        let addrs = self.backend_addrs.as_ref().expect("loaded above");
+        let backends = desired
+            .services
+            .iter()
+            .flat_map(|s| &s.backends)
+            .map(|b| mapped(b.address.ip()))
+            .chain(addrs.values().copied());
+        merge_roles(&mut before, &address_roles(desired, backends));
+        self.write_address_roles(ebpf, before)?;
+        self.apply_services(ebpf, desired)?;
+        let addrs = self.backend_addrs.as_ref().expect("loaded above");
+        let after = address_roles(desired, addrs.values().copied());
+        self.write_address_roles(ebpf, after)
+    }
+
+    fn apply_services(&mut self, ebpf: &mut Ebpf, desired: &Desired) -> anyhow::Result<()> {
         let wanted: HashSet<&str> = desired.services.iter().map(|s| s.name.as_str()).collect();
         let gone: Vec<String> = self
             .services
@@ -127,6 +157,52 @@ impl Tables {
                 .with_context(|| format!("service {:?}", service.name))?;
         }
         self.write_local_ports(ebpf, desired)
+    }
+
+    /// Clears every next hop remembered towards a backend, so that the next
+    /// packet to each looks its route up again: after a change to the
+    /// interfaces XDP may send out of, which the remembered ones predate.
+    pub(super) fn forget_next_hops(&mut self, ebpf: &mut Ebpf) -> anyhow::Result<()> {
+        let mut hops = maps::backend_hops_mut(ebpf)?;
+        for id in 0..self.backend_ids.next {
+            hops.set(id, NextHop::default())?;
+        }
+        Ok(())
+    }
+
+    /// Reads the address of every backend id handed out from `BACKENDS`,
+    /// once: after a restart, flows may name ids this agent has not written.
+    fn load_backend_addrs(&mut self, ebpf: &Ebpf) -> anyhow::Result<()> {
+        if self.backend_addrs.is_some() {
+            return Ok(());
+        }
+        let backends = maps::backends(ebpf)?;
+        let mut addrs = HashMap::new();
+        for id in 0..self.backend_ids.next {
+            let entry = backends.get(id)?;
+            if entry.addr != [0; 16] {
+                addrs.insert(id, entry.addr);
+            }
+        }
+        self.backend_addrs = Some(addrs);
+        Ok(())
+    }
+
+    /// Makes `ADDRESS_ROLES` hold `roles`, writing only the slots that
+    /// changed since the last write (all of them the first time).
+    fn write_address_roles(&mut self, ebpf: &mut Ebpf, roles: Vec<u8>) -> anyhow::Result<()> {
+        let mut map = maps::address_roles_mut(ebpf)?;
+        for (slot, role) in roles.iter().enumerate() {
+            if self
+                .address_roles
+                .as_ref()
+                .is_none_or(|old| old.get(slot) != Some(role))
+            {
+                map.set(slot as u32, *role)?;
+            }
+        }
+        self.address_roles = Some(roles);
+        Ok(())
     }
 
     /// Makes `LOCAL_PORTS` hold the ports of `desired`'s local backends,
@@ -227,7 +303,8 @@ impl Tables {
         service: &DesiredService,
     ) -> anyhow::Result<()> {
         self.backend_ids.assign(state, service)?;
-        write_backends(ebpf, state, service)?;
+        let addrs = self.backend_addrs.get_or_insert_default();
+        write_backends(ebpf, state, service, addrs)?;
         let table = match service.scheduler {
             Scheduler::Maglev => build_table(state, service)?,
         };
@@ -264,12 +341,21 @@ impl Tables {
 }
 
 /// Writes the `BACKENDS` entry of every backend of `service`: its address
-/// and whether it is failed (its flows move) or takes no new flows.
+/// and whether it is failed (its flows move) or takes no new flows. An id
+/// given to a new address forgets the next hop remembered for the old one.
 fn write_backends(
     ebpf: &mut Ebpf,
     state: &ServiceState,
     service: &DesiredService,
+    addrs: &mut HashMap<u32, [u8; 16]>,
 ) -> anyhow::Result<()> {
+    for backend in &service.backends {
+        let id = state.backends[&backend.address];
+        let addr = mapped(backend.address.ip());
+        if addrs.insert(id, addr) != Some(addr) {
+            maps::backend_hops_mut(ebpf)?.set(id, NextHop::default())?;
+        }
+    }
     let mut backends = maps::backends_mut(ebpf)?;
     for backend in &service.backends {
         let id = state.backends[&backend.address];
@@ -384,6 +470,27 @@ fn service_entry(
         },
         table_start: state.half_start(half),
         snat_addr: service.snat.map(mapped).unwrap_or([0; 16]),
+    }
+}
+
+/// The address filter for `desired`'s service addresses and `backends`:
+/// `ROLE_*` bits by slot (`lb_common::filter`).
+fn address_roles(desired: &Desired, backends: impl Iterator<Item = [u8; 16]>) -> Vec<u8> {
+    let mut roles = vec![0u8; ADDRESS_SLOTS as usize];
+    for service in &desired.services {
+        roles[address_slot(&service.key().addr) as usize] |= ROLE_VIP;
+    }
+    for addr in backends {
+        roles[address_slot(&addr) as usize] |= ROLE_BACKEND;
+    }
+    roles
+}
+
+/// Adds `extra`'s roles to `roles` (empty: none yet).
+fn merge_roles(roles: &mut Vec<u8>, extra: &[u8]) {
+    roles.resize(extra.len(), 0);
+    for (role, more) in roles.iter_mut().zip(extra) {
+        *role |= more;
     }
 }
 
