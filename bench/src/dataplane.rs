@@ -46,6 +46,8 @@ use xlb_tests::{
 
 use crate::stats::Summary;
 
+mod extra;
+
 /// XDP verdicts as the kernel numbers them.
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -125,12 +127,38 @@ pub struct ScenarioResult {
     /// left out) and while timing new flows (those calls are not timed).
     pub snat_ports_busy: u64,
     pub paths: Vec<PathResult>,
+    /// How long each walk over the flows took (`Extra::Walk`): the second
+    /// walk's flows were idle for the first one's time.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub walk_seconds: Vec<f64>,
 }
 
 impl ScenarioResult {
-    /// The result for `path` (`established`, `new flow`, …).
+    fn new(
+        scenario: &Scenario,
+        prefill_seconds: f64,
+        loaded: &Loaded<'_>,
+        paths: Vec<PathResult>,
+    ) -> Self {
+        Self {
+            name: scenario.name.to_owned(),
+            services: scenario.services,
+            backends_per_service: scenario.backends,
+            table_size: scenario.table_size,
+            flow_capacity: scenario.flow_capacity,
+            flows: scenario.flows,
+            prefill_seconds,
+            snat_ports_busy: loaded.snat_ports_busy,
+            paths,
+            walk_seconds: Vec::new(),
+        }
+    }
+
+    /// The `repeat=1` result for `path` (`established`, `new flow`, …).
     pub fn path(&self, path: &str) -> Option<&PathResult> {
-        self.paths.iter().find(|p| p.path == path)
+        self.paths
+            .iter()
+            .find(|p| p.path == path && p.method.starts_with("repeat=1 "))
     }
 }
 
@@ -165,6 +193,26 @@ struct Scenario {
     table_size: u32,
     flow_capacity: u32,
     flows: usize,
+    /// What it times besides (or instead of) the usual paths.
+    extra: Extra,
+}
+
+/// Measurements some scenarios make beyond the usual four paths
+/// (`extra.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Extra {
+    /// The usual paths only.
+    None,
+    /// Two walks over every flow in the table, in the same random order:
+    /// first with every flow idle for over a second, then again at once
+    /// (each idle for one walk's time, under a second); then the usual paths.
+    Walk,
+    /// Established and new-flow packets while the other CPU runs the same
+    /// path on the same maps; instead of the usual paths.
+    OtherCpuBusy,
+    /// SYNs answered with SYN cookies (`[flood] syn_cookies = "always"`),
+    /// one source address each; instead of the usual paths.
+    Cookies,
 }
 
 fn scenarios(options: &Options) -> Vec<Scenario> {
@@ -176,7 +224,9 @@ fn scenarios(options: &Options) -> Vec<Scenario> {
         table_size,
         flow_capacity,
         flows,
+        extra: Extra::None,
     };
+    let with = |extra, scenario: Scenario| Scenario { extra, ..scenario };
     vec![
         s("baseline", 1, 4, 65_537, default_capacity, 10_000),
         s("1 backend", 1, 1, 65_537, default_capacity, 10_000),
@@ -200,6 +250,18 @@ fn scenarios(options: &Options) -> Vec<Scenario> {
             65_537,
             1 << 20,
             options.big_flows.min((1 << 20) - 2 * options.calls),
+        ),
+        with(
+            Extra::Walk,
+            s("100k flows", 1, 4, 65_537, default_capacity, 100_000),
+        ),
+        with(
+            Extra::OtherCpuBusy,
+            s("both CPUs", 1, 4, 65_537, default_capacity, 10_000),
+        ),
+        with(
+            Extra::Cookies,
+            s("SYN cookies", 1, 4, 65_537, default_capacity, 0),
         ),
     ]
 }
@@ -522,6 +584,7 @@ impl Bench {
     fn load<'s>(&mut self, scenario: &'s Scenario) -> anyhow::Result<(Loaded<'s>, f64)> {
         let mut dp = Dataplane::load_with(LoadOptions {
             flow_capacity: scenario.flow_capacity,
+            flood: extra::flood_config(scenario.extra),
             ..LoadOptions::default()
         })?;
         // Attached (generic: nothing arrives here) so XDP may send out of
@@ -565,6 +628,33 @@ impl Bench {
         let (mut loaded, prefill_seconds) = self.load(scenario)?;
 
         let mut paths = Vec::new();
+        let mut walk_seconds = Vec::new();
+        match scenario.extra {
+            Extra::None => {}
+            Extra::Walk => {
+                let (walks, seconds) = self.walks(&mut loaded, options)?;
+                paths.extend(walks);
+                walk_seconds = seconds;
+            }
+            Extra::OtherCpuBusy => {
+                paths.extend(self.contended(&mut loaded, options)?);
+                return Ok(ScenarioResult::new(
+                    scenario,
+                    prefill_seconds,
+                    &loaded,
+                    paths,
+                ));
+            }
+            Extra::Cookies => {
+                paths.push(self.cookies(&mut loaded, options)?);
+                return Ok(ScenarioResult::new(
+                    scenario,
+                    prefill_seconds,
+                    &loaded,
+                    paths,
+                ));
+            }
+        }
         // New flows last: they add to (and in a full table, evict from) the
         // flows the other paths use.
         for kind in [
@@ -618,17 +708,9 @@ impl Bench {
             &overhead,
         ));
 
-        Ok(ScenarioResult {
-            name: scenario.name.to_owned(),
-            services: scenario.services,
-            backends_per_service: scenario.backends,
-            table_size: scenario.table_size,
-            flow_capacity: scenario.flow_capacity,
-            flows: scenario.flows,
-            prefill_seconds,
-            snat_ports_busy: loaded.snat_ports_busy,
-            paths,
-        })
+        let mut result = ScenarioResult::new(scenario, prefill_seconds, &loaded, paths);
+        result.walk_seconds = walk_seconds;
+        Ok(result)
     }
 
     /// `options.calls` checked calls of `kind`, in batches alternating with
@@ -664,10 +746,8 @@ impl Bench {
     ) -> anyhow::Result<Option<f64>> {
         let (input, action, want) = match kind {
             PathKind::Established => {
-                let (i, backend, port) = loaded.flows[self.rng.below(loaded.flows.len())];
-                let mut input = tcp(client(i), vip(loaded.scenario, i), Transport::ACK);
-                input.payload = b"GET / HTTP/1.1\r\n\r\n".to_vec();
-                let want = to_backend(&input, backend, port);
+                let flow = loaded.flows[self.rng.below(loaded.flows.len())];
+                let (input, want) = established(loaded.scenario, flow);
                 (input, XDP_TX, want)
             }
             PathKind::Reply => {
@@ -784,6 +864,15 @@ impl Bench {
         )?;
         Ok(Some((backend, port)))
     }
+}
+
+/// A client's ACK with data on established `flow` (client index, backend,
+/// SNAT port), and the frame xlb sends the backend for it.
+fn established(scenario: &Scenario, (i, backend, port): (usize, u32, u16)) -> (Frame, Vec<u8>) {
+    let mut input = tcp(client(i), vip(scenario, i), Transport::ACK);
+    input.payload = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+    let want = to_backend(&input, backend, port);
+    (input, want)
 }
 
 /// New flows the data plane counted over every backend of the scenario.
