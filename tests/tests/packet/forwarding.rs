@@ -85,3 +85,58 @@ fn frames_for_an_interface_without_xdp_transmit_go_to_the_kernel() {
         );
     });
 }
+
+/// A next hop is remembered per backend for at most a second
+/// (`NEXT_HOP_TTL_NS`): a neighbour that changes its MAC address gets the
+/// established flow's packets within that time, and the flow stays on its
+/// backend.
+#[test]
+fn a_changed_neighbour_reaches_established_flows_within_a_second() {
+    with_harness(|h| {
+        let syn = Frame::tcp("10.0.0.2:47100", "10.0.0.108:80", Transport::SYN);
+        let to = |f: &Frame, mac| f.rewritten("10.0.0.2:47100", "10.1.0.11:8001", LB_MAC, mac);
+        h.expect(
+            &syn,
+            Action::Tx,
+            &to(&syn, backend_mac(1)),
+            GlobalCounter::ForwardTx,
+        );
+
+        let moved = [0x02, 0, 0, 0, 0x0b, 0x99];
+        let neigh = std::process::Command::new("ip")
+            .args([
+                "neigh",
+                "replace",
+                "10.1.0.11",
+                "lladdr",
+                "02:00:00:00:0b:99",
+            ])
+            .args(["dev", "fx0", "nud", "permanent"])
+            .status()
+            .unwrap();
+        assert!(neigh.success());
+        std::thread::sleep(std::time::Duration::from_millis(1_100));
+        let ack = Frame::tcp("10.0.0.2:47100", "10.0.0.108:80", Transport::ACK);
+        h.expect(&ack, Action::Tx, &to(&ack, moved), GlobalCounter::ForwardTx);
+    });
+}
+
+/// A service added while the data plane runs is served from its first
+/// packet: applying it also puts its address in the address filter
+/// (`ADDRESS_ROLES`), which frames for any other address pass unlooked-up.
+#[test]
+fn a_service_added_live_is_served_from_its_first_packet() {
+    with_harness(|h| {
+        let syn = Frame::tcp("10.0.0.2:47200", "10.0.0.120:80", Transport::SYN);
+        h.expect(&syn, Action::Pass, &syn, GlobalCounter::PassNotService);
+        let config = format!(
+            "{}\n[[service]]\nname = \"late\"\nvip = \"10.0.0.120\"\nport = 80\nmode = \"dnat\"\n\
+             [[service.backend]]\naddress = \"10.1.0.11:8001\"\n",
+            crate::harness::CONFIG
+        );
+        h.desired = xlb::desired::Desired::from(&xlb::config::Config::parse(&config).unwrap());
+        h.dp.apply(&h.desired).unwrap();
+        let out = syn.rewritten("10.0.0.2:47200", "10.1.0.11:8001", LB_MAC, backend_mac(1));
+        h.expect(&syn, Action::Tx, &out, GlobalCounter::ForwardTx);
+    });
+}
