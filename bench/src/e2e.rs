@@ -162,6 +162,9 @@ pub struct RunResult {
     pub cpu_us_per_request: f64,
     /// xlb's counters over the run (xlb setups only; non-zero ones).
     pub xlb_counters: BTreeMap<String, u64>,
+    /// TCP segments the client and the backends retransmitted during the
+    /// run (`RetransSegs`): a latency tail with none is not packet loss.
+    pub tcp_retransmits: u64,
     /// What makes this run untrustworthy; empty when all answers came.
     pub problems: Vec<String>,
 }
@@ -1015,9 +1018,11 @@ fn wrk(
     args.push(url.to_owned());
     let mut cmd = netns::exec(&lab.client_ns(), "wrk", &args);
     let command = netns::show(&cmd).replace("Connection: close", "'Connection: close'");
+    let retransmits_before = tcp_retransmits(lab)?;
     let before = CpuTimes::now()?;
     let output = netns::run(&mut cmd)?;
     let cpu = CpuTimes::now()?.since(&before);
+    let tcp_retransmits = tcp_retransmits(lab)?.saturating_sub(retransmits_before);
     let report = parse_wrk(&output).with_context(|| format!("reading wrk's report:\n{output}"))?;
 
     let mut problems = Vec::new();
@@ -1050,8 +1055,40 @@ fn wrk(
             0.0
         },
         xlb_counters: BTreeMap::new(),
+        tcp_retransmits,
         problems,
     })
+}
+
+/// TCP segments retransmitted so far by the client and the backends (the
+/// namespaces ending the connections; local backends share the lb's).
+fn tcp_retransmits(lab: &Lab) -> anyhow::Result<u64> {
+    let mut namespaces = vec![lab.client_ns()];
+    for b in lab.backends() {
+        if !namespaces.contains(&b.ns) {
+            namespaces.push(b.ns);
+        }
+    }
+    let mut total = 0;
+    for ns in namespaces {
+        // The calling thread's namespace, not the process's.
+        let snmp = netns::run_in(&ns, || {
+            std::fs::read_to_string("/proc/thread-self/net/snmp")
+        })?
+        .with_context(|| format!("reading TCP counters in {ns}"))?;
+        total += snmp_value(&snmp, "Tcp:", "RetransSegs")
+            .with_context(|| format!("no Tcp RetransSegs in {ns}"))?;
+    }
+    Ok(total)
+}
+
+/// A counter from `/proc/net/snmp`: a header line and a value line, both
+/// starting with `group`.
+fn snmp_value(snmp: &str, group: &str, name: &str) -> Option<u64> {
+    let mut lines = snmp.lines().filter(|l| l.starts_with(group));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let i = names.split_whitespace().position(|n| n == name)?;
+    values.split_whitespace().nth(i)?.parse().ok()
 }
 
 /// What wrk's `--latency` report says.
@@ -1160,6 +1197,14 @@ Transfer/sec:      8.75MB
         );
         assert!(parse_wrk("nothing").is_err());
         assert_eq!(duration_us("1.00m").unwrap(), 60e6);
+    }
+
+    #[test]
+    fn reads_snmp_counters() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Tcp: RtoAlgorithm RtoMin RetransSegs InErrs\nTcp: 1 200 17 0\n";
+        assert_eq!(snmp_value(snmp, "Tcp:", "RetransSegs"), Some(17));
+        assert_eq!(snmp_value(snmp, "Tcp:", "OutRsts"), None);
     }
 
     #[test]

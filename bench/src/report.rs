@@ -153,6 +153,14 @@ fn e2e_targets(e2e: &E2eResults) -> Vec<Target> {
             0.95,
         ));
     }
+    for (name, note) in setups.iter().filter(|(n, _)| ran(n)) {
+        targets.push(p99_target(
+            format!("{name}{note}: keep-alive p99 latency <= 1.5x no load balancer's"),
+            run(name, Load::KeepAlive),
+            none_ka,
+            1.5,
+        ));
+    }
     let peers: Vec<(&str, Option<&RunResult>)> = ["nginx", "haproxy", "nftables"]
         .iter()
         .map(|p| (*p, run(p, Load::KeepAlive)))
@@ -245,6 +253,39 @@ fn ratio_target(
                     r.requests_per_s, b.requests_per_s
                 ),
                 met: Some(ratio >= goal),
+            }
+        }
+        _ => Target {
+            target,
+            value: None,
+            detail: "a run is missing or had errors".into(),
+            met: None,
+        },
+    }
+}
+
+/// `run`'s p99 latency over `base`'s, met at or below `goal`; the medians
+/// beside them.
+fn p99_target(
+    target: String,
+    run: Option<&RunResult>,
+    base: Option<&RunResult>,
+    goal: f64,
+) -> Target {
+    match (run, base) {
+        (Some(r), Some(b)) if b.p99_us > 0.0 => {
+            let ratio = r.p99_us / b.p99_us;
+            Target {
+                target,
+                value: Some(ratio),
+                detail: format!(
+                    "p99 {:.2} / {:.2} ms = {ratio:.2}x (p50 {:.2} / {:.2} ms)",
+                    r.p99_us / 1e3,
+                    b.p99_us / 1e3,
+                    r.p50_us / 1e3,
+                    b.p50_us / 1e3
+                ),
+                met: Some(ratio <= goal),
             }
         }
         _ => Target {
@@ -601,6 +642,26 @@ fn e2e_markdown(md: &mut String, e2e: &E2eResults) {
             worst * 100.0,
             busy.iter().filter(|b| **b > 0.1).count(),
             busy.len()
+        );
+    }
+    let retransmits: Vec<String> = e2e
+        .setups
+        .iter()
+        .filter(|s| !s.runs.is_empty())
+        .map(|s| {
+            format!(
+                "{} {}",
+                s.name,
+                s.runs.iter().map(|r| r.tcp_retransmits).sum::<u64>()
+            )
+        })
+        .collect();
+    if !retransmits.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nTCP segments retransmitted by the client and the backends, all measured runs of \
+             a setup together: {}.",
+            retransmits.join(", ")
         );
     }
     flood_markdown(md, e2e);
