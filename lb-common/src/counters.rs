@@ -121,6 +121,12 @@ global_counters! {
     /// A SYN past its source address's rate of cookies (`[flood]
     /// source_syn_rate`), while SYNs get cookies: dropped.
     DropSourceLimit => "drop_source_limit",
+    /// A client packet whose SYN cookie another CPU validated at the same
+    /// moment, for the same connection (its ACK and first data segment,
+    /// side by side): that CPU opened the flow; this packet is dropped and
+    /// the client sends it again, instead of a second handshake with the
+    /// backend.
+    DropCookieRace => "drop_cookie_race",
 }
 
 /// Number of [`GlobalCounter`]s; sizes `GLOBAL_STATS`.

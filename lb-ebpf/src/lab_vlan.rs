@@ -11,7 +11,7 @@ use core::mem::offset_of;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::generated::bpf_skb_vlan_push,
+    helpers::generated::{bpf_skb_vlan_pop, bpf_skb_vlan_push},
     macros::classifier,
     programs::TcContext,
 };
@@ -38,6 +38,24 @@ pub fn lab_vlan(ctx: TcContext) -> i32 {
     let pushed =
         unsafe { bpf_skb_vlan_push(ctx.skb.skb, EtherType::Ieee8021q as u16, LAB_VLAN_ID) };
     if pushed == 0 { TC_ACT_OK } else { TC_ACT_SHOT }
+}
+
+/// `lab_vlan_untag`: the other half of the client's trunk port, on its
+/// ingress: a frame that arrives tagged (an answer xlb sends back out of
+/// the interface it came in on, tags kept, such as a SYN cookie) has its
+/// tag taken off, as a VLAN device would, so the client, which has none,
+/// receives it. The kernel has moved the tag into the skb's metadata by
+/// now; without this its frame would be dropped as for another VLAN.
+#[classifier]
+pub fn lab_vlan_untag(ctx: TcContext) -> i32 {
+    // SAFETY: `ctx.skb.skb` is the kernel's `__sk_buff` for this run.
+    let tagged = unsafe { (*ctx.skb.skb).vlan_present } != 0;
+    if !tagged {
+        return TC_ACT_OK;
+    }
+    // SAFETY: as above; the helper takes the skb alone.
+    let popped = unsafe { bpf_skb_vlan_pop(ctx.skb.skb) };
+    if popped == 0 { TC_ACT_OK } else { TC_ACT_SHOT }
 }
 
 /// Whether the frame is IPv4 or IPv6 carrying TCP or UDP right after the IP

@@ -2,9 +2,11 @@
 //! else a new flow: the pick, a source port in `nat` mode, and the flow's
 //! entries in `FLOWS` and `REPLIES`.
 
-use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext,
+};
 use lb_common::{
-    Backend, Flow, GlobalCounter, Reply, Service,
+    Backend, Flow, FlowKey, GlobalCounter, Reply, Service,
     flow::{
         FLOW_F_MSS_CLASS_MASK, FLOW_F_MSS_CLASS_SHIFT, FLOW_PROXY_SYN, FLOW_SYN_SENT, NextHop,
         snats,
@@ -16,7 +18,7 @@ use lb_common::{
 use crate::{
     cookie::{self, Answer},
     flow,
-    maps::{BACKENDS, FLOWS, REPLIES, SCRATCH, count_backend},
+    maps::{BACKENDS, FLOWS, NewFlowScratch, REPLIES, SCRATCH, count_backend},
     parse::{Packet, TCP_RST},
     pick, snat,
 };
@@ -191,9 +193,7 @@ fn new_flow(
     let snat_port_be = if snats(service, backend) {
         snat::claim_port(scratch, hash, key.src_port_be, now)?
     } else {
-        REPLIES
-            .insert(&scratch.reply_key, &scratch.reply, 0)
-            .map_err(|_| GlobalCounter::DropInternal)?;
+        insert_reply(scratch, key, cookie.is_some())?;
         0
     };
 
@@ -215,9 +215,22 @@ fn new_flow(
     } else if scratch.flow.state == FLOW_SYN_SENT {
         cookie::opened();
     }
-    FLOWS
-        .insert(key, &scratch.flow, 0)
-        .map_err(|_| GlobalCounter::DropInternal)?;
+    if cookie.is_some() {
+        // The client's ACK and its first data segment carry the same valid
+        // cookie and may be validated on two CPUs at once: only one opens
+        // the flow (and makes the handshake with the backend).
+        if FLOWS
+            .insert(key, &scratch.flow, BPF_NOEXIST as u64)
+            .is_err()
+        {
+            lose_cookie_race(packet, service, backend, snat_port_be);
+            return Err(GlobalCounter::DropCookieRace);
+        }
+    } else {
+        FLOWS
+            .insert(key, &scratch.flow, 0)
+            .map_err(|_| GlobalCounter::DropInternal)?;
+    }
     count_backend(backend_id, |c| c.new_flows += 1);
     Ok(Scheduled {
         backend_id,
@@ -228,6 +241,56 @@ fn new_flow(
         flow: &raw const scratch.flow,
         now,
     })
+}
+
+/// Inserts a `dnat` flow's reply entry (its key is the backend's 5-tuple
+/// towards the client, the same for every attempt of the connection). For
+/// a flow opened by a cookie, an entry whose flow exists is the winner of
+/// the cookie race's (see [`new_flow`]), maybe with its sequence shift set
+/// already: it is left alone and this packet dropped. Any other entry is
+/// an earlier connection's on the same 5-tuple, replaced.
+#[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "as in new_flow: keep the entries in scratch space"
+)]
+fn insert_reply(
+    scratch: &mut NewFlowScratch,
+    key: &FlowKey,
+    cookie: bool,
+) -> Result<(), GlobalCounter> {
+    if cookie {
+        if REPLIES
+            .insert(&scratch.reply_key, &scratch.reply, BPF_NOEXIST as u64)
+            .is_ok()
+        {
+            return Ok(());
+        }
+        // SAFETY: only whether the entry exists is read.
+        if unsafe { FLOWS.get(key) }.is_some() {
+            return Err(GlobalCounter::DropCookieRace);
+        }
+        // An earlier connection's entry: replaced below.
+    }
+    REPLIES
+        .insert(&scratch.reply_key, &scratch.reply, 0)
+        .map(|_| ())
+        .map_err(|_| GlobalCounter::DropInternal)
+}
+
+/// Gives back the reply entry a packet that lost the cookie race (see
+/// [`new_flow`]) claimed, unless the winner's flow uses the same one: in
+/// `dnat` mode, or in `nat` mode when both took the same source port (one
+/// took it over from the other before either flow existed, with the same
+/// contents).
+#[inline(always)]
+fn lose_cookie_race(packet: &Packet, service: &Service, backend: &Backend, snat_port_be: u16) {
+    // SAFETY: the value is only read.
+    let shared =
+        unsafe { FLOWS.get(&packet.key) }.is_none_or(|winner| winner.snat_port_be == snat_port_be);
+    if !shared {
+        let _ = REPLIES.remove(packet.key.reply_key(service, backend, snat_port_be));
+    }
 }
 
 /// Removes the reply entry of a flow about to be scheduled again, so its

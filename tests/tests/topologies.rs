@@ -12,7 +12,11 @@
 //! - the agent attached in the expected modes, `xlb status` names the way
 //!   frames leave by each interface (XDP or the kernel), the data plane's
 //!   counters show frames took that way, and `xlb check` finds no error on
-//!   the host.
+//!   the host;
+//! - in `generic` mode, where every attachment can answer a packet, with
+//!   `[flood] syn_cookies = "always"`: every TCP connection was opened by
+//!   the data plane's own handshake (a SYN cookie to the client, a SYN and
+//!   the completing ACK to the backend), on every shape.
 //!
 //! A failure names the shape and mode, shows each service's answers and
 //! prints `xlb stats --json` (where packets went) and the agent's log. The
@@ -322,6 +326,23 @@ fn check_forwarding(lab: &Lab, agent: &Agent, paths: &Paths, label: &str) {
     );
 }
 
+/// Every TCP connection so far was opened by the data plane's handshake:
+/// as many SYN cookies sent, and backend handshakes completed, as requests.
+fn check_cookies(agent: &Agent, services: &[Service], label: &str) {
+    let tcp = services.iter().filter(|s| !s.udp).count();
+    let connections = (tcp * REQUESTS) as u64;
+    let (cookies, completed) = (
+        counter(agent, GlobalCounter::ForwardSynCookie),
+        counter(agent, GlobalCounter::ForwardProxyAck),
+    );
+    assert!(
+        cookies >= connections && completed >= connections,
+        "{label}: {connections} TCP connections, but {cookies} SYN cookies sent and {completed} \
+         backend handshakes completed by the data plane\n{}",
+        agent.diagnostics()
+    );
+}
+
 /// `xlb check` on the agent's configuration, in the load balancer's
 /// namespace, finds no error on the lab's host.
 fn check_host(lab: &Lab, agent: &Agent, label: &str) {
@@ -367,8 +388,17 @@ fn serves_every_service_on(
     let mut lab = Lab::up(spec).unwrap_or_else(|e| panic!("lab up ({shape}): {e:#}"));
     prepare(&mut lab);
     let services = Service::all();
-    let config: String = services.iter().map(|s| s.config(&lab)).collect();
-    let label = format!("{shape}, xdp_mode {}", xdp_mode_name(mode));
+    let cookies = mode == ModeRequest::Generic;
+    let mut config = String::new();
+    if cookies {
+        config += "[flood]\nsyn_cookies = \"always\"\n";
+    }
+    config.extend(services.iter().map(|s| s.config(&lab)));
+    let label = format!(
+        "{shape}, xdp_mode {}{}",
+        xdp_mode_name(mode),
+        if cookies { ", SYN cookies always" } else { "" }
+    );
     let agent = Agent::start_with(&lab, &config, mode)
         .unwrap_or_else(|e| panic!("starting xlb ({label}): {e:#}"));
 
@@ -378,6 +408,9 @@ fn serves_every_service_on(
     let what = format!("{label}, {REQUESTS} requests per service");
     let answers = send(&lab, &services, REQUESTS);
     check(&agent, &what, &services, &answers, split_by_weight);
+    if cookies {
+        check_cookies(&agent, &services, &label);
+    }
 
     lab.stop_backend(KILLED).expect("killing a backend");
     for service in &services {
