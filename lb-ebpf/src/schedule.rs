@@ -287,7 +287,7 @@ fn insert_reply(
 fn lose_cookie_race(packet: &Packet, service: &Service, backend: &Backend, snat_port_be: u16) {
     // SAFETY: the value is only read.
     let shared =
-        unsafe { FLOWS.get(&packet.key) }.is_none_or(|winner| winner.snat_port_be == snat_port_be);
+        unsafe { FLOWS.get(packet.key) }.is_none_or(|winner| winner.snat_port_be == snat_port_be);
     if !shared {
         let _ = REPLIES.remove(packet.key.reply_key(service, backend, snat_port_be));
     }
