@@ -212,6 +212,10 @@ pub struct Flow {
     pub client_isn: u32,
     /// Monotonic time (coarse) of the last packet, in nanoseconds.
     pub last_seen_ns: u64,
+    /// The service's id: its packets take the service from
+    /// `SERVICE_SLOTS`, without a `SERVICES` lookup.
+    pub service: u32,
+    pub _pad: u32,
 }
 
 impl Flow {
@@ -448,7 +452,7 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<FlowKey>(), 16 + 2 + 1 + 1 + 16 + 2 + 2);
         assert_eq!(size_of::<NextHop>(), 8 + 4 + 6 + 6);
-        assert_eq!(size_of::<Flow>(), 4 + 2 + 1 + 1 + 4 + 4 + 8);
+        assert_eq!(size_of::<Flow>(), 4 + 2 + 1 + 1 + 4 + 4 + 8 + 4 + 4);
         assert_eq!(size_of::<Reply>(), 16 + 16 + 2 + 2 + 4 + 4 + 4 + 24);
     }
 

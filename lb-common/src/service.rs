@@ -16,7 +16,7 @@ pub enum IpProto {
 /// serves both families. Aligned like [`FlowKey`](crate::FlowKey), whose
 /// first half it is (20 bytes, no padding).
 #[repr(C, align(4))]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ServiceKey {
     /// Virtual IP address, network byte order, IPv4-mapped for IPv4.
     pub addr: [u8; 16],
@@ -76,7 +76,7 @@ pub const SERVICE_F_SYN_PROXY: u32 = 1 << 4;
 /// Maglev table into the slots the entry does not point at, then points the
 /// entry at them, so a packet sees either the old table or the new one.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Service {
     /// Index of this service in the per-service arrays (`SERVICE_STATS`),
     /// below [`crate::MAX_SERVICES`].
@@ -101,7 +101,20 @@ impl Service {
     }
 }
 
-impl_pod!(ServiceKey, Service);
+/// Value of `SERVICE_SLOTS`, by service id: the service and the key it is
+/// under in `SERVICES`. An established flow names its service by id, and
+/// a packet that hits its flow takes the service from here (an array read)
+/// instead of a second hash lookup, if the key is the packet's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceSlot {
+    /// The service's key; all zero for an unused id (no packet's key).
+    pub key: ServiceKey,
+    pub _pad: u32,
+    pub service: Service,
+}
+
+impl_pod!(ServiceKey, Service, ServiceSlot);
 
 #[cfg(test)]
 mod tests {

@@ -14,11 +14,26 @@ use lb_common::{
     filter::{ADDRESS_SLOTS, address_slot},
     flood::{FLOOD_STATE_LEN, MAX_SOURCES},
     flow::NextHop,
+    service::ServiceSlot,
 };
 
 /// Services by (VIP, port, protocol); filled by userspace.
 #[map]
 pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Services by id, with their keys (`lb_common::service::ServiceSlot`):
+/// where an established flow's packets take their service from.
+#[map]
+pub static SERVICE_SLOTS: Array<ServiceSlot> = Array::with_max_entries(MAX_SERVICES, 0);
+
+/// The service of a packet that hit its flow: the flow's service id's
+/// slot, if it still holds the packet's service (the agent clears a slot
+/// when its service goes, and rewrites it when the id is reused).
+#[inline(always)]
+pub fn service_of_flow(flow: &Flow, key: &FlowKey) -> Option<&'static Service> {
+    let slot = SERVICE_SLOTS.get(flow.service)?;
+    (slot.key == *key.service_key()).then_some(&slot.service)
+}
 
 /// Every service's two Maglev tables, back to back: slot → backend id.
 #[map]

@@ -36,7 +36,8 @@ pub struct Scheduled {
     pub now: u64,
 }
 
-/// Finds the packet's flow or schedules a new one. A SYN its flow's backend
+/// Finds the packet's flow (`found`, if the caller looked it up already,
+/// else null) or schedules a new one. A SYN its flow's backend
 /// refused, or (`next_upstream` `timeout`) left unanswered, is scheduled anew,
 /// avoiding that backend. A new flow's SYN may be answered with a cookie
 /// instead (`Err` is then that verdict), and a client's ACK with a valid
@@ -47,13 +48,19 @@ pub fn schedule(
     ctx: &XdpContext,
     packet: &Packet,
     service: &Service,
+    found: *mut Flow,
 ) -> Result<Scheduled, GlobalCounter> {
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let key = &packet.key;
     let mut stale = None;
     let mut avoid = NO_BACKEND;
-    if let Some(flow_ptr) = FLOWS.get_ptr_mut(key) {
+    let flow_ptr = if found.is_null() {
+        FLOWS.get_ptr_mut(key)
+    } else {
+        Some(found)
+    };
+    if let Some(flow_ptr) = flow_ptr {
         // SAFETY: a pointer into the flow map's value, valid for this run;
         // racing writers only touch the same plain fields.
         let flow = unsafe { &mut *flow_ptr };
@@ -205,6 +212,8 @@ fn new_flow(
         seq_delta: 0,
         client_isn: 0,
         last_seen_ns: now,
+        service: service.id,
+        _pad: 0,
     };
     if let Some(answer) = cookie {
         let flow = &mut scratch.flow;

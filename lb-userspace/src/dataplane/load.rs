@@ -121,7 +121,7 @@ impl fmt::Display for Replaced {
 /// What a map's contents are worth when it is replaced.
 fn loss(map: MapName) -> &'static str {
     match map {
-        MapName::Services | MapName::Maglev => {
+        MapName::Services | MapName::Maglev | MapName::ServiceSlots => {
             "nothing (refilled from the configuration before the attachment is taken over)"
         }
         MapName::Backends => "nothing itself (refilled from the configuration)",

@@ -17,6 +17,7 @@ use aya::{
 };
 use lb_common::{
     Backend, BackendCounters, Flow, FlowKey, Service, ServiceKey, TrafficCounters, flow::NextHop,
+    service::ServiceSlot,
 };
 
 /// A map of the eBPF object that userspace reads or writes; all of them are
@@ -41,11 +42,12 @@ pub enum MapName {
     FloodState,
     BackendHops,
     AddressRoles,
+    ServiceSlots,
 }
 
 impl MapName {
     /// Every one, in the order of docs/datapath.md.
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 17] = [
         Self::Services,
         Self::Maglev,
         Self::Backends,
@@ -62,6 +64,7 @@ impl MapName {
         Self::FloodState,
         Self::BackendHops,
         Self::AddressRoles,
+        Self::ServiceSlots,
     ];
 
     /// Its name in the eBPF object (and its pin's file name).
@@ -83,6 +86,7 @@ impl MapName {
             Self::FloodState => "FLOOD_STATE",
             Self::BackendHops => "BACKEND_HOPS",
             Self::AddressRoles => "ADDRESS_ROLES",
+            Self::ServiceSlots => "SERVICE_SLOTS",
         }
     }
 }
@@ -220,6 +224,13 @@ pub(super) fn services_mut(
     ebpf: &mut Ebpf,
 ) -> anyhow::Result<Named<HashMap<&mut MapData, ServiceKey, Service>>> {
     open_mut(ebpf, MapName::Services)
+}
+
+/// `SERVICE_SLOTS`: service id → its key and entry, for established flows.
+pub(super) fn service_slots_mut(
+    ebpf: &mut Ebpf,
+) -> anyhow::Result<Named<Array<&mut MapData, ServiceSlot>>> {
+    open_mut(ebpf, MapName::ServiceSlots)
 }
 
 /// `MAGLEV`: slot → backend id.

@@ -18,7 +18,7 @@ use lb_common::{
     maglev::{self, Candidate},
     service::{
         SERVICE_F_DNAT, SERVICE_F_HASH_SOURCE, SERVICE_F_NEXT_ON_ERROR, SERVICE_F_NEXT_ON_TIMEOUT,
-        SERVICE_F_SYN_PROXY,
+        SERVICE_F_SYN_PROXY, ServiceSlot,
     },
 };
 
@@ -43,6 +43,9 @@ pub(super) struct Tables {
     pub(super) backend_addrs: Option<HashMap<u32, [u8; 16]>>,
     /// `ADDRESS_ROLES` as last written; `None` before the first write.
     pub(super) address_roles: Option<Vec<u8>>,
+    /// Whether `SERVICE_SLOTS` of ids no service uses were cleared (once,
+    /// at the first write: an earlier agent may have left some).
+    pub(super) slots_cleared: bool,
 }
 
 /// A service as programmed into the maps.
@@ -102,6 +105,7 @@ impl Tables {
             local_ports: None,
             backend_addrs: None,
             address_roles: None,
+            slots_cleared: false,
         }
     }
 
@@ -136,6 +140,7 @@ impl Tables {
         merge_roles(&mut before, &address_roles(desired, backends));
         self.write_address_roles(ebpf, before)?;
         self.apply_services(ebpf, desired)?;
+        self.clear_unused_slots(ebpf)?;
         let addrs = self.backend_addrs.as_ref().expect("loaded above");
         let after = address_roles(desired, addrs.values().copied());
         self.write_address_roles(ebpf, after)
@@ -167,6 +172,21 @@ impl Tables {
         for id in 0..self.backend_ids.next {
             hops.set(id, NextHop::default())?;
         }
+        Ok(())
+    }
+
+    /// Clears the `SERVICE_SLOTS` entries of ids no service uses, the first
+    /// time only; later a service's slot is cleared when it goes.
+    fn clear_unused_slots(&mut self, ebpf: &mut Ebpf) -> anyhow::Result<()> {
+        if self.slots_cleared {
+            return Ok(());
+        }
+        let used: HashSet<u32> = self.services.values().map(|s| s.id).collect();
+        let mut slots = maps::service_slots_mut(ebpf)?;
+        for id in (0..MAX_SERVICES).filter(|id| !used.contains(id)) {
+            slots.set(id, ServiceSlot::default())?;
+        }
+        self.slots_cleared = true;
         Ok(())
     }
 
@@ -309,8 +329,16 @@ impl Tables {
             Scheduler::Maglev => build_table(state, service)?,
         };
         let half = write_table(ebpf, state, &table)?;
-        maps::services_mut(ebpf)?
-            .insert(service.key(), service_entry(state, service, &table, half))?;
+        let entry = service_entry(state, service, &table, half);
+        maps::service_slots_mut(ebpf)?.set(
+            state.id,
+            ServiceSlot {
+                key: service.key(),
+                _pad: 0,
+                service: entry,
+            },
+        )?;
+        maps::services_mut(ebpf)?.insert(service.key(), entry)?;
         state.key = service.key();
         state.active = half;
         state.empty = table.is_empty();
@@ -325,6 +353,7 @@ impl Tables {
             return Ok(());
         };
         maps::services_mut(ebpf)?.remove(&state.key)?;
+        maps::service_slots_mut(ebpf)?.set(state.id, ServiceSlot::default())?;
         self.slots.free(state.range);
         for id in state.backends.values() {
             self.backend_ids.release(*id);

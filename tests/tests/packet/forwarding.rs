@@ -140,3 +140,33 @@ fn a_service_added_live_is_served_from_its_first_packet() {
         h.expect(&syn, Action::Tx, &out, GlobalCounter::ForwardTx);
     });
 }
+
+/// A service removed while its flows are established stops at once: their
+/// packets, which take the service by the flow's service id
+/// (`SERVICE_SLOTS`) rather than a `SERVICES` lookup, find its slot
+/// cleared and are passed as for no service. Its VIP is another service's
+/// too, so the address filter still lets them through to the lookups.
+#[test]
+fn a_removed_service_stops_its_established_flows() {
+    with_harness(|h| {
+        let late = format!(
+            "{}\n[[service]]\nname = \"late\"\nvip = \"10.0.0.100\"\nport = 8080\nmode = \"dnat\"\n\
+             [[service.backend]]\naddress = \"10.1.0.11:8001\"\n",
+            crate::harness::CONFIG
+        );
+        let apply = |h: &mut crate::harness::Harness, config: &str| {
+            h.desired = xlb::desired::Desired::from(&xlb::config::Config::parse(config).unwrap());
+            h.dp.apply(&h.desired).unwrap();
+        };
+        apply(h, &late);
+        let syn = Frame::tcp("10.0.0.2:47300", "10.0.0.100:8080", Transport::SYN);
+        let to =
+            |f: &Frame| f.rewritten("10.0.0.2:47300", "10.1.0.11:8001", LB_MAC, backend_mac(1));
+        h.expect(&syn, Action::Tx, &to(&syn), GlobalCounter::ForwardTx);
+        let ack = Frame::tcp("10.0.0.2:47300", "10.0.0.100:8080", Transport::ACK);
+        h.expect(&ack, Action::Tx, &to(&ack), GlobalCounter::ForwardTx);
+
+        apply(h, crate::harness::CONFIG);
+        h.expect(&ack, Action::Pass, &ack, GlobalCounter::PassNotService);
+    });
+}
