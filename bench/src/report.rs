@@ -35,6 +35,18 @@ pub struct Target {
     pub met: Option<bool>,
 }
 
+impl Target {
+    /// A target this run could not evaluate, and why.
+    fn unmeasured(target: String, why: &str) -> Self {
+        Self {
+            target,
+            value: None,
+            detail: why.to_owned(),
+            met: None,
+        }
+    }
+}
+
 impl Results {
     pub fn new(
         machine: Machine,
@@ -117,12 +129,7 @@ fn per_packet_targets(dp: &DataplaneResults) -> Vec<Target> {
                         met: Some(ratio <= goal),
                     }
                 }
-                _ => Target {
-                    target,
-                    value: None,
-                    detail: "not measured".into(),
-                    met: None,
-                },
+                _ => Target::unmeasured(target, "not measured"),
             }
         })
         .collect()
@@ -190,12 +197,7 @@ fn e2e_targets(e2e: &E2eResults) -> Vec<Target> {
                         met: Some(ratio > 1.0),
                     }
                 }
-                _ => Target {
-                    target,
-                    value: None,
-                    detail: "a run is missing or had errors".into(),
-                    met: None,
-                },
+                _ => Target::unmeasured(target, "a run is missing or had errors"),
             },
         );
     }
@@ -225,12 +227,7 @@ fn e2e_targets(e2e: &E2eResults) -> Vec<Target> {
                     met: Some(f.survived == f.connections && ratio >= 0.5),
                 }
             }
-            _ => Target {
-                target,
-                value: None,
-                detail: "the flood did not run, or no load before it".into(),
-                met: None,
-            },
+            _ => Target::unmeasured(target, "the flood did not run, or no load before it"),
         });
     }
     targets
@@ -255,12 +252,7 @@ fn ratio_target(
                 met: Some(ratio >= goal),
             }
         }
-        _ => Target {
-            target,
-            value: None,
-            detail: "a run is missing or had errors".into(),
-            met: None,
-        },
+        _ => Target::unmeasured(target, "a run is missing or had errors"),
     }
 }
 
@@ -288,12 +280,7 @@ fn p99_target(
                 met: Some(ratio <= goal),
             }
         }
-        _ => Target {
-            target,
-            value: None,
-            detail: "a run is missing or had errors".into(),
-            met: None,
-        },
+        _ => Target::unmeasured(target, "a run is missing or had errors"),
     }
 }
 
