@@ -803,17 +803,15 @@ impl Agent {
     /// Flow-table entries of `service`, at most `limit`.
     fn flows(&self, service: &str, limit: usize) -> anyhow::Result<Vec<Flow>> {
         let flows = self.dataplane.flows(service, limit)?;
-        flows
+        Ok(flows
             .into_iter()
-            .map(|f| {
-                Ok(Flow {
-                    client: f.client,
-                    backend: f.backend,
-                    state: f.state.parse()?,
-                    idle_seconds: f.idle_seconds,
-                })
+            .map(|f| Flow {
+                client: f.client,
+                backend: f.backend,
+                state: f.state,
+                idle_seconds: f.idle_seconds,
             })
-            .collect()
+            .collect())
     }
 }
 

@@ -415,14 +415,19 @@ pub enum FlowState {
     Midstream,
     /// A FIN or RST was seen.
     Closing,
+    /// The backend refused the handshake (RST) and `next_upstream` `error`
+    /// kept it from the client: the client's next SYN goes to another
+    /// backend.
+    Refused,
 }
 
 impl FlowState {
-    const ALL: [Self; 4] = [
+    const ALL: [Self; 5] = [
         Self::SynSent,
         Self::Established,
         Self::Midstream,
         Self::Closing,
+        Self::Refused,
     ];
 
     fn word(self) -> &'static str {
@@ -431,6 +436,7 @@ impl FlowState {
             Self::Established => "established",
             Self::Midstream => "midstream",
             Self::Closing => "closing",
+            Self::Refused => "refused",
         }
     }
 }

@@ -13,6 +13,7 @@ use lb_common::{
 use serde::Serialize;
 
 use super::{maps, tables::Tables, unmapped};
+use crate::protocol::FlowState;
 
 /// One flow-table entry, as `xlb flows` shows it.
 #[derive(Clone, Debug, Serialize)]
@@ -20,7 +21,7 @@ pub struct FlowInfo {
     pub client: SocketAddr,
     /// `None` if the backend has left the service.
     pub backend: Option<SocketAddr>,
-    pub state: &'static str,
+    pub state: FlowState,
     pub idle_seconds: f64,
 }
 
@@ -62,20 +63,25 @@ pub(super) fn of_service(
             out.push(FlowInfo {
                 client: SocketAddr::new(unmapped(key.src), u16::from_be(key.src_port_be)),
                 backend: owners.get(&(wanted, flow.backend)).map(|(_, addr)| *addr),
-                state: match flow.state {
-                    // The data plane's own SYN awaits the backend's answer.
-                    FLOW_SYN_SENT | FLOW_PROXY_SYN => "syn-sent",
-                    FLOW_CLOSING => "closing",
-                    FLOW_MIDSTREAM => "midstream",
-                    FLOW_REFUSED => "refused",
-                    _ => "established",
-                },
+                state: flow_state(flow.state),
                 idle_seconds: now.saturating_sub(flow.last_seen_ns) as f64 / 1e9,
             });
         }
         out.len() < limit
     })?;
     Ok(out)
+}
+
+/// What `xlb flows` calls a flow entry's `FLOW_*` state.
+fn flow_state(state: u8) -> FlowState {
+    match state {
+        // The data plane's own SYN awaits the backend's answer too.
+        FLOW_SYN_SENT | FLOW_PROXY_SYN => FlowState::SynSent,
+        FLOW_CLOSING => FlowState::Closing,
+        FLOW_MIDSTREAM => FlowState::Midstream,
+        FLOW_REFUSED => FlowState::Refused,
+        _ => FlowState::Established,
+    }
 }
 
 /// Which service and backend a flow entry's (service key, backend id)
@@ -121,4 +127,27 @@ fn coarse_monotonic_ns() -> u64 {
     // SAFETY: `ts` is a valid, writable timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::flow::FLOW_ESTABLISHED;
+
+    use super::*;
+
+    #[test]
+    fn every_flow_state_has_a_name_the_cli_reads_back() {
+        for state in [
+            FLOW_SYN_SENT,
+            FLOW_ESTABLISHED,
+            FLOW_CLOSING,
+            FLOW_MIDSTREAM,
+            FLOW_REFUSED,
+            FLOW_PROXY_SYN,
+        ] {
+            let named = flow_state(state);
+            assert_eq!(named.to_string().parse::<FlowState>().unwrap(), named);
+        }
+        assert_eq!(flow_state(FLOW_REFUSED), FlowState::Refused);
+    }
 }

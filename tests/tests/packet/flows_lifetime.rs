@@ -103,11 +103,11 @@ fn a_flow_picked_up_without_its_syn_is_not_live() {
         let rst = Frame::tcp("10.0.0.2:50000", "10.0.0.100:81", Transport::RST);
         assert_eq!(h.run(&rst).0, Action::Drop);
         assert_eq!(h.dp.global_counter(GlobalCounter::DropStrayRst).unwrap(), 1);
-        let mut states: Vec<&str> =
+        let mut states: Vec<String> =
             h.dp.flows("web-dnat", 10)
                 .unwrap()
                 .iter()
-                .map(|f| f.state)
+                .map(|f| f.state.to_string())
                 .collect();
         states.sort();
         assert_eq!(states, ["closing", "midstream"]);
