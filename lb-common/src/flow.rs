@@ -119,6 +119,12 @@ pub const FLOW_F_NEXT_ON_ERROR: u8 = 1 << 0;
 /// so the backend's sequence numbers differ from those the client knows by
 /// [`Flow::seq_delta`].
 pub const FLOW_F_SEQ_SHIFT: u8 = 1 << 1;
+/// [`Flow::flags`]: the flow's SYN counts in the half-open budget and its
+/// handshake has not settled: settled by the client's first ACK, the
+/// backend's refusal (RST) or a FIN, not by the backend's SYN-ACK (a
+/// flood's sources never ACK it) nor by a client's RST (the hosts whose
+/// addresses a flood forges answer a SYN-ACK with one).
+pub const FLOW_F_HALF_OPEN: u8 = 1 << 2;
 /// [`Flow::flags`] bits 4 and 5, in [`FLOW_PROXY_SYN`]: the MSS class the
 /// client's cookie carried (`flood::mss_class`), for the SYN to the backend.
 pub const FLOW_F_MSS_CLASS_SHIFT: u8 = 4;

@@ -8,9 +8,9 @@ use lb_common::{
     Flow, FlowKey, Reply, Service,
     backend::{BACKEND_F_FAIL_AT_ONCE, BACKEND_F_NO_NEW_FLOWS},
     flow::{
-        FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_F_MSS_CLASS_MASK, FLOW_F_NEXT_ON_ERROR,
-        FLOW_F_SEQ_SHIFT, FLOW_MIDSTREAM, FLOW_PROXY_SYN, FLOW_REFUSED, FLOW_SYN_SENT,
-        FlowTimeouts, LAST_SEEN_GRANULARITY_NS,
+        FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_F_HALF_OPEN, FLOW_F_MSS_CLASS_MASK,
+        FLOW_F_NEXT_ON_ERROR, FLOW_F_SEQ_SHIFT, FLOW_MIDSTREAM, FLOW_PROXY_SYN, FLOW_REFUSED,
+        FLOW_SYN_SENT, FlowTimeouts, LAST_SEEN_GRANULARITY_NS,
     },
     service::{SERVICE_F_NEXT_ON_ERROR, SERVICE_F_NEXT_ON_TIMEOUT},
 };
@@ -50,6 +50,15 @@ pub fn holds(flow: &Flow, packet: &Packet, now: u64) -> bool {
     !reused && !is_expired(flow, packet.key.proto, now)
 }
 
+/// Takes the flow's handshake out of the half-open budget, if it is in.
+#[inline(always)]
+pub fn settle(flow: &mut Flow) {
+    if flow.flags & FLOW_F_HALF_OPEN != 0 {
+        flow.flags &= !FLOW_F_HALF_OPEN;
+        cookie::settled();
+    }
+}
+
 /// Whether the TCP packet ends its connection (FIN or RST).
 #[inline(always)]
 fn ends(packet: &Packet) -> bool {
@@ -60,13 +69,12 @@ fn ends(packet: &Packet) -> bool {
 #[inline(always)]
 pub fn track(packet: &Packet, flow: &mut Flow, now: u64) {
     if packet.is_tcp() {
+        if packet.has_flags(TCP_ACK) && packet.tcp_flags & (TCP_SYN | TCP_RST) == 0 {
+            // The client's ACK (or FIN) completes its handshake.
+            settle(flow);
+        }
         if ends(packet) {
-            if flow.state != FLOW_CLOSING {
-                if flow.state == FLOW_SYN_SENT {
-                    cookie::settled();
-                }
-                flow.state = FLOW_CLOSING;
-            }
+            flow.state = FLOW_CLOSING;
         } else if flow.state == FLOW_SYN_SENT && packet.is_syn() {
             // The client sent its SYN again: the backend did not answer.
             count_backend(flow.backend, |c| c.syn_retries += 1);
@@ -168,7 +176,7 @@ pub fn track_reply<C: Frame>(ctx: &C, packet: &Packet, reply: *mut Reply) -> Tra
     }
     if packet.tcp_flags & TCP_RST != 0 {
         if flow.state == FLOW_SYN_SENT {
-            cookie::settled();
+            settle(flow);
             count_backend(backend, |c| c.handshake_rsts += 1);
             failed_attempt(backend);
             if flow.flags & FLOW_F_NEXT_ON_ERROR != 0 {
@@ -181,12 +189,10 @@ pub fn track_reply<C: Frame>(ctx: &C, packet: &Packet, reply: *mut Reply) -> Tra
         }
         flow.state = FLOW_CLOSING;
     } else if packet.tcp_flags & TCP_FIN != 0 {
-        if flow.state == FLOW_SYN_SENT {
-            cookie::settled();
-        }
+        settle(flow);
         flow.state = FLOW_CLOSING;
     } else if packet.has_flags(TCP_SYN | TCP_ACK) && flow.state == FLOW_SYN_SENT {
-        cookie::settled();
+        // Established, but the handshake settles with the client's ACK.
         flow.state = FLOW_ESTABLISHED;
     }
     Tracked::Forward

@@ -8,8 +8,8 @@ use aya_ebpf::{
 use lb_common::{
     Backend, Flow, FlowKey, GlobalCounter, Reply, Service,
     flow::{
-        FLOW_F_MSS_CLASS_MASK, FLOW_F_MSS_CLASS_SHIFT, FLOW_PROXY_SYN, FLOW_SYN_SENT, NextHop,
-        snats,
+        FLOW_F_HALF_OPEN, FLOW_F_MSS_CLASS_MASK, FLOW_F_MSS_CLASS_SHIFT, FLOW_PROXY_SYN,
+        FLOW_SYN_SENT, NextHop, snats,
     },
     hash::mix64,
     service::SERVICE_F_SYN_PROXY,
@@ -95,7 +95,7 @@ pub fn schedule(
         stale = Some(*flow);
     }
     if let Some(old) = stale {
-        if old.state == FLOW_SYN_SENT {
+        if old.flags & FLOW_F_HALF_OPEN != 0 {
             cookie::settled();
         }
         forget_reply(packet, service, &old);
@@ -223,6 +223,7 @@ fn new_flow(
         flow.flags |= ((answer.mss_class as u8) << FLOW_F_MSS_CLASS_SHIFT) & FLOW_F_MSS_CLASS_MASK;
     } else if scratch.flow.state == FLOW_SYN_SENT {
         cookie::opened();
+        scratch.flow.flags |= FLOW_F_HALF_OPEN;
     }
     if cookie.is_some() {
         // The client's ACK and its first data segment carry the same valid

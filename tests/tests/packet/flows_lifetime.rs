@@ -10,7 +10,7 @@ use xlb_tests::{
     xdp::Action,
 };
 
-use crate::harness::{with_harness, with_harness_loaded};
+use crate::harness::{Harness, with_harness, with_harness_loaded};
 
 #[test]
 fn fin_and_rst_shorten_a_flow_and_idle_udp_flows_expire() {
@@ -118,5 +118,38 @@ fn a_flow_picked_up_without_its_syn_is_not_live() {
         let key = ("web-dnat".to_owned(), "10.1.0.11:8001".parse().unwrap());
         assert_eq!(live.get(&key), Some(&1), "{live:?}");
         assert_eq!(live.values().sum::<u64>(), 1, "{live:?}");
+    });
+}
+
+/// The half-open budget counts a handshake until the client completes it:
+/// the backend's SYN-ACK does not settle it (a flood's sources never ACK),
+/// nor does the client's RST (what a host whose address a flood forged
+/// sends back for that SYN-ACK); the client's ACK does.
+#[test]
+fn a_handshake_settles_with_the_clients_ack_not_the_backends_syn_ack() {
+    with_harness(|h| {
+        let half_open = |h: &Harness| h.dp.flood_counts().unwrap().half_open;
+        let syn =
+            |port: u16| Frame::tcp(&format!("10.0.0.2:{port}"), "10.0.0.100:80", Transport::SYN);
+        let syn_ack = |port: u16| {
+            Frame::tcp(
+                "10.1.0.10:8000",
+                &format!("10.1.0.100:{port}"),
+                Transport::SYN_ACK,
+            )
+        };
+        for port in [51000, 51001] {
+            assert_eq!(h.run(&syn(port)).0, Action::Tx);
+            assert_eq!(h.run(&syn_ack(port)).0, Action::Tx);
+        }
+        assert_eq!(half_open(h), 2, "a backend's SYN-ACK settles nothing");
+        let rst = Frame::tcp("10.0.0.2:51000", "10.0.0.100:80", Transport::RST);
+        assert_eq!(h.run(&rst).0, Action::Tx);
+        assert_eq!(half_open(h), 2, "a client's RST settles nothing");
+        let ack = Frame::tcp("10.0.0.2:51001", "10.0.0.100:80", Transport::ACK);
+        assert_eq!(h.run(&ack).0, Action::Tx);
+        assert_eq!(half_open(h), 1, "the client's ACK settles its handshake");
+        assert_eq!(h.run(&ack).0, Action::Tx);
+        assert_eq!(half_open(h), 1, "once");
     });
 }
