@@ -40,8 +40,8 @@ pub enum SynCookies {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FloodConfig {
-    /// Handshakes that may be outstanding (SYN seen, no SYN-ACK yet) before
-    /// SYNs get cookies, or are dropped with cookies off.
+    /// Handshakes that may be outstanding (SYN seen, no ACK from the client
+    /// yet) before SYNs get cookies, or are dropped with cookies off.
     pub half_open_limit: u64,
     /// While SYNs get cookies, one source address gets one at most this
     /// often (nanoseconds; 0: no limit); the others are dropped.
@@ -116,8 +116,9 @@ pub const fn default_half_open_limit(table_size: u32) -> u64 {
 ///
 /// Handshakes opened by a SYN, counted by the data plane.
 pub const FLOOD_OPENED: u32 = 0;
-/// Handshakes that ended (SYN-ACK, refusal, reset, or the flow scheduled
-/// again), counted by the data plane.
+/// Handshakes that settled (the client's ACK or a FIN, the backend's
+/// refusal, or the flow scheduled again; not the backend's SYN-ACK nor a
+/// client's RST: `FLOW_F_HALF_OPEN`), counted by the data plane.
 pub const FLOOD_SETTLED: u32 = 1;
 /// Handshakes the agent reckons have expired unanswered: the data plane
 /// cannot see a flow entry time out or be evicted, so the agent lets the

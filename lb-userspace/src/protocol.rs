@@ -365,8 +365,8 @@ pub struct Stats {
 /// the `forward_syn_cookie` counter.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FloodStats {
-    /// Handshakes outstanding (SYN seen, no answer yet), as the half-open
-    /// budget reckons them.
+    /// Handshakes outstanding (SYN seen, no ACK from the client yet), as
+    /// the half-open budget reckons them.
     pub half_open: u64,
     /// The budget: past it, SYNs get cookies (or, with cookies off, open
     /// flows all the same).
