@@ -16,7 +16,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use crate::{
     frame::{self, ptr_at, read_at, write_at},
-    maps::{ANSWER_IFACES, FLOOD_STATE, SOURCES},
+    maps::{ANSWER_IFACES, FLOOD_STATE, SCRATCH, SOURCES},
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 use aya_ebpf::{
@@ -52,7 +52,7 @@ fn config() -> FloodConfig {
 
 const IPV4_HEADER: usize = 20;
 const IPV6_HEADER: usize = 40;
-const TCP_HEADER: usize = 20;
+pub const TCP_HEADER: usize = 20;
 /// The MSS option: kind 2, length 4.
 const MSS_OPTION: usize = 4;
 const IPPROTO_TCP: u8 = 6;
@@ -204,7 +204,11 @@ fn client_mss(ctx: &XdpContext, packet: &Packet, tcp: &[u8; TCP_HEADER]) -> u16 
 /// kernel's helper, over a copy of the TCP header without options.
 #[inline(always)]
 fn gen_cookie(ctx: &XdpContext, packet: &Packet, tcp: &[u8; TCP_HEADER], seq: u32) -> Option<u32> {
-    let mut th = *tcp;
+    // In scratch space, not on the stack: the verifier allows 512 bytes for
+    // the whole call chain, and this one runs under `walk::to_backend`.
+    // SAFETY: per-CPU, and nothing else on this CPU runs meanwhile.
+    let th = unsafe { &mut (*SCRATCH.get_ptr_mut(0)?).syn_header };
+    *th = *tcp;
     th[4..8].copy_from_slice(&seq.to_be_bytes());
     th[12] = 5 << 4; // no options: the helper checks the length against it
     let th_ptr = th.as_mut_ptr() as *mut tcphdr;

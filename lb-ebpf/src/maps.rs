@@ -105,6 +105,8 @@ pub struct NewFlowScratch {
     pub reply: Reply,
     pub flow: Flow,
     pub client_key: FlowKey,
+    /// The TCP header a SYN cookie is computed over (`cookie::answer_syn`).
+    pub syn_header: [u8; crate::cookie::TCP_HEADER],
 }
 
 #[map]

@@ -36,8 +36,8 @@ pub struct Scheduled {
     pub now: u64,
 }
 
-/// Finds the packet's flow (`found`, if the caller looked it up already,
-/// else null) or schedules a new one. A SYN its flow's backend
+/// Takes the packet's flow (`found`, as the caller looked it up; null if
+/// there is none) or schedules a new one. A SYN its flow's backend
 /// refused, or (`next_upstream` `timeout`) left unanswered, is scheduled anew,
 /// avoiding that backend. A new flow's SYN may be answered with a cookie
 /// instead (`Err` is then that verdict), and a client's ACK with a valid
@@ -55,11 +55,7 @@ pub fn schedule(
     let key = &packet.key;
     let mut stale = None;
     let mut avoid = NO_BACKEND;
-    let flow_ptr = if found.is_null() {
-        FLOWS.get_ptr_mut(key)
-    } else {
-        Some(found)
-    };
+    let flow_ptr = if found.is_null() { None } else { Some(found) };
     if let Some(flow_ptr) = flow_ptr {
         // SAFETY: a pointer into the flow map's value, valid for this run;
         // racing writers only touch the same plain fields.
