@@ -190,8 +190,14 @@ pub struct ServiceConfig {
     /// How packets reach the backends: `nat` (default) or `dnat`.
     #[serde(default)]
     pub mode: Mode,
-    /// What picks the backend of a new flow: `five-tuple` (default) or
-    /// `source-ip` (nginx `ip_hash`).
+    /// How a new flow's backend is picked (nginx's balancing method):
+    /// `maglev` (default), `round_robin`, `least_conn`, `random_two`,
+    /// `least_time`. Every method honours weights, backup, drain, slow
+    /// start, health and `max_conns`.
+    #[serde(default, skip_serializing_if = "Scheduler::is_default")]
+    pub scheduler: Scheduler,
+    /// What `maglev` hashes: `five-tuple` (default) or `source-ip` (nginx
+    /// `ip_hash`).
     #[serde(default)]
     pub hash: HashPolicy,
     /// When a new connection goes to another backend instead of failing
@@ -305,6 +311,14 @@ pub struct BackendConfig {
     /// `weight`; 0 (default) means at once.
     #[serde(default, with = "humantime_serde")]
     pub slow_start: Duration,
+    /// Most live flows the backend may have (nginx `max_conns`): at the
+    /// limit it takes no new flows. 0 (default): no limit.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_conns: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn default_weight() -> u32 {
@@ -328,6 +342,7 @@ impl BackendConfig {
             max_fails: default_max_fails(),
             fail_timeout: default_fail_timeout(),
             slow_start: Duration::ZERO,
+            max_conns: 0,
         }
     }
 }
@@ -345,6 +360,57 @@ pub enum Mode {
     /// Destination NAT: the client's address is kept; the load balancer
     /// must be the backends' route back to clients.
     Dnat,
+}
+
+/// How a service picks the backend of a new flow (docs/configuration.md
+/// compares them). nginx's spellings are accepted too.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheduler {
+    /// Weighted Maglev consistent hashing over `hash`: a flow's backend
+    /// follows from its hash alone, the same on every node.
+    #[default]
+    #[serde(alias = "hash", alias = "consistent")]
+    Maglev,
+    /// Smooth weighted round robin, nginx's default: over every cycle of
+    /// the weights' sum, each backend gets exactly its weight in new flows.
+    #[serde(alias = "round-robin", alias = "rr")]
+    RoundRobin,
+    /// Fewest live flows per unit of weight, of two backends drawn at
+    /// random (nginx `least_conn`).
+    #[serde(alias = "least-conn")]
+    LeastConn,
+    /// Of two backends drawn at random by weight, the one with fewer live
+    /// flows per unit of weight (nginx `random two least_conn`).
+    #[serde(
+        alias = "random-two",
+        alias = "random two",
+        alias = "random two least_conn"
+    )]
+    RandomTwo,
+    /// Lowest smoothed connect time (SYN to SYN-ACK, measured by the data
+    /// plane) times live flows, per unit of weight, of two backends drawn at
+    /// random (nginx `least_time connect`; the "fair" of tutorials).
+    #[serde(alias = "least-time", alias = "least_time connect", alias = "fair")]
+    LeastTime,
+}
+
+impl Scheduler {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Self::Maglev => "maglev",
+            Self::RoundRobin => "round_robin",
+            Self::LeastConn => "least_conn",
+            Self::RandomTwo => "random_two",
+            Self::LeastTime => "least_time",
+        })
+    }
 }
 
 /// What the Maglev lookup hashes.
@@ -536,6 +602,20 @@ impl ServiceConfig {
                 "service {name:?}: {} backends do not fit a table of {} slots",
                 self.backends.len(),
                 self.table_size
+            );
+        }
+        if self.scheduler != Scheduler::Maglev {
+            // TEMPORARY until the data plane's methods land (issue 14).
+            bail!(
+                "service {name:?}: scheduler {:?} is not supported yet",
+                self.scheduler.to_string()
+            );
+        }
+        if self.hash == HashPolicy::SourceIp && self.scheduler != Scheduler::Maglev {
+            bail!(
+                "service {name:?}: hash = \"source-ip\" (nginx ip_hash) is a scheduler of its \
+                 own; it works with scheduler = \"maglev\" only, not {:?}",
+                self.scheduler.to_string()
             );
         }
         if let Some(check) = &self.health_check {

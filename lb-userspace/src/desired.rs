@@ -19,7 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 use lb_common::{IpProto, ServiceKey};
 
 use crate::config::{
-    BackendConfig, Config, HashPolicy, Mode, NextUpstream, Protocol, ServiceConfig,
+    BackendConfig, Config, HashPolicy, Mode, NextUpstream, Protocol, Scheduler, ServiceConfig,
 };
 
 /// Desired weights are configured weights scaled by this, so slow start
@@ -56,18 +56,6 @@ pub struct DesiredService {
     pub backends: Vec<DesiredBackend>,
 }
 
-/// How a service picks the backend of a new flow: the data plane's pick
-/// (`lb-ebpf/src/pick.rs`) has one method for each.
-///
-/// Room to grow: a second scheduler (least connections, random of two) is
-/// a variant here, chosen from the configuration, beside its method there.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Scheduler {
-    /// Weighted Maglev over the backends' [`DesiredBackend::weight`].
-    #[default]
-    Maglev,
-}
-
 /// One backend as the data plane serves it: what the agent decided from
 /// its configuration, the operator's wish and its health.
 ///
@@ -92,6 +80,8 @@ pub struct DesiredBackend {
     /// The data plane takes it out of new flows itself when it refuses a
     /// handshake (its `max_fails` is 1), without waiting for the agent.
     pub fail_at_once: bool,
+    /// Most live flows it may have; 0: no limit.
+    pub max_conns: u32,
 }
 
 impl Desired {
@@ -153,6 +143,7 @@ fn as_configured(backend: &BackendConfig) -> DesiredBackend {
         failed: backend.down,
         no_new_flows: false,
         fail_at_once: backend.max_fails == 1,
+        max_conns: backend.max_conns,
     }
 }
 
@@ -168,7 +159,7 @@ impl DesiredService {
             snat: config.snat,
             hash: config.hash,
             next_upstream: config.next_upstream.clone(),
-            scheduler: Scheduler::Maglev,
+            scheduler: config.scheduler,
             table_size: config.table_size,
             backends,
         }

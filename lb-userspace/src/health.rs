@@ -274,6 +274,7 @@ pub fn evaluate(
                 failed,
                 no_new_flows,
                 fail_at_once: config.max_fails == 1,
+                max_conns: config.max_conns,
             }
         })
         .collect()

@@ -25,7 +25,7 @@ use lb_common::{
 use super::{mapped, maps};
 use crate::{
     config::{HashPolicy, Mode, NextUpstream, Protocol},
-    desired::{Desired, DesiredService, Scheduler},
+    desired::{Desired, DesiredService},
     slots::{Range, SlotAllocator},
 };
 
@@ -325,9 +325,7 @@ impl Tables {
         self.backend_ids.assign(state, service)?;
         let addrs = self.backend_addrs.get_or_insert_default();
         write_backends(ebpf, state, service, addrs)?;
-        let table = match service.scheduler {
-            Scheduler::Maglev => build_table(state, service)?,
-        };
+        let table = build_table(state, service)?;
         let half = write_table(ebpf, state, &table)?;
         let entry = service_entry(state, service, &table, half);
         maps::service_slots_mut(ebpf)?.set(
