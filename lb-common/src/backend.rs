@@ -31,7 +31,13 @@ pub struct Backend {
     pub port_be: u16,
     /// `BACKEND_F_*` flags.
     pub flags: u16,
-    pub _pad: u32,
+    /// Its share of new flows as the agent decided it (configured weight
+    /// times the agent's scale, after drain, backup and slow start): the
+    /// load-aware methods compare live flows per unit of it.
+    pub weight: u32,
+    /// Most live flows it may have ([`crate::load::live_flows`]); 0: no
+    /// limit.
+    pub max_conns: u32,
 }
 
 impl Backend {

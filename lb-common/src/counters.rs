@@ -127,6 +127,10 @@ global_counters! {
     /// the client sends it again, instead of a second handshake with the
     /// backend.
     DropCookieRace => "drop_cookie_race",
+    /// A new flow whose every pick was a backend at its `max_conns`
+    /// (nginx's limit): dropped; the client's SYN, sent again, is picked
+    /// anew.
+    DropMaxConns => "drop_max_conns",
 }
 
 /// Number of [`GlobalCounter`]s; sizes `GLOBAL_STATS`.

@@ -221,7 +221,19 @@ pub struct Flow {
     /// The service's id: its packets take the service from
     /// `SERVICE_SLOTS`, without a `SERVICES` lookup.
     pub service: u32,
-    pub _pad: u32,
+    /// When the data plane sent the flow's first SYN towards the backend
+    /// (monotonic microseconds, wrapping), for its connect time
+    /// ([`crate::load::BackendLoad::connect_ns`]); 0 once measured, or for
+    /// a flow not opened by a SYN.
+    pub syn_sent_us: u32,
+}
+
+/// Whether a flow in `state` counts as a live connection of its backend
+/// (`BackendLoad`): opened by a SYN (or UDP), not yet ended by a FIN or
+/// RST, nor refused.
+#[inline(always)]
+pub const fn is_live(state: u8) -> bool {
+    matches!(state, FLOW_SYN_SENT | FLOW_ESTABLISHED | FLOW_PROXY_SYN)
 }
 
 impl Flow {

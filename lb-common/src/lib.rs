@@ -18,6 +18,7 @@ pub mod filter;
 pub mod flood;
 pub mod flow;
 pub mod hash;
+pub mod load;
 pub mod log_limit;
 #[cfg(any(feature = "std", test))]
 pub mod maglev;
@@ -27,6 +28,7 @@ pub mod sock;
 pub use backend::{Backend, BackendCounters};
 pub use counters::{GlobalCounter, TrafficCounters};
 pub use flow::{Flow, FlowKey, Reply};
+pub use load::BackendLoad;
 pub use service::{IpProto, Service, ServiceKey};
 pub use sock::{SockKey, SockPeer};
 

@@ -70,6 +70,28 @@ pub const SERVICE_F_NEXT_ON_TIMEOUT: u32 = 1 << 3;
 /// through the tc egress program, which does not take part).
 pub const SERVICE_F_SYN_PROXY: u32 = 1 << 4;
 
+/// Bits 8-10 of [`Service::flags`]: the method that picks a new flow's
+/// backend (`SCHED_*`), and what the service's table holds for it.
+pub const SERVICE_SCHED_SHIFT: u32 = 8;
+pub const SERVICE_SCHED_MASK: u32 = 0b111 << SERVICE_SCHED_SHIFT;
+/// Weighted Maglev: the table is the Maglev table; a flow's hash picks a
+/// slot.
+pub const SCHED_MAGLEV: u32 = 0;
+/// Smooth weighted round robin: the table is one cycle of the sequence,
+/// walked by a per-CPU cursor.
+pub const SCHED_ROUND_ROBIN: u32 = 1;
+/// Least connections: the table lists the usable backends once each; of
+/// two drawn from it, the one with fewer live flows per unit of weight.
+pub const SCHED_LEAST_CONN: u32 = 2;
+/// nginx's `random two least_conn`: the table is the Maglev table (a draw
+/// by weight); of two draws, the one with fewer live flows per unit of
+/// weight.
+pub const SCHED_RANDOM_TWO: u32 = 3;
+/// Least time: the table lists the usable backends once each; of two
+/// drawn from it, the one with the lower connect time times live flows
+/// per unit of weight.
+pub const SCHED_LEAST_TIME: u32 = 4;
+
 /// Value of the `SERVICES` map.
 ///
 /// Userspace replaces the whole entry to switch tables: it writes the new
@@ -83,10 +105,11 @@ pub struct Service {
     pub id: u32,
     /// `SERVICE_F_*` flags.
     pub flags: u32,
-    /// Slots in the active Maglev table (a prime); 0 when no backend is
-    /// usable, and new flows are dropped.
+    /// Entries in the active table (backend ids; see `SCHED_*` for what
+    /// the table holds); 0 when no backend is usable, and new flows are
+    /// dropped.
     pub table_size: u32,
-    /// Index in `MAGLEV_SLOTS` of the active table's first slot.
+    /// Index in `MAGLEV_SLOTS` of the active table's first entry.
     pub table_start: u32,
     /// Source address of `nat` mode, network byte order, IPv4-mapped for
     /// IPv4. Unused in `dnat` mode.
@@ -98,6 +121,12 @@ impl Service {
     #[inline(always)]
     pub const fn is_nat(&self) -> bool {
         self.flags & SERVICE_F_DNAT == 0
+    }
+
+    /// The service's `SCHED_*` method.
+    #[inline(always)]
+    pub const fn scheduler(&self) -> u32 {
+        (self.flags & SERVICE_SCHED_MASK) >> SERVICE_SCHED_SHIFT
     }
 }
 

@@ -18,6 +18,7 @@ use lb_common::{
 use crate::{
     cookie,
     frame::{Frame, read_at},
+    load,
     maps::{BACKENDS, FLOWS, REPLIES, count_backend},
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
@@ -74,6 +75,7 @@ pub fn track(packet: &Packet, flow: &mut Flow, now: u64) {
             settle(flow);
         }
         if ends(packet) {
+            load::leaves(flow, FLOW_CLOSING);
             flow.state = FLOW_CLOSING;
         } else if flow.state == FLOW_SYN_SENT && packet.is_syn() {
             // The client sent its SYN again: the backend did not answer.
@@ -180,6 +182,7 @@ pub fn track_reply<C: Frame>(ctx: &C, packet: &Packet, reply: *mut Reply) -> Tra
             count_backend(backend, |c| c.handshake_rsts += 1);
             failed_attempt(backend);
             if flow.flags & FLOW_F_NEXT_ON_ERROR != 0 {
+                load::leaves(flow, FLOW_REFUSED);
                 flow.state = FLOW_REFUSED;
                 return Tracked::Refused;
             }
@@ -187,12 +190,15 @@ pub fn track_reply<C: Frame>(ctx: &C, packet: &Packet, reply: *mut Reply) -> Tra
         if flow.state == FLOW_REFUSED {
             return Tracked::Refused;
         }
+        load::leaves(flow, FLOW_CLOSING);
         flow.state = FLOW_CLOSING;
     } else if packet.tcp_flags & TCP_FIN != 0 {
         settle(flow);
+        load::leaves(flow, FLOW_CLOSING);
         flow.state = FLOW_CLOSING;
     } else if packet.has_flags(TCP_SYN | TCP_ACK) && flow.state == FLOW_SYN_SENT {
         // Established, but the handshake settles with the client's ACK.
+        load::connected(flow);
         flow.state = FLOW_ESTABLISHED;
     }
     Tracked::Forward
@@ -218,6 +224,7 @@ fn track_proxied<C: Frame>(
         let delta = backend_isn.wrapping_sub(flow.seq_delta);
         flow.seq_delta = delta;
         flow.flags = (flow.flags & !FLOW_F_MSS_CLASS_MASK) | FLOW_F_SEQ_SHIFT;
+        load::connected(flow);
         flow.state = FLOW_ESTABLISHED;
         // SAFETY: `reply` points into its map value, valid for this run.
         unsafe { (*reply).seq_delta = delta };
@@ -228,7 +235,9 @@ fn track_proxied<C: Frame>(
         let backend = unsafe { (*reply).backend };
         count_backend(backend, |c| c.handshake_rsts += 1);
         failed_attempt(backend);
-        let _ = FLOWS.remove(client_key);
+        if FLOWS.remove(client_key).is_ok() {
+            load::ended(backend);
+        }
         let _ = REPLIES.remove(packet.key);
     }
     Tracked::Refused

@@ -9,7 +9,8 @@
 
 #![no_std]
 #![no_main]
-// `atomic_xadd`: the shared counters of `cookie` (BPF has no stable atomics).
+// `atomic_xadd`: the shared counters of `cookie` and `load` (BPF has no
+// stable atomics).
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
@@ -19,6 +20,7 @@ mod flow;
 mod forward;
 mod frame;
 mod lab_vlan;
+mod load;
 mod local;
 mod log;
 mod maps;
@@ -53,7 +55,9 @@ fn action(verdict: GlobalCounter) -> u32 {
         ForwardTx | ForwardSynCookie | ForwardProxyAck => xdp_action::XDP_TX,
         ForwardRedirect => xdp_action::XDP_REDIRECT,
         DropNoBackend | DropSnatPortsBusy | DropInternal | DropRewrite | DropRefusedHandshake
-        | DropLoopback | DropStrayRst | DropSourceLimit | DropCookieRace => xdp_action::XDP_DROP,
+        | DropLoopback | DropStrayRst | DropSourceLimit | DropCookieRace | DropMaxConns => {
+            xdp_action::XDP_DROP
+        }
         PassNotIp | PassNotTcpUdp | PassFragment | PassNotService | PassMalformed
         | PassNoNeighbour | PassRouteLookup | PassKernelForward | PassBadLength
         | PassTtlExceeded | PassLocal => xdp_action::XDP_PASS,

@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, BackendCounters, DEFAULT_FLOW_CAPACITY, Flow, FlowKey, GlobalCounter,
+    Backend, BackendCounters, BackendLoad, DEFAULT_FLOW_CAPACITY, Flow, FlowKey, GlobalCounter,
     LOCAL_PORT_WORDS, MAGLEV_SLOTS, MAX_BACKENDS, MAX_INTERFACES, MAX_LOCAL_SOCKETS, MAX_SERVICES,
     Reply, Service, ServiceKey, SockKey, SockPeer, TrafficCounters,
     counters::GLOBAL_COUNTERS,
@@ -96,6 +96,20 @@ pub static FLOOD_STATE: Array<u64> = Array::with_max_entries(FLOOD_STATE_LEN, 0)
 /// `lb_common::flood::source_allows`), while cookies are sent.
 #[map]
 pub static SOURCES: LruHashMap<[u8; 16], u64> = LruHashMap::with_max_entries(MAX_SOURCES, 0);
+
+/// Live flows and connect time per backend id (`lb_common::load`): every
+/// CPU adds to them atomically (`crate::load`).
+#[map]
+pub static BACKEND_LOAD: Array<BackendLoad> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Flows per backend id that ended unseen (expired idle, or evicted), as
+/// the agent counts them from the flow table; only the agent writes it.
+#[map]
+pub static BACKEND_GONE: Array<u64> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Each CPU's turn in each service's round-robin cycle, by service id.
+#[map]
+pub static ROUND_ROBIN: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 
 /// Room to build a new flow's entries in, one per CPU: the verifier's stack
 /// is too small for them beside the rest of the call chain.

@@ -9,15 +9,16 @@ use lb_common::{
     Backend, Flow, FlowKey, GlobalCounter, Reply, Service,
     flow::{
         FLOW_F_HALF_OPEN, FLOW_F_MSS_CLASS_MASK, FLOW_F_MSS_CLASS_SHIFT, FLOW_PROXY_SYN,
-        FLOW_SYN_SENT, NextHop, snats,
+        FLOW_SYN_SENT, NextHop, is_live, snats,
     },
     hash::mix64,
+    load::at_limit,
     service::SERVICE_F_SYN_PROXY,
 };
 
 use crate::{
     cookie::{self, Answer},
-    flow,
+    flow, load,
     maps::{BACKENDS, FLOWS, NewFlowScratch, REPLIES, SCRATCH, count_backend},
     parse::{Packet, TCP_RST},
     pick, snat,
@@ -64,8 +65,10 @@ pub fn schedule(
         if next_upstream {
             if flow.state == FLOW_SYN_SENT {
                 // The client sent its SYN again: the backend did not answer.
-                // Counted, not a take-out: any client can repeat a SYN.
+                // Counted, not a take-out: any client can repeat a SYN. The
+                // wait so far is its connect time.
                 count_backend(flow.backend, |c| c.syn_retries += 1);
+                load::connected(flow);
             }
             avoid = flow.backend;
         } else if let Some(backend) = backend(flow.backend)
@@ -93,6 +96,10 @@ pub fn schedule(
     if let Some(old) = stale {
         if old.flags & FLOW_F_HALF_OPEN != 0 {
             cookie::settled();
+        }
+        if is_live(old.state) && !flow::is_expired(&old, key.proto, now) {
+            // An expired entry's flow counts as gone already (the agent's).
+            load::ended(old.backend);
         }
         forget_reply(packet, service, &old);
     }
@@ -134,8 +141,10 @@ const NO_BACKEND: u32 = u32::MAX;
 /// plane, its table not rebuilt yet); the last pick stands if all are.
 const MORE_PICKS: u32 = 7;
 
-/// The backend of a new flow with hash `hash`: the pick, or another slot's
-/// if the pick is `avoid` or takes no new flows.
+/// The backend of a new flow with hash `hash`: the pick, or another pick
+/// if it is `avoid`, takes no new flows or is at its `max_conns`. If all
+/// are, the last pick stands, unless it is at its `max_conns`: a limit
+/// holds.
 #[inline(always)]
 fn pick_usable(
     service: &Service,
@@ -146,14 +155,23 @@ fn pick_usable(
     let mut chosen = backend(id).ok_or(GlobalCounter::DropInternal)?;
     let mut next = hash;
     for _ in 0..MORE_PICKS {
-        if id != avoid && chosen.takes_new_flows() {
-            break;
+        if id != avoid && chosen.takes_new_flows() && !full(id, chosen) {
+            return Ok((id, chosen));
         }
         next = (mix64(u64::from(next)) >> 32) as u32;
         id = pick::pick(service, next)?;
         chosen = backend(id).ok_or(GlobalCounter::DropInternal)?;
     }
+    if full(id, chosen) {
+        return Err(GlobalCounter::DropMaxConns);
+    }
     Ok((id, chosen))
+}
+
+/// Whether backend `id` is at its `max_conns`.
+#[inline(always)]
+fn full(id: u32, backend: &Backend) -> bool {
+    backend.max_conns != 0 && at_limit(load::live(id), backend.max_conns)
 }
 
 /// Schedules a new flow: picks its backend, claims a source port in `nat`
@@ -209,7 +227,7 @@ fn new_flow(
         client_isn: 0,
         last_seen_ns: now,
         service: service.id,
-        _pad: 0,
+        syn_sent_us: 0,
     };
     if let Some(answer) = cookie {
         let flow = &mut scratch.flow;
@@ -220,6 +238,10 @@ fn new_flow(
     } else if scratch.flow.state == FLOW_SYN_SENT {
         cookie::opened();
         scratch.flow.flags |= FLOW_F_HALF_OPEN;
+    }
+    if is_live(scratch.flow.state) && packet.is_tcp() {
+        // The SYN (the client's, or the data plane's own) leaves now.
+        scratch.flow.syn_sent_us = load::now_us();
     }
     if cookie.is_some() {
         // The client's ACK and its first data segment carry the same valid
@@ -236,6 +258,9 @@ fn new_flow(
         FLOWS
             .insert(key, &scratch.flow, 0)
             .map_err(|_| GlobalCounter::DropInternal)?;
+    }
+    if is_live(scratch.flow.state) {
+        load::opened(backend_id);
     }
     count_backend(backend_id, |c| c.new_flows += 1);
     Ok(Scheduled {

@@ -23,7 +23,7 @@ use tokio::{
 
 use crate::{
     checks,
-    config::{BackendConfig, Config, MAX_WEIGHT},
+    config::{BackendConfig, Config, MAX_WEIGHT, Scheduler},
     control::{self, Envelope},
     dataplane::{Dataplane, DataplaneState, LoadOptions},
     desired::{Desired, DesiredBackend, DesiredService, WEIGHT_SCALE},
@@ -43,6 +43,12 @@ pub const TICK: Duration = Duration::from_millis(250);
 /// (XDP or the kernel), which changes when a veth peer's XDP program or a
 /// VLAN device comes or goes.
 pub const EGRESS_REFRESH: Duration = Duration::from_secs(2);
+
+/// How often the agent recounts live flows from the flow table for the
+/// load-aware schedulers and `max_conns` (flows that expire or are evicted
+/// end unseen by the data plane): such a flow counts this much longer at
+/// most.
+pub const LIVE_RECOUNT: Duration = Duration::from_secs(2);
 
 /// `xlb run` options that are not in the configuration file.
 #[derive(Clone, Debug, Default)]
@@ -172,6 +178,7 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut ticker = tokio::time::interval(TICK);
     let mut egress_ticker = tokio::time::interval(EGRESS_REFRESH);
+    let mut recount_ticker = tokio::time::interval(LIVE_RECOUNT);
     loop {
         tokio::select! {
             _ = terminate.recv() => break,
@@ -188,6 +195,13 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
             _ = egress_ticker.tick() => {
                 if let Err(e) = agent.dataplane.refresh_egress() {
                     tracing::error!("reading the interfaces' way out: {e:#}");
+                }
+            }
+            _ = recount_ticker.tick() => {
+                if agent.counts_live_flows()
+                    && let Err(e) = agent.dataplane.recount_live_flows()
+                {
+                    tracing::error!("recounting live flows: {e:#}");
                 }
             }
             Some(result) = check_rx.recv() => agent.record_check(result),
@@ -369,6 +383,15 @@ impl Agent {
             Some(e) => self.last_check_error.insert(key, e),
             None => self.last_check_error.remove(&key),
         };
+    }
+
+    /// Whether a running service picks by live flows or connect time, or
+    /// limits a backend's flows: only then is the flow table recounted.
+    fn counts_live_flows(&self) -> bool {
+        self.runtime.services.iter().any(|s| {
+            !matches!(s.scheduler, Scheduler::Maglev | Scheduler::RoundRobin)
+                || s.backends.iter().any(|b| b.max_conns != 0)
+        })
     }
 
     /// Reads passive health signals and rates, then reconciles.
@@ -677,6 +700,7 @@ impl Agent {
                     port: service.port,
                     protocol: service.protocol,
                     mode: service.mode,
+                    scheduler: service.scheduler,
                     backends,
                     removed_at_runtime,
                 }
@@ -739,14 +763,26 @@ impl Agent {
             }
             _ => None,
         };
+        let load = self
+            .dataplane
+            .backend_load(service, address)
+            .unwrap_or_default();
+        let mut serving = serving_state(desired, backend.backup, state.admin);
+        if serving == ServingState::Active
+            && lb_common::load::at_limit(live_flows, backend.max_conns)
+        {
+            serving = ServingState::Full;
+        }
         BackendStatus {
             address,
             weight: backend.weight,
+            max_conns: backend.max_conns,
+            connect_ms: (load.connects > 0).then(|| load.connect_ns as f64 / 1e6),
             effective_weight: desired
                 .map_or(0.0, |d| f64::from(d.weight) / f64::from(WEIGHT_SCALE)),
             backup: backend.backup,
             admin: state.admin,
-            state: serving_state(desired, backend.backup, state.admin),
+            state: serving,
             health,
             live_flows,
             counters: self.counters_of(service, address),

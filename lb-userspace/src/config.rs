@@ -604,13 +604,6 @@ impl ServiceConfig {
                 self.table_size
             );
         }
-        if self.scheduler != Scheduler::Maglev {
-            // TEMPORARY until the data plane's methods land (issue 14).
-            bail!(
-                "service {name:?}: scheduler {:?} is not supported yet",
-                self.scheduler.to_string()
-            );
-        }
         if self.hash == HashPolicy::SourceIp && self.scheduler != Scheduler::Maglev {
             bail!(
                 "service {name:?}: hash = \"source-ip\" (nginx ip_hash) is a scheduler of its \

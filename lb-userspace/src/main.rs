@@ -330,12 +330,17 @@ fn print_status(status: &Status) {
     }
     for service in &status.services {
         println!(
-            "\n{} {}:{} {} {}",
-            service.name, service.vip, service.port, service.protocol, service.mode,
+            "\n{} {}:{} {} {} {}",
+            service.name,
+            service.vip,
+            service.port,
+            service.protocol,
+            service.mode,
+            service.scheduler,
         );
         println!(
-            "  {:<26} {:<10} {:>6} {:>9} {:>7} {:>9} {:>11}  health",
-            "backend", "state", "weight", "effective", "flows", "pkt/s", "B/s"
+            "  {:<26} {:<10} {:>6} {:>9} {:>11} {:>9} {:>9} {:>11}  health",
+            "backend", "state", "weight", "effective", "flows", "connect", "pkt/s", "B/s"
         );
         for b in &service.backends {
             let note = b
@@ -344,13 +349,21 @@ fn print_status(status: &Status) {
                 .map(|c| format!(" [{c}]"))
                 .unwrap_or_default();
             let backup = if b.backup { " (backup)" } else { "" };
+            let flows = match b.max_conns {
+                0 => b.live_flows.to_string(),
+                max => format!("{}/{max}", b.live_flows),
+            };
+            let connect = b
+                .connect_ms
+                .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.2}ms"));
             println!(
-                "  {:<26} {:<10} {:>6} {:>9.2} {:>7} {:>9.0} {:>11.0}  {}{}{}",
+                "  {:<26} {:<10} {:>6} {:>9.2} {:>11} {:>9} {:>9.0} {:>11.0}  {}{}{}",
                 b.address,
                 b.state,
                 b.weight,
                 b.effective_weight,
-                b.live_flows,
+                flows,
+                connect,
                 b.packets_per_second,
                 b.bytes_per_second,
                 b.health,

@@ -82,6 +82,8 @@ pub fn render(stats: &Stats, status: &Status) -> String {
     let live_flows = Family::<Labels, Gauge>::default();
     let usable = Family::<Labels, Gauge>::default();
     let weight = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    let connect = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    let max_conns = Family::<Labels, Gauge>::default();
 
     for (reason, value) in &stats.global {
         global
@@ -121,6 +123,12 @@ pub fn render(stats: &Stats, status: &Status) -> String {
                 .get_or_create(&labels)
                 .set(i64::from(b.state == ServingState::Active));
             weight.get_or_create(&labels).set(b.effective_weight);
+            if let Some(ms) = b.connect_ms {
+                connect.get_or_create(&labels).set(ms / 1e3);
+            }
+            if b.max_conns != 0 {
+                max_conns.get_or_create(&labels).set(i64::from(b.max_conns));
+            }
         }
     }
     if let Some(flood) = &stats.flood {
@@ -187,8 +195,18 @@ pub fn render(stats: &Stats, status: &Status) -> String {
     registry.register("backend_active", "1 if the backend takes new flows", usable);
     registry.register(
         "backend_effective_weight",
-        "Weight in the Maglev table after health, drain, backup and slow start",
+        "Weight new flows are picked by, after health, drain, backup and slow start",
         weight,
+    );
+    registry.register(
+        "backend_connect_seconds",
+        "Connect time (SYN to SYN-ACK) measured by the data plane, smoothed",
+        connect,
+    );
+    registry.register(
+        "backend_max_conns",
+        "Most live flows the backend may have (max_conns), where set",
+        max_conns,
     );
     let mut out = String::new();
     let _ = encode(&mut out, &registry);

@@ -35,7 +35,7 @@ use lb_common::{BackendCounters, GlobalCounter};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{BackendConfig, Config, Mode, Protocol},
+    config::{BackendConfig, Config, Mode, Protocol, Scheduler},
     doctor::Finding,
     egress::EgressPath,
     health::Admin,
@@ -206,6 +206,9 @@ pub struct ServiceStatus {
     pub port: u16,
     pub protocol: Protocol,
     pub mode: Mode,
+    /// How new flows pick their backend; left out when `maglev`.
+    #[serde(default, skip_serializing_if = "is_maglev")]
+    pub scheduler: Scheduler,
     /// The running backends, runtime changes included.
     pub backends: Vec<BackendStatus>,
     /// Backends of the file removed at runtime.
@@ -218,6 +221,14 @@ pub struct BackendStatus {
     pub address: SocketAddr,
     /// The weight configured (runtime changes included).
     pub weight: u32,
+    /// Most live flows it may have (nginx `max_conns`); left out when 0,
+    /// no limit.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_conns: u32,
+    /// Its connect time (SYN to SYN-ACK) as the data plane measures it,
+    /// smoothed, in milliseconds; left out before the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_ms: Option<f64>,
     /// The weight in the Maglev table after health, drain, backup and slow
     /// start.
     pub effective_weight: f64,
@@ -241,6 +252,14 @@ pub struct BackendStatus {
     pub runtime_change: Option<RuntimeChange>,
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_maglev(scheduler: &Scheduler) -> bool {
+    *scheduler == Scheduler::Maglev
+}
+
 /// What a backend is doing, in one word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -257,6 +276,8 @@ pub enum ServingState {
     /// attempts (`max_fails`: no new flows, its established ones go on;
     /// `health` says which).
     Unhealthy,
+    /// Usable, but at its `max_conns`: takes no new flows until one ends.
+    Full,
     /// Takes no new flows for another reason (weight 0, slow start at 0).
     Idle,
 }
@@ -265,6 +286,7 @@ impl fmt::Display for ServingState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(match self {
             Self::Active => "active",
+            Self::Full => "full",
             Self::Standby => "standby",
             Self::Draining => "draining",
             Self::Down => "down",
@@ -638,6 +660,8 @@ pub(crate) mod tests {
         let backend = |address: &str| BackendStatus {
             address: addr(address),
             weight: 2,
+            max_conns: 0,
+            connect_ms: None,
             effective_weight: 1.5,
             backup: false,
             admin: Admin::Up,
@@ -673,6 +697,7 @@ pub(crate) mod tests {
                 port: 80,
                 protocol: Protocol::Tcp,
                 mode: Mode::Nat,
+                scheduler: Scheduler::Maglev,
                 backends: vec![backend("10.0.2.10:80"), warned],
                 removed_at_runtime: vec![addr("10.0.2.12:80")],
             }],

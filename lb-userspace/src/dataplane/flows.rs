@@ -5,10 +5,12 @@ use std::{collections::HashMap, net::SocketAddr};
 
 use aya::Ebpf;
 use lb_common::{
-    Flow, FlowKey, ServiceKey,
+    BackendLoad, Flow, FlowKey, ServiceKey,
     flow::{
         FLOW_CLOSING, FLOW_MIDSTREAM, FLOW_PROXY_SYN, FLOW_REFUSED, FLOW_SYN_SENT, FlowTimeouts,
+        is_live,
     },
+    load,
 };
 use serde::Serialize;
 
@@ -36,7 +38,7 @@ pub(super) fn live(
     let owners = owners(tables);
     let mut counts = HashMap::new();
     for_each_current(ebpf, timeouts, |key, flow, _| {
-        if !matches!(flow.state, FLOW_CLOSING | FLOW_MIDSTREAM | FLOW_REFUSED)
+        if is_live(flow.state)
             && let Some((service, addr)) = owners.get(&(*key.service_key(), flow.backend))
         {
             *counts.entry(((*service).to_owned(), *addr)).or_insert(0) += 1;
@@ -44,6 +46,43 @@ pub(super) fn live(
         true
     })?;
     Ok(counts)
+}
+
+/// Recounts every backend's live flows from the flow table and writes the
+/// data plane's correction (`BACKEND_GONE`, see `lb_common::load`), so that
+/// flows whose entries expired idle or were evicted, which the data plane
+/// never sees end, stop counting. The counts are read before the table, so
+/// flows that open or end during the pass are off by one until the next.
+/// Returns the live flows per backend id.
+pub(super) fn recount_live(
+    ebpf: &mut Ebpf,
+    tables: &Tables,
+    timeouts: &FlowTimeouts,
+) -> anyhow::Result<HashMap<u32, u64>> {
+    let ids: Vec<u32> = tables
+        .services
+        .values()
+        .flat_map(|s| s.backends.values().copied())
+        .collect();
+    let before: Vec<(u32, BackendLoad)> = {
+        let loads = maps::backend_load(ebpf)?;
+        ids.iter()
+            .map(|&id| Ok((id, loads.get(id)?)))
+            .collect::<anyhow::Result<_>>()?
+    };
+    let mut counted: HashMap<u32, u64> = HashMap::new();
+    for_each_current(ebpf, timeouts, |_, flow, _| {
+        if is_live(flow.state) {
+            *counted.entry(flow.backend).or_insert(0) += 1;
+        }
+        true
+    })?;
+    let mut gone = maps::backend_gone_mut(ebpf)?;
+    for (id, load) in &before {
+        let live = counted.get(id).copied().unwrap_or(0);
+        gone.set(*id, load::correction(load, live))?;
+    }
+    Ok(counted)
 }
 
 /// Flow-table entries of `service` (at most `limit`): client, backend,

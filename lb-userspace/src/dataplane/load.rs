@@ -137,6 +137,12 @@ fn loss(map: MapName) -> &'static str {
         MapName::GlobalStats => "the data-path counters of `xlb stats` (back to 0)",
         MapName::LocalPorts | MapName::AddressRoles => "nothing (refilled from the configuration)",
         MapName::BackendHops => "nothing (next hops are looked up again)",
+        MapName::BackendLoad => {
+            "the live-flow counts (recounted from the flow table within seconds) and connect \
+             times (measured again by the next handshakes) of the load-aware schedulers"
+        }
+        MapName::BackendGone => "nothing (recounted from the flow table)",
+        MapName::RoundRobin => "each CPU's place in its round-robin cycles",
         MapName::Sockets => {
             "which service local clients' open sockets asked for: getpeername shows the backend"
         }

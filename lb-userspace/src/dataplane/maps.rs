@@ -16,8 +16,8 @@ use aya::{
     maps::{Array, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
 };
 use lb_common::{
-    Backend, BackendCounters, Flow, FlowKey, Service, ServiceKey, TrafficCounters, flow::NextHop,
-    service::ServiceSlot,
+    Backend, BackendCounters, BackendLoad, Flow, FlowKey, Service, ServiceKey, TrafficCounters,
+    flow::NextHop, service::ServiceSlot,
 };
 
 /// A map of the eBPF object that userspace reads or writes; all of them are
@@ -43,11 +43,14 @@ pub enum MapName {
     BackendHops,
     AddressRoles,
     ServiceSlots,
+    BackendLoad,
+    BackendGone,
+    RoundRobin,
 }
 
 impl MapName {
     /// Every one, in the order of docs/datapath.md.
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 20] = [
         Self::Services,
         Self::Maglev,
         Self::Backends,
@@ -65,6 +68,9 @@ impl MapName {
         Self::BackendHops,
         Self::AddressRoles,
         Self::ServiceSlots,
+        Self::BackendLoad,
+        Self::BackendGone,
+        Self::RoundRobin,
     ];
 
     /// Its name in the eBPF object (and its pin's file name).
@@ -87,6 +93,9 @@ impl MapName {
             Self::BackendHops => "BACKEND_HOPS",
             Self::AddressRoles => "ADDRESS_ROLES",
             Self::ServiceSlots => "SERVICE_SLOTS",
+            Self::BackendLoad => "BACKEND_LOAD",
+            Self::BackendGone => "BACKEND_GONE",
+            Self::RoundRobin => "ROUND_ROBIN",
         }
     }
 }
@@ -245,6 +254,17 @@ pub(super) fn backends(ebpf: &Ebpf) -> anyhow::Result<Named<Array<&MapData, Back
 
 pub(super) fn backends_mut(ebpf: &mut Ebpf) -> anyhow::Result<Named<Array<&mut MapData, Backend>>> {
     open_mut(ebpf, MapName::Backends)
+}
+
+/// `BACKEND_LOAD`: backend id → its live-flow counts and connect time.
+pub(super) fn backend_load(ebpf: &Ebpf) -> anyhow::Result<Named<Array<&MapData, BackendLoad>>> {
+    open(ebpf, MapName::BackendLoad)
+}
+
+/// `BACKEND_GONE`: backend id → flows that ended unseen, as the agent
+/// counted them (a signed correction, two's complement).
+pub(super) fn backend_gone_mut(ebpf: &mut Ebpf) -> anyhow::Result<Named<Array<&mut MapData, u64>>> {
+    open_mut(ebpf, MapName::BackendGone)
 }
 
 /// `BACKEND_HOPS`: backend id → the next hop the data plane remembers.

@@ -27,7 +27,7 @@ use aya::{
     programs::{Xdp, xdp::XdpLinkId},
 };
 use lb_common::{
-    BackendCounters, GlobalCounter, TrafficCounters,
+    BackendCounters, BackendLoad, GlobalCounter, TrafficCounters,
     flood::{self, FLOOD_COOKIES_VALID, FLOOD_EXPIRED, FLOOD_OPENED, FLOOD_SETTLED},
     service::ipv4_mapped,
 };
@@ -216,6 +216,21 @@ impl Dataplane {
         &self,
     ) -> anyhow::Result<std::collections::HashMap<(String, SocketAddr), u64>> {
         flows::live(&self.ebpf, &self.tables, &self.options.timeouts)
+    }
+
+    /// Recounts every backend's live flows from the flow table for the
+    /// load-aware schedulers and `max_conns`, which the data plane counts
+    /// itself but for flows that expire or are evicted unseen
+    /// ([`flows::recount_live`]). Returns the live flows per backend id.
+    pub fn recount_live_flows(&mut self) -> anyhow::Result<std::collections::HashMap<u32, u64>> {
+        flows::recount_live(&mut self.ebpf, &self.tables, &self.options.timeouts)
+    }
+
+    /// What the data plane counts of one backend of `service`: live flows
+    /// and connect time (`lb_common::load`).
+    pub fn backend_load(&self, service: &str, backend: SocketAddr) -> anyhow::Result<BackendLoad> {
+        let id = self.tables.backend_id(service, backend)?;
+        maps::backend_load(&self.ebpf)?.get(id)
     }
 
     /// Flow-table entries of `service` (at most `limit`): client, backend,

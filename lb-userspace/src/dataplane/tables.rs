@@ -1,7 +1,8 @@
 //! Programming services and backends: service ids and slot ranges, backend
-//! ids, `BACKENDS` entries, the Maglev table built into the half of the
-//! service's range packets are not using, and the `SERVICES` entry that
-//! switches packets to it.
+//! ids, `BACKENDS` entries, the service's table (what its scheduler reads:
+//! the Maglev table, a round-robin cycle, or the list of usable backends)
+//! built into the half of the service's range packets are not using, and
+//! the `SERVICES` entry that switches packets to it.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque, hash_map::Entry},
@@ -15,17 +16,19 @@ use lb_common::{
     backend::{BACKEND_F_FAIL_AT_ONCE, BACKEND_F_FAILED, BACKEND_F_LOCAL, BACKEND_F_NO_NEW_FLOWS},
     filter::{ADDRESS_SLOTS, ROLE_BACKEND, ROLE_VIP, address_slot},
     flow::NextHop,
+    load,
     maglev::{self, Candidate},
     service::{
+        SCHED_LEAST_CONN, SCHED_LEAST_TIME, SCHED_MAGLEV, SCHED_RANDOM_TWO, SCHED_ROUND_ROBIN,
         SERVICE_F_DNAT, SERVICE_F_HASH_SOURCE, SERVICE_F_NEXT_ON_ERROR, SERVICE_F_NEXT_ON_TIMEOUT,
-        SERVICE_F_SYN_PROXY, ServiceSlot,
+        SERVICE_F_SYN_PROXY, SERVICE_SCHED_SHIFT, ServiceSlot,
     },
 };
 
 use super::{mapped, maps};
 use crate::{
-    config::{HashPolicy, Mode, NextUpstream, Protocol},
-    desired::{Desired, DesiredService},
+    config::{HashPolicy, Mode, NextUpstream, Protocol, Scheduler},
+    desired::{Desired, DesiredBackend, DesiredService},
     slots::{Range, SlotAllocator},
 };
 
@@ -325,7 +328,11 @@ impl Tables {
         self.backend_ids.assign(state, service)?;
         let addrs = self.backend_addrs.get_or_insert_default();
         write_backends(ebpf, state, service, addrs)?;
-        let table = build_table(state, service)?;
+        let table = match service.scheduler {
+            Scheduler::Maglev | Scheduler::RandomTwo => build_table(state, service)?,
+            Scheduler::RoundRobin => round_robin_table(state, service),
+            Scheduler::LeastConn | Scheduler::LeastTime => usable_list(state, service),
+        };
         let half = write_table(ebpf, state, &table)?;
         let entry = service_entry(state, service, &table, half);
         maps::service_slots_mut(ebpf)?.set(
@@ -393,7 +400,10 @@ fn write_backends(
         if backend.fail_at_once {
             flags |= BACKEND_F_FAIL_AT_ONCE;
         }
-        backends.set(id, backend_entry(backend.address, flags))?;
+        let mut entry = backend_entry(backend.address, flags);
+        entry.weight = new_flow_weight(backend);
+        entry.max_conns = backend.max_conns;
+        backends.set(id, entry)?;
     }
     Ok(())
 }
@@ -413,11 +423,7 @@ fn build_table(state: &ServiceState, service: &DesiredService) -> anyhow::Result
         .zip(&identities)
         .map(|(b, identity)| Candidate {
             identity,
-            weight: if b.failed || b.no_new_flows {
-                0
-            } else {
-                b.weight
-            },
+            weight: new_flow_weight(b),
         })
         .collect();
     let table = maglev::build_table(&candidates, service.table_size).map_err(|e| anyhow!("{e}"))?;
@@ -428,6 +434,36 @@ fn build_table(state: &ServiceState, service: &DesiredService) -> anyhow::Result
                 .collect()
         })
         .unwrap_or_default())
+}
+
+/// The weight a backend gets new flows by: none if failed or taken out.
+fn new_flow_weight(backend: &DesiredBackend) -> u32 {
+    if backend.failed || backend.no_new_flows {
+        0
+    } else {
+        backend.weight
+    }
+}
+
+/// One cycle of smooth weighted round robin over the service's backends
+/// (`round_robin`), as backend ids, at most `table_size` long.
+fn round_robin_table(state: &ServiceState, service: &DesiredService) -> Vec<u32> {
+    let weights: Vec<u32> = service.backends.iter().map(new_flow_weight).collect();
+    load::smooth_round_robin(&weights, service.table_size as usize)
+        .into_iter()
+        .map(|i| state.backends[&service.backends[i].address])
+        .collect()
+}
+
+/// Each backend that takes new flows, once (`least_conn`, `least_time`:
+/// two are drawn from it uniformly, and compared per unit of weight).
+fn usable_list(state: &ServiceState, service: &DesiredService) -> Vec<u32> {
+    service
+        .backends
+        .iter()
+        .filter(|b| new_flow_weight(b) > 0)
+        .map(|b| state.backends[&b.address])
+        .collect()
 }
 
 /// Puts `table` into `MAGLEV`: an unchanged one stays in the active half; a
@@ -487,14 +523,17 @@ fn service_entry(
     } else {
         0
     };
+    let scheduler = match service.scheduler {
+        Scheduler::Maglev => SCHED_MAGLEV,
+        Scheduler::RoundRobin => SCHED_ROUND_ROBIN,
+        Scheduler::LeastConn => SCHED_LEAST_CONN,
+        Scheduler::RandomTwo => SCHED_RANDOM_TWO,
+        Scheduler::LeastTime => SCHED_LEAST_TIME,
+    } << SERVICE_SCHED_SHIFT;
     Service {
         id: state.id,
-        flags: mode | hash | next_upstream | syn_proxy,
-        table_size: if table.is_empty() {
-            0
-        } else {
-            service.table_size
-        },
+        flags: mode | hash | next_upstream | syn_proxy | scheduler,
+        table_size: table.len() as u32,
         table_start: state.half_start(half),
         snat_addr: service.snat.map(mapped).unwrap_or([0; 16]),
     }
@@ -531,7 +570,8 @@ fn backend_entry(address: SocketAddr, flags: u16) -> Backend {
         addr: mapped(address.ip()),
         port_be: address.port().to_be(),
         flags: flags | local,
-        _pad: 0,
+        weight: 0,
+        max_conns: 0,
     }
 }
 
