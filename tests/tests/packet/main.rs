@@ -22,6 +22,7 @@ mod malformed;
 mod nat;
 mod next_upstream;
 mod not_for_a_service;
+mod schedulers;
 mod snat_ports;
 mod ttl;
 mod udp;
