@@ -294,8 +294,15 @@ impl Lab {
 
     /// Starts backend `i`'s server again and waits until it answers.
     pub fn start_backend(&mut self, i: usize) -> anyhow::Result<()> {
+        self.start_backend_with(i, &[])
+    }
+
+    /// [`Lab::start_backend`] with more arguments for its server, e.g.
+    /// `["--delay-ms", "20"]` for a slow app instance.
+    pub fn start_backend_with(&mut self, i: usize, extra: &[&str]) -> anyhow::Result<()> {
         let (run_dir, b) = (self.topo.run_dir(), self.topo.backend(i));
-        let mut child = procs::spawn_backend(&procs::httpd_path()?, &run_dir, &b)?;
+        let mut child =
+            procs::spawn_backend_with(&procs::httpd_path()?, &run_dir, &b, None, extra)?;
         procs::wait_ready(&mut child, &run_dir, &b)?;
         self.children.push(child);
         Ok(())

@@ -79,6 +79,17 @@ pub fn spawn_backend_on(
     b: &Backend,
     bind: Option<std::net::IpAddr>,
 ) -> anyhow::Result<Child> {
+    spawn_backend_with(httpd, run_dir, b, bind, &[])
+}
+
+/// [`spawn_backend_on`] with more arguments for `httpd` (e.g. `--delay-ms`).
+pub fn spawn_backend_with(
+    httpd: &Path,
+    run_dir: &Path,
+    b: &Backend,
+    bind: Option<std::net::IpAddr>,
+    extra: &[&str],
+) -> anyhow::Result<Child> {
     let log = log_path(run_dir, b);
     let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let err = out.try_clone()?;
@@ -90,6 +101,7 @@ pub fn spawn_backend_on(
     if let Some(bind) = &bind {
         args.extend(["--bind", bind]);
     }
+    args.extend(extra);
     let mut cmd = netns::exec(&b.ns, &httpd.to_string_lossy(), args);
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     // SAFETY: setsid is async-signal-safe and touches no parent state.

@@ -2,11 +2,13 @@
 //! `x-backend: NAME` and body `NAME\n` (keep-alive), and every UDP datagram
 //! with `NAME\n`, on `[::]:PORT` (dual stack). `GET /health` answers with
 //! the status code written in `--health-file` if that file exists (tests use
-//! it to make a backend "return errors"), else 200.
+//! it to make a backend "return errors"), else 200. `--delay-ms` makes it a
+//! slow app instance.
 
 use std::{
     convert::Infallible,
     net::{IpAddr, Ipv6Addr, SocketAddr},
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -41,6 +43,10 @@ struct Args {
     /// queued requests behind other threads for 20-50 ms (wrk's p99).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     workers: u16,
+    /// Milliseconds to wait before answering each request but `/health`:
+    /// a slow app instance (tests of the load-aware schedulers).
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,10 +54,12 @@ fn main() -> anyhow::Result<()> {
     let runtime = match args.workers {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_io()
+            .enable_time()
             .build()?,
         n => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(n.into())
             .enable_io()
+            .enable_time()
             .build()?,
     };
     runtime.block_on(serve(args))
@@ -103,6 +111,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     });
 
     let name = hyper::header::HeaderValue::from_str(&args.name).context("--name")?;
+    let delay = Duration::from_millis(args.delay_ms);
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(conn) => conn,
@@ -126,7 +135,17 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                 {
                     *response.status_mut() = status;
                 }
-                async move { Ok::<_, Infallible>(response) }
+                let delay = if req.uri().path() == "/health" {
+                    Duration::ZERO
+                } else {
+                    delay
+                };
+                async move {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    Ok::<_, Infallible>(response)
+                }
             });
             // Errors here are client resets and the like; nothing to do.
             let _ = http1::Builder::new()
