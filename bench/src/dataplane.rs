@@ -195,6 +195,8 @@ struct Scenario {
     flows: usize,
     /// What it times besides (or instead of) the usual paths.
     extra: Extra,
+    /// Every service's `scheduler`.
+    scheduler: &'static str,
 }
 
 /// Measurements some scenarios make beyond the usual four paths
@@ -225,8 +227,15 @@ fn scenarios(options: &Options) -> Vec<Scenario> {
         flow_capacity,
         flows,
         extra: Extra::None,
+        scheduler: "maglev",
     };
     let with = |extra, scenario: Scenario| Scenario { extra, ..scenario };
+    // The baseline with another method: its new-flow cost beside Maglev's.
+    let by = |scheduler| Scenario {
+        name: scheduler,
+        scheduler,
+        ..s("", 1, 4, 65_537, default_capacity, 10_000)
+    };
     vec![
         s("baseline", 1, 4, 65_537, default_capacity, 10_000),
         s("1 backend", 1, 1, 65_537, default_capacity, 10_000),
@@ -263,6 +272,10 @@ fn scenarios(options: &Options) -> Vec<Scenario> {
             Extra::Cookies,
             s("SYN cookies", 1, 4, 65_537, default_capacity, 0),
         ),
+        by("round_robin"),
+        by("least_conn"),
+        by("random_two"),
+        by("least_time"),
     ]
 }
 
@@ -845,11 +858,28 @@ impl Bench {
         let out = &self.out[..c.len];
         ensure!(out.len() >= 38, "new flow: output of {} bytes", out.len());
         let hash = flow_hash(&input.flow_key(), false);
-        let expected = loaded
-            .dp
-            .lookup(&service_name(loaded.scenario, i), hash)?
-            .context("the service has no backend")?;
-        let backend = backend_index(expected)?;
+        let backend = if loaded.scenario.scheduler == "maglev" {
+            let expected = loaded
+                .dp
+                .lookup(&service_name(loaded.scenario, i), hash)?
+                .context("the service has no backend")?;
+            backend_index(expected)?
+        } else {
+            // Other methods pick by state (turns, live flows) the bench does
+            // not model: any backend of the flow's service will do.
+            let sent_to = SocketAddrV4::new(
+                std::net::Ipv4Addr::new(out[30], out[31], out[32], out[33]),
+                u16::from_be_bytes([out[36], out[37]]),
+            );
+            let backend = backend_index(SocketAddr::V4(sent_to))?;
+            let service = i % loaded.scenario.services;
+            let first = (service * loaded.scenario.backends) as u32;
+            ensure!(
+                (first..first + loaded.scenario.backends as u32).contains(&backend),
+                "new flow: sent to {sent_to}, not a backend of its service"
+            );
+            backend
+        };
         let port = u16::from_be_bytes([out[34], out[35]]);
         ensure!(
             (0..SNAT_PORT_ATTEMPTS).any(|a| snat_candidate(hash, input.src.port(), a) == port),
@@ -893,10 +923,11 @@ fn config_text(s: &Scenario) -> String {
     let mut text = String::new();
     for service in 0..s.services {
         text += &format!(
-            "[[service]]\nname = \"{}\"\nvip = \"{}\"\nport = {VIP_PORT}\nsnat = \"{SNAT}\"\ntable_size = {}\n",
+            "[[service]]\nname = \"{}\"\nvip = \"{}\"\nport = {VIP_PORT}\nsnat = \"{SNAT}\"\ntable_size = {}\nscheduler = \"{}\"\n",
             service_name(s, service),
             vip(s, service).ip(),
-            s.table_size
+            s.table_size,
+            s.scheduler
         );
         for k in 0..s.backends {
             let backend = backend_addr((service * s.backends + k) as u32);
