@@ -351,7 +351,7 @@ fn tokenize(text: &str, file: &Path) -> anyhow::Result<Vec<Token>> {
                     } else if ch == '$' && chars.peek() == Some(&'{') {
                         // `${name}`: the braces belong to the variable.
                         word.push('$');
-                        while let Some(v) = chars.next() {
+                        for v in chars.by_ref() {
                             word.push(v);
                             if v == '}' {
                                 break;
@@ -396,7 +396,6 @@ const STARTERS: &[&str] = &[
 /// Parses one file's text; `include`s are left as directives.
 pub fn parse(text: &str, file: &Arc<Path>, order: usize) -> anyhow::Result<Vec<Directive>> {
     let tokens = tokenize(text, file)?;
-    let mut tokens = tokens.into_iter().peekable();
     let last_line = text.lines().count().max(1) as u32;
     let at = |line| At {
         order,
@@ -411,7 +410,7 @@ pub fn parse(text: &str, file: &Arc<Path>, order: usize) -> anyhow::Result<Vec<D
     let mut start = 0;
     let mut last_word_line = 0;
     let pending = |words: &[String]| words.join(" ");
-    while let Some(token) = tokens.next() {
+    for token in tokens {
         match token {
             Token::Word {
                 text,

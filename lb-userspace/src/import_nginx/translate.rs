@@ -895,7 +895,7 @@ impl Translator<'_> {
             bail!("{}: `{}` takes one address (missing ';'?)", d.at, d.text());
         };
         let (scheme, rest) = match url.split_once("://") {
-            Some((scheme, rest)) => (Some(scheme), rest.as_ref()),
+            Some((scheme, rest)) => (Some(scheme), rest),
             None => (None, url.as_str()),
         };
         let default_port = match (ctx, scheme) {
