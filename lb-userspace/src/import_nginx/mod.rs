@@ -1125,6 +1125,84 @@ mod tests {
     }
 
     #[test]
+    fn a_server_without_listen_takes_port_80() {
+        let import = import_text(
+            "server { location / { proxy_pass http://127.0.0.1:8000; } }",
+            &options(&["192.0.2.10"], &[]),
+        )
+        .unwrap();
+        assert_eq!(import.config.services[0].port, 80);
+        has(&import, "t.conf:1: note: `server`", "port 80");
+        let err = import_text(
+            "stream { server { proxy_pass 127.0.0.1:53; } }",
+            &Options::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("t.conf:1: a stream `server` needs a `listen`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn what_only_nginx_can_do_is_reported() {
+        let import = import_text(
+            "events {}\nmail { server { listen 25; } }\nhttp {\n\
+               server { listen 81; location / { fastcgi_pass 127.0.0.1:9000; } }\n\
+               server { listen 82; location / { proxy_pass https://127.0.0.1:8443; } }\n\
+               server { listen 443 quic; listen 83 proxy_protocol; location / { proxy_pass http://$up; } }\n\
+               server { listen 84; location / { proxy_pass http://localhost:8000; } }\n\
+             }\nstream { server { listen 85; ssl_preread on; proxy_pass 127.0.0.1:8085; } }\n",
+            &options(&["192.0.2.10"], &[]),
+        )
+        .unwrap();
+        has(&import, "t.conf:2: warning: `mail`", "authenticates");
+        has(
+            &import,
+            "t.conf:4: warning: `fastcgi_pass 127.0.0.1:9000`",
+            "speak HTTP",
+        );
+        has(&import, "t.conf:4: warning: `server`", "passes nothing on");
+        has(
+            &import,
+            "t.conf:5: warning: `proxy_pass https://127.0.0.1:8443`",
+            "TLS",
+        );
+        has(&import, "t.conf:6: warning: `listen 443 quic`", "QUIC");
+        has(
+            &import,
+            "t.conf:6: warning: `listen 83 proxy_protocol`",
+            "PROXY protocol",
+        );
+        has(
+            &import,
+            "t.conf:6: warning: `proxy_pass http://$up`",
+            "variables",
+        );
+        has(
+            &import,
+            "t.conf:7: note: `proxy_pass http://localhost:8000`",
+            "resolved at import to 127.0.0.1:8000",
+        );
+        has(&import, "t.conf:9: warning: `ssl_preread on`", "SNI");
+        let ports: Vec<_> = import
+            .config
+            .services
+            .iter()
+            .map(|s| (s.port, s.backends[0].address.to_string()))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                (82, "127.0.0.1:8443".to_owned()),
+                (84, "127.0.0.1:8000".to_owned()),
+                (85, "127.0.0.1:8085".to_owned())
+            ]
+        );
+    }
+
+    #[test]
     fn a_site_file_alone_reads_as_http() {
         let import = import_text(
             "server { listen 8080; location / { proxy_pass http://127.0.0.1:8000; } }",

@@ -802,6 +802,27 @@ impl Translator<'_> {
                 _ => self.other(d, Some(&mut server))?,
             }
         }
+        if server.listens.is_empty() {
+            if ctx == Ctx::Stream {
+                bail!("{}: a stream `server` needs a `listen`", d.at);
+            }
+            // nginx's default: every IPv4 address, port 80.
+            self.messages.push(Message::new(
+                Level::Note,
+                Some(d.at.clone()),
+                "server",
+                "no `listen`: nginx listens on port 80, and so does the service",
+            ));
+            server.listens.push(Listen {
+                at: d.at.clone(),
+                text: "listen 80".to_owned(),
+                addr: ListenAddr::Any4,
+                port: 80,
+                udp: false,
+                ssl: false,
+                default_server: false,
+            });
+        }
         server.pass = match root_pass {
             Some(pass) => Some(pass),
             None if !other_passes.is_empty() => {
