@@ -2,7 +2,11 @@
 //! stderr naming file and line, a non-zero exit for a malformed file. The
 //! translation itself is tested in `xlb::import_nginx`.
 
-use std::{path::PathBuf, process::Output};
+use std::{
+    path::PathBuf,
+    process::Output,
+    sync::atomic::{AtomicUsize, Ordering},
+};
 
 use xlb::config::Config;
 use xlb_tests::agent::xlb_binary;
@@ -65,7 +69,13 @@ fn the_django_cluster_imports_on_stdout_with_warnings_on_stderr() {
 
 /// `xlb check --offline` on what `xlb import-nginx` printed.
 fn check(stdout: &[u8]) -> Output {
-    let dir = std::env::temp_dir().join(format!("xlb-import-nginx-{}", std::process::id()));
+    // A directory per call: the tests run in parallel.
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "xlb-import-nginx-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("xlb.toml");
     std::fs::write(&path, stdout).unwrap();
