@@ -14,6 +14,7 @@ pub mod doctor;
 pub mod egress;
 pub mod health;
 pub mod host;
+pub mod import_nginx;
 pub mod local;
 mod lock;
 pub mod metrics;

@@ -1,13 +1,17 @@
 //! `xlb`: the load balancer's agent (`xlb run`) and the command-line
 //! interface that talks to it.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand};
 use xlb::{
     agent::{self, RunOptions},
     config::{BackendConfig, Config},
-    control, diagnose,
+    control, diagnose, import_nginx,
     protocol::{Change, Flow, Request, Stats, Status},
 };
 
@@ -92,6 +96,21 @@ enum Command {
     Server {
         #[command(subcommand)]
         action: ServerAction,
+    },
+    /// Translate an nginx configuration (its `upstream` and `server`
+    /// blocks, includes followed) into xlb's: TOML on stdout, what did not
+    /// carry over on stderr (docs/migrating-from-nginx.md).
+    ImportNginx {
+        /// nginx's main configuration file, e.g. /etc/nginx/nginx.conf.
+        file: PathBuf,
+        /// The address clients connect to, for `listen` lines that name no
+        /// address (once per address family).
+        #[arg(long)]
+        vip: Vec<IpAddr>,
+        /// Source address towards backends not on this host, for `nat`
+        /// mode (once per address family); without it they get `dnat`.
+        #[arg(long)]
+        snat: Vec<IpAddr>,
     },
 }
 
@@ -234,6 +253,18 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Server { action } => server(&cli.socket, action).await,
+            Command::ImportNginx { file, vip, snat } => {
+                let options = import_nginx::Options {
+                    vips: vip,
+                    snats: snat,
+                };
+                let import = import_nginx::import(&file, &options)?;
+                for message in &import.messages {
+                    eprintln!("{message}");
+                }
+                print!("{}", import.toml);
+                Ok(())
+            }
         }
     })
 }
