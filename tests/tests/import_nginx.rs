@@ -91,7 +91,6 @@ fn check(stdout: &[u8]) -> Output {
 /// Needs round_robin, refused by main's validation until the data plane
 /// has it.
 #[test]
-#[ignore = "until config.rs accepts every scheduler (issue 14)"]
 fn the_imported_django_cluster_passes_xlb_check() {
     let conf = fixture("django/nginx.conf");
     let out = import(&[conf.to_str().unwrap(), "--vip", "192.0.2.10"]);

@@ -1216,7 +1216,6 @@ mod tests {
     /// Every fixture's output passes main's validation. Needs the
     /// schedulers other than maglev, refused until the data plane has them.
     #[test]
-    #[ignore = "until config.rs accepts every scheduler (issue 14)"]
     fn every_import_is_a_valid_configuration() {
         for (name, vips) in [
             ("django/nginx.conf", &["192.0.2.10"][..]),
