@@ -184,9 +184,14 @@ fn max_conns_holds_under_load() {
         most.load(Ordering::Relaxed)
     );
     assert_all_answered(&counts);
+    // Each CPU checks the count before it adds its flow: two CPUs opening
+    // flows to one backend at the same instant may each see room for one
+    // (docs/configuration.md, `max_conns`).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     assert!(
-        most.load(Ordering::Relaxed) <= 3,
-        "a backend had more than 3"
+        most.load(Ordering::Relaxed) <= 3 + (cpus - 1),
+        "a backend had more than 3 + {} (one per other CPU)",
+        cpus - 1
     );
     assert!(
         most.load(Ordering::Relaxed) >= 2,
