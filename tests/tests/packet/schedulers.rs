@@ -61,13 +61,7 @@ fn on_one_cpu() {
 
 /// A client flow's SYN from `port`: the backend it went to.
 fn open(h: &mut Harness, port: u16) -> SocketAddr {
-    let syn = Frame::tcp(&format!("10.0.0.2:{port}"), VIP, Transport::SYN);
-    let (action, out) = h.run(&syn);
-    assert_eq!(action, Action::Tx, "SYN from port {port}");
-    SocketAddr::new(
-        std::net::Ipv4Addr::new(out[30], out[31], out[32], out[33]).into(),
-        u16::from_be_bytes([out[36], out[37]]),
-    )
+    open_nat(h, port).0
 }
 
 /// The client ends its flow from `port` (a FIN).
@@ -89,11 +83,12 @@ fn answer(h: &mut Harness, backend: SocketAddr, snat_port: u16) {
     assert_eq!(h.run(&syn_ack).0, Action::Tx);
 }
 
-/// Like [`open`], also returning the source port towards the backend.
+/// A client flow's SYN from `port`: the backend it went to, and the source
+/// port towards it (nat).
 fn open_nat(h: &mut Harness, port: u16) -> (SocketAddr, u16) {
     let syn = Frame::tcp(&format!("10.0.0.2:{port}"), VIP, Transport::SYN);
     let (action, out) = h.run(&syn);
-    assert_eq!(action, Action::Tx);
+    assert_eq!(action, Action::Tx, "SYN from port {port}");
     let backend = SocketAddr::new(
         std::net::Ipv4Addr::new(out[30], out[31], out[32], out[33]).into(),
         u16::from_be_bytes([out[36], out[37]]),
