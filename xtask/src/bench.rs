@@ -6,7 +6,6 @@
 //! the eBPF object; xtask itself stays free of eBPF-building crates.
 
 use std::{
-    path::Path,
     process::Command,
     sync::{
         Arc,
@@ -37,10 +36,6 @@ const LAB_PREFIX: &str = "xlbbench";
 
 /// Where the peers keep their pid and log files (`xlb_bench::peers::RUN_DIR`).
 const PEERS_RUN_DIR: &str = "/run/xlb-bench";
-
-/// Tells Debian's maintainer scripts not to start the services they install
-/// (nginx, HAProxy would otherwise listen on port 80 of this host).
-const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -90,28 +85,10 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Installs the peers and wrk if missing, without letting Debian start the
-/// peers' services.
+/// Installs the peers and wrk if missing (Debian does not start their
+/// services: `setup::debian_packages`).
 fn peers() -> anyhow::Result<()> {
-    let missing = BENCH_PACKAGES
-        .iter()
-        .any(|(c, _)| !cmd::on_path(c) && !Path::new("/usr/sbin").join(c).exists());
-    let guard = missing && !Path::new(POLICY_RC_D).exists();
-    if guard {
-        std::fs::write(
-            POLICY_RC_D,
-            "#!/bin/sh\n# Written by cargo xtask bench.\nexit 101\n",
-        )?;
-        std::fs::set_permissions(
-            POLICY_RC_D,
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )?;
-    }
-    let result = setup::debian_packages(BENCH_PACKAGES);
-    if guard {
-        std::fs::remove_file(POLICY_RC_D)?;
-    }
-    result
+    setup::debian_packages(BENCH_PACKAGES)
 }
 
 /// Removes what an interrupted or failed bench (pid `pid`) left behind: its

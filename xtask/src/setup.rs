@@ -17,12 +17,19 @@ const EBPF_TOOLCHAIN: &str = "nightly";
 /// bpf-linker release installed; it must link the nightly's own LLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Commands the lab and tests use, with the Debian package providing each
-/// (hping3: the SYN floods of `tests/tests/flood.rs`).
+/// (hping3: the SYN floods of `tests/tests/flood.rs`; nginx: the side-by-side
+/// test of an imported configuration; promtool: the metrics' format check).
 const DEBIAN_COMMANDS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
     ("hping3", "hping3"),
+    ("nginx", "nginx"),
+    ("promtool", "prometheus"),
 ];
+
+/// Tells Debian's maintainer scripts not to start the services they install
+/// (nginx, HAProxy, Prometheus would otherwise listen on this host's ports).
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 pub fn setup() -> anyhow::Result<()> {
     rust_src()?;
@@ -181,13 +188,29 @@ pub fn debian_packages(commands: &[(&str, &str)]) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("setup: installing Debian packages {}", missing.join(" "));
-    cmd::status(Command::new("apt-get").args(["update", "-qq"]))?;
-    cmd::status(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    let guard = !Path::new(POLICY_RC_D).exists();
+    if guard {
+        std::fs::write(
+            POLICY_RC_D,
+            "#!/bin/sh\n# Written by cargo xtask setup while it installs packages.\nexit 101\n",
+        )?;
+        std::fs::set_permissions(
+            POLICY_RC_D,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
+    }
+    let result = cmd::status(Command::new("apt-get").args(["update", "-qq"])).and_then(|()| {
+        cmd::status(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    });
+    if guard {
+        std::fs::remove_file(POLICY_RC_D)?;
+    }
+    result
 }
 
 #[cfg(test)]
