@@ -27,6 +27,7 @@ use crate::{
     control::{self, Envelope},
     dataplane::{Dataplane, DataplaneState, LoadOptions},
     desired::{Desired, DesiredBackend, DesiredService, WEIGHT_SCALE},
+    handoff::{HandedBackend, Handoff},
     health::{self, Admin, BackendState},
     lock::Locks,
     metrics,
@@ -110,6 +111,25 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
     let agent_cfg = config.agent.clone();
     let _locks = Locks::acquire(&agent_cfg.run_dir, &agent_cfg.name, &config.interfaces)?;
 
+    let handoff_path = agent_cfg
+        .run_dir
+        .join(format!("{}.handoff.json", agent_cfg.name));
+    let handoff = Handoff::take(&handoff_path).unwrap_or_else(|e| {
+        tracing::warn!(
+            "starting from the configuration file, not the upgraded agent's state: {e:#}"
+        );
+        None
+    });
+    // After an upgrade in place: the configuration the previous agent ran,
+    // runtime changes included; this start's interfaces and settings.
+    let (file, runtime) = match &handoff {
+        Some(h) => (
+            config.with_process_settings_of(h.file.clone()),
+            config.with_process_settings_of(h.runtime.clone()),
+        ),
+        None => (config.clone(), config.clone()),
+    };
+
     let pin_dir = agent_cfg.pin_dir.join(&agent_cfg.name);
     let state_path = agent_cfg
         .run_dir
@@ -126,14 +146,14 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
         ),
     })?;
     let kernel_log = spawn_kernel_log(&mut dataplane)?;
-    let adopting = previous_state(&mut dataplane, &pin_dir, &state_path, &config)?;
+    let adopting = previous_state(&mut dataplane, &pin_dir, &state_path, &runtime)?;
 
     let (check_tx, mut check_rx) = mpsc::channel(1024);
     let now = Instant::now();
     let mut agent = Agent {
         config_path: config_path.to_owned(),
-        file: config.clone(),
-        runtime: config.clone(),
+        file,
+        runtime,
         states: HashMap::new(),
         dataplane,
         applied: None,
@@ -150,6 +170,9 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
         now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now),
         false,
     );
+    if let Some(h) = &handoff {
+        agent.carry_on(&h.backends, now);
+    }
     agent.reconcile(now)?;
     let mode: ModeRequest = agent_cfg.xdp_mode.parse()?;
     for iface in &config.interfaces {
@@ -176,6 +199,7 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut upgrade = signal(SignalKind::user_defined2())?;
     let mut ticker = tokio::time::interval(TICK);
     let mut egress_ticker = tokio::time::interval(EGRESS_REFRESH);
     let mut recount_ticker = tokio::time::interval(LIVE_RECOUNT);
@@ -183,6 +207,10 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
+            _ = upgrade.recv() => {
+                let e = agent.upgrade_in_place(&handoff_path);
+                tracing::error!("upgrade failed, this agent keeps running: {e:#}");
+            }
             _ = hangup.recv() => match agent.reload() {
                 Ok(()) => tracing::info!("configuration reloaded (SIGHUP)"),
                 Err(e) => tracing::error!("reload failed, keeping the running configuration: {e:#}"),
@@ -227,6 +255,20 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
     let _ = std::fs::remove_file(&config.agent.control_socket);
     let _ = std::fs::remove_file(&agent.state_path);
     agent.dataplane.shut_down()
+}
+
+/// The path of this process's binary, also once a package upgrade has
+/// replaced the file (the kernel then names it `… (deleted)`).
+fn running_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(path) => PathBuf::from(path),
+        None => exe,
+    };
+    if !path.is_file() {
+        bail!("no binary at {} to execute", path.display());
+    }
+    Ok(path)
 }
 
 /// Forwards the data plane's log records to this process's log.
@@ -509,19 +551,90 @@ impl Agent {
 
     /// Re-reads the configuration file. A bad file changes nothing. The
     /// file's settings replace runtime changes; health and drains are kept.
+    /// Executes the binary now at this one's path with the same arguments
+    /// (SIGUSR2): the new agent takes over the pinned data plane, flows
+    /// included, and, from `handoff_path`, the running configuration and
+    /// each backend's wish and health. Returns only if that fails.
+    fn upgrade_in_place(&mut self, handoff_path: &Path) -> anyhow::Error {
+        use std::os::unix::process::CommandExt as _;
+        let prepare = || -> anyhow::Result<PathBuf> {
+            let binary = running_binary()?;
+            self.dataplane.export_state().write(&self.state_path)?;
+            self.handoff().write(handoff_path)?;
+            Ok(binary)
+        };
+        let binary = match prepare() {
+            Ok(binary) => binary,
+            Err(e) => return e,
+        };
+        tracing::info!(binary = %binary.display(), "upgrading in place: executing the binary, the data plane carries on");
+        let e = std::process::Command::new(&binary)
+            .args(std::env::args_os().skip(1))
+            .exec();
+        let _ = std::fs::remove_file(handoff_path);
+        anyhow!(e).context(format!("executing {}", binary.display()))
+    }
+
+    /// What the agent an upgrade in place becomes needs from this one.
+    fn handoff(&self) -> Handoff {
+        let now = Instant::now();
+        let backends = self
+            .states
+            .iter()
+            .map(|((service, address), state)| HandedBackend {
+                service: service.clone(),
+                address: *address,
+                admin: state.admin,
+                active_ok: state.health.active_ok,
+                passive_out_ms: state.health.passive_out_until.map_or(0, |until| {
+                    until.saturating_duration_since(now).as_millis() as u64
+                }),
+            })
+            .collect();
+        Handoff {
+            version: crate::handoff::VERSION,
+            file: self.file.clone(),
+            runtime: self.runtime.clone(),
+            backends,
+        }
+    }
+
+    /// Takes over each backend's wish and health from the agent upgraded
+    /// in place.
+    fn carry_on(&mut self, backends: &[HandedBackend], now: Instant) {
+        for b in backends {
+            if let Some(state) = self.states.get_mut(&(b.service.clone(), b.address)) {
+                state.admin = b.admin;
+                state.health.active_ok = b.active_ok;
+                state.health.passive_out_until = b.passive_out_until(now);
+            }
+        }
+        tracing::info!(
+            backends = backends.len(),
+            "carrying on from the agent upgraded in place: runtime changes, drains and health kept"
+        );
+    }
+
+    /// Re-reads the configuration file (SIGHUP); a file that fails to
+    /// load or to apply changes nothing.
     fn reload(&mut self) -> anyhow::Result<()> {
-        let mut config = Config::load(&self.config_path)?;
-        // Interfaces, agent and flow-table settings are fixed for the
-        // process's life.
+        self.all_or_nothing(Self::load_file)
+    }
+
+    fn load_file(&mut self) -> anyhow::Result<()> {
+        let config = Config::load(&self.config_path)?;
+        // Interfaces, agent, flow-table and flood settings are fixed for
+        // the process's life.
         if config.interfaces != self.runtime.interfaces
             || config.agent != self.runtime.agent
             || config.flows != self.runtime.flows
+            || config.flood != self.runtime.flood
         {
-            tracing::warn!("interfaces, [agent] and [flows] changes take effect on the next start");
+            tracing::warn!(
+                "interfaces, [agent], [flows] and [flood] changes take effect on the next start"
+            );
         }
-        config.interfaces = self.runtime.interfaces.clone();
-        config.agent = self.runtime.agent.clone();
-        config.flows = self.runtime.flows.clone();
+        let config = self.runtime.with_process_settings_of(config);
         self.file = config.clone();
         self.runtime = config;
         self.sync_states(Instant::now(), true);
@@ -534,20 +647,56 @@ impl Agent {
     }
 
     fn handle(&mut self, request: Request) -> anyhow::Result<Answer> {
-        let now = Instant::now();
-        let change = match request {
-            Request::Status => return Ok(Answer::Status(self.status())),
-            Request::Stats => return Ok(Answer::Stats(self.stats()?)),
+        match request {
+            Request::Status => Ok(Answer::Status(self.status())),
+            Request::Stats => Ok(Answer::Stats(self.stats()?)),
             Request::Metrics => {
                 let text = metrics::render(&self.stats()?, &self.status());
-                return Ok(Answer::Metrics(text));
+                Ok(Answer::Metrics(text))
             }
-            Request::Flows { service, limit } => {
-                return Ok(Answer::Flows(self.flows(&service, limit)?));
+            Request::Flows { service, limit } => Ok(Answer::Flows(self.flows(&service, limit)?)),
+            Request::ConfigDump => Ok(Answer::Config(Box::new(self.dump()))),
+            change => self
+                .all_or_nothing(|agent| agent.change(change))
+                .map(Answer::Change),
+        }
+    }
+
+    /// Runs `change`; if it fails, puts the configuration and the backends'
+    /// states back as they were and writes the data plane from them again:
+    /// a change that fails changes nothing.
+    fn all_or_nothing<T>(
+        &mut self,
+        change: impl FnOnce(&mut Self) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let before = (self.file.clone(), self.runtime.clone(), self.states.clone());
+        let result = change(self);
+        if result.is_err() {
+            (self.file, self.runtime, self.states) = before;
+            for task in self.checks.values() {
+                task.abort();
             }
-            Request::ConfigDump => return Ok(Answer::Config(Box::new(self.dump()))),
+            self.checks.clear();
+            self.sync_checks();
+            self.applied = None;
+            if let Err(e) = self.reconcile(Instant::now()) {
+                tracing::error!("writing the data plane back after a failed change: {e:#}");
+            }
+        }
+        result
+    }
+
+    /// A request that changes what runs.
+    fn change(&mut self, request: Request) -> anyhow::Result<Change> {
+        let now = Instant::now();
+        let change = match request {
+            Request::Status
+            | Request::Stats
+            | Request::Metrics
+            | Request::Flows { .. }
+            | Request::ConfigDump => bail!("not a change"),
             Request::Reload => {
-                self.reload()?;
+                self.load_file()?;
                 Change::Reloaded
             }
             Request::ServerAdd { service, backend } => {
@@ -605,7 +754,7 @@ impl Agent {
                 }
             }
         };
-        Ok(Answer::Change(change))
+        Ok(change)
     }
 
     fn runtime_service(&mut self, name: &str) -> anyhow::Result<&mut crate::config::ServiceConfig> {

@@ -489,6 +489,18 @@ impl ServiceConfig {
 }
 
 impl Config {
+    /// `other` with this configuration's interfaces, `[agent]`, `[flows]`
+    /// and `[flood]`: the settings fixed for an agent process's life.
+    pub fn with_process_settings_of(&self, other: Config) -> Config {
+        Config {
+            interfaces: self.interfaces.clone(),
+            agent: self.agent.clone(),
+            flows: self.flows.clone(),
+            flood: self.flood.clone(),
+            ..other
+        }
+    }
+
     /// The configuration as TOML text, as `xlb config dump` writes it.
     pub fn to_toml(&self) -> anyhow::Result<String> {
         Ok(toml::to_string(self)?)

@@ -12,6 +12,7 @@ pub mod desired;
 pub mod diagnose;
 pub mod doctor;
 pub mod egress;
+pub mod handoff;
 pub mod health;
 pub mod host;
 pub mod import_nginx;

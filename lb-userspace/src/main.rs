@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use xlb::{
     agent::{self, RunOptions},
     config::{BackendConfig, Config},
@@ -21,8 +21,18 @@ struct Cli {
     /// Control socket of the agent.
     #[arg(long, global = true, default_value_os_t = control::default_socket())]
     socket: PathBuf,
+    /// How log lines are written to stderr: `text` (colours on a terminal
+    /// only) or `json` (one object per line, for log shippers).
+    #[arg(long, global = true, env = "XLB_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -176,17 +186,26 @@ enum ServerAction {
     Down(Target),
 }
 
-fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+/// Logs to stderr at `RUST_LOG`'s levels (default `info`) in `format`.
+fn init_logging(format: LogFormat) {
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match format {
         // Colours on a terminal only: a log file or journal gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     if !matches!(cli.command, Command::Run { .. }) {
         // A command's output piped into `head` ends quietly when the pipe
         // closes, as other command-line tools do (the agent keeps ignoring

@@ -1,5 +1,8 @@
 //! Prometheus metrics on `agent.metrics` (`GET /metrics`), rendered from the
-//! same reports as `xlb stats` and `xlb status`.
+//! same reports as `xlb stats` and `xlb status`: OpenMetrics text to a
+//! scraper that asks for it (`Accept: application/openmetrics-text`, as
+//! Prometheus does), Prometheus's text format 0.0.4 to anything else
+//! (curl, `promtool check metrics`).
 
 use std::net::SocketAddr;
 
@@ -37,12 +40,22 @@ pub async fn serve(
         crate::accept::serve("metrics server", accept, |(stream, _)| {
             let requests = requests.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |_req| {
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let requests = requests.clone();
+                    let openmetrics = req
+                        .headers()
+                        .get_all(hyper::header::ACCEPT)
+                        .iter()
+                        .any(|v| v.to_str().is_ok_and(|v| v.contains(OPENMETRICS)));
                     async move {
                         let body = scrape(&requests).await;
+                        let (content_type, body) = if openmetrics {
+                            (OPENMETRICS_CONTENT_TYPE, body)
+                        } else {
+                            (TEXT_CONTENT_TYPE, to_text_format(&body))
+                        };
                         let response = Response::builder()
-                            .header("content-type", "text/plain; version=0.0.4")
+                            .header("content-type", content_type)
                             .body(Full::new(Bytes::from(body)));
                         Ok::<_, hyper::http::Error>(response.expect("static response parts"))
                     }
@@ -54,6 +67,35 @@ pub async fn serve(
         })
         .await;
     }))
+}
+
+const OPENMETRICS: &str = "application/openmetrics-text";
+const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// OpenMetrics text as Prometheus's text format 0.0.4: a counter's `HELP`
+/// and `TYPE` name its samples (`…_total`), and no `# EOF` or `# UNIT`.
+pub fn to_text_format(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|tag| {
+            let rest = line.strip_prefix(tag)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{tag}{name}_total {tail}"))
+        });
+        out += renamed.as_deref().unwrap_or(line);
+        out.push('\n');
+    }
+    out
 }
 
 /// The agent's metrics text, or a comment saying why there is none.
@@ -247,5 +289,25 @@ mod tests {
         }
         let failures = r#"xlb_backend_failed_attempts_total{service="web",backend="10.0.2.10:80",kind="syn_retry"} 1"#;
         assert!(text.contains(failures), "{text}");
+    }
+
+    #[test]
+    fn the_text_format_names_counters_by_their_samples() {
+        let openmetrics = "# HELP xlb_packets Packets to each service.\n\
+                           # TYPE xlb_packets counter\n\
+                           xlb_packets_total{service=\"web\"} 12\n\
+                           # HELP xlb_backend_active 1 if the backend takes new flows.\n\
+                           # TYPE xlb_backend_active gauge\n\
+                           xlb_backend_active 1\n\
+                           # EOF\n";
+        assert_eq!(
+            to_text_format(openmetrics),
+            "# HELP xlb_packets_total Packets to each service.\n\
+             # TYPE xlb_packets_total counter\n\
+             xlb_packets_total{service=\"web\"} 12\n\
+             # HELP xlb_backend_active 1 if the backend takes new flows.\n\
+             # TYPE xlb_backend_active gauge\n\
+             xlb_backend_active 1\n"
+        );
     }
 }

@@ -56,6 +56,14 @@ impl Agent {
     /// with its own instance name, socket, pin and run directories, and
     /// starts `xlb run` in the lb namespace.
     pub fn start_with(lab: &Lab, services: &str, xdp_mode: ModeRequest) -> anyhow::Result<Self> {
+        let mut agent = Self::configure(lab, services, xdp_mode)?;
+        agent.spawn()?;
+        Ok(agent)
+    }
+
+    /// [`Agent::start_with`] without starting it: start it with
+    /// [`Agent::spawn`] or [`Agent::spawn_command`].
+    pub fn configure(lab: &Lab, services: &str, xdp_mode: ModeRequest) -> anyhow::Result<Self> {
         static N: AtomicUsize = AtomicUsize::new(0);
         let name = format!(
             "t{}-{}",
@@ -66,7 +74,7 @@ impl Agent {
         std::fs::create_dir_all(&dir)?;
         let socket = dir.join("xlb.sock");
         let config_path = dir.join("xlb.toml");
-        let mut agent = Self {
+        let agent = Self {
             child: None,
             name,
             config_path,
@@ -77,7 +85,6 @@ impl Agent {
             xdp_mode,
         };
         agent.write_config(services)?;
-        agent.spawn()?;
         Ok(agent)
     }
 
@@ -114,9 +121,15 @@ impl Agent {
 
     /// Starts `xlb run` and waits until its control socket answers.
     pub fn spawn(&mut self) -> anyhow::Result<()> {
+        self.spawn_command(self.run_command())
+    }
+
+    /// Starts `cmd` (an `xlb run` of this agent's configuration, however
+    /// launched) with stderr to the agent's log, and waits until its
+    /// control socket answers.
+    pub fn spawn_command(&mut self, mut cmd: Command) -> anyhow::Result<()> {
         let log = std::fs::File::create(self.dir.join("agent.log"))?;
-        let child = self
-            .run_command()
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -145,6 +158,29 @@ impl Agent {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Waits up to `timeout` for the agent to exit; its status if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut()?.try_wait().ok().flatten() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// The directory holding the agent's configuration, log and run files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Where the agent pins its maps and attachments.

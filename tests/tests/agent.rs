@@ -553,6 +553,29 @@ fn reload_applies_a_new_file_in_place_and_a_bad_one_changes_nothing() {
     assert_eq!(agent.backend("web", &addr(&lab, 0)).weight, 3);
     std::thread::sleep(Duration::from_millis(300));
 
+    // A file that is valid but does not fit the data plane (the Maglev
+    // tables of 16 services exceed their shared slots): refused when the
+    // tables are written, and the running configuration stays in the
+    // agent and in the data plane.
+    let mut crowded = web(&lab, "", &["", "", ""]);
+    for i in 1..16 {
+        crowded += &format!(
+            "[[service]]\nname = \"s{i}\"\nvip = \"{}\"\nport = {}\nsnat = \"{}\"\n\
+             [[service.backend]]\naddress = \"{}\"\n",
+            topology::VIP_V4,
+            8000 + i,
+            topology::SNAT_V4,
+            addr(&lab, 0)
+        );
+    }
+    std::fs::write(&agent.config_path, crowded).unwrap();
+    let err = agent.cli(&["reload"]).unwrap_err().to_string();
+    assert!(err.contains("slots"), "{err}");
+    assert_eq!(agent.status().services.len(), 1);
+    assert_eq!(agent.backend("web", &addr(&lab, 0)).weight, 3);
+    assert_eq!(agent.backend("web", &addr(&lab, 2)).weight, 0);
+    std::thread::sleep(Duration::from_millis(300));
+
     stream.finish_without_failures();
     assert_connections_work(&lab, &mut conns);
     let counts = requests(&lab, 30);

@@ -3,6 +3,7 @@
 mod bench;
 mod cmd;
 mod fuzz;
+mod package;
 mod run;
 mod setup;
 mod test;
@@ -39,6 +40,11 @@ enum Command {
     Test,
     /// Benchmark xlb beside the floor and its peers; writes bench/results/.
     Bench(bench::BenchArgs),
+    /// Build xlb (release) and install it as a systemd service: the binary
+    /// in /usr/local/bin, the unit, an example /etc/xlb/xlb.toml.
+    Install(package::InstallArgs),
+    /// Build xlb (release) as a Debian package, target/debian/xlb_*.deb.
+    Deb(package::DebArgs),
     /// Fuzz the data plane with millions of frames, then the configuration
     /// parser and the Maglev builder with cargo-fuzz.
     Fuzz(fuzz::FuzzArgs),
@@ -89,6 +95,8 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Test => test::test(),
         Command::Bench(args) => bench::bench(args),
+        Command::Install(args) => package::install(args),
+        Command::Deb(args) => package::deb(args),
         Command::Fuzz(args) => fuzz::fuzz(args),
     }
 }
