@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use xlb::{health::Admin, xdp::ModeRequest};
+use xlb::{health::Admin, protocol::Health, xdp::ModeRequest};
 use xlb_lab::{Lab, LabSpec, client, netns};
 use xlb_tests::{
     agent::{Agent, METRICS, xlb_binary},
@@ -142,8 +142,12 @@ fn the_unit_verifies_and_its_commands_start_reload_and_stop_the_agent() {
 fn sigusr2_upgrades_in_place_keeping_connections_and_runtime_changes() {
     require_root();
     let lab = Lab::up(LabSpec::for_test(3)).unwrap();
+    // Checks slow enough that an agent starting afresh would count every
+    // backend as healthy for seconds (until `fall` checks fail).
+    let checks = "[service.health_check]\ntype = \"http\"\npath = \"/health\"\n\
+                  interval = \"1s\"\ntimeout = \"500ms\"\nrise = 2\nfall = 3";
     let mut agent =
-        Agent::configure(&lab, &web_service(&lab, 2, "", ""), ModeRequest::Native).unwrap();
+        Agent::configure(&lab, &web_service(&lab, 2, checks, ""), ModeRequest::Native).unwrap();
     // The agent runs from its own copy of the binary, which an "upgrade"
     // replaces with a new file, as a package upgrade does.
     let bin = agent.dir().join("bin");
@@ -162,7 +166,7 @@ fn sigusr2_upgrades_in_place_keeping_connections_and_runtime_changes() {
     // Open connections, and runtime changes the file does not hold.
     let mut conns = lab
         .in_client(|| {
-            (0..8)
+            (0..16)
                 .map(|_| {
                     let mut conn = client::HttpConn::connect(vip(), client::DEFAULT_TIMEOUT)?;
                     let name = conn.get()?;
@@ -174,8 +178,14 @@ fn sigusr2_upgrades_in_place_keeping_connections_and_runtime_changes() {
         .unwrap();
     let b1 = lab.backend(1).addr_v4().to_string();
     let b2 = lab.backend(2).addr_v4().to_string();
+    let b0 = lab.backend(0).addr_v4().to_string();
     agent.cli(&["server", "add", "web", &b2]).unwrap();
     agent.cli(&["server", "drain", "web", &b1]).unwrap();
+    // And a backend whose checks fail.
+    lab.set_health_status(0, Some(500)).unwrap();
+    agent.wait_for("b0 failing its checks", Duration::from_secs(10), |a| {
+        matches!(a.backend("web", &b0).health, Health::FailingChecks { .. })
+    });
 
     let new = bin.join("xlb.new");
     std::fs::copy(xlb_binary(), &new).unwrap();
@@ -206,6 +216,10 @@ fn sigusr2_upgrades_in_place_keeping_connections_and_runtime_changes() {
     );
     assert_eq!(state(&b1), Some(Admin::Drain), "the drain is gone: {web:?}");
 
+    // The connections to b1 (draining) live on; those to b0 moved when its
+    // checks failed, before the upgrade.
+    conns.retain(|(_, name)| *name == lab.backend(1).name);
+    assert!(!conns.is_empty(), "no connection reached b1");
     lab.in_client(|| {
         for (conn, name) in &mut conns {
             let again = conn.get().expect("a request on a connection opened before");
@@ -214,8 +228,11 @@ fn sigusr2_upgrades_in_place_keeping_connections_and_runtime_changes() {
     })
     .unwrap();
     let counts = requests(&lab, 20);
-    assert_eq!(counts.get(&lab.backend(1).name), None, "{counts:?}");
-    assert_eq!(counts.values().sum::<usize>(), 20, "{counts:?}");
+    assert_eq!(
+        counts.get(&lab.backend(2).name),
+        Some(&20),
+        "new flows go to the one usable backend: {counts:?}"
+    );
     assert!(
         counts.keys().all(|k| !k.starts_with("failed")),
         "{counts:?}"
