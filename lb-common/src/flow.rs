@@ -393,6 +393,7 @@ mod tests {
             table_size: 0,
             table_start: 0,
             snat_addr: crate::service::ipv4_mapped([10, 1, 0, 100]),
+            ..Service::default()
         }
     }
 

@@ -98,7 +98,7 @@ pub const SCHED_LEAST_TIME: u32 = 4;
 /// Maglev table into the slots the entry does not point at, then points the
 /// entry at them, so a packet sees either the old table or the new one.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Service {
     /// Index of this service in the per-service arrays (`SERVICE_STATS`),
     /// below [`crate::MAX_SERVICES`].
@@ -114,6 +114,28 @@ pub struct Service {
     /// Source address of `nat` mode, network byte order, IPv4-mapped for
     /// IPv4. Unused in `dnat` mode.
     pub snat_addr: [u8; 16],
+    /// A usable backup standing by (its backend id), for new flows whose
+    /// every pick the data plane has taken out since the table was written
+    /// (primaries refusing, nginx `max_fails = 1`); [`NO_FALLBACK`] if none.
+    pub fallback: u32,
+    pub _pad: u32,
+}
+
+/// [`Service::fallback`] when there is no backup to fall back to.
+pub const NO_FALLBACK: u32 = u32::MAX;
+
+impl Default for Service {
+    fn default() -> Self {
+        Self {
+            id: 0,
+            flags: 0,
+            table_size: 0,
+            table_start: 0,
+            snat_addr: [0; 16],
+            fallback: NO_FALLBACK,
+            _pad: 0,
+        }
+    }
 }
 
 impl Service {
@@ -154,7 +176,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<ServiceKey>(), 16 + 2 + 1 + 1);
-        assert_eq!(size_of::<Service>(), 4 * 4 + 16);
+        assert_eq!(size_of::<Service>(), 4 * 4 + 16 + 4 + 4);
     }
 
     #[test]

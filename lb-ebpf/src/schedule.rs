@@ -13,7 +13,7 @@ use lb_common::{
     },
     hash::mix64,
     load::at_limit,
-    service::SERVICE_F_SYN_PROXY,
+    service::{NO_FALLBACK, SERVICE_F_SYN_PROXY},
 };
 
 use crate::{
@@ -143,8 +143,8 @@ const MORE_PICKS: u32 = 7;
 
 /// The backend of a new flow with hash `hash`: the pick, or another pick
 /// if it is `avoid`, takes no new flows or is at its `max_conns`. If all
-/// are, the last pick stands, unless it is at its `max_conns`: a limit
-/// holds.
+/// are, the service's backup standing by (`fallback`) if it takes the flow,
+/// else the last pick, unless it is at its `max_conns`: a limit holds.
 #[inline(always)]
 fn pick_usable(
     service: &Service,
@@ -161,6 +161,20 @@ fn pick_usable(
         next = (mix64(u64::from(next)) >> 32) as u32;
         id = pick::pick(service, next)?;
         chosen = backend(id).ok_or(GlobalCounter::DropInternal)?;
+    }
+    if id != avoid && chosen.takes_new_flows() && !full(id, chosen) {
+        return Ok((id, chosen));
+    }
+    // Every pick is out: primaries the data plane took out since the
+    // agent's last table (each refused a handshake). nginx would try its
+    // backup now; so does this.
+    if service.fallback != NO_FALLBACK
+        && let Some(standby) = backend(service.fallback)
+        && service.fallback != avoid
+        && standby.takes_new_flows()
+        && !full(service.fallback, standby)
+    {
+        return Ok((service.fallback, standby));
     }
     if full(id, chosen) {
         return Err(GlobalCounter::DropMaxConns);

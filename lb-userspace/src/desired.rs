@@ -82,6 +82,10 @@ pub struct DesiredBackend {
     pub fail_at_once: bool,
     /// Most live flows it may have; 0: no limit.
     pub max_conns: u32,
+    /// A usable backup while primaries take the new flows: the data plane
+    /// sends a new flow to it when it has taken out every pick itself
+    /// (primaries refusing) before the agent's next table.
+    pub standby: bool,
 }
 
 impl Desired {
@@ -144,6 +148,7 @@ fn as_configured(backend: &BackendConfig) -> DesiredBackend {
         no_new_flows: false,
         fail_at_once: backend.max_fails == 1,
         max_conns: backend.max_conns,
+        standby: false,
     }
 }
 

@@ -275,6 +275,10 @@ pub fn evaluate(
                 no_new_flows,
                 fail_at_once: config.max_fails == 1,
                 max_conns: config.max_conns,
+                standby: config.backup
+                    && primary_usable
+                    && state.usable(config, now)
+                    && state.admin == Admin::Up,
             }
         })
         .collect()
@@ -530,5 +534,26 @@ mod tests {
         assert_eq!(weight(&mut s, t1), 1, "ramp starts at the bottom");
         assert_eq!(weight(&mut s, t1 + Duration::from_secs(5)), 100);
         assert_eq!(weight(&mut s, t1 + Duration::from_secs(10)), 200);
+    }
+
+    #[test]
+    fn a_usable_backup_stands_by_only_while_a_primary_takes_the_new_flows() {
+        let t0 = Instant::now();
+        let configs = [backend(1, false), backend(1, true)];
+        let mut states = states(&configs, t0);
+        let standby = |states: &mut [BackendState]| {
+            evaluate(&configs, states, t0)
+                .iter()
+                .map(|b| b.standby)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(standby(&mut states), [false, true]);
+        // The primary fails: the backup takes the flows, no longer standing by.
+        states[0].health.active_ok = false;
+        assert_eq!(standby(&mut states), [false, false]);
+        // The primary is back, the backup down: nothing stands by.
+        states[0].health.active_ok = true;
+        states[1].admin = Admin::Down;
+        assert_eq!(standby(&mut states), [false, false]);
     }
 }

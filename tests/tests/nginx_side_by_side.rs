@@ -16,14 +16,15 @@
 //!
 //! How they differ is measured and printed side by side (`--nocapture`):
 //! nginx moves a refused request to the next upstream within the request,
-//! unseen by the client; xlb keeps the dead backend's RST from the client
-//! and schedules the SYN it sends again, 1 s later, elsewhere. So under
-//! xlb the new connections that reach a dead primary are late (by 1 s),
-//! not failed: those of the moments the primaries are in its table though
-//! dead, at the failure and each time `fail_timeout` lets them be tried
-//! again, until the agent's next tick takes them out (the backup is not in
-//! the table while a primary is, and with every primary out the data
-//! plane's last pick stands). The test holds each such burst under 1 s.
+//! unseen by the client; xlb keeps the dead backend's RST from the client,
+//! takes that primary out of new flows at once (`max_fails=1`), and sends
+//! the SYN the client sends again, 1 s later, elsewhere: to the backup
+//! standing by once every primary is out. So under xlb one new connection
+//! per dead primary is late (by 1 s), not failed, each time the primaries
+//! are tried: at the failure and each time `fail_timeout` lets them be
+//! tried again, where nginx's error log shows one refused connect per
+//! primary. The test holds each such burst to a few connections (two
+//! primaries, and a CPU racing each).
 
 use std::{
     collections::BTreeMap,
@@ -519,10 +520,13 @@ fn an_imported_nginx_config_balances_like_nginx_on_the_same_backends() {
             .all(|b| b.fail_timeout == FAIL_TIMEOUT),
         "{services}"
     );
-    // Only the temporary paths, nginx's own business, were left out.
-    for line in import_notes.lines().filter(|l| l.contains("warning")) {
-        assert!(line.contains("_temp_path"), "unexpected warning: {line}");
-    }
+    // Nothing of the upstream was left out; the temporary paths are
+    // nginx's own business, named in the note on its process settings.
+    assert!(
+        !import_notes.contains("warning"),
+        "unexpected warnings:\n{import_notes}"
+    );
+    assert!(import_notes.contains("proxy_temp_path ("), "{import_notes}");
 
     let nginx = Nginx::start(&lab, &conf, &dir.0);
     let agent = Agent::start(&lab, &services).expect("xlb run with the imported configuration");
@@ -678,12 +682,12 @@ fn an_imported_nginx_config_balances_like_nginx_on_the_same_backends() {
             down.count(BACKUP) > 500 && down.answered() - down.count(BACKUP) <= 4,
             "{name}: the backup did not take the load: {down:?}"
         );
-        // New connections wait (for a SYN sent again) only in bursts: at
-        // the kill and when the dead primaries are tried again after
-        // fail_timeout, until they are out again.
+        // New connections wait (for a SYN sent again) only when the dead
+        // primaries are tried (at the kill, and again after fail_timeout):
+        // about one per primary, the first refusal taking it out at once.
         for (first, last, n) in down.bursts() {
             assert!(
-                last - first < Duration::from_secs(1),
+                last - first < Duration::from_secs(1) && n <= 4,
                 "{name}: new connections waited from +{} ms to +{} ms ({n}): the dead \
                  primaries stayed in: {down:?}\n{}",
                 first.as_millis(),

@@ -537,6 +537,7 @@ mod tests {
             table_size,
             table_start,
             snat_addr: [0; 16],
+            ..Service::default()
         }
     }
 

@@ -19,9 +19,9 @@ use lb_common::{
     load,
     maglev::{self, Candidate},
     service::{
-        SCHED_LEAST_CONN, SCHED_LEAST_TIME, SCHED_MAGLEV, SCHED_RANDOM_TWO, SCHED_ROUND_ROBIN,
-        SERVICE_F_DNAT, SERVICE_F_HASH_SOURCE, SERVICE_F_NEXT_ON_ERROR, SERVICE_F_NEXT_ON_TIMEOUT,
-        SERVICE_F_SYN_PROXY, SERVICE_SCHED_SHIFT, ServiceSlot,
+        NO_FALLBACK, SCHED_LEAST_CONN, SCHED_LEAST_TIME, SCHED_MAGLEV, SCHED_RANDOM_TWO,
+        SCHED_ROUND_ROBIN, SERVICE_F_DNAT, SERVICE_F_HASH_SOURCE, SERVICE_F_NEXT_ON_ERROR,
+        SERVICE_F_NEXT_ON_TIMEOUT, SERVICE_F_SYN_PROXY, SERVICE_SCHED_SHIFT, ServiceSlot,
     },
 };
 
@@ -530,12 +530,19 @@ fn service_entry(
         Scheduler::RandomTwo => SCHED_RANDOM_TWO,
         Scheduler::LeastTime => SCHED_LEAST_TIME,
     } << SERVICE_SCHED_SHIFT;
+    let fallback = service
+        .backends
+        .iter()
+        .find(|b| b.standby)
+        .map_or(NO_FALLBACK, |b| state.backends[&b.address]);
     Service {
         id: state.id,
         flags: mode | hash | next_upstream | syn_proxy | scheduler,
         table_size: table.len() as u32,
         table_start: state.half_start(half),
         snat_addr: service.snat.map(mapped).unwrap_or([0; 16]),
+        fallback,
+        _pad: 0,
     }
 }
 

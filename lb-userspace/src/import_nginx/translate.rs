@@ -79,6 +79,11 @@ const PROCESS: &[&str] = &[
     "open_file_cache_errors",
     "resolver",
     "resolver_timeout",
+    "client_body_temp_path",
+    "proxy_temp_path",
+    "fastcgi_temp_path",
+    "uwsgi_temp_path",
+    "scgi_temp_path",
 ];
 
 /// What serves files or answers in nginx itself.

@@ -193,3 +193,26 @@ fn without_next_upstream_the_refusal_reaches_the_client() {
         h.expect(&refusal, Action::Tx, &out, GlobalCounter::ForwardTx);
     });
 }
+
+#[test]
+fn with_every_primary_out_new_flows_go_to_the_backup_standing_by() {
+    with_harness(|h| {
+        let vip = "10.0.0.101:80";
+        let b0: SocketAddr = "10.1.0.10:8000".parse().unwrap();
+        let b1: SocketAddr = "10.1.0.11:8000".parse().unwrap();
+        // b1 as a backup while b0, the one primary, takes the new flows.
+        let backup = h.desired.backend_mut("pair", b1).unwrap();
+        backup.weight = 0;
+        backup.standby = true;
+        h.dp.apply(&h.desired.clone()).unwrap();
+        let (first, refusal) = sent_to(h, vip, 58000);
+        assert_eq!(first, b0, "a backup standing by took a new flow");
+
+        // b0 refuses (max_fails = 1: out of new flows at once). The SYN
+        // sent again and another client's SYN go to the backup, not back
+        // to b0, before the agent's next table.
+        assert_eq!(h.run(&refusal).0, Action::Drop);
+        assert_eq!(sent_to(h, vip, 58000).0, b1, "the SYN sent again");
+        assert_eq!(sent_to(h, vip, 58001).0, b1, "a new client's SYN");
+    });
+}
