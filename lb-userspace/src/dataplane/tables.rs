@@ -410,18 +410,20 @@ fn write_backends(
 
 /// The service's Maglev table over its backends by weight (a failed one,
 /// or one taking no new flows, gets no slot), as backend ids; empty if none
-/// has a slot.
+/// has a slot. The backends go in by address, not in the configuration's
+/// order, so every node with the same backends and weights builds the same
+/// table, whatever order they were listed or added in (a flow that ECMP
+/// moves to another node keeps its backend).
 fn build_table(state: &ServiceState, service: &DesiredService) -> anyhow::Result<Vec<u32>> {
-    let identities: Vec<Vec<u8>> = service
+    let mut order: Vec<(Vec<u8>, &DesiredBackend)> = service
         .backends
         .iter()
-        .map(|b| b.address.to_string().into_bytes())
+        .map(|b| (b.address.to_string().into_bytes(), b))
         .collect();
-    let candidates: Vec<Candidate<'_>> = service
-        .backends
+    order.sort_by(|a, b| a.0.cmp(&b.0));
+    let candidates: Vec<Candidate<'_>> = order
         .iter()
-        .zip(&identities)
-        .map(|(b, identity)| Candidate {
+        .map(|(identity, b)| Candidate {
             identity,
             weight: new_flow_weight(b),
         })
@@ -430,7 +432,7 @@ fn build_table(state: &ServiceState, service: &DesiredService) -> anyhow::Result
     Ok(table
         .map(|t| {
             t.iter()
-                .map(|&i| state.backends[&service.backends[i as usize].address])
+                .map(|&i| state.backends[&order[i as usize].1.address])
                 .collect()
         })
         .unwrap_or_default())

@@ -47,3 +47,29 @@ fn source_ip_hash_sends_every_flow_of_a_client_to_one_backend() {
         }
     });
 }
+
+#[test]
+fn the_maglev_table_follows_the_backends_not_the_order_they_are_listed_in() {
+    with_harness(|h| {
+        let table = |h: &crate::harness::Harness| {
+            (0..2000u32)
+                .map(|hash| {
+                    h.dp.lookup("pair", hash.wrapping_mul(2_654_435_761))
+                        .unwrap()
+                })
+                .collect::<Vec<_>>()
+        };
+        let listed = table(h);
+        // The same backends in the other order, as another node's file or
+        // its runtime additions may have them.
+        let service = h
+            .desired
+            .services
+            .iter_mut()
+            .find(|s| s.name == "pair")
+            .unwrap();
+        service.backends.reverse();
+        h.dp.apply(&h.desired.clone()).unwrap();
+        assert_eq!(table(h), listed, "a reordered list changed the table");
+    });
+}
