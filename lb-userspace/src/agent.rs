@@ -7,8 +7,8 @@
 //! and the metrics endpoint talk to it over channels, so nothing is locked.
 
 use std::{
-    collections::{HashMap, HashSet, hash_map::Entry},
-    net::SocketAddr,
+    collections::{BTreeSet, HashMap, HashSet, hash_map::Entry},
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -22,6 +22,7 @@ use tokio::{
 };
 
 use crate::{
+    announce::Announcer,
     checks,
     config::{BackendConfig, Config, MAX_WEIGHT, Scheduler},
     control::{self, Envelope},
@@ -32,8 +33,9 @@ use crate::{
     lock::Locks,
     metrics,
     protocol::{
-        Answer, AttachmentStatus, BackendStatus, Change, FloodStats, Flow, Health, Request,
-        Response, RuntimeChange, ServiceStats, ServiceStatus, ServingState, Stats, Status,
+        AnnounceStatus, AnnouncedVip, Answer, AttachmentStatus, BackendStatus, Change, FloodStats,
+        Flow, Health, Request, Response, RuntimeChange, ServiceStats, ServiceStatus, ServingState,
+        Stats, Status,
     },
     xdp::ModeRequest,
 };
@@ -93,6 +95,12 @@ struct Agent {
     last_tick: Instant,
     state_path: PathBuf,
     reply_watch: crate::reply_watch::ReplyWatch,
+    /// The VIPs' routes for the host's BGP daemon, with `[announce]`.
+    announcer: Option<Announcer>,
+    /// `xlb node drain`: every VIP withdrawn, flows served on.
+    node_drained: bool,
+    /// The last error announcing, logged once until it changes.
+    announce_error: Option<String>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -164,6 +172,12 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
         last_tick: now,
         state_path,
         reply_watch: Default::default(),
+        announcer: match &config.announce {
+            Some(announce) => Some(Announcer::new(announce)?),
+            None => None,
+        },
+        node_drained: handoff.as_ref().is_some_and(|h| h.node_drained),
+        announce_error: None,
     };
     // At startup every backend counts as usable for long: no slow start.
     agent.sync_states(
@@ -174,6 +188,7 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
         agent.carry_on(&h.backends, now);
     }
     agent.reconcile(now)?;
+    agent.announce();
     let mode: ModeRequest = agent_cfg.xdp_mode.parse()?;
     for iface in &config.interfaces {
         agent.dataplane.attach(iface, mode)?;
@@ -219,6 +234,7 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
                 if let Err(e) = agent.tick() {
                     tracing::error!("updating the data plane: {e:#}");
                 }
+                agent.announce();
             }
             _ = egress_ticker.tick() => {
                 if let Err(e) = agent.dataplane.refresh_egress() {
@@ -254,6 +270,12 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
     }
     let _ = std::fs::remove_file(&config.agent.control_socket);
     let _ = std::fs::remove_file(&agent.state_path);
+    // Withdrawn before the data plane goes: the router stops sending.
+    if let Some(announcer) = &mut agent.announcer
+        && let Err(e) = announcer.sync(&BTreeSet::new(), "stopping")
+    {
+        tracing::error!("withdrawing the VIPs: {e:#}");
+    }
     agent.dataplane.shut_down()
 }
 
@@ -551,6 +573,54 @@ impl Agent {
 
     /// Re-reads the configuration file. A bad file changes nothing. The
     /// file's settings replace runtime changes; health and drains are kept.
+    /// The VIPs to announce: each with a service that has a backend taking
+    /// new flows, none while the node is drained.
+    fn wanted_vips(&self) -> BTreeSet<IpAddr> {
+        if self.node_drained {
+            return BTreeSet::new();
+        }
+        self.applied
+            .iter()
+            .flat_map(|desired| &desired.services)
+            .filter(|service| {
+                service
+                    .backends
+                    .iter()
+                    .any(|b| b.weight > 0 && !b.failed && !b.no_new_flows)
+            })
+            .map(|service| service.vip)
+            .collect()
+    }
+
+    /// Brings the announced routes in line with [`Agent::wanted_vips`]
+    /// (and with what changed them behind the agent's back); an error is
+    /// logged once until it changes, and tried again next tick.
+    fn announce(&mut self) {
+        let wanted = self.wanted_vips();
+        let why = if self.node_drained {
+            "the node is drained"
+        } else {
+            "no service on it has a usable backend"
+        };
+        let Some(announcer) = &mut self.announcer else {
+            return;
+        };
+        match announcer.sync(&wanted, why) {
+            Ok(()) => {
+                if self.announce_error.take().is_some() {
+                    tracing::info!("announcing works again");
+                }
+            }
+            Err(e) => {
+                let e = format!("{e:#}");
+                if self.announce_error.as_ref() != Some(&e) {
+                    tracing::error!("announcing the VIPs: {e}");
+                    self.announce_error = Some(e);
+                }
+            }
+        }
+    }
+
     /// Executes the binary now at this one's path with the same arguments
     /// (SIGUSR2): the new agent takes over the pinned data plane, flows
     /// included, and, from `handoff_path`, the running configuration and
@@ -596,6 +666,7 @@ impl Agent {
             file: self.file.clone(),
             runtime: self.runtime.clone(),
             backends,
+            node_drained: self.node_drained,
         }
     }
 
@@ -629,9 +700,11 @@ impl Agent {
             || config.agent != self.runtime.agent
             || config.flows != self.runtime.flows
             || config.flood != self.runtime.flood
+            || config.announce != self.runtime.announce
         {
             tracing::warn!(
-                "interfaces, [agent], [flows] and [flood] changes take effect on the next start"
+                "interfaces, [agent], [flows], [flood] and [announce] changes take effect on \
+                 the next start"
             );
         }
         let config = self.runtime.with_process_settings_of(config);
@@ -698,6 +771,19 @@ impl Agent {
             Request::Reload => {
                 self.load_file()?;
                 Change::Reloaded
+            }
+            Request::NodeDrain | Request::NodeUndrain => {
+                if self.announcer.is_none() {
+                    bail!("nothing to drain: the configuration has no [announce] section");
+                }
+                let drained = matches!(request, Request::NodeDrain);
+                self.node_drained = drained;
+                self.announce();
+                if let Some(e) = self.announce_error.clone() {
+                    self.node_drained = !drained;
+                    bail!("{e}");
+                }
+                Change::Node { drained }
             }
             Request::ServerAdd { service, backend } => {
                 let mut candidate = self.runtime.clone();
@@ -870,7 +956,25 @@ impl Agent {
         Status {
             services,
             attachments,
+            announce: self.announce_status(),
         }
+    }
+
+    fn announce_status(&self) -> Option<AnnounceStatus> {
+        let announcer = self.announcer.as_ref()?;
+        let vips: BTreeSet<IpAddr> = self.runtime.services.iter().map(|s| s.vip).collect();
+        Some(AnnounceStatus {
+            table: self.runtime.announce.as_ref().map_or(0, |a| a.table),
+            drained: self.node_drained,
+            vips: vips
+                .into_iter()
+                .map(|vip| AnnouncedVip {
+                    vip,
+                    announced: announcer.announced().contains(&vip),
+                })
+                .collect(),
+            error: self.announce_error.clone(),
+        })
     }
 
     /// One backend of the running configuration in [`Status`]; `file` is

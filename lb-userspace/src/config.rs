@@ -33,6 +33,10 @@ pub struct Config {
     /// for configurations that do not set it.
     #[serde(default, skip_serializing_if = "FloodSettings::is_default")]
     pub flood: FloodSettings,
+    /// Announcing the VIPs to a router through BGP (docs/scale-out.md);
+    /// off if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<AnnounceConfig>,
     /// Services, in the order they get their ids.
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
@@ -152,6 +156,56 @@ impl Default for FloodSettings {
 
 fn default_source_syn_rate() -> u32 {
     lb_common::flood::DEFAULT_SOURCE_SYN_RATE
+}
+
+/// How the agent announces its VIPs: a blackhole host route per VIP in a
+/// routing table of its own, which a BGP daemon on the host (BIRD, FRR)
+/// exports to the router while it is there. The agent keeps a VIP's route
+/// while some service on it has a usable backend and the node is not
+/// drained (`xlb node drain`), and removes it on stop.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AnnounceConfig {
+    /// Routing table the routes go in: one no `ip rule` selects, so they
+    /// change no forwarding (the same route also goes in `main`, where one
+    /// to the VIP is not there already, so that traffic to a VIP no service
+    /// takes ends here instead of going back to the router).
+    pub table: u32,
+    /// Route protocol number marking the agent's routes (`ip route show
+    /// proto 250`); the agent removes routes of it it did not want.
+    #[serde(default = "default_route_protocol")]
+    pub protocol: u8,
+}
+
+/// xlb's route protocol number (free in `/etc/iproute2/rt_protos`).
+pub const DEFAULT_ROUTE_PROTOCOL: u8 = 250;
+
+fn default_route_protocol() -> u8 {
+    DEFAULT_ROUTE_PROTOCOL
+}
+
+impl AnnounceConfig {
+    /// Routing tables the kernel keeps for itself.
+    const RESERVED_TABLES: [u32; 4] = [0, 253, 254, 255];
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if Self::RESERVED_TABLES.contains(&self.table) {
+            bail!(
+                "announce.table {} is the kernel's (unspec, default, main, local): pick a table \
+                 of the agent's own, e.g. 100",
+                self.table
+            );
+        }
+        // 0-4: unspec, redirect, kernel, boot, static: routes of others.
+        if self.protocol <= 4 {
+            bail!(
+                "announce.protocol {} is the kernel's or the operator's: pick one of the \
+                 agent's own, e.g. {DEFAULT_ROUTE_PROTOCOL}",
+                self.protocol
+            );
+        }
+        Ok(())
+    }
 }
 
 impl FloodSettings {
@@ -489,14 +543,16 @@ impl ServiceConfig {
 }
 
 impl Config {
-    /// `other` with this configuration's interfaces, `[agent]`, `[flows]`
-    /// and `[flood]`: the settings fixed for an agent process's life.
+    /// `other` with this configuration's interfaces, `[agent]`, `[flows]`,
+    /// `[flood]` and `[announce]`: the settings fixed for an agent
+    /// process's life.
     pub fn with_process_settings_of(&self, other: Config) -> Config {
         Config {
             interfaces: self.interfaces.clone(),
             agent: self.agent.clone(),
             flows: self.flows.clone(),
             flood: self.flood.clone(),
+            announce: self.announce.clone(),
             ..other
         }
     }
@@ -537,6 +593,9 @@ impl Config {
             .xdp_mode
             .parse::<crate::xdp::ModeRequest>()
             .context("agent.xdp_mode")?;
+        if let Some(announce) = &self.announce {
+            announce.validate()?;
+        }
         if !FlowsConfig::TABLE_SIZES.contains(&self.flows.table_size) {
             bail!(
                 "flows.table_size must be {}-{}",
@@ -726,6 +785,32 @@ mod tests {
         assert_eq!(config.flows.timeouts().tcp_idle_ns, 900_000_000_000);
         let err = Config::parse(&format!("[flows]\ntable_size = 10\n{WEB}")).unwrap_err();
         assert!(err.to_string().contains("flows.table_size"), "{err}");
+    }
+
+    #[test]
+    fn announce_takes_a_table_and_protocol_of_the_agents_own() {
+        let config = Config::parse(&format!("[announce]\ntable = 100\n{WEB}")).unwrap();
+        let announce = config.announce.as_ref().unwrap();
+        assert_eq!((announce.table, announce.protocol), (100, 250));
+        assert!(config.to_toml().unwrap().contains("[announce]"));
+        assert!(
+            !Config::parse(WEB)
+                .unwrap()
+                .to_toml()
+                .unwrap()
+                .contains("announce")
+        );
+        for (section, says) in [
+            ("table = 254", "announce.table 254 is the kernel's"),
+            ("table = 0", "announce.table 0 is the kernel's"),
+            (
+                "table = 100\nprotocol = 4",
+                "announce.protocol 4 is the kernel's",
+            ),
+        ] {
+            let e = Config::parse(&format!("[announce]\n{section}\n{WEB}")).unwrap_err();
+            assert!(format!("{e:#}").contains(says), "{section}: {e:#}");
+        }
     }
 
     #[test]

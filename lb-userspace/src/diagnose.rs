@@ -152,6 +152,7 @@ async fn doctor(
         agent: AgentConfig::default(),
         flows: FlowsConfig::default(),
         flood: Default::default(),
+        announce: None,
         services: Vec::new(),
     });
     let mut findings = Vec::new();

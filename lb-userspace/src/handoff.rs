@@ -29,6 +29,9 @@ pub struct Handoff {
     /// What runs: the file plus runtime changes.
     pub runtime: Config,
     pub backends: Vec<HandedBackend>,
+    /// `xlb node drain` was in force.
+    #[serde(default)]
+    pub node_drained: bool,
 }
 
 /// One backend's runtime state.
@@ -112,6 +115,7 @@ mod tests {
                 active_ok: false,
                 passive_out_ms: 1500,
             }],
+            node_drained: true,
         }
     }
 

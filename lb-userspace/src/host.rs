@@ -9,6 +9,7 @@
 
 mod ethtool;
 mod rtnl;
+pub(crate) use rtnl::Rtnl;
 mod sysctl;
 
 use std::net::IpAddr;

@@ -4,6 +4,7 @@
 
 mod accept;
 pub mod agent;
+pub mod announce;
 pub mod checks;
 pub mod config;
 pub mod control;

@@ -107,6 +107,11 @@ enum Command {
         #[command(subcommand)]
         action: ServerAction,
     },
+    /// This load balancer among others (`[announce]`, docs/scale-out.md).
+    Node {
+        #[command(subcommand)]
+        action: NodeAction,
+    },
     /// Translate an nginx configuration (its `upstream` and `server`
     /// blocks, includes followed) into xlb's: TOML on stdout, what did not
     /// carry over on stderr (docs/migrating-from-nginx.md).
@@ -122,6 +127,15 @@ enum Command {
         #[arg(long)]
         snat: Vec<IpAddr>,
     },
+}
+
+#[derive(Subcommand)]
+enum NodeAction {
+    /// Withdraw every VIP from the router: new connections go to the other
+    /// nodes; the flows that still arrive here are served.
+    Drain,
+    /// Announce the VIPs again (each while it has a usable backend).
+    Undrain,
 }
 
 #[derive(Subcommand)]
@@ -272,6 +286,13 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Server { action } => server(&cli.socket, action).await,
+            Command::Node { action } => {
+                let request = match action {
+                    NodeAction::Drain => Request::NodeDrain,
+                    NodeAction::Undrain => Request::NodeUndrain,
+                };
+                print_change(&cli.socket, &request).await
+            }
             Command::ImportNginx { file, vip, snat } => {
                 let options = import_nginx::Options {
                     vips: vip,
@@ -376,6 +397,38 @@ fn print_status(status: &Status) {
         println!(
             "attached to {} ({} XDP); frames leave by it through {}: {}",
             attachment.interface, attachment.mode, attachment.path, attachment.path_reason,
+        );
+    }
+    if let Some(announce) = &status.announce {
+        let vips: Vec<String> = announce
+            .vips
+            .iter()
+            .map(|v| {
+                format!(
+                    "{} {}",
+                    v.vip,
+                    if v.announced {
+                        "announced"
+                    } else {
+                        "withdrawn"
+                    }
+                )
+            })
+            .collect();
+        println!(
+            "routes in table {}{}: {}{}",
+            announce.table,
+            if announce.drained {
+                ", node drained"
+            } else {
+                ""
+            },
+            vips.join(", "),
+            announce
+                .error
+                .as_ref()
+                .map(|e| format!(" (error: {e})"))
+                .unwrap_or_default()
         );
     }
     for service in &status.services {

@@ -203,6 +203,22 @@ pub fn render(stats: &Stats, status: &Status) -> String {
             validated,
         );
     }
+    if let Some(announce) = &status.announce {
+        let announced = Family::<Labels, Gauge>::default();
+        for v in &announce.vips {
+            announced
+                .get_or_create(&vec![("vip".to_owned(), v.vip.to_string())])
+                .set(i64::from(v.announced));
+        }
+        registry.register(
+            "vip_announced",
+            "1 while the VIP's route is there for the BGP daemon to announce",
+            announced,
+        );
+        let drained = Gauge::<i64>::default();
+        drained.set(i64::from(announce.drained));
+        registry.register("node_drained", "1 while the node is drained", drained);
+    }
     registry.register("packets", "Packets to each service", packets);
     registry.register(
         "datapath_packets",

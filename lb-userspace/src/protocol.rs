@@ -98,6 +98,11 @@ pub enum Request {
         service: String,
         address: SocketAddr,
     },
+    /// Withdraw every VIP from the router (`[announce]`); the flows that
+    /// still arrive are served.
+    NodeDrain,
+    /// Announce the VIPs again.
+    NodeUndrain,
 }
 
 /// The agent's answer to a request, or why it refused.
@@ -182,6 +187,30 @@ impl FromAnswer for Config {
 pub struct Status {
     pub services: Vec<ServiceStatus>,
     pub attachments: Vec<AttachmentStatus>,
+    /// The VIPs' announcement, with `[announce]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<AnnounceStatus>,
+}
+
+/// What the agent announces to the router ([`Status::announce`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AnnounceStatus {
+    /// The routing table its routes are in.
+    pub table: u32,
+    /// `xlb node drain` in force.
+    pub drained: bool,
+    /// Every VIP of a service, and whether its route is there.
+    pub vips: Vec<AnnouncedVip>,
+    /// Why the routes could not be written, if they could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One VIP in [`AnnounceStatus`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AnnouncedVip {
+    pub vip: IpAddr,
+    pub announced: bool,
 }
 
 impl Status {
@@ -505,6 +534,8 @@ pub enum Change {
         address: SocketAddr,
         weight: u32,
     },
+    /// The node drained (every VIP withdrawn) or undrained.
+    Node { drained: bool },
 }
 
 impl fmt::Display for Change {
@@ -530,6 +561,8 @@ impl fmt::Display for Change {
                 address,
                 weight,
             } => write!(f, "{address} in {service} now has weight {weight}"),
+            Self::Node { drained: true } => f.write_str("node drained: every VIP withdrawn"),
+            Self::Node { drained: false } => f.write_str("node undrained: VIPs announced"),
         }
     }
 }
@@ -701,6 +734,7 @@ pub(crate) mod tests {
                 backends: vec![backend("10.0.2.10:80"), warned],
                 removed_at_runtime: vec![addr("10.0.2.12:80")],
             }],
+            announce: None,
             attachments: vec![AttachmentStatus {
                 interface: "eth0".into(),
                 mode: AttachedMode::Native,

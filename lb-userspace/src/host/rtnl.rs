@@ -5,7 +5,8 @@ use std::net::IpAddr;
 
 use anyhow::{Context as _, bail};
 use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_MULTIPART, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_MULTIPART, NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
@@ -13,21 +14,34 @@ use netlink_packet_route::{
     link::{
         InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp, State, XdpAttached,
     },
-    route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use super::{Address, Link, LinkKind, OperState, Route, RouteKind, XdpAttachment, XdpMode};
 
 /// An rtnetlink socket in the calling thread's network namespace.
-pub(super) struct Rtnl {
+pub(crate) struct Rtnl {
     socket: Socket,
     sequence: u32,
 }
 
 impl Rtnl {
-    pub(super) fn open() -> anyhow::Result<Self> {
+    pub(crate) fn open() -> anyhow::Result<Self> {
+        Self::open_with(false)
+    }
+
+    /// A socket whose dumps the kernel filters by what the request names
+    /// (table, protocol) instead of sending every route.
+    pub(crate) fn open_filtered() -> anyhow::Result<Self> {
+        Self::open_with(true)
+    }
+
+    fn open_with(strict: bool) -> anyhow::Result<Self> {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
+        if strict {
+            socket.set_netlink_get_strict_chk(true)?;
+        }
         socket.bind_auto()?;
         socket.connect(&SocketAddr::new(0, 0))?;
         Ok(Self {
@@ -73,10 +87,7 @@ impl Rtnl {
             .push(RouteAttribute::Destination(RouteAddress::from(to)));
         let answers = self
             .request(RouteNetlinkMessage::GetRoute(message), 0)
-            .map_err(|e| match e.downcast::<std::io::Error>() {
-                Ok(io) => io,
-                Err(other) => std::io::Error::other(format!("{other:#}")),
-            })?;
+            .map_err(io_error)?;
         answers
             .into_iter()
             .find_map(|answer| match answer {
@@ -84,6 +95,68 @@ impl Rtnl {
                 _ => None,
             })
             .ok_or_else(|| std::io::Error::other("no route in the kernel's answer"))
+    }
+
+    /// The destinations of the host routes (/32, /128) of `protocol` in
+    /// `table`, both address families.
+    pub(crate) fn host_routes(&mut self, table: u32, protocol: u8) -> anyhow::Result<Vec<IpAddr>> {
+        // On a socket from `open_filtered` the kernel sends only the table's
+        // routes of `protocol`; the answers are checked here all the same.
+        let mut filter = RouteMessage::default();
+        filter.header.table = u8::try_from(table).unwrap_or(0);
+        filter.header.protocol = RouteProtocol::from(protocol);
+        filter.attributes.push(RouteAttribute::Table(table));
+        let request = RouteNetlinkMessage::GetRoute(filter);
+        let mut found = Vec::new();
+        for answer in self.request(request, NLM_F_DUMP)? {
+            let RouteNetlinkMessage::NewRoute(message) = answer else {
+                continue;
+            };
+            if u8::from(message.header.protocol) != protocol || route_table(&message) != table {
+                continue;
+            }
+            let to = message.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+                RouteAttribute::Destination(RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+                _ => None,
+            });
+            if let Some(to) = to
+                && message.header.destination_prefix_length == host_prefix(to)
+            {
+                found.push(to);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Adds a blackhole host route to `to` in `table` with `protocol`;
+    /// `replace`s a route already there, or else leaves it (`EEXIST`).
+    pub(crate) fn add_blackhole(
+        &mut self,
+        to: IpAddr,
+        table: u32,
+        protocol: u8,
+        replace: bool,
+    ) -> std::io::Result<()> {
+        let mut message = host_route(to, table, protocol);
+        message.header.kind = RouteType::BlackHole;
+        let flags = NLM_F_ACK | NLM_F_CREATE | if replace { NLM_F_REPLACE } else { NLM_F_EXCL };
+        self.request(RouteNetlinkMessage::NewRoute(message), flags)
+            .map(drop)
+            .map_err(io_error)
+    }
+
+    /// Deletes the host route to `to` of `protocol` in `table`.
+    pub(crate) fn delete_route(
+        &mut self,
+        to: IpAddr,
+        table: u32,
+        protocol: u8,
+    ) -> std::io::Result<()> {
+        let message = host_route(to, table, protocol);
+        self.request(RouteNetlinkMessage::DelRoute(message), NLM_F_ACK)
+            .map(drop)
+            .map_err(io_error)
     }
 
     /// Sends `message` and collects the answers until the kernel is done.
@@ -245,6 +318,47 @@ fn address(message: &AddressMessage) -> Option<Address> {
         ip,
         prefix_len: message.header.prefix_len,
     })
+}
+
+/// A host route to `to` in `table` by `protocol`, without a type.
+fn host_route(to: IpAddr, table: u32, protocol: u8) -> RouteMessage {
+    let mut message = RouteMessage::default();
+    message.header.address_family = match to {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    message.header.destination_prefix_length = host_prefix(to);
+    message.header.table = u8::try_from(table).unwrap_or(0);
+    message.header.protocol = RouteProtocol::from(protocol);
+    message.header.scope = RouteScope::Universe;
+    message
+        .attributes
+        .push(RouteAttribute::Destination(RouteAddress::from(to)));
+    message.attributes.push(RouteAttribute::Table(table));
+    message
+}
+
+fn host_prefix(to: IpAddr) -> u8 {
+    if to.is_ipv4() { 32 } else { 128 }
+}
+
+/// The route's table: its `RTA_TABLE`, or the header's for tables below 256.
+fn route_table(message: &RouteMessage) -> u32 {
+    message
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(table) => Some(*table),
+            _ => None,
+        })
+        .unwrap_or(u32::from(message.header.table))
+}
+
+fn io_error(e: anyhow::Error) -> std::io::Error {
+    match e.downcast::<std::io::Error>() {
+        Ok(io) => io,
+        Err(other) => std::io::Error::other(format!("{other:#}")),
+    }
 }
 
 fn route(message: &RouteMessage) -> Route {

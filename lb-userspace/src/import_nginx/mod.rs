@@ -111,6 +111,7 @@ fn translate_all(
         agent: Default::default(),
         flows: Default::default(),
         flood: Default::default(),
+        announce: None,
         services: services.iter().map(|s| s.config.clone()).collect(),
     };
     if let Err(e) = config.validate() {
