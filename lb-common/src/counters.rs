@@ -131,6 +131,11 @@ global_counters! {
     /// (nginx's limit): dropped; the client's SYN, sent again, is picked
     /// anew.
     DropMaxConns => "drop_max_conns",
+    /// A `dsr` frame XDP could not send to its backend itself (its
+    /// link-layer address not known yet, no route, or an egress interface
+    /// xlb is not attached to): the kernel would route it by the VIP, so it
+    /// is dropped; the client sends it again.
+    DropDsrNoPath => "drop_dsr_no_path",
 }
 
 /// Number of [`GlobalCounter`]s; sizes `GLOBAL_STATS`.

@@ -69,6 +69,10 @@ pub const SERVICE_F_NEXT_ON_TIMEOUT: u32 = 1 << 3;
 /// of whose backends is on this host (a local backend's handshake leaves
 /// through the tc egress program, which does not take part).
 pub const SERVICE_F_SYN_PROXY: u32 = 1 << 4;
+/// `dsr` mode (with [`SERVICE_F_DNAT`]): the frame goes to the backend
+/// unchanged but for its MAC addresses; the backend holds the VIP and
+/// answers the client directly, so no reply crosses the data plane.
+pub const SERVICE_F_DSR: u32 = 1 << 5;
 
 /// Bits 8-10 of [`Service::flags`]: the method that picks a new flow's
 /// backend (`SCHED_*`), and what the service's table holds for it.
@@ -143,6 +147,12 @@ impl Service {
     #[inline(always)]
     pub const fn is_nat(&self) -> bool {
         self.flags & SERVICE_F_DNAT == 0
+    }
+
+    /// Whether backends answer clients directly (`dsr` mode).
+    #[inline(always)]
+    pub const fn is_dsr(&self) -> bool {
+        self.flags & SERVICE_F_DSR != 0
     }
 
     /// The service's `SCHED_*` method.

@@ -73,6 +73,11 @@ pub fn track(packet: &Packet, flow: &mut Flow, now: u64) {
         if packet.has_flags(TCP_ACK) && packet.tcp_flags & (TCP_SYN | TCP_RST) == 0 {
             // The client's ACK (or FIN) completes its handshake.
             settle(flow);
+            if flow.state == FLOW_SYN_SENT {
+                // The backend's SYN-ACK went by, past the data plane: a
+                // `dsr` backend answers the client directly.
+                flow.state = FLOW_ESTABLISHED;
+            }
         }
         if ends(packet) {
             load::leaves(flow, FLOW_CLOSING);

@@ -39,6 +39,9 @@ pub struct Route<'a> {
     /// (127.0.0.1 needs `route_localnet`, which the agent sets), and the
     /// reply comes back through the tc egress program (`local.rs`).
     pub local: bool,
+    /// A `dsr` frame: addressed to the VIP, so the kernel cannot take it
+    /// where XDP cannot send it; dropped instead.
+    pub dsr: bool,
 }
 
 /// Sends the (already rewritten) frame on. The next hop is the flow's
@@ -50,6 +53,7 @@ pub struct Route<'a> {
 pub fn forward(ctx: &XdpContext, packet: &Packet, route: &Route) -> GlobalCounter {
     match send(ctx, packet, route) {
         Ok(sent) => sent,
+        Err(_) if route.dsr => GlobalCounter::DropDsrNoPath,
         // One place hands frames to the kernel, whatever the reason.
         Err(counter) => to_kernel(ctx, packet, counter),
     }

@@ -55,9 +55,8 @@ fn action(verdict: GlobalCounter) -> u32 {
         ForwardTx | ForwardSynCookie | ForwardProxyAck => xdp_action::XDP_TX,
         ForwardRedirect => xdp_action::XDP_REDIRECT,
         DropNoBackend | DropSnatPortsBusy | DropInternal | DropRewrite | DropRefusedHandshake
-        | DropLoopback | DropStrayRst | DropSourceLimit | DropCookieRace | DropMaxConns => {
-            xdp_action::XDP_DROP
-        }
+        | DropLoopback | DropStrayRst | DropSourceLimit | DropCookieRace | DropMaxConns
+        | DropDsrNoPath => xdp_action::XDP_DROP,
         PassNotIp | PassNotTcpUdp | PassFragment | PassNotService | PassMalformed
         | PassNoNeighbour | PassRouteLookup | PassKernelForward | PassBadLength
         | PassTtlExceeded | PassLocal => xdp_action::XDP_PASS,

@@ -228,7 +228,10 @@ fn new_flow(
     let snat_port_be = if snats(service, backend) {
         snat::claim_port(scratch, hash, key.src_port_be, now)?
     } else {
-        insert_reply(scratch, key, cookie.is_some())?;
+        // A `dsr` backend's replies do not come back this way.
+        if !service.is_dsr() {
+            insert_reply(scratch, key, cookie.is_some())?;
+        }
         0
     };
 

@@ -135,17 +135,20 @@ fn for_service(
     let Some(hop) = BACKEND_HOPS.get_ptr_mut(scheduled.backend_id) else {
         return GlobalCounter::DropInternal;
     };
-    send(
-        ctx,
-        packet,
-        &Route {
-            src,
-            dst,
-            hop,
-            now: scheduled.now,
-            local: scheduled.backend.is_local(),
-        },
-    )
+    let route = Route {
+        src,
+        dst,
+        hop,
+        now: scheduled.now,
+        local: scheduled.backend.is_local(),
+        dsr: service.is_dsr(),
+    };
+    if route.dsr {
+        // The frame stays addressed to the VIP; only its MAC addresses
+        // change, to those of the way to the backend.
+        return forward(ctx, packet, &route);
+    }
+    send(ctx, packet, &route)
 }
 
 /// A backend's reply: rewrite it to come from the service, send it on.
@@ -190,7 +193,6 @@ fn to_client(ctx: &XdpContext, packet: &Packet, reply: *mut Reply) -> GlobalCoun
     };
     // SAFETY: the helper has no preconditions.
     let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() };
-    let local = false;
     send(
         ctx,
         packet,
@@ -199,7 +201,8 @@ fn to_client(ctx: &XdpContext, packet: &Packet, reply: *mut Reply) -> GlobalCoun
             dst,
             hop,
             now,
-            local,
+            local: false,
+            dsr: false,
         },
     )
 }

@@ -24,7 +24,7 @@ use tokio::{
 use crate::{
     announce::Announcer,
     checks,
-    config::{BackendConfig, Config, MAX_WEIGHT, Scheduler},
+    config::{BackendConfig, Config, MAX_WEIGHT, Mode, Scheduler},
     control::{self, Envelope},
     dataplane::{Dataplane, DataplaneState, LoadOptions},
     desired::{Desired, DesiredBackend, DesiredService, WEIGHT_SCALE},
@@ -483,7 +483,11 @@ impl Agent {
                     active_ok,
                     now,
                 );
-                if let Some(state) = self.states.get_mut(&key)
+                // In dsr mode no reply crosses the data plane: a SYN sent
+                // again says nothing of the backend, which only active
+                // checks judge.
+                if service.mode != Mode::Dsr
+                    && let Some(state) = self.states.get_mut(&key)
                     && state
                         .health
                         .record_failures((&counters).into(), backend, now)

@@ -414,6 +414,11 @@ pub enum Mode {
     /// Destination NAT: the client's address is kept; the load balancer
     /// must be the backends' route back to clients.
     Dnat,
+    /// Direct server return at layer 2: the frame goes to the backend
+    /// unchanged but for its MAC addresses; the backend holds the VIP (on
+    /// `lo`) and answers the client directly. Backends on a link of the
+    /// load balancer, listening on the service's port.
+    Dsr,
 }
 
 /// How a service picks the backend of a new flow (docs/configuration.md
@@ -513,6 +518,7 @@ impl fmt::Display for Mode {
         f.pad(match self {
             Self::Nat => "nat",
             Self::Dnat => "dnat",
+            Self::Dsr => "dsr",
         })
     }
 }
@@ -638,6 +644,46 @@ impl Config {
 }
 
 impl ServiceConfig {
+    /// What `dsr` needs: the frame keeps its destination, so each backend
+    /// listens on the service's port and is another host; the data plane
+    /// sees no reply, so the active check (whose probes also keep each
+    /// backend's link-layer address known) is the health signal.
+    fn validate_dsr(&self) -> anyhow::Result<()> {
+        let name = &self.name;
+        for b in &self.backends {
+            if b.address.port() != self.port {
+                bail!(
+                    "service {name:?}: backend {} in mode \"dsr\" must listen on the \
+                     service's port {} (the frame keeps its destination)",
+                    b.address,
+                    self.port
+                );
+            }
+            if crate::local::is_local(b.address.ip()) {
+                bail!(
+                    "service {name:?}: backend {} is on this host; mode \"dsr\" sends frames \
+                     to other hosts (use \"nat\" for backends here)",
+                    b.address
+                );
+            }
+            if b.address.is_ipv4() != self.vip.is_ipv4() {
+                bail!(
+                    "service {name:?}: backend {} and the vip {} in mode \"dsr\" must be of \
+                     one address family",
+                    b.address,
+                    self.vip
+                );
+            }
+        }
+        if self.health_check.is_none() {
+            bail!(
+                "service {name:?}: mode \"dsr\" needs a [service.health_check]: no reply \
+                 crosses the load balancer, so only active checks see a backend fail"
+            );
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> anyhow::Result<()> {
         let name = &self.name;
         let family = |ip: IpAddr| if ip.is_ipv4() { "IPv4" } else { "IPv6" };
@@ -654,12 +700,18 @@ impl ServiceConfig {
                 "service {name:?}: mode \"nat\" needs a `snat` address (backends on this host \
                  need none, the others do)"
             ),
+            (Mode::Dsr, Some(_)) => {
+                bail!("service {name:?}: mode \"dsr\" keeps the client's address: remove `snat`")
+            }
             (_, Some(snat)) if snat.is_ipv4() != self.vip.is_ipv4() => bail!(
                 "service {name:?}: snat {snat} is {} but the vip is {}",
                 family(snat),
                 family(self.vip)
             ),
             _ => {}
+        }
+        if self.mode == Mode::Dsr {
+            self.validate_dsr()?;
         }
         if !maglev::is_prime(self.table_size) || self.table_size > lb_common::MAGLEV_SLOTS / 2 {
             bail!(

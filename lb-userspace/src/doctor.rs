@@ -46,6 +46,7 @@ pub enum Check {
     SnatWrongInterface,
     SnatShared,
     DnatReturnPath,
+    DsrNotOnLink,
     ForwardingOff,
     RpFilterDropsSnat,
     RpFilterDropsReplies,

@@ -20,8 +20,9 @@ use lb_common::{
     maglev::{self, Candidate},
     service::{
         NO_FALLBACK, SCHED_LEAST_CONN, SCHED_LEAST_TIME, SCHED_MAGLEV, SCHED_RANDOM_TWO,
-        SCHED_ROUND_ROBIN, SERVICE_F_DNAT, SERVICE_F_HASH_SOURCE, SERVICE_F_NEXT_ON_ERROR,
-        SERVICE_F_NEXT_ON_TIMEOUT, SERVICE_F_SYN_PROXY, SERVICE_SCHED_SHIFT, ServiceSlot,
+        SCHED_ROUND_ROBIN, SERVICE_F_DNAT, SERVICE_F_DSR, SERVICE_F_HASH_SOURCE,
+        SERVICE_F_NEXT_ON_ERROR, SERVICE_F_NEXT_ON_TIMEOUT, SERVICE_F_SYN_PROXY,
+        SERVICE_SCHED_SHIFT, ServiceSlot,
     },
 };
 
@@ -500,6 +501,7 @@ fn service_entry(
     let mode = match service.mode {
         Mode::Nat => 0,
         Mode::Dnat => SERVICE_F_DNAT,
+        Mode::Dsr => SERVICE_F_DNAT | SERVICE_F_DSR,
     };
     let hash = match service.hash {
         HashPolicy::FiveTuple => 0,
@@ -515,7 +517,9 @@ fn service_entry(
         .fold(0, |flags, flag| flags | flag);
     // A local backend's handshake leaves through the tc egress program,
     // which does not take part in the data plane's own handshakes.
+    // Nor can a `dsr` service's: its backends answer the clients directly.
     let syn_proxy = if service.protocol == Protocol::Tcp
+        && service.mode != Mode::Dsr
         && !service
             .backends
             .iter()

@@ -21,6 +21,7 @@ pub(super) fn check(setup: &Setup, out: &mut Vec<Finding>) {
         match service.mode {
             Mode::Nat => snat(setup, service, &routes, out),
             Mode::Dnat => dnat_return_path(setup, service, &routes, out),
+            Mode::Dsr => dsr_on_link(setup, service, &routes, out),
         }
     }
 }
@@ -128,6 +129,10 @@ fn not_attached(
             Mode::Dnat => {
                 "the kernel forwards them to clients still from the backend's own address, which \
                  clients drop"
+            }
+            Mode::Dsr => {
+                "XDP cannot send frames out of it, and the kernel would route them by the VIP: \
+                 they are dropped (drop_dsr_no_path)"
             }
         };
         let ports: Vec<&str> = setup
@@ -302,6 +307,37 @@ fn dnat_return_path(
          bypass xlb and clients drop them; the load balancer cannot see a backend's routes \
          (`xlb status` warns when a healthy backend's replies never come back)",
         fix.join("; "),
+    ))
+}
+
+/// `dsr` backends reached through a gateway: the frame, still addressed to
+/// the VIP, would go to the gateway, which routes it by the VIP.
+fn dsr_on_link(
+    setup: &Setup,
+    service: &ServiceConfig,
+    routes: &[(SocketAddr, &Route)],
+    out: &mut Vec<Finding>,
+) {
+    let behind: Vec<SocketAddr> = routes
+        .iter()
+        .filter(|(_, route)| route.oif.is_some_and(|oif| setup.covered(oif)))
+        .filter(|(_, route)| route.gateway.is_some())
+        .map(|(address, _)| *address)
+        .collect();
+    if behind.is_empty() {
+        return;
+    }
+    out.push(Finding::new(
+        Check::DsrNotOnLink,
+        Severity::Error,
+        format!("service {}", service.name),
+        format!(
+            "{} reached through a gateway: mode dsr changes only the frame's MAC addresses, so \
+             the frame, still addressed to the VIP, would reach the gateway instead",
+            list(&behind)
+        ),
+        "put the backends on a link of an attached interface (same subnet, no gateway), or \
+         use mode dnat or nat",
     ))
 }
 

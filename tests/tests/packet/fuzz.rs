@@ -307,6 +307,8 @@ struct Service {
     vip: SocketAddr,
     proto: u8,
     nat: Option<IpAddr>,
+    /// `dsr`: sent on as it came but for its MAC addresses.
+    dsr: bool,
     backends: Vec<SocketAddr>,
 }
 
@@ -323,6 +325,7 @@ fn services() -> Vec<Service> {
                 TCP
             },
             nat: (s.mode == Mode::Nat).then(|| s.snat.unwrap()),
+            dsr: s.mode == Mode::Dsr,
             backends: s.backends.iter().map(|b| b.address).collect(),
         })
         .collect()
@@ -656,7 +659,13 @@ impl Fuzz<'_> {
                             || (reply.is_none()
                                 && c.at.proto == 6
                                 && frame[c.at.l4 + 13] & 0x04 != 0
-                                && reason == GlobalCounter::DropStrayRst),
+                                && reason == GlobalCounter::DropStrayRst)
+                            // A `dsr` backend of unknown link-layer address.
+                            || (reply.is_none()
+                                && reason == GlobalCounter::DropDsrNoPath
+                                && self
+                                    .service_of(&key(c.src, c.dst, c.at.proto))
+                                    .is_some_and(|s| s.dsr)),
                         "a good frame dropped as {reason:?}: {}",
                         context()
                     );
@@ -779,6 +788,14 @@ impl Fuzz<'_> {
             None => {
                 let k = key(c.src, c.dst, at.proto);
                 let service = self.service_of(&k).unwrap();
+                if service.dsr {
+                    // To the backend's MAC address, still to the VIP; no
+                    // reply comes back this way.
+                    if (now.src, now.dst) != (c.src, c.dst) {
+                        return Err(format!("dsr frame rewritten to {} -> {}", now.src, now.dst));
+                    }
+                    return Ok(());
+                }
                 if !service.backends.contains(&now.dst) {
                     return Err(format!("sent to {}, no backend", now.dst));
                 }

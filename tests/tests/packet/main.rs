@@ -10,6 +10,7 @@
 mod harness;
 
 mod dnat;
+mod dsr;
 mod failover;
 mod flows_lifetime;
 mod forwarding;
