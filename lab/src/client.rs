@@ -4,11 +4,12 @@
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
     time::Duration,
 };
 
 use anyhow::{Context as _, anyhow, bail, ensure};
+use socket2::{Domain, Protocol, Socket, Type};
 
 /// A sensible per-request timeout for lab traffic.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -18,6 +19,16 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// and each read or write.
 pub fn http_get(addr: SocketAddr, timeout: Duration) -> anyhow::Result<String> {
     let mut conn = HttpConn::connect(addr, timeout)?;
+    conn.request(false)
+}
+
+/// [`http_get`] from address `source` ([`HttpConn::connect_from`]).
+pub fn http_get_from(
+    source: IpAddr,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let mut conn = HttpConn::connect_from(source, addr, timeout)?;
     conn.request(false)
 }
 
@@ -34,6 +45,27 @@ impl HttpConn {
     pub fn connect(addr: SocketAddr, timeout: Duration) -> anyhow::Result<Self> {
         let stream = TcpStream::connect_timeout(&addr, timeout)
             .with_context(|| format!("connecting to {addr}"))?;
+        Self::from_stream(addr, timeout, stream)
+    }
+
+    /// Opens a TCP connection to `addr` from address `source` (e.g. a load
+    /// balancer's SNAT address); `timeout` as in [`HttpConn::connect`].
+    pub fn connect_from(
+        source: IpAddr,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket
+            .bind(&SocketAddr::new(source, 0).into())
+            .with_context(|| format!("binding to {source}"))?;
+        socket
+            .connect_timeout(&addr.into(), timeout)
+            .with_context(|| format!("connecting to {addr} from {source}"))?;
+        Self::from_stream(addr, timeout, socket.into())
+    }
+
+    fn from_stream(addr: SocketAddr, timeout: Duration, stream: TcpStream) -> anyhow::Result<Self> {
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;

@@ -8,7 +8,7 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 
 use crate::{
-    netns, procs,
+    cluster, netns, procs,
     shape::Shape,
     status::{self, LabStatus},
     topology::{self, Backend, Role, Topology},
@@ -200,13 +200,13 @@ impl Lab {
         self.run_in(Role::Lb, f)
     }
 
-    /// Removes the lab with `prefix`: stops every process in its namespaces
-    /// (SIGTERM, then SIGKILL), deletes the namespaces, its pins and run
-    /// directory. Succeeds if nothing is there.
+    /// Removes the lab (or [`crate::Cluster`]) with `prefix`: stops every
+    /// process in its namespaces (SIGTERM, then SIGKILL), deletes the
+    /// namespaces, its pins and run directory. Succeeds if nothing is there.
     pub fn down_prefix(prefix: &str) -> anyhow::Result<()> {
         let namespaces: Vec<String> = netns::list()?
             .into_iter()
-            .filter(|ns| topology::role_of(prefix, ns).is_some())
+            .filter(|ns| topology::role_of(prefix, ns).is_some() || cluster::is_member(prefix, ns))
             .collect();
         remove(
             &namespaces,
@@ -404,7 +404,7 @@ impl Lab {
     }
 }
 
-fn signal(pid: i32, sig: libc::c_int) -> anyhow::Result<()> {
+pub(crate) fn signal(pid: i32, sig: libc::c_int) -> anyhow::Result<()> {
     // SAFETY: kill has no memory-safety preconditions.
     if unsafe { libc::kill(pid, sig) } != 0 {
         return Err(std::io::Error::last_os_error())
@@ -414,7 +414,7 @@ fn signal(pid: i32, sig: libc::c_int) -> anyhow::Result<()> {
 }
 
 /// Fails early with a clear message when the lab cannot be built here.
-fn preflight() -> anyhow::Result<()> {
+pub(crate) fn preflight() -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the xlb lab needs root (network namespaces, veth, XDP); run as root");
@@ -515,12 +515,12 @@ fn wire(plan: &wiring::Plan) -> anyhow::Result<()> {
 }
 
 /// Runs `ip -n ns args…`.
-fn ip(ns: &str, args: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn ip(ns: &str, args: &[&str]) -> anyhow::Result<()> {
     netns::run(&mut netns::ip_in(ns, args)).map(drop)
 }
 
 /// Runs `ethtool -K iface features…` in the interface's namespace.
-fn ethtool(iface: &Iface, features: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn ethtool(iface: &Iface, features: &[&str]) -> anyhow::Result<()> {
     let args = ["-K", iface.name.as_str()]
         .into_iter()
         .chain(features.iter().copied());
@@ -581,7 +581,7 @@ pub(crate) fn backend_at(prefix: &str, shape: Shape, i: usize) -> Backend {
 }
 
 /// Stops processes in `namespaces`, removes `dirs`, deletes the namespaces.
-fn remove(namespaces: &[String], dirs: &[PathBuf]) -> anyhow::Result<()> {
+pub(crate) fn remove(namespaces: &[String], dirs: &[PathBuf]) -> anyhow::Result<()> {
     let mut errors = Vec::new();
     if let Err(e) = procs::kill_all(namespaces) {
         errors.push(format!("{e:#}"));

@@ -14,8 +14,11 @@
 //! VIP networks through it. See [`shape`] and [`wiring`] for the shapes,
 //! [`topology`] for every name and address, [`Lab`] to build one,
 //! [`client`] to send traffic and [`netns`] to run code inside a namespace.
+//! [`cluster`] builds several load-balancer nodes behind a router doing ECMP
+//! over the BGP announcements of each (BIRD).
 
 pub mod client;
+pub mod cluster;
 pub mod lab;
 pub mod netns;
 pub mod procs;
@@ -26,6 +29,7 @@ pub mod vlan;
 pub mod wiring;
 pub mod xdp;
 
+pub use cluster::{Cluster, ClusterSpec};
 pub use lab::{Lab, LabSpec};
 pub use shape::Shape;
 pub use status::{BackendStatus, LabStatus, NsStatus};

@@ -18,13 +18,15 @@ const EBPF_TOOLCHAIN: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Commands the lab and tests use, with the Debian package providing each
 /// (hping3: the SYN floods of `tests/tests/flood.rs`; nginx: the side-by-side
-/// test of an imported configuration; promtool: the metrics' format check).
+/// test of an imported configuration; promtool: the metrics' format check;
+/// bird: BGP in the scale-out cluster, `xlb_lab::cluster`).
 const DEBIAN_COMMANDS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
     ("hping3", "hping3"),
     ("nginx", "nginx"),
     ("promtool", "prometheus"),
+    ("bird", "bird2"),
 ];
 
 /// Tells Debian's maintainer scripts not to start the services they install

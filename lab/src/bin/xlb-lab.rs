@@ -8,7 +8,7 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
-use xlb_lab::{Lab, LabSpec, Shape, client, topology};
+use xlb_lab::{Cluster, ClusterSpec, Lab, LabSpec, Shape, client, cluster, topology};
 
 #[derive(Parser)]
 #[command(about = "xlb's lab of network namespaces")]
@@ -31,7 +31,18 @@ enum Command {
         #[arg(long, default_value_t = Shape::OneArmed)]
         shape: Shape,
     },
-    /// Remove a lab (idempotent).
+    /// Bring up a scale-out cluster: nodes behind a router doing ECMP over
+    /// their BGP announcements (BIRD), backends on one segment (see
+    /// docs/lab.md); wait for BGP and leave it running.
+    Cluster {
+        #[arg(long, default_value = "xlbc")]
+        prefix: String,
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        #[arg(long, default_value_t = 2)]
+        backends: usize,
+    },
+    /// Remove a lab or cluster (idempotent).
     Down {
         #[arg(long, default_value = topology::DEFAULT_PREFIX, conflicts_with = "all")]
         prefix: String,
@@ -100,6 +111,35 @@ fn main() -> anyhow::Result<()> {
             );
             lab.keep();
             print!("{}", Lab::status(&prefix)?);
+        }
+        Command::Cluster {
+            prefix,
+            nodes,
+            backends,
+        } => {
+            let cluster = Cluster::up(ClusterSpec {
+                prefix: prefix.clone(),
+                nodes,
+                backends,
+            })?;
+            let took = cluster.wait_established(&cluster.all_nodes(), Duration::from_secs(10))?;
+            println!("cluster {prefix} is up; BGP established in {took:?}");
+            for i in cluster.all_nodes() {
+                println!(
+                    "node {i}: {} on {}, SNAT {} and {}",
+                    cluster.node_ns(i),
+                    cluster.node_interfaces(i).join(", "),
+                    cluster.node_snat(i),
+                    cluster.node_snat_v6(i)
+                );
+            }
+            println!(
+                "announce a VIP from node i: ip -n <node ns> route replace blackhole {}/32 table {} proto {}",
+                cluster.vip(),
+                cluster::ANNOUNCE_TABLE,
+                cluster::ANNOUNCE_PROTO
+            );
+            cluster.keep();
         }
         Command::Down { prefix, all, tests } => {
             if tests {
