@@ -5,18 +5,16 @@
 //! outlive the daemon (a restarted one reads them again) and the agent
 //! (the data plane forwards on after a crash); a stop removes them.
 //!
-//! The same route goes in `main` where none to the VIP is there, so that
-//! traffic to the VIP that no service takes ends on this host instead of
-//! going back to the router that sent it.
+//! Nothing goes in `main`: a route there (a blackhole) would make the
+//! kernel refuse to forward packets from the VIP (reverse-path filter),
+//! which a node does for `dsr` backends' replies when it is their gateway
+//! and for frames XDP hands it in `dnat` mode.
 
 use std::{collections::BTreeSet, net::IpAddr};
 
 use anyhow::Context as _;
 
 use crate::{config::AnnounceConfig, host::Rtnl};
-
-/// The kernel's main routing table.
-const MAIN_TABLE: u32 = 254;
 
 /// The agent's routes, kept equal to the VIPs it wants announced.
 pub struct Announcer {
@@ -72,26 +70,6 @@ impl Announcer {
                     format!("deleting the route of {vip} from table {}", self.table)
                 })?;
             tracing::info!(%vip, table = self.table, "withdrawing {vip}: {why}");
-        }
-        let in_main: BTreeSet<IpAddr> = self
-            .rtnl
-            .host_routes(MAIN_TABLE, self.protocol)?
-            .into_iter()
-            .collect();
-        for &vip in wanted.difference(&in_main) {
-            match self
-                .rtnl
-                .add_blackhole(vip, MAIN_TABLE, self.protocol, false)
-            {
-                // Another route to the VIP is there: it stays in charge.
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                other => other.with_context(|| format!("adding the route of {vip} to main"))?,
-            }
-        }
-        for &vip in in_main.difference(wanted) {
-            self.rtnl
-                .delete_route(vip, MAIN_TABLE, self.protocol)
-                .with_context(|| format!("deleting the route of {vip} from main"))?;
         }
         self.announced = wanted.clone();
         Ok(())

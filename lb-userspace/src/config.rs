@@ -167,9 +167,7 @@ fn default_source_syn_rate() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct AnnounceConfig {
     /// Routing table the routes go in: one no `ip rule` selects, so they
-    /// change no forwarding (the same route also goes in `main`, where one
-    /// to the VIP is not there already, so that traffic to a VIP no service
-    /// takes ends here instead of going back to the router).
+    /// change no forwarding.
     pub table: u32,
     /// Route protocol number marking the agent's routes (`ip route show
     /// proto 250`); the agent removes routes of it it did not want.

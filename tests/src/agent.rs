@@ -64,6 +64,17 @@ impl Agent {
     /// [`Agent::start_with`] without starting it: start it with
     /// [`Agent::spawn`] or [`Agent::spawn_command`].
     pub fn configure(lab: &Lab, services: &str, xdp_mode: ModeRequest) -> anyhow::Result<Self> {
+        Self::configure_in(lab.lb_ns(), lab.lb_interfaces(), services, xdp_mode)
+    }
+
+    /// [`Agent::configure`] for the network namespace `netns` and its
+    /// `interfaces` (a node of a cluster, say).
+    pub fn configure_in(
+        netns: String,
+        interfaces: Vec<String>,
+        services: &str,
+        xdp_mode: ModeRequest,
+    ) -> anyhow::Result<Self> {
         static N: AtomicUsize = AtomicUsize::new(0);
         let name = format!(
             "t{}-{}",
@@ -80,8 +91,8 @@ impl Agent {
             config_path,
             socket,
             dir,
-            netns: lab.lb_ns(),
-            interfaces: lab.lb_interfaces(),
+            netns,
+            interfaces,
             xdp_mode,
         };
         agent.write_config(services)?;

@@ -1,29 +1,40 @@
-//! Scale-out: three load-balancer nodes behind a router doing ECMP, each
-//! announcing the VIP by BGP (BIRD 2) from its kernel table 100, as xlb's
-//! agent will (`xlb_lab::cluster`). No xlb yet: each node answers on the
-//! VIP itself (a local route and a server answering with its name), and the
-//! test adds and deletes the announced routes by hand. Checked from the
-//! client:
+//! Scale-out: load-balancer nodes behind a router doing ECMP, each
+//! announcing the VIP by BGP (BIRD 2) from its kernel table 100
+//! (`xlb_lab::cluster`).
 //!
-//! - every node's BGP sessions come up and the router's route to the VIP
-//!   (IPv4 and IPv6) has every node as a next hop;
-//! - 200 new connections from one client (different source ports) spread
-//!   over the nodes, each over 20 %;
-//! - a withdrawal on node 0 takes it out of the route within 2 s and no new
-//!   connection reaches it;
-//! - stopping node 1's BIRD takes it out; starting it again brings it back;
-//! - tearing the cluster down stops every BIRD and removes the namespaces.
+//! The cluster itself, with a stand-in for xlb (each node answers on the
+//! VIP, the test adds and deletes the announced routes by hand): BGP comes
+//! up, 200 connections spread over the nodes (each over 20 %), a withdrawal
+//! or a stopped BIRD takes a node out of the router's route and a restarted
+//! BIRD brings it back, teardown stops every BIRD.
+//!
+//! Then with real xlb agents (`[announce]`):
+//!
+//! - `nat`, three nodes, each with its own SNAT address: the agents'
+//!   routes put every node in the router's route; new connections spread
+//!   over them; `xlb node drain` takes a node out (and no new flow reaches
+//!   it), `undrain` brings it back, a stopped agent withdraws before it
+//!   detaches, a node's BIRD restart needs nothing from its agent; a
+//!   background client counts failed requests over all of it;
+//! - `dsr`, two nodes: keep-alive connections through both keep their
+//!   backend when node 0 is drained and the router moves its connections
+//!   to node 1, which has no entry for them and picks by the same table.
 //!
 //! Timings are printed.
 
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
+use xlb::xdp::ModeRequest;
 use xlb_lab::{Cluster, ClusterSpec, client, cluster::node_name, netns, procs};
-use xlb_tests::require_root;
+use xlb_tests::{agent::Agent, require_root};
 
 const NODES: usize = 3;
 const BACKENDS: usize = 2;
@@ -218,4 +229,263 @@ fn vip_spreads_over_the_nodes_announcing_it() {
         );
     }
     eprintln!("total {:?}", start.elapsed());
+}
+
+/// The `web` service of node `i` (`mode`: `nat` from the node's own SNAT
+/// address, or `dsr` to each backend's port 80), announced from table 100.
+fn xlb_service(cluster: &Cluster, i: usize, mode: &str) -> String {
+    let source = match mode {
+        "nat" => format!("snat = \"{}\"\n", cluster.node_snat(i)),
+        _ => String::new(),
+    };
+    let mut text = format!(
+        "[announce]\ntable = {}\n\n[[service]]\nname = \"web\"\nvip = \"{}\"\nport = 80\n\
+         mode = \"{mode}\"\n{source}[service.health_check]\ntype = \"tcp\"\n\
+         interval = \"300ms\"\ntimeout = \"300ms\"\n",
+        xlb_lab::cluster::ANNOUNCE_TABLE,
+        cluster.vip()
+    );
+    for b in cluster.backends() {
+        let port = if mode == "dsr" { 80 } else { b.port };
+        text += &format!("[[service.backend]]\naddress = \"{}:{port}\"\n", b.v4);
+    }
+    text
+}
+
+/// An xlb agent on every node of `cluster`, each with `xlb_service`.
+fn start_agents(cluster: &Cluster, mode: &str) -> Vec<Agent> {
+    cluster
+        .all_nodes()
+        .into_iter()
+        .map(|i| {
+            let mut agent = Agent::configure_in(
+                cluster.node_ns(i),
+                cluster.node_interfaces(i),
+                &xlb_service(cluster, i, mode),
+                ModeRequest::Native,
+            )
+            .unwrap();
+            agent.spawn().unwrap();
+            agent
+        })
+        .collect()
+}
+
+/// New flows node `agent` has scheduled so far.
+fn new_flows(agent: &Agent) -> u64 {
+    agent.status().services[0]
+        .backends
+        .iter()
+        .map(|b| b.counters.new_flows)
+        .sum()
+}
+
+/// New connections from the client, one after another, until stopped:
+/// the answers, and the failures with when they happened.
+struct Background {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, Vec<(Duration, String)>)>,
+}
+
+impl Background {
+    fn start(cluster: &Cluster) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ns, vip) = (
+            cluster.client_ns(),
+            SocketAddr::new(cluster.vip().into(), PORT),
+        );
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            netns::run_in(&ns, || {
+                let begun = Instant::now();
+                let (mut ok, mut failed) = (0, Vec::new());
+                while !flag.load(Ordering::Relaxed) {
+                    // Long enough for a SYN sent again (1 s): late, not failed.
+                    match client::http_get(vip, Duration::from_secs(3)) {
+                        Ok(_) => ok += 1,
+                        Err(e) => failed.push((begun.elapsed(), format!("{e:#}"))),
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                (ok, failed)
+            })
+            .unwrap()
+        });
+        Self { stop, thread }
+    }
+
+    fn finish(self) -> (usize, Vec<(Duration, String)>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+#[test]
+fn xlb_nodes_announce_the_vip_and_a_drained_or_stopped_node_leaves_it() {
+    require_root();
+    let cluster = Cluster::up(ClusterSpec::for_test(NODES, BACKENDS)).expect("cluster up");
+    let all = cluster.all_nodes();
+    cluster.wait_established(&all, ESTABLISH).unwrap();
+    let vip = IpAddr::from(cluster.vip());
+    let started = Instant::now();
+    let mut agents = start_agents(&cluster, "nat");
+    cluster.wait_routed(vip, &all, ESTABLISH).unwrap();
+    eprintln!(
+        "xlb on {NODES} nodes: the router routes {vip} over all {:?} after the first agent started",
+        started.elapsed()
+    );
+
+    // Spread: every node schedules a share of new connections.
+    let before: Vec<u64> = agents.iter().map(new_flows).collect();
+    let counts = connections(&cluster, vip, CONNECTIONS);
+    let shares: Vec<u64> = agents
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| new_flows(a) - b)
+        .collect();
+    eprintln!("{CONNECTIONS} connections: answers {counts:?}, new flows per node {shares:?}");
+    assert!(
+        counts.keys().all(|k| !k.starts_with("failed")),
+        "{counts:?}"
+    );
+    let least = (CONNECTIONS as f64 * MIN_SHARE) as u64;
+    assert!(shares.iter().all(|&n| n > least), "{shares:?}");
+
+    let load = Background::start(&cluster);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // `xlb node drain`: node 0 leaves the route; no new flow reaches it.
+    let drained = Instant::now();
+    let said = agents[0].cli(&["node", "drain"]).unwrap();
+    assert!(said.contains("drained"), "{said}");
+    cluster.wait_routed(vip, &[1, 2], ROUTE_CHANGE).unwrap();
+    let drain_took = drained.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    let on_0 = new_flows(&agents[0]);
+    let counts = connections(&cluster, vip, AFTER_CHANGE);
+    assert!(
+        counts.keys().all(|k| !k.starts_with("failed")),
+        "{counts:?}"
+    );
+    assert_eq!(new_flows(&agents[0]), on_0, "a drained node took new flows");
+    agents[0].cli(&["node", "undrain"]).unwrap();
+    cluster.wait_routed(vip, &all, ROUTE_CHANGE).unwrap();
+
+    // A stop: node 1 withdraws, then detaches.
+    let stopped = Instant::now();
+    agents[1].signal(libc::SIGTERM);
+    assert!(agents[1].wait_exit(Duration::from_secs(10)).is_some());
+    cluster.wait_routed(vip, &[0, 2], ROUTE_CHANGE).unwrap();
+    let stop_took = stopped.elapsed();
+    let counts = connections(&cluster, vip, AFTER_CHANGE);
+    assert!(
+        counts.keys().all(|k| !k.starts_with("failed")),
+        "{counts:?}"
+    );
+
+    // Node 2's BIRD restarts: the agent does nothing, the route returns.
+    let mut cluster = cluster;
+    cluster.stop_bird(2).unwrap();
+    cluster.wait_routed(vip, &[0], ROUTE_CHANGE).unwrap();
+    cluster.start_bird(2).unwrap();
+    cluster.wait_routed(vip, &[0, 2], ESTABLISH).unwrap();
+
+    let (ok, failed) = load.finish();
+    eprintln!(
+        "drain: out of the route {drain_took:?} after `xlb node drain`; stop: out {stop_took:?} \
+         after SIGTERM; background load: {ok} requests answered, {} failed {failed:?}",
+        failed.len()
+    );
+    // New connections do not fail; a request in flight on a connection the
+    // router moved to another node may (nat: the new node's source address
+    // is not the one the backend knows).
+    assert!(failed.len() <= 2, "{failed:?}");
+    drop(agents);
+}
+
+#[test]
+fn dsr_connections_keep_their_backend_when_the_router_moves_them_to_another_node() {
+    require_root();
+    let cluster = Cluster::up(ClusterSpec::for_test(2, BACKENDS)).expect("cluster up");
+    cluster.wait_established(&[0, 1], ESTABLISH).unwrap();
+    let vip = cluster.vip();
+    // Each backend holds the VIP on lo, keeps ARP quiet about it, answers
+    // clients by its own way out (here node 0's kernel, not its XDP
+    // program), and serves on port 80.
+    let httpd = procs::httpd_path().unwrap();
+    let run_dir = std::env::temp_dir().join(format!("xlb-dsr-{}", std::process::id()));
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let mut servers = Vec::new();
+    for b in cluster.backends() {
+        let ip = |args: &str| {
+            netns::run(&mut netns::ip_in(&b.ns, args.split_whitespace())).unwrap();
+        };
+        ip(&format!("addr add {vip}/32 dev lo"));
+        ip(&format!(
+            "route add default via {}",
+            xlb_lab::cluster::node_backend_side_v4(0)
+        ));
+        netns::run_in(&b.ns, || {
+            netns::sysctl("net/ipv4/conf/all/arp_ignore", "1").unwrap();
+            netns::sysctl("net/ipv4/conf/all/arp_announce", "2").unwrap();
+        })
+        .unwrap();
+        let on_80 = xlb_lab::topology::Backend {
+            port: 80,
+            ..b.clone()
+        };
+        let mut child = procs::spawn_backend(&httpd, &run_dir, &on_80).unwrap();
+        procs::wait_ready(&mut child, &run_dir, &on_80).unwrap();
+        servers.push(child);
+    }
+    let agents = start_agents(&cluster, "dsr");
+    cluster.wait_routed(vip.into(), &[0, 1], ESTABLISH).unwrap();
+
+    // Keep-alive connections, spread over both nodes by the router.
+    let target = SocketAddr::new(vip.into(), 80);
+    let mut conns = netns::run_in(&cluster.client_ns(), || {
+        (0..16)
+            .map(|_| {
+                let mut conn = client::HttpConn::connect(target, client::DEFAULT_TIMEOUT)?;
+                let name = conn.get()?;
+                anyhow::Ok((conn, name))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    })
+    .unwrap()
+    .unwrap();
+    let on_0 = new_flows(&agents[0]);
+    eprintln!(
+        "dsr: 16 connections, {on_0} through node 0, {} through node 1; backends {:?}",
+        new_flows(&agents[1]),
+        conns.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>()
+    );
+    assert!(on_0 > 0, "no connection went through node 0");
+
+    // Node 0 leaves: the router moves its connections to node 1, which has
+    // no entry for them and picks the same backend by the same table.
+    agents[0].cli(&["node", "drain"]).unwrap();
+    cluster.wait_routed(vip.into(), &[1], ROUTE_CHANGE).unwrap();
+    netns::run_in(&cluster.client_ns(), || {
+        for (conn, name) in &mut conns {
+            let again = conn.get().expect("a connection moved to node 1");
+            assert_eq!(&again, name, "a moved connection changed backend");
+        }
+    })
+    .unwrap();
+    let flows = agents[1].cli(&["flows", "web"]).unwrap();
+    assert!(
+        flows
+            .lines()
+            .filter(|l| l.contains(&vip.to_string()) || l.contains("10.10.1.2"))
+            .count()
+            >= 16,
+        "node 1 does not hold every connection now:\n{flows}"
+    );
+    drop(agents);
+    for mut child in servers {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = std::fs::remove_dir_all(&run_dir);
 }
