@@ -280,11 +280,18 @@ fn new_flows(agent: &Agent) -> u64 {
         .sum()
 }
 
-/// New connections from the client, one after another, until stopped:
-/// the answers, and the failures with when they happened.
+/// What [`Background`] saw: requests answered, answered late (after a SYN
+/// sent again, over 900 ms), and failed (when, why).
+struct Seen {
+    ok: usize,
+    late: usize,
+    failed: Vec<(Duration, String)>,
+}
+
+/// New connections from the client, one after another, until stopped.
 struct Background {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<(usize, Vec<(Duration, String)>)>,
+    thread: std::thread::JoinHandle<Seen>,
 }
 
 impl Background {
@@ -298,23 +305,30 @@ impl Background {
         let thread = std::thread::spawn(move || {
             netns::run_in(&ns, || {
                 let begun = Instant::now();
-                let (mut ok, mut failed) = (0, Vec::new());
+                let mut seen = Seen {
+                    ok: 0,
+                    late: 0,
+                    failed: Vec::new(),
+                };
                 while !flag.load(Ordering::Relaxed) {
-                    // Long enough for a SYN sent again (1 s): late, not failed.
-                    match client::http_get(vip, Duration::from_secs(3)) {
-                        Ok(_) => ok += 1,
-                        Err(e) => failed.push((begun.elapsed(), format!("{e:#}"))),
+                    // Long enough for SYNs sent again (at 1 s and 3 s) while
+                    // a dead node is still routed: late, not failed.
+                    let sent = Instant::now();
+                    match client::http_get(vip, Duration::from_secs(7)) {
+                        Ok(_) if sent.elapsed() > Duration::from_millis(900) => seen.late += 1,
+                        Ok(_) => seen.ok += 1,
+                        Err(e) => seen.failed.push((begun.elapsed(), format!("{e:#}"))),
                     }
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                (ok, failed)
+                seen
             })
             .unwrap()
         });
         Self { stop, thread }
     }
 
-    fn finish(self) -> (usize, Vec<(Duration, String)>) {
+    fn finish(self) -> Seen {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().unwrap()
     }
@@ -390,16 +404,95 @@ fn xlb_nodes_announce_the_vip_and_a_drained_or_stopped_node_leaves_it() {
     cluster.start_bird(2).unwrap();
     cluster.wait_routed(vip, &[0, 2], ESTABLISH).unwrap();
 
-    let (ok, failed) = load.finish();
+    // Node 2 fails: its link to the router goes down. The router's BIRD
+    // loses the session and the node with it.
+    let failed_at = Instant::now();
+    netns::run(&mut netns::ip_in(
+        &cluster.node_ns(2),
+        ["link", "set", "eth0", "down"],
+    ))
+    .unwrap();
+    cluster.wait_routed(vip, &[0], ROUTE_CHANGE).unwrap();
+    let fail_took = failed_at.elapsed();
+    let counts = connections(&cluster, vip, AFTER_CHANGE);
+    assert!(
+        counts.keys().all(|k| !k.starts_with("failed")),
+        "{counts:?}"
+    );
+    netns::run(&mut netns::ip_in(
+        &cluster.node_ns(2),
+        ["link", "set", "eth0", "up"],
+    ))
+    .unwrap();
+    let back_at = Instant::now();
+    cluster
+        .wait_routed(vip, &[0, 2], Duration::from_secs(15))
+        .unwrap();
+    let back_took = back_at.elapsed();
+
+    let quiet = load.finish();
+    let load = Background::start(&cluster);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Node 2 goes silent without losing its link (hung, or its packets
+    // lost on the way): the router's BIRD keeps it until the hold time
+    // (3 s) runs out. The router drops what it sends node 2 meanwhile.
+    let nft = |rules: &str| {
+        let mut cmd = netns::exec(&cluster.router_ns(), "nft", ["-f", "-"]);
+        cmd.stdin(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(rules.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "nft: {rules}");
+    };
+    let silenced = Instant::now();
+    nft("table inet xlbtest {\n\
+         chain input { type filter hook input priority 0; iifname \"n2\" drop; }\n\
+         chain forward { type filter hook forward priority 0; oifname \"n2\" drop; }\n}\n");
+    cluster
+        .wait_routed(vip, &[0], Duration::from_secs(6))
+        .unwrap();
+    let hold_took = silenced.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let silent = load.finish();
+    nft("delete table inet xlbtest\n");
+    cluster
+        .wait_routed(vip, &[0, 2], Duration::from_secs(15))
+        .unwrap();
+
     eprintln!(
         "drain: out of the route {drain_took:?} after `xlb node drain`; stop: out {stop_took:?} \
-         after SIGTERM; background load: {ok} requests answered, {} failed {failed:?}",
-        failed.len()
+         after SIGTERM; link down: out {fail_took:?} after, back {back_took:?} after link up; \
+         background load meanwhile: {} answered, {} late, {} failed {:?}",
+        quiet.ok,
+        quiet.late,
+        quiet.failed.len(),
+        quiet.failed
     );
-    // New connections do not fail; a request in flight on a connection the
-    // router moved to another node may (nat: the new node's source address
-    // is not the one the backend knows).
-    assert!(failed.len() <= 2, "{failed:?}");
+    eprintln!(
+        "silent node: out of the route {hold_took:?} after (hold time 3 s); background load \
+         meanwhile: {} answered, {} late, {} failed {:?}",
+        silent.ok,
+        silent.late,
+        silent.failed.len(),
+        silent.failed
+    );
+    // Drained, stopped or unplugged, a node leaves without a failed request
+    // (a request in flight on a connection the router moved may fail: nat,
+    // the new node's source address is not the one the backend knows).
+    assert!(quiet.failed.len() <= 2, "{:?}", quiet.failed);
+    // Silent, it takes the hold time; new connections sent to it meanwhile
+    // are late (their SYN sent again), not failed.
+    assert!(
+        hold_took > Duration::from_secs(2) && silent.failed.len() <= 2,
+        "{hold_took:?} {:?}",
+        silent.failed
+    );
     drop(agents);
 }
 
