@@ -70,6 +70,13 @@ pub static FLOWS: LruHashMap<FlowKey, Flow> =
 pub static REPLIES: LruHashMap<FlowKey, Reply> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
 
+/// `dnat` services with `stateless_replies`: a backend's (address, port,
+/// protocol), in a `ServiceKey`'s shape → its service's id. A packet from
+/// it that no `REPLIES` entry covers (its flow is another node's) is
+/// rewritten to come from that service's VIP and port.
+#[map]
+pub static STATELESS_REPLIES: HashMap<ServiceKey, u32> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+
 /// Interfaces XDP may send frames out of (`XDP_TX` or a redirect), by
 /// ifindex: those xlb is attached to whose driver transmits XDP frames. The
 /// agent keeps it current; frames for any other interface go to the kernel.
@@ -121,6 +128,9 @@ pub struct NewFlowScratch {
     pub client_key: FlowKey,
     /// The TCP header a SYN cookie is computed over (`cookie::answer_syn`).
     pub syn_header: [u8; crate::cookie::TCP_HEADER],
+    /// The next hop of a packet looked up for it alone
+    /// (`walk::stateless_reply`).
+    pub hop: NextHop,
 }
 
 #[map]

@@ -7,9 +7,9 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    Flow, GlobalCounter, Reply, Service,
+    Flow, GlobalCounter, Reply, Service, ServiceKey,
     filter::{ROLE_BACKEND, ROLE_VIP},
-    flow::{FLOW_F_SEQ_SHIFT, snats},
+    flow::{FLOW_F_SEQ_SHIFT, NextHop, snats},
 };
 
 use crate::{
@@ -17,7 +17,10 @@ use crate::{
     flow::{Tracked, track_reply},
     forward::{Route, forward},
     frame,
-    maps::{self, BACKEND_HOPS, FLOWS, REPLIES, count_backend, count_service},
+    maps::{
+        self, BACKEND_HOPS, FLOWS, REPLIES, SCRATCH, SERVICE_SLOTS, STATELESS_REPLIES,
+        count_backend, count_service,
+    },
     parse::{Packet, TCP_ACK, parse},
     rewrite::{Endpoint, rewrite},
     schedule::schedule,
@@ -44,12 +47,65 @@ pub fn walk(ctx: &XdpContext) -> GlobalCounter {
     {
         return verdict;
     }
-    if maps::address_roles(&key.src) & ROLE_BACKEND != 0
-        && let Some(reply) = REPLIES.get_ptr_mut(key)
-    {
-        return to_client(ctx, &packet, reply);
+    if maps::address_roles(&key.src) & ROLE_BACKEND != 0 {
+        if let Some(reply) = REPLIES.get_ptr_mut(key) {
+            return to_client(ctx, &packet, reply);
+        }
+        if let Some(verdict) = stateless_reply(ctx, &packet) {
+            return verdict;
+        }
     }
     GlobalCounter::PassNotService
+}
+
+/// A backend's packet to a client whose flow this node does not hold
+/// (`stateless_replies`: another node scheduled it): rewritten to come from
+/// the service's VIP and port, its next hop looked up for it alone. `None`:
+/// not from a backend's port of such a service.
+#[inline(never)]
+fn stateless_reply(ctx: &XdpContext, packet: &Packet) -> Option<GlobalCounter> {
+    let key = &packet.key;
+    let from = ServiceKey::v6(key.src, key.src_port_be, key.proto);
+    // SAFETY: the value is copied out at once.
+    let service = *unsafe { STATELESS_REPLIES.get(&from) }?;
+    let slot = SERVICE_SLOTS.get(service)?;
+    if slot.key.proto != key.proto {
+        return None;
+    }
+    if packet.ttl <= 1 {
+        return Some(GlobalCounter::PassTtlExceeded);
+    }
+    // The next hop goes in per-CPU scratch space, not on the stack (the
+    // verifier's 512 bytes for the call chain), never fresh: looked up for
+    // this packet.
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return Some(GlobalCounter::DropInternal);
+    };
+    // SAFETY: per-CPU, and nothing else on this CPU runs meanwhile.
+    let hop = unsafe {
+        (*scratch).hop = NextHop::default();
+        &raw mut (*scratch).hop
+    };
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() };
+    Some(send(
+        ctx,
+        packet,
+        &Route {
+            src: Endpoint {
+                addr: &slot.key.addr,
+                port_be: slot.key.port_be,
+            },
+            dst: Endpoint {
+                addr: &packet.key.dst,
+                port_be: packet.key.dst_port_be,
+            },
+            hop,
+            now,
+            local: false,
+            dsr: false,
+        },
+    ))
 }
 
 /// A client's packet for a service: pick the backend, rewrite, send.

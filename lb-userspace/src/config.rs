@@ -272,6 +272,12 @@ pub struct ServiceConfig {
     /// Active health check; none means backends count as healthy unless
     /// passive checks say otherwise.
     pub health_check: Option<HealthCheck>,
+    /// `dnat` on several nodes whose backends send every reply to one of
+    /// them: a backend's packet from its service port that no flow of this
+    /// node covers is rewritten to come from the VIP all the same
+    /// (docs/scale-out.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stateless_replies: bool,
     /// The backends (nginx `server` lines).
     #[serde(default, rename = "backend")]
     pub backends: Vec<BackendConfig>,
@@ -614,6 +620,20 @@ impl Config {
                 lb_common::MAX_SERVICES
             );
         }
+        let mut stateless = HashSet::new();
+        for service in self.services.iter().filter(|s| s.stateless_replies) {
+            for b in &service.backends {
+                if !stateless.insert((b.address, service.protocol == Protocol::Udp)) {
+                    bail!(
+                        "service {:?}: backend {} is in another service with \
+                         stateless_replies too: its packets would not say which VIP they \
+                         answer for",
+                        service.name,
+                        b.address
+                    );
+                }
+            }
+        }
         let mut names = HashSet::new();
         let mut keys = HashSet::new();
         for service in &self.services {
@@ -710,6 +730,12 @@ impl ServiceConfig {
         }
         if self.mode == Mode::Dsr {
             self.validate_dsr()?;
+        }
+        if self.stateless_replies && self.mode != Mode::Dnat {
+            bail!(
+                "service {name:?}: stateless_replies is for mode \"dnat\" (in nat mode replies \
+                 come back to the node's own SNAT address; in dsr mode none crosses a node)"
+            );
         }
         if !maglev::is_prime(self.table_size) || self.table_size > lb_common::MAGLEV_SLOTS / 2 {
             bail!(

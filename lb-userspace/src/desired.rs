@@ -53,6 +53,8 @@ pub struct DesiredService {
     pub scheduler: Scheduler,
     /// Slots of its Maglev table (a prime).
     pub table_size: u32,
+    /// Backends' packets no flow covers are rewritten to come from the VIP.
+    pub stateless_replies: bool,
     pub backends: Vec<DesiredBackend>,
 }
 
@@ -166,6 +168,7 @@ impl DesiredService {
             next_upstream: config.next_upstream.clone(),
             scheduler: config.scheduler,
             table_size: config.table_size,
+            stateless_replies: config.stateless_replies,
             backends,
         }
     }

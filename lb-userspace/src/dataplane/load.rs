@@ -135,7 +135,9 @@ fn loss(map: MapName) -> &'static str {
         MapName::ServiceStats => "the per-service counters (back to 0)",
         MapName::BackendStats => "the per-backend counters (back to 0)",
         MapName::GlobalStats => "the data-path counters of `xlb stats` (back to 0)",
-        MapName::LocalPorts | MapName::AddressRoles => "nothing (refilled from the configuration)",
+        MapName::LocalPorts | MapName::AddressRoles | MapName::StatelessReplies => {
+            "nothing (refilled from the configuration)"
+        }
         MapName::BackendHops => "nothing (next hops are looked up again)",
         MapName::BackendLoad => {
             "the live-flow counts (recounted from the flow table within seconds) and connect \

@@ -46,11 +46,12 @@ pub enum MapName {
     BackendLoad,
     BackendGone,
     RoundRobin,
+    StatelessReplies,
 }
 
 impl MapName {
     /// Every one, in the order of docs/datapath.md.
-    pub const ALL: [Self; 20] = [
+    pub const ALL: [Self; 21] = [
         Self::Services,
         Self::Maglev,
         Self::Backends,
@@ -71,6 +72,7 @@ impl MapName {
         Self::BackendLoad,
         Self::BackendGone,
         Self::RoundRobin,
+        Self::StatelessReplies,
     ];
 
     /// Its name in the eBPF object (and its pin's file name).
@@ -96,6 +98,7 @@ impl MapName {
             Self::BackendLoad => "BACKEND_LOAD",
             Self::BackendGone => "BACKEND_GONE",
             Self::RoundRobin => "ROUND_ROBIN",
+            Self::StatelessReplies => "STATELESS_REPLIES",
         }
     }
 }
@@ -233,6 +236,14 @@ pub(super) fn services_mut(
     ebpf: &mut Ebpf,
 ) -> anyhow::Result<Named<HashMap<&mut MapData, ServiceKey, Service>>> {
     open_mut(ebpf, MapName::Services)
+}
+
+/// `STATELESS_REPLIES`: a backend's (address, port, protocol) → its
+/// service's id.
+pub(super) fn stateless_replies_mut(
+    ebpf: &mut Ebpf,
+) -> anyhow::Result<Named<HashMap<&mut MapData, ServiceKey, u32>>> {
+    open_mut(ebpf, MapName::StatelessReplies)
 }
 
 /// `SERVICE_SLOTS`: service id → its key and entry, for established flows.

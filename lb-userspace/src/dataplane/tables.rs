@@ -29,7 +29,7 @@ use lb_common::{
 use super::{mapped, maps};
 use crate::{
     config::{HashPolicy, Mode, NextUpstream, Protocol, Scheduler},
-    desired::{Desired, DesiredBackend, DesiredService},
+    desired::{Desired, DesiredBackend, DesiredService, service_key},
     slots::{Range, SlotAllocator},
 };
 
@@ -165,7 +165,36 @@ impl Tables {
             self.apply_service(ebpf, service)
                 .with_context(|| format!("service {:?}", service.name))?;
         }
+        self.write_stateless_replies(ebpf, desired)?;
         self.write_local_ports(ebpf, desired)
+    }
+
+    /// `STATELESS_REPLIES` for the services with `stateless_replies`: each
+    /// backend's (address, port, protocol) → the service's id. Compared
+    /// with what the map holds (an earlier agent's entries included).
+    fn write_stateless_replies(&self, ebpf: &mut Ebpf, desired: &Desired) -> anyhow::Result<()> {
+        let mut wanted = HashMap::new();
+        for service in desired.services.iter().filter(|s| s.stateless_replies) {
+            let id = self.service(&service.name)?.id;
+            let proto = lb_common::IpProto::from(service.protocol) as u8;
+            for backend in &service.backends {
+                let ip = backend.address.ip();
+                wanted.insert(service_key(ip, backend.address.port(), proto), id);
+            }
+        }
+        let mut map = maps::stateless_replies_mut(ebpf)?;
+        let present: Vec<(ServiceKey, u32)> = map.entries().collect();
+        for (key, _) in &present {
+            if !wanted.contains_key(key) {
+                map.remove(key)?;
+            }
+        }
+        for (key, id) in wanted {
+            if !present.contains(&(key, id)) {
+                map.insert(key, id)?;
+            }
+        }
+        Ok(())
     }
 
     /// Clears every next hop remembered towards a backend, so that the next

@@ -1500,6 +1500,7 @@ impl Translator<'_> {
             snat,
             table_size: lb_common::maglev::DEFAULT_TABLE_SIZE,
             health_check: None,
+            stateless_replies: false,
             backends,
         };
         Ok(Some(Service {

@@ -22,3 +22,24 @@ fn dnat_keeps_the_client_address_ipv4() {
         h.expect(&syn_ack, Action::Tx, &back, GlobalCounter::ForwardTx);
     });
 }
+
+#[test]
+fn stateless_replies_rewrite_a_backends_packet_that_no_flow_covers() {
+    with_harness(|h| {
+        // Another node scheduled this flow: no entry here, but the packet
+        // comes from a backend's service port of a `stateless_replies`
+        // service.
+        let answer = Frame::tcp("10.1.0.12:8080", "10.0.0.2:51000", Transport::ACK)
+            .macs(backend_mac(2), LB_MAC);
+        let out = answer.rewritten("10.0.0.112:80", "10.0.0.2:51000", LB_MAC, CLIENT_MAC);
+        h.expect(&answer, Action::Tx, &out, GlobalCounter::ForwardTx);
+        // Another port of that backend: not the service's, untouched.
+        let other = Frame::tcp("10.1.0.12:9999", "10.0.0.2:51000", Transport::ACK)
+            .macs(backend_mac(2), LB_MAC);
+        assert_eq!(h.run(&other).0, Action::Pass);
+        // A dnat service without it: a packet no flow covers passes.
+        let plain = Frame::tcp("10.1.0.11:8001", "10.0.0.2:51000", Transport::ACK)
+            .macs(backend_mac(1), LB_MAC);
+        assert_eq!(h.run(&plain).0, Action::Pass);
+    });
+}

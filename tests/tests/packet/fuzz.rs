@@ -309,6 +309,9 @@ struct Service {
     nat: Option<IpAddr>,
     /// `dsr`: sent on as it came but for its MAC addresses.
     dsr: bool,
+    /// `stateless_replies`: its backends' packets are rewritten to come
+    /// from the VIP without a flow.
+    stateless: bool,
     backends: Vec<SocketAddr>,
 }
 
@@ -326,6 +329,7 @@ fn services() -> Vec<Service> {
             },
             nat: (s.mode == Mode::Nat).then(|| s.snat.unwrap()),
             dsr: s.mode == Mode::Dsr,
+            stateless: s.stateless_replies,
             backends: s.backends.iter().map(|b| b.address).collect(),
         })
         .collect()
@@ -598,6 +602,27 @@ impl Fuzz<'_> {
         replies.get(key, 0).ok()
     }
 
+    /// The rewrite `stateless_replies` makes of a backend's packet `key`
+    /// that no `REPLIES` entry covers, as a reply entry would say it.
+    fn stateless_reply_of(&self, key: &FlowKey) -> Option<Reply> {
+        let from = unmapped(&key.src, key.src_port_be);
+        let service = self
+            .services
+            .iter()
+            .find(|s| s.stateless && s.proto == key.proto && s.backends.contains(&from))?;
+        let vip = match service.vip.ip() {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        Some(Reply {
+            vip,
+            vip_port_be: service.vip.port().to_be(),
+            client: key.dst,
+            client_port_be: key.dst_port_be,
+            ..Reply::default()
+        })
+    }
+
     fn has_flow(&mut self, key: &FlowKey) -> bool {
         self.flows().get(key, 0).is_ok()
     }
@@ -639,7 +664,7 @@ impl Fuzz<'_> {
             let k = key(c.src, c.dst, c.at.proto);
             if self.service_of(&k).is_some() {
                 forward = Some(*c);
-            } else if let Some(r) = self.reply_of(&k) {
+            } else if let Some(r) = self.reply_of(&k).or_else(|| self.stateless_reply_of(&k)) {
                 forward = Some(*c);
                 reply = Some(r);
             }
