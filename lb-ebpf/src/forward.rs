@@ -125,9 +125,9 @@ fn to_kernel(ctx: &XdpContext, packet: &Packet, counter: GlobalCounter) -> Globa
 
 /// Asks the kernel's FIB for the route from `src` to `dst`. `Err` is the
 /// counter of a frame the kernel has to handle: no route, forwarding off,
-/// too big, or a neighbour not resolved yet.
+/// addressed to this host, too big, or a neighbour not resolved yet.
 #[inline(always)]
-fn lookup(
+pub fn lookup(
     ctx: &XdpContext,
     packet: &Packet,
     src: &Endpoint,

@@ -15,7 +15,7 @@ use lb_common::{
 use crate::{
     cookie,
     flow::{Tracked, track_reply},
-    forward::{Route, forward},
+    forward::{self, Route, forward},
     frame,
     maps::{
         self, BACKEND_HOPS, FLOWS, REPLIES, SCRATCH, SERVICE_SLOTS, STATELESS_REPLIES,
@@ -67,7 +67,7 @@ fn stateless_reply(ctx: &XdpContext, packet: &Packet) -> Option<GlobalCounter> {
     let key = &packet.key;
     let from = ServiceKey::v6(key.src, key.src_port_be, key.proto);
     // SAFETY: the value is copied out at once.
-    let service = *unsafe { STATELESS_REPLIES.get(&from) }?;
+    let service = *unsafe { STATELESS_REPLIES.get(from) }?;
     let slot = SERVICE_SLOTS.get(service)?;
     if slot.key.proto != key.proto {
         return None;
@@ -75,31 +75,41 @@ fn stateless_reply(ctx: &XdpContext, packet: &Packet) -> Option<GlobalCounter> {
     if packet.ttl <= 1 {
         return Some(GlobalCounter::PassTtlExceeded);
     }
+    let src = Endpoint {
+        addr: &slot.key.addr,
+        port_be: slot.key.port_be,
+    };
+    let dst = Endpoint {
+        addr: &key.dst,
+        port_be: key.dst_port_be,
+    };
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() };
+    // Only a packet this host forwards is a reply to a client: one to this
+    // host (the agent's own health check of the backend) or one it cannot
+    // route is left alone, untouched. One whose next hop's address is not
+    // resolved yet goes to the kernel rewritten, as other replies do.
+    let looked_up = match forward::lookup(ctx, packet, &src, &dst, now) {
+        Ok(hop) => hop,
+        Err(GlobalCounter::PassNoNeighbour) => NextHop::default(),
+        Err(_) => return None,
+    };
     // The next hop goes in per-CPU scratch space, not on the stack (the
-    // verifier's 512 bytes for the call chain), never fresh: looked up for
-    // this packet.
+    // verifier's 512 bytes for the call chain), fresh for this packet only.
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return Some(GlobalCounter::DropInternal);
     };
     // SAFETY: per-CPU, and nothing else on this CPU runs meanwhile.
     let hop = unsafe {
-        (*scratch).hop = NextHop::default();
+        (*scratch).hop = looked_up;
         &raw mut (*scratch).hop
     };
-    // SAFETY: the helper has no preconditions.
-    let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() };
     Some(send(
         ctx,
         packet,
         &Route {
-            src: Endpoint {
-                addr: &slot.key.addr,
-                port_be: slot.key.port_be,
-            },
-            dst: Endpoint {
-                addr: &packet.key.dst,
-                port_be: packet.key.dst_port_be,
-            },
+            src,
+            dst,
             hop,
             now,
             local: false,

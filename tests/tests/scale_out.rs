@@ -236,6 +236,7 @@ fn vip_spreads_over_the_nodes_announcing_it() {
 fn xlb_service(cluster: &Cluster, i: usize, mode: &str) -> String {
     let source = match mode {
         "nat" => format!("snat = \"{}\"\n", cluster.node_snat(i)),
+        "dnat" => "stateless_replies = true\n".to_owned(),
         _ => String::new(),
     };
     let mut text = format!(
@@ -536,18 +537,7 @@ fn dsr_connections_keep_their_backend_when_the_router_moves_them_to_another_node
     cluster.wait_routed(vip.into(), &[0, 1], ESTABLISH).unwrap();
 
     // Keep-alive connections, spread over both nodes by the router.
-    let target = SocketAddr::new(vip.into(), 80);
-    let mut conns = netns::run_in(&cluster.client_ns(), || {
-        (0..16)
-            .map(|_| {
-                let mut conn = client::HttpConn::connect(target, client::DEFAULT_TIMEOUT)?;
-                let name = conn.get()?;
-                anyhow::Ok((conn, name))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()
-    })
-    .unwrap()
-    .unwrap();
+    let mut conns = keep_alive(&cluster, 80, 16);
     let on_0 = new_flows(&agents[0]);
     eprintln!(
         "dsr: 16 connections, {on_0} through node 0, {} through node 1; backends {:?}",
@@ -560,13 +550,7 @@ fn dsr_connections_keep_their_backend_when_the_router_moves_them_to_another_node
     // no entry for them and picks the same backend by the same table.
     agents[0].cli(&["node", "drain"]).unwrap();
     cluster.wait_routed(vip.into(), &[1], ROUTE_CHANGE).unwrap();
-    netns::run_in(&cluster.client_ns(), || {
-        for (conn, name) in &mut conns {
-            let again = conn.get().expect("a connection moved to node 1");
-            assert_eq!(&again, name, "a moved connection changed backend");
-        }
-    })
-    .unwrap();
+    assert_kept(&cluster, &mut conns, "node 0 drained");
     let flows = agents[1].cli(&["flows", "web"]).unwrap();
     assert!(
         flows
@@ -582,4 +566,84 @@ fn dsr_connections_keep_their_backend_when_the_router_moves_them_to_another_node
         let _ = child.wait();
     }
     let _ = std::fs::remove_dir_all(&run_dir);
+}
+
+/// Keep-alive connections from the client to the VIP, port `port`, with the
+/// backend each reached.
+fn keep_alive(cluster: &Cluster, port: u16, n: usize) -> Vec<(client::HttpConn, String)> {
+    let target = SocketAddr::new(cluster.vip().into(), port);
+    netns::run_in(&cluster.client_ns(), || {
+        (0..n)
+            .map(|_| {
+                let mut conn = client::HttpConn::connect(target, client::DEFAULT_TIMEOUT)?;
+                let name = conn.get()?;
+                anyhow::Ok((conn, name))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    })
+    .unwrap()
+    .unwrap()
+}
+
+/// One more request on every connection: each must answer, from the same
+/// backend.
+fn assert_kept(cluster: &Cluster, conns: &mut [(client::HttpConn, String)], what: &str) {
+    netns::run_in(&cluster.client_ns(), || {
+        for (conn, name) in conns.iter_mut() {
+            let again = conn
+                .get()
+                .unwrap_or_else(|e| panic!("{what}: a connection failed: {e:#}"));
+            assert_eq!(&again, name, "{what}: a connection changed backend");
+        }
+    })
+    .unwrap();
+}
+
+#[test]
+fn dnat_connections_keep_their_backend_across_nodes_with_stateless_replies() {
+    require_root();
+    let cluster = Cluster::up(ClusterSpec::for_test(2, BACKENDS)).expect("cluster up");
+    cluster.wait_established(&[0, 1], ESTABLISH).unwrap();
+    // The backends see clients' addresses and answer through node 0, which
+    // holds the flows it scheduled and rewrites the others' replies
+    // statelessly.
+    let gateway = xlb_lab::cluster::node_backend_side_v4(0).to_string();
+    for b in cluster.backends() {
+        netns::run(&mut netns::ip_in(
+            &b.ns,
+            ["route", "add", "default", "via", gateway.as_str()],
+        ))
+        .unwrap();
+    }
+    let agents = start_agents(&cluster, "dnat");
+    let vip = IpAddr::from(cluster.vip());
+    if let Err(e) = cluster.wait_routed(vip, &[0, 1], ESTABLISH) {
+        let logs: Vec<String> = agents.iter().map(Agent::log).collect();
+        panic!("{e:#}\nagents' logs:\n{}", logs.join("\n---\n"));
+    }
+
+    let mut conns = keep_alive(&cluster, PORT, 16);
+    let (on_0, on_1) = (new_flows(&agents[0]), new_flows(&agents[1]));
+    eprintln!("dnat: 16 connections, {on_0} through node 0, {on_1} through node 1");
+    assert!(
+        on_0 > 0 && on_1 > 0,
+        "the router did not spread them: {on_0} {on_1}"
+    );
+
+    // Node 1 leaves: its connections move to node 0, which picks the same
+    // backends by the same table.
+    agents[1].cli(&["node", "drain"]).unwrap();
+    cluster.wait_routed(vip, &[0], ROUTE_CHANGE).unwrap();
+    assert_kept(&cluster, &mut conns, "node 1 drained");
+    agents[1].cli(&["node", "undrain"]).unwrap();
+    cluster.wait_routed(vip, &[0, 1], ROUTE_CHANGE).unwrap();
+    assert_kept(&cluster, &mut conns, "node 1 back");
+
+    // Node 0 leaves (it stays the backends' way back): its connections move
+    // to node 1.
+    agents[0].cli(&["node", "drain"]).unwrap();
+    cluster.wait_routed(vip, &[1], ROUTE_CHANGE).unwrap();
+    assert_kept(&cluster, &mut conns, "node 0 drained");
+    assert_eq!(keep_alive(&cluster, PORT, 8).len(), 8);
+    drop(agents);
 }

@@ -37,6 +37,11 @@ fn stateless_replies_rewrite_a_backends_packet_that_no_flow_covers() {
         let other = Frame::tcp("10.1.0.12:9999", "10.0.0.2:51000", Transport::ACK)
             .macs(backend_mac(2), LB_MAC);
         assert_eq!(h.run(&other).0, Action::Pass);
+        // To this host (the agent's own health check of the backend): not
+        // a reply to a client, untouched.
+        let to_us = Frame::tcp("10.1.0.12:8080", "10.1.0.1:40000", Transport::SYN_ACK)
+            .macs(backend_mac(2), LB_MAC);
+        h.expect_pass_raw(&to_us.build(), GlobalCounter::PassNotService);
         // A dnat service without it: a packet no flow covers passes.
         let plain = Frame::tcp("10.1.0.11:8001", "10.0.0.2:51000", Transport::ACK)
             .macs(backend_mac(1), LB_MAC);
