@@ -163,7 +163,7 @@ impl Bench {
             let tx = self.refs.program("xlb_tx");
             let stop = AtomicBool::new(false);
             let other_calls = AtomicU64::new(0);
-            let (raw, overhead) = std::thread::scope(|scope| -> anyhow::Result<_> {
+            let measured = std::thread::scope(|scope| -> anyhow::Result<_> {
                 let worker = scope.spawn(|| -> anyhow::Result<()> {
                     pin_to_cpu(other_cpu)?;
                     let mut out = vec![0; 512];
@@ -220,6 +220,18 @@ impl Bench {
                 result?;
                 worker?;
                 Ok((raw, overhead))
+            });
+            // A frame dropped: say which counter moved, for what went wrong.
+            let (raw, overhead) = measured.map_err(|e| {
+                let drops: Vec<String> = loaded
+                    .dp
+                    .global_counters()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|(c, n)| *n > 0 && c.label().starts_with("drop_"))
+                    .map(|(c, n)| format!("{}={n}", c.label()))
+                    .collect();
+                e.context(format!("drop counters: {}", drops.join(", ")))
             })?;
             let other = other_calls.load(Ordering::Relaxed);
             ensure!(other > 0, "{name}: the other CPU made no call");
