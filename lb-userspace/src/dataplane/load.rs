@@ -206,18 +206,41 @@ pub(super) fn load(options: &mut LoadOptions) -> anyhow::Result<(Ebpf, Pins)> {
     let mut ebpf = loader
         .load(crate::ebpf_object())
         .context("loading the xlb eBPF object")?;
-    xdp_program(&mut ebpf)?
-        .load()
+    retry_interrupted(|| Ok(xdp_program(&mut ebpf)?.load()?))
         .context("loading the xlb XDP program (verifier)")?;
-    egress_program(&mut ebpf)?
-        .load()
+    retry_interrupted(|| Ok(egress_program(&mut ebpf)?.load()?))
         .context("loading the xlb tc egress program (verifier)")?;
     for name in SOCKET_PROGRAMS {
-        socket_program(&mut ebpf, name)?
-            .load()
+        retry_interrupted(|| Ok(socket_program(&mut ebpf, name)?.load()?))
             .with_context(|| format!("loading the socket program {name} (verifier)"))?;
     }
     Ok((ebpf, pins))
+}
+
+/// Runs `load` again while the kernel answers `EAGAIN`: a signal arrived
+/// during a long verification (the XDP program's takes seconds on a busy
+/// host), as libbpf retries too. Any other outcome is returned.
+fn retry_interrupted(mut load: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 1;
+    loop {
+        let result = load();
+        let interrupted = result.as_ref().is_err_and(|e| {
+            matches!(
+                e.downcast_ref::<aya::programs::ProgramError>(),
+                Some(aya::programs::ProgramError::LoadError { io_error, .. })
+                    if io_error.raw_os_error() == Some(libc::EAGAIN)
+            )
+        });
+        if !interrupted || attempt == ATTEMPTS {
+            return result;
+        }
+        tracing::warn!(
+            attempt,
+            "program verification interrupted (EAGAIN); loading again"
+        );
+        attempt += 1;
+    }
 }
 
 /// Where `map` is pinned in `dir`.
