@@ -104,15 +104,18 @@ impl Desired {
             .find(|b| b.address == address)
     }
 
+    /// Like [`service`](Self::service), to change it.
+    pub fn service_mut(&mut self, name: &str) -> Option<&mut DesiredService> {
+        self.services.iter_mut().find(|s| s.name == name)
+    }
+
     /// Like [`backend`](Self::backend), to change it.
     pub fn backend_mut(
         &mut self,
         service: &str,
         address: SocketAddr,
     ) -> Option<&mut DesiredBackend> {
-        self.services
-            .iter_mut()
-            .find(|s| s.name == service)?
+        self.service_mut(service)?
             .backends
             .iter_mut()
             .find(|b| b.address == address)

@@ -62,13 +62,7 @@ fn the_maglev_table_follows_the_backends_not_the_order_they_are_listed_in() {
         let listed = table(h);
         // The same backends in the other order, as another node's file or
         // its runtime additions may have them.
-        let service = h
-            .desired
-            .services
-            .iter_mut()
-            .find(|s| s.name == "pair")
-            .unwrap();
-        service.backends.reverse();
+        h.desired.service_mut("pair").unwrap().backends.reverse();
         h.dp.apply(&h.desired.clone()).unwrap();
         assert_eq!(table(h), listed, "a reordered list changed the table");
     });

@@ -27,12 +27,7 @@ fn b(addr: &str) -> SocketAddr {
 /// Sets "pair"'s method, and each backend's weight (configured, before the
 /// agent's scale) and `max_conns`; applies it.
 fn configure(h: &mut Harness, scheduler: Scheduler, backends: [(&str, u32, u32); 2]) {
-    let service = h
-        .desired
-        .services
-        .iter_mut()
-        .find(|s| s.name == "pair")
-        .unwrap();
+    let service = h.desired.service_mut("pair").unwrap();
     service.scheduler = scheduler;
     for (addr, weight, max_conns) in backends {
         let backend = service
