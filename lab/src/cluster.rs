@@ -828,23 +828,14 @@ impl Cluster {
     }
 }
 
-/// Sysctls set before any interface exists, so new interfaces inherit them.
+/// Sysctls set before any interface exists, so new interfaces inherit them:
+/// the lab's, and on the router and nodes a loose reverse-path filter; on
+/// the router, ECMP by ports too.
 fn set_sysctls(switch: bool, routes: bool, router: bool) -> anyhow::Result<()> {
     let set = netns::sysctl;
-    if switch {
-        set("net/ipv6/conf/all/disable_ipv6", "1")?;
-        return set("net/ipv6/conf/default/disable_ipv6", "1");
-    }
-    for conf in ["all", "default"] {
-        set(&format!("net/ipv6/conf/{conf}/accept_dad"), "0")?;
-        set(&format!("net/ipv4/conf/{conf}/accept_redirects"), "0")?;
-        set(&format!("net/ipv6/conf/{conf}/accept_redirects"), "0")?;
-    }
+    lab::namespace_sysctls(switch, routes)?;
     if routes {
-        set("net/ipv4/ip_forward", "1")?;
-        set("net/ipv6/conf/all/forwarding", "1")?;
         for conf in ["all", "default"] {
-            set(&format!("net/ipv4/conf/{conf}/send_redirects"), "0")?;
             // Loose: a reply may come back by another path than the request.
             set(&format!("net/ipv4/conf/{conf}/rp_filter"), "2")?;
         }

@@ -437,8 +437,15 @@ pub(crate) fn preflight() -> anyhow::Result<()> {
 
 /// Sysctls set before any interface exists, so new interfaces inherit them.
 fn set_sysctls(role: Role) -> anyhow::Result<()> {
+    namespace_sysctls(role == Role::Switch, role == Role::Lb)
+}
+
+/// What every lab namespace starts with: a switch keeps silent on IPv6;
+/// the others take addresses at once (no DAD) and ignore redirects, and
+/// one that `forwards` forwards without sending redirects.
+pub(crate) fn namespace_sysctls(switch: bool, forwards: bool) -> anyhow::Result<()> {
     let set = netns::sysctl;
-    if role == Role::Switch {
+    if switch {
         // The bridge only switches frames; keep it silent on IPv6.
         set("net/ipv6/conf/all/disable_ipv6", "1")?;
         return set("net/ipv6/conf/default/disable_ipv6", "1");
@@ -451,7 +458,7 @@ fn set_sysctls(role: Role) -> anyhow::Result<()> {
         set(&format!("net/ipv4/conf/{conf}/accept_redirects"), "0")?;
         set(&format!("net/ipv6/conf/{conf}/accept_redirects"), "0")?;
     }
-    if role == Role::Lb {
+    if forwards {
         set("net/ipv4/ip_forward", "1")?;
         set("net/ipv6/conf/all/forwarding", "1")?;
         for conf in ["all", "default"] {
