@@ -2,8 +2,9 @@
 //! blackhole route in the agent's table (and none in `main`) while the service
 //! has a usable backend; withdrawn when none is left, on `xlb node drain`
 //! and on stop; kept across a kill -9 and restart; put back when someone
-//! deletes it; a stale route of the agent's protocol removed. The BGP
-//! daemons and the router are in `scale_out.rs`.
+//! deletes it; a stale route of the agent's protocol removed; a drain
+//! shown in the metrics and kept by an upgrade in place. The BGP daemons
+//! and the router are in `scale_out.rs`.
 
 use std::{process::Command, time::Duration};
 
@@ -93,6 +94,35 @@ fn the_vip_is_announced_while_it_has_a_usable_backend_and_the_node_is_not_draine
         .unwrap()
         .unwrap();
     assert_eq!(answer, lab.backend(1).name);
+    // The metrics say so.
+    let metrics = xlb_lab::netns::run_in(&lab.lb_ns(), || {
+        use std::io::{Read as _, Write as _};
+        let mut conn = std::net::TcpStream::connect(xlb_tests::agent::METRICS)?;
+        conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+        let mut text = String::new();
+        conn.read_to_string(&mut text)?;
+        anyhow::Ok(text)
+    })
+    .unwrap()
+    .unwrap();
+    let line = format!("xlb_vip_announced{{vip=\"{}\"}} 0", topology::VIP_V4);
+    assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
+    assert!(metrics.contains("xlb_node_drained 1"), "{metrics}");
+    // An upgrade in place keeps the drain.
+    agent.signal(libc::SIGUSR2);
+    agent.wait_for("the upgraded agent", Duration::from_secs(10), |a| {
+        a.log()
+            .contains("carrying on from the agent upgraded in place")
+            && a.cli(&["status", "--json"]).is_ok()
+    });
+    assert!(
+        agent.status().announce.unwrap().drained,
+        "the upgrade undrained the node"
+    );
+    assert!(
+        !announced(&lab),
+        "the upgrade announced a drained node's VIP"
+    );
     agent.cli(&["node", "undrain"]).unwrap();
     wait_announced(&agent, &lab, true, "the VIP announced after undrain");
 

@@ -347,6 +347,27 @@ mod tests {
     use crate::host::HostFacts;
 
     #[test]
+    fn dsr_backends_must_be_on_a_link_not_behind_a_gateway() {
+        let mut config = two_nic_config();
+        let service = &mut config.services[0];
+        service.mode = Mode::Dsr;
+        service.snat = None;
+        let mut host = two_nic_host();
+        assert!(found(&config, &host, Check::DsrNotOnLink).is_empty());
+        let mut behind = on_link(3, "10.0.2.1");
+        behind.gateway = Some(ip("10.0.2.254"));
+        set_route(&mut host, "10.0.2.11", behind);
+        let findings = found(&config, &host, Check::DsrNotOnLink);
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert_eq!(findings[0].severity, Severity::Error);
+        assert!(
+            findings[0]
+                .problem
+                .starts_with("10.0.2.11:8000 reached through a gateway")
+        );
+    }
+
+    #[test]
     fn backends_routed_by_an_interface_xlb_is_not_on() {
         let mut config = two_nic_config();
         config.interfaces = vec!["eth0".into()];
