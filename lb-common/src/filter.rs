@@ -7,8 +7,10 @@
 //! frame is looked up in `SERVICES` and `FLOWS` only if its destination's
 //! slot has `ROLE_VIP`, in `REPLIES` only if its source's slot has
 //! `ROLE_BACKEND` (every reply comes from a backend, in `nat` and `dnat`
-//! mode alike). Two addresses may share a slot: the filter then lets a frame
-//! through to the lookups it would have had anyway, never the other way.
+//! mode alike), and in `STATELESS_REPLIES` after a `REPLIES` miss only if
+//! that slot also has [`ROLE_STATELESS`]. Two addresses may share a slot:
+//! the filter then lets a frame through to the lookups it would have had
+//! anyway, never the other way.
 
 /// log2 of [`ADDRESS_SLOTS`].
 pub const ADDRESS_SLOT_BITS: u32 = 12;
@@ -19,6 +21,8 @@ pub const ADDRESS_SLOTS: u32 = 1 << ADDRESS_SLOT_BITS;
 pub const ROLE_VIP: u8 = 1;
 /// Some backend's address hashes to the slot.
 pub const ROLE_BACKEND: u8 = 2;
+/// Some backend of a service with `stateless_replies` hashes to the slot.
+pub const ROLE_STATELESS: u8 = 4;
 
 /// The slot of `addr` (16 bytes, IPv4-mapped for IPv4): the four 32-bit
 /// words folded, then spread by a multiplicative hash.

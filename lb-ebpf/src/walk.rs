@@ -8,7 +8,7 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     Flow, GlobalCounter, Reply, Service, ServiceKey,
-    filter::{ROLE_BACKEND, ROLE_VIP},
+    filter::{ROLE_BACKEND, ROLE_STATELESS, ROLE_VIP},
     flow::{FLOW_F_SEQ_SHIFT, NextHop, snats},
 };
 
@@ -47,11 +47,14 @@ pub fn walk(ctx: &XdpContext) -> GlobalCounter {
     {
         return verdict;
     }
-    if maps::address_roles(&key.src) & ROLE_BACKEND != 0 {
+    let roles = maps::address_roles(&key.src);
+    if roles & ROLE_BACKEND != 0 {
         if let Some(reply) = REPLIES.get_ptr_mut(key) {
             return to_client(ctx, &packet, reply);
         }
-        if let Some(verdict) = stateless_reply(ctx, &packet) {
+        if roles & ROLE_STATELESS != 0
+            && let Some(verdict) = stateless_reply(ctx, &packet)
+        {
             return verdict;
         }
     }

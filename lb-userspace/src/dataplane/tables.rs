@@ -14,7 +14,7 @@ use aya::Ebpf;
 use lb_common::{
     Backend, MAGLEV_SLOTS, MAX_BACKENDS, MAX_SERVICES, Service, ServiceKey,
     backend::{BACKEND_F_FAIL_AT_ONCE, BACKEND_F_FAILED, BACKEND_F_LOCAL, BACKEND_F_NO_NEW_FLOWS},
-    filter::{ADDRESS_SLOTS, ROLE_BACKEND, ROLE_VIP, address_slot},
+    filter::{ADDRESS_SLOTS, ROLE_BACKEND, ROLE_STATELESS, ROLE_VIP, address_slot},
     flow::NextHop,
     load,
     maglev::{self, Candidate},
@@ -587,6 +587,11 @@ fn address_roles(desired: &Desired, backends: impl Iterator<Item = [u8; 16]>) ->
     let mut roles = vec![0u8; ADDRESS_SLOTS as usize];
     for service in &desired.services {
         roles[address_slot(&service.key().addr) as usize] |= ROLE_VIP;
+        if service.stateless_replies {
+            for backend in &service.backends {
+                roles[address_slot(&mapped(backend.address.ip())) as usize] |= ROLE_STATELESS;
+            }
+        }
     }
     for addr in backends {
         roles[address_slot(&addr) as usize] |= ROLE_BACKEND;
