@@ -14,12 +14,21 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// A sensible per-request timeout for lab traffic.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Sends `GET /` on a new TCP connection (`Connection: close`) and returns
-/// the backend name from the body (`b0`, …). `timeout` bounds the connect
-/// and each read or write.
+/// Sends `GET /` on a new TCP connection, returns the backend name from
+/// the body (`b0`, …) and closes the connection. `timeout` bounds the
+/// connect and each read or write.
+///
+/// The client closes first, as a browser does: the request asks to keep
+/// the connection alive, so the server does not close it. Its port then
+/// waits in the client's TIME_WAIT, not the server's, and is not reused
+/// for a minute. A client whose server closes first reuses its ports at
+/// once, and a Linux server that still holds such a port's last connection
+/// in TIME_WAIT accepts the new handshake and now and then resets its first
+/// request (about 1 in 15 000 connections here, with or without a load
+/// balancer in between: docs/reliability.md).
 pub fn http_get(addr: SocketAddr, timeout: Duration) -> anyhow::Result<String> {
     let mut conn = HttpConn::connect(addr, timeout)?;
-    conn.request(false)
+    conn.get()
 }
 
 /// [`http_get`] from address `source` ([`HttpConn::connect_from`]).
@@ -29,7 +38,7 @@ pub fn http_get_from(
     timeout: Duration,
 ) -> anyhow::Result<String> {
     let mut conn = HttpConn::connect_from(source, addr, timeout)?;
-    conn.request(false)
+    conn.get()
 }
 
 /// A keep-alive HTTP/1.1 connection sending `GET /` requests one at a time.
@@ -84,20 +93,15 @@ impl HttpConn {
     /// Sends `GET /` on this connection, keeping it open, and returns the
     /// backend name from the body.
     pub fn get(&mut self) -> anyhow::Result<String> {
-        self.request(true)
-    }
-
-    fn request(&mut self, keep_alive: bool) -> anyhow::Result<String> {
         let (addr, timeout) = (self.addr, self.timeout);
-        self.exchange(keep_alive)
+        self.exchange()
             .map_err(|e| explain_timeout(e, timeout))
             .with_context(|| format!("HTTP GET http://{addr}/"))
     }
 
-    fn exchange(&mut self, keep_alive: bool) -> anyhow::Result<String> {
-        let connection = if keep_alive { "keep-alive" } else { "close" };
+    fn exchange(&mut self) -> anyhow::Result<String> {
         let req = format!(
-            "GET / HTTP/1.1\r\nHost: {}\r\nConnection: {connection}\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: {}\r\nConnection: keep-alive\r\n\r\n",
             self.addr
         );
         self.reader.get_mut().write_all(req.as_bytes())?;

