@@ -60,10 +60,12 @@ const WEIGHED_INTERVAL: Duration = Duration::from_millis(2);
 const LOAD_INTERVAL: Duration = Duration::from_millis(4);
 /// A request answered later than this waited for a SYN retransmission.
 const LATE: Duration = Duration::from_millis(500);
-/// Requests reset with every backend up that a balancer may have: the
-/// rare reset of a live connection docs/reliability.md records as an open
-/// problem (about 1 in 80 000 connections; seen here once in some 25
-/// runs). A balancing or failover fault breaks many.
+/// Requests per phase with every primary up that a backend's own reset
+/// may touch: docs/reliability.md's rare reset, which a Linux backend
+/// sends to nginx's connections as to xlb's (seen here about once in 25
+/// runs, for either). xlb passes it on (a broken request); nginx retries
+/// the request on the next upstream, the backup with `max_fails=1`. A
+/// balancing or failover fault touches many.
 const RARE_RESETS: usize = 1;
 
 /// Where the client reaches nginx: it listens on port 80 of every address
@@ -355,6 +357,12 @@ struct Summary {
 }
 
 impl Summary {
+    /// Requests a backend's reset may explain with every primary up:
+    /// broken (xlb) or answered by the backup (nginx's retry).
+    fn reset_by_a_backend(&self) -> usize {
+        self.broken.len() + self.count(BACKUP)
+    }
+
     fn of(records: &[Record], from: Instant, to: Instant) -> Self {
         let mut s = Self::default();
         for r in records.iter().filter(|r| r.start >= from && r.start < to) {
@@ -552,9 +560,8 @@ fn an_imported_nginx_config_balances_like_nginx_on_the_same_backends() {
             agent.diagnostics()
         );
         assert_eq!(s.answered() + s.broken.len(), WEIGHED, "{name}: {s:?}");
-        assert_eq!(
-            s.count(BACKUP),
-            0,
+        assert!(
+            s.reset_by_a_backend() <= RARE_RESETS,
             "{name} sent connections to the backup with the primaries up: {s:?}"
         );
         assert!(
@@ -659,9 +666,7 @@ fn an_imported_nginx_config_balances_like_nginx_on_the_same_backends() {
     for (i, name) in BALANCERS.iter().enumerate() {
         let (before, down, back, after) = (&before[i], &down[i], &back[i], &after[i]);
         assert!(
-            before.refused.is_empty()
-                && before.broken.len() <= RARE_RESETS
-                && before.count(BACKUP) == 0,
+            before.refused.is_empty() && before.reset_by_a_backend() <= RARE_RESETS,
             "{name} before the kill: {before:?}\n{}",
             diagnostics(i)
         );
@@ -715,9 +720,8 @@ fn an_imported_nginx_config_balances_like_nginx_on_the_same_backends() {
         );
         assert!(
             after.refused.is_empty()
-                && after.broken.len() <= RARE_RESETS
                 && after.late.is_empty()
-                && after.count(BACKUP) == 0,
+                && after.reset_by_a_backend() <= RARE_RESETS,
             "{name} still used the backup {} ms after the primaries came back: {after:?}\n{}",
             (settled - restarted).as_millis(),
             diagnostics(i)
