@@ -617,17 +617,9 @@ impl Bench {
         while loaded.flows.len() < scenario.flows {
             let i = loaded.next_flow;
             loaded.next_flow += 1;
-            let flow = self.open_flow(&mut loaded, i).with_context(|| {
-                let drops: Vec<String> = loaded
-                    .dp
-                    .global_counters()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|(c, n)| *n > 0 && c.label().starts_with("drop"))
-                    .map(|(c, n)| format!("{} {n}", c.label()))
-                    .collect();
-                format!("opening flow {i} (drops so far: {})", drops.join(", "))
-            })?;
+            let flow = self
+                .open_flow(&mut loaded, i)
+                .with_context(|| format!("opening flow {i} (drops so far: {})", drops(&loaded)))?;
             loaded.flows.extend(flow);
         }
         Ok((loaded, started.elapsed().as_secs_f64()))
@@ -1037,4 +1029,18 @@ fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The drop counters that moved, as `drop_x=n, …`: what went wrong when a
+/// frame the bench sent came back dropped.
+fn drops(loaded: &Loaded<'_>) -> String {
+    let moved: Vec<String> = loaded
+        .dp
+        .global_counters()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(c, n)| *n > 0 && c.label().starts_with("drop_"))
+        .map(|(c, n)| format!("{}={n}", c.label()))
+        .collect();
+    moved.join(", ")
 }

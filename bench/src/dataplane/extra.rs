@@ -241,17 +241,8 @@ impl Bench {
                 Ok((raw, overhead))
             });
             // A frame dropped: say which counter moved, for what went wrong.
-            let (raw, overhead) = measured.map_err(|e| {
-                let drops: Vec<String> = loaded
-                    .dp
-                    .global_counters()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|(c, n)| *n > 0 && c.label().starts_with("drop_"))
-                    .map(|(c, n)| format!("{}={n}", c.label()))
-                    .collect();
-                e.context(format!("drop counters: {}", drops.join(", ")))
-            })?;
+            let (raw, overhead) = measured
+                .map_err(|e| e.context(format!("drop counters: {}", super::drops(loaded))))?;
             let other = other_calls.load(Ordering::Relaxed);
             ensure!(other > 0, "{name}: the other CPU made no call");
             let other_busy = other_busy.load(Ordering::Relaxed);
