@@ -19,11 +19,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use lb_common::GlobalCounter;
 use serde::Serialize;
-use xlb::{
-    config::Config,
-    dataplane::{Dataplane, LoadOptions},
-    xdp::ModeRequest,
-};
+use xlb::{config::Config, dataplane::Dataplane, xdp::ModeRequest};
 use xlb_lab::{Lab, LabSpec, Shape, client, netns, topology};
 use xlb_tests::{
     flood::{Source, SynFlood},
@@ -811,11 +807,9 @@ fn start(lab: &Lab, setup: Setup, options: &Options, flood: bool) -> anyhow::Res
             );
             let text = std::fs::read_to_string(configs.join(file))?;
             let config = Config::parse(&text)?;
-            let load = LoadOptions {
-                flow_capacity: config.flows.table_size,
-                timeouts: config.flows.timeouts(),
-                ..LoadOptions::default()
-            };
+            // As the agent loads it: the half-open budget follows the
+            // flow table's size.
+            let load = config.load_options();
             // Native where the driver allows: a bridge takes generic only.
             let request = match request {
                 ModeRequest::Native => ModeRequest::Auto,

@@ -144,14 +144,12 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
         .join(format!("{}.state.json", agent_cfg.name));
     let mut dataplane = Dataplane::load_with(LoadOptions {
         pin_dir: Some(pin_dir.clone()),
-        flow_capacity: config.flows.table_size,
-        timeouts: config.flows.timeouts(),
-        flood: config.flood.data_plane(config.flows.table_size),
         sysctl_record: Some(
             agent_cfg
                 .run_dir
                 .join(format!("{}.sysctls.json", agent_cfg.name)),
         ),
+        ..config.load_options()
     })?;
     let kernel_log = spawn_kernel_log(&mut dataplane)?;
     let adopting = previous_state(&mut dataplane, &pin_dir, &state_path, &runtime)?;

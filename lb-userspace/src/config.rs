@@ -211,6 +211,25 @@ impl FloodSettings {
         *self == Self::default()
     }
 
+    /// A budget as large as the flow table would let a flood's half-open
+    /// flows evict live ones before any SYN got a cookie.
+    fn validate(&self, table_size: u32) -> anyhow::Result<()> {
+        if self.syn_cookies != lb_common::flood::SynCookies::Auto {
+            return Ok(());
+        }
+        if let Some(limit) = self.half_open_limit
+            && limit >= u64::from(table_size)
+        {
+            bail!(
+                "flood.half_open_limit {limit} must be below flows.table_size {table_size}: \
+                 half-open handshakes hold flow-table entries, and a flood would evict live \
+                 connections before SYN cookies took over (the default is an eighth, {})",
+                lb_common::flood::default_half_open_limit(table_size)
+            );
+        }
+        Ok(())
+    }
+
     /// The settings as the data plane reads them, for a flow table of
     /// `table_size` entries.
     pub fn data_plane(&self, table_size: u32) -> lb_common::flood::FloodConfig {
@@ -567,6 +586,18 @@ impl Config {
         }
     }
 
+    /// How the data plane is loaded for this configuration: the flow
+    /// table's size and timeouts, and the half-open budget scaled to that
+    /// table. Not pinned; the agent adds its pin directory.
+    pub fn load_options(&self) -> crate::dataplane::LoadOptions {
+        crate::dataplane::LoadOptions {
+            flow_capacity: self.flows.table_size,
+            timeouts: self.flows.timeouts(),
+            flood: self.flood.data_plane(self.flows.table_size),
+            ..Default::default()
+        }
+    }
+
     /// The configuration as TOML text, as `xlb config dump` writes it.
     pub fn to_toml(&self) -> anyhow::Result<String> {
         Ok(toml::to_string(self)?)
@@ -613,6 +644,7 @@ impl Config {
                 FlowsConfig::TABLE_SIZES.end()
             );
         }
+        self.flood.validate(self.flows.table_size)?;
         if self.services.len() > lb_common::MAX_SERVICES as usize {
             bail!(
                 "{} services configured; at most {} are supported",
@@ -848,6 +880,33 @@ mod tests {
         }
         let err = Config::parse(&format!("{WEB}next_upstream = [\"http_500\"]\n")).unwrap_err();
         assert!(err.to_string().contains("http_500"), "{err}");
+    }
+
+    #[test]
+    fn the_half_open_budget_follows_the_flow_table_and_stays_below_it() {
+        let small = Config::parse(&format!("[flows]\ntable_size = 16384\n{WEB}")).unwrap();
+        let load = small.load_options();
+        assert_eq!(load.flow_capacity, 16_384);
+        assert_eq!(load.flood.half_open_limit, 2_048);
+        assert_eq!(load.timeouts, small.flows.timeouts());
+
+        let budget = |line: &str| {
+            Config::parse(&format!(
+                "[flows]\ntable_size = 16384\n[flood]\n{line}\n{WEB}"
+            ))
+        };
+        assert_eq!(
+            budget("half_open_limit = 16383")
+                .unwrap()
+                .load_options()
+                .flood
+                .half_open_limit,
+            16_383
+        );
+        let err = budget("half_open_limit = 16384").unwrap_err().to_string();
+        assert!(err.contains("below flows.table_size 16384"), "{err}");
+        // Without `auto` the budget decides nothing.
+        budget("half_open_limit = 65536\nsyn_cookies = \"always\"").unwrap();
     }
 
     #[test]
