@@ -652,6 +652,20 @@ impl Config {
                 lb_common::MAX_SERVICES
             );
         }
+        // Each service keeps two tables (the one packets read and the one
+        // the next change is written to) in slots every service shares.
+        let slots: u64 = self
+            .services
+            .iter()
+            .map(|s| 2 * u64::from(s.table_size))
+            .sum();
+        if slots > u64::from(lb_common::MAGLEV_SLOTS) {
+            bail!(
+                "the services' Maglev tables need {slots} slots (two of table_size each) and the \
+                 data plane has {}: lower some services' table_size (e.g. 10007 or 1009)",
+                lb_common::MAGLEV_SLOTS
+            );
+        }
         let mut stateless = HashSet::new();
         for service in self.services.iter().filter(|s| s.stateless_replies) {
             for b in &service.backends {
@@ -907,6 +921,28 @@ mod tests {
         assert!(err.contains("below flows.table_size 16384"), "{err}");
         // Without `auto` the budget decides nothing.
         budget("half_open_limit = 65536\nsyn_cookies = \"always\"").unwrap();
+    }
+
+    #[test]
+    fn services_whose_tables_exceed_the_shared_slots_are_refused() {
+        let services = |n: usize, table_size: u32| -> String {
+            (0..n)
+                .map(|i| {
+                    format!(
+                        "[[service]]\nname = \"s{i}\"\nvip = \"10.0.0.1\"\nport = {}\nmode = \"dnat\"\n\
+                         table_size = {table_size}\n[[service.backend]]\naddress = \"10.1.0.1:80\"\n",
+                        8000 + i
+                    )
+                })
+                .collect()
+        };
+        // 15 x 2 x 65537 = 1 966 110 of 2 097 152 slots fit; a 16th does not.
+        Config::parse(&services(15, 65_537)).unwrap();
+        let err = Config::parse(&services(16, 65_537))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("2097184 slots"), "{err}");
+        Config::parse(&services(16, 10_007)).unwrap();
     }
 
     #[test]

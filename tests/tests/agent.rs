@@ -553,26 +553,44 @@ fn reload_applies_a_new_file_in_place_and_a_bad_one_changes_nothing() {
     assert_eq!(agent.backend("web", &addr(&lab, 0)).weight, 3);
     std::thread::sleep(Duration::from_millis(300));
 
-    // A file that is valid but does not fit the data plane (the Maglev
-    // tables of 16 services exceed their shared slots): refused when the
-    // tables are written, and the running configuration stays in the
-    // agent and in the data plane.
-    let mut crowded = web(&lab, "", &["", "", ""]);
-    for i in 1..16 {
-        crowded += &format!(
-            "[[service]]\nname = \"s{i}\"\nvip = \"{}\"\nport = {}\nsnat = \"{}\"\n\
-             [[service.backend]]\naddress = \"{}\"\n",
-            topology::VIP_V4,
-            8000 + i,
-            topology::SNAT_V4,
-            addr(&lab, 0)
-        );
-    }
-    std::fs::write(&agent.config_path, crowded).unwrap();
+    // Files with more services than the Maglev tables' shared slots hold.
+    let crowded = |services: usize, web_extra: &str, b1_extra: &str| {
+        let mut text = web(&lab, web_extra, &["weight = 3", b1_extra, "weight = 0"]);
+        for i in 1..services {
+            text += &format!(
+                "[[service]]\nname = \"s{i}\"\nvip = \"{}\"\nport = {}\nsnat = \"{}\"\n\
+                 [[service.backend]]\naddress = \"{}\"\n",
+                topology::VIP_V4,
+                8000 + i,
+                topology::SNAT_V4,
+                addr(&lab, 0)
+            );
+        }
+        text
+    };
+    // 16 services of 65 537 slots (two tables each) add up to more than
+    // the slots: refused when read, with the reason.
+    agent.write_config(&crowded(16, "", "weight = 2")).unwrap();
     let err = agent.cli(&["reload"]).unwrap_err().to_string();
-    assert!(err.contains("slots"), "{err}");
+    assert!(err.contains("Maglev tables need"), "{err}");
     assert_eq!(agent.status().services.len(), 1);
+    assert_eq!(agent.backend("web", &addr(&lab, 1)).weight, 1);
+
+    // 15 fit. Resizing one of them among the 15 needs room for its new
+    // pair while the old one is in use: valid, but refused when the tables
+    // are written, and the running configuration (b1's weight too) stays in
+    // the agent and in the data plane.
+    agent.write_config(&crowded(15, "", "")).unwrap();
+    agent.cli(&["reload"]).unwrap();
+    assert_eq!(agent.status().services.len(), 15);
+    agent
+        .write_config(&crowded(15, "table_size = 65539", "weight = 2"))
+        .unwrap();
+    let err = agent.cli(&["reload"]).unwrap_err().to_string();
+    assert!(err.contains("no room for two tables"), "{err}");
+    assert_eq!(agent.status().services.len(), 15);
     assert_eq!(agent.backend("web", &addr(&lab, 0)).weight, 3);
+    assert_eq!(agent.backend("web", &addr(&lab, 1)).weight, 1);
     assert_eq!(agent.backend("web", &addr(&lab, 2)).weight, 0);
     std::thread::sleep(Duration::from_millis(300));
 

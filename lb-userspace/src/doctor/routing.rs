@@ -324,6 +324,7 @@ fn dsr_on_link(
         .filter(|(_, route)| route.gateway.is_some())
         .map(|(address, _)| *address)
         .collect();
+    dsr_behind_bridge(setup, service, routes, out);
     if behind.is_empty() {
         return;
     }
@@ -339,6 +340,45 @@ fn dsr_on_link(
         "put the backends on a link of an attached interface (same subnet, no gateway), or \
          use mode dnat or nat",
     ))
+}
+
+/// `dsr` backends whose route leaves by a bridge on this host: XDP has no
+/// way to transmit into a bridge device (a redirect to one is dropped), and
+/// the kernel would route the frame by the VIP, so the data plane drops
+/// them.
+fn dsr_behind_bridge(
+    setup: &Setup,
+    service: &ServiceConfig,
+    routes: &[(SocketAddr, &Route)],
+    out: &mut Vec<Finding>,
+) {
+    let mut by_bridge: BTreeMap<u32, Vec<SocketAddr>> = BTreeMap::new();
+    for (address, route) in routes {
+        if let Some(oif) = route.oif
+            && setup
+                .facts
+                .link(oif)
+                .is_some_and(|l| l.kind == LinkKind::Bridge)
+        {
+            by_bridge.entry(oif).or_default().push(*address);
+        }
+    }
+    for (bridge, backends) in by_bridge {
+        out.push(Finding::new(
+            Check::DsrNotOnLink,
+            Severity::Error,
+            format!("service {}", service.name),
+            format!(
+                "{} reached through bridge {}: XDP cannot send frames into a bridge, and the \
+                 kernel would route them by the VIP, so mode dsr drops them (drop_dsr_no_path)",
+                list(&backends),
+                setup.facts.link_name(bridge)
+            ),
+            "use mode dnat or nat for backends behind a bridge on this host (the kernel \
+             forwards those through the bridge), or reach them by an interface that is not \
+             a bridge",
+        ));
+    }
 }
 
 #[cfg(test)]
@@ -365,6 +405,37 @@ mod tests {
                 .problem
                 .starts_with("10.0.2.11:8000 reached through a gateway")
         );
+    }
+
+    #[test]
+    fn dsr_backends_behind_a_bridge_on_this_host_are_an_error() {
+        let mut config = two_nic_config();
+        let service = &mut config.services[0];
+        service.mode = Mode::Dsr;
+        service.snat = None;
+        let mut host = two_nic_host();
+        // eth1 becomes a bridge whose one port, vb0, xlb is attached to: the
+        // bridge is covered, but XDP cannot send into it.
+        link_mut(&mut host, "eth1").kind = LinkKind::Bridge;
+        let mut port = link(5, "vb0", LinkKind::Veth);
+        port.master = Some(3);
+        host.links.push(port);
+        config.interfaces = vec!["eth0".into(), "vb0".into()];
+        assert!(found(&config, &host, Check::RepliesNotAttached).is_empty());
+        let findings = found(&config, &host, Check::DsrNotOnLink);
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert_eq!(findings[0].severity, Severity::Error);
+        assert!(
+            findings[0]
+                .problem
+                .starts_with("10.0.2.10:8000, 10.0.2.11:8000 reached through bridge eth1"),
+            "{}",
+            findings[0].problem
+        );
+        // The same backends in nat mode are forwarded by the kernel.
+        config.services[0].mode = Mode::Nat;
+        config.services[0].snat = two_nic_config().services[0].snat;
+        assert!(found(&config, &host, Check::DsrNotOnLink).is_empty());
     }
 
     #[test]
