@@ -184,3 +184,62 @@ fn explain_timeout(e: anyhow::Error, timeout: Duration) -> anyhow::Error {
         e
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{BufRead, BufReader, Read, Write},
+        net::{Ipv4Addr, TcpListener},
+        time::{Duration, Instant},
+    };
+
+    /// `http_get` asks to keep the connection alive and then closes it
+    /// itself: a server that never closes sees its end of the stream at
+    /// once, and the client's side, not the server's, keeps TIME_WAIT.
+    #[test]
+    fn http_get_closes_first() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(3)))
+                .unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut request = String::new();
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                request += &line;
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nb0\n")
+                .unwrap();
+            // Wait for the client's FIN without closing this end.
+            let started = Instant::now();
+            let read = reader.read(&mut [0; 16]);
+            (request, read.map_err(|e| e.kind()), started.elapsed())
+        });
+        assert_eq!(super::http_get(addr, Duration::from_secs(5)).unwrap(), "b0");
+        let (request, read, waited) = server.join().unwrap();
+        assert!(
+            request
+                .to_ascii_lowercase()
+                .contains("connection: keep-alive"),
+            "{request:?}"
+        );
+        assert_eq!(
+            read,
+            Ok(0),
+            "the server saw no end of stream from the client"
+        );
+        assert!(
+            waited < Duration::from_secs(2),
+            "the client closed after {waited:?}"
+        );
+    }
+}
