@@ -106,6 +106,21 @@ fn backend_routes<'a>(
     routes
 }
 
+/// The backends whose route leaves by an interface `pick` selects, by that
+/// interface.
+fn by_egress(
+    routes: &[(SocketAddr, &Route)],
+    pick: impl Fn(u32) -> bool,
+) -> BTreeMap<u32, Vec<SocketAddr>> {
+    let mut by_iface: BTreeMap<u32, Vec<SocketAddr>> = BTreeMap::new();
+    for (address, route) in routes {
+        if let Some(oif) = route.oif.filter(|&oif| pick(oif)) {
+            by_iface.entry(oif).or_default().push(*address);
+        }
+    }
+    by_iface
+}
+
 /// Backends whose route leaves by an interface xlb does not see.
 fn not_attached(
     setup: &Setup,
@@ -113,13 +128,7 @@ fn not_attached(
     routes: &[(SocketAddr, &Route)],
     out: &mut Vec<Finding>,
 ) {
-    let mut by_iface: BTreeMap<u32, Vec<SocketAddr>> = BTreeMap::new();
-    for (address, route) in routes {
-        if let Some(oif) = route.oif.filter(|&oif| !setup.covered(oif)) {
-            by_iface.entry(oif).or_default().push(*address);
-        }
-    }
-    for (oif, backends) in by_iface {
+    for (oif, backends) in by_egress(routes, |oif| !setup.covered(oif)) {
         let name = setup.facts.link_name(oif);
         let consequence = match service.mode {
             Mode::Nat => {
@@ -352,18 +361,13 @@ fn dsr_behind_bridge(
     routes: &[(SocketAddr, &Route)],
     out: &mut Vec<Finding>,
 ) {
-    let mut by_bridge: BTreeMap<u32, Vec<SocketAddr>> = BTreeMap::new();
-    for (address, route) in routes {
-        if let Some(oif) = route.oif
-            && setup
-                .facts
-                .link(oif)
-                .is_some_and(|l| l.kind == LinkKind::Bridge)
-        {
-            by_bridge.entry(oif).or_default().push(*address);
-        }
-    }
-    for (bridge, backends) in by_bridge {
+    let is_bridge = |oif| {
+        setup
+            .facts
+            .link(oif)
+            .is_some_and(|l| l.kind == LinkKind::Bridge)
+    };
+    for (bridge, backends) in by_egress(routes, is_bridge) {
         out.push(Finding::new(
             Check::DsrNotOnLink,
             Severity::Error,
