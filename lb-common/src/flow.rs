@@ -107,8 +107,8 @@ pub const FLOW_MIDSTREAM: u8 = 3;
 /// again, is scheduled to another backend. Lives like [`FLOW_SYN_SENT`].
 pub const FLOW_REFUSED: u8 = 4;
 /// The client answered a SYN cookie; the load balancer sent the backend a
-/// SYN of its own and waits for its SYN-ACK (`Flow::seq_delta` holds the
-/// cookie meanwhile). Lives like [`FLOW_SYN_SENT`].
+/// SYN of its own and waits for its SYN-ACK (the cookie is in the flow's
+/// [`Reply::cookie`]). Lives like [`FLOW_SYN_SENT`].
 pub const FLOW_PROXY_SYN: u8 = 5;
 
 /// [`Flow::flags`]: a RST refusing the handshake is kept from the client,
@@ -211,7 +211,7 @@ pub struct Flow {
     pub flags: u8,
     /// With [`FLOW_F_SEQ_SHIFT`]: the backend's initial sequence number
     /// minus the cookie's, added to the acknowledgements the client sends
-    /// (host byte order). In [`FLOW_PROXY_SYN`]: the cookie.
+    /// (host byte order); 0 before.
     pub seq_delta: u32,
     /// In [`FLOW_PROXY_SYN`]: the client's initial sequence number, for the
     /// SYN sent to the backend again (host byte order).
@@ -278,7 +278,12 @@ pub struct Reply {
     /// `Flow::seq_delta` of a connection whose handshake was the load
     /// balancer's, else 0.
     pub seq_delta: u32,
-    pub _pad: u32,
+    /// The SYN cookie of a connection whose handshake was the load
+    /// balancer's (host byte order), else 0. Never changed once the entry
+    /// exists, so that each of the backend's SYN-ACKs (it answers the SYN
+    /// sent again with another) computes the same `seq_delta`, on whichever
+    /// CPU and in whichever order they arrive.
+    pub cookie: u32,
     /// Next hop towards the client.
     pub next_hop: NextHop,
 }

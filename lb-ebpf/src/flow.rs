@@ -225,8 +225,12 @@ fn track_proxied<C: Frame>(
         let Some(seq) = read_at::<[u8; 4], _>(ctx, packet.l4_offset() + cookie::SEQ) else {
             return Tracked::Forward;
         };
-        let backend_isn = u32::from_be_bytes(seq);
-        let delta = backend_isn.wrapping_sub(flow.seq_delta);
+        // From the reply entry's cookie, which no SYN-ACK changes: the
+        // backend answers the SYN sent again (the client's data, turned
+        // into a SYN while this wait lasts) with a second SYN-ACK, which
+        // another CPU may handle at the same time, both seeing this state.
+        // SAFETY: `reply` points into its map value, valid for this run.
+        let delta = u32::from_be_bytes(seq).wrapping_sub(unsafe { (*reply).cookie });
         flow.seq_delta = delta;
         flow.flags = (flow.flags & !FLOW_F_MSS_CLASS_MASK) | FLOW_F_SEQ_SHIFT;
         load::connected(flow);

@@ -220,7 +220,7 @@ fn new_flow(
         client_port_be: key.src_port_be,
         backend: backend_id,
         seq_delta: 0,
-        _pad: 0,
+        cookie: cookie.map_or(0, |answer| answer.cookie),
         next_hop: NextHop::default(),
     };
     // In `nat` mode the source port is filled in by `claim_port`.
@@ -249,7 +249,6 @@ fn new_flow(
     if let Some(answer) = cookie {
         let flow = &mut scratch.flow;
         flow.state = FLOW_PROXY_SYN;
-        flow.seq_delta = answer.cookie;
         flow.client_isn = answer.client_isn;
         flow.flags |= ((answer.mss_class as u8) << FLOW_F_MSS_CLASS_SHIFT) & FLOW_F_MSS_CLASS_MASK;
     } else if scratch.flow.state == FLOW_SYN_SENT {

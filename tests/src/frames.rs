@@ -76,6 +76,10 @@ pub struct Frame {
     pub dst_mac: [u8; 6],
     /// IPv4 TTL or IPv6 hop limit.
     pub ttl: u8,
+    /// TCP sequence number, and acknowledgement number (sent with the ACK
+    /// flag only).
+    pub seq: u32,
+    pub ack_number: u32,
 }
 
 impl Frame {
@@ -91,7 +95,21 @@ impl Frame {
             src_mac: SRC_MAC,
             dst_mac: DST_MAC,
             ttl: 64,
+            seq: 1000,
+            ack_number: 2000,
         }
+    }
+
+    /// Sets the TCP sequence number.
+    pub fn seq(mut self, seq: u32) -> Self {
+        self.seq = seq;
+        self
+    }
+
+    /// Sets the TCP acknowledgement number.
+    pub fn acknowledging(mut self, ack_number: u32) -> Self {
+        self.ack_number = ack_number;
+        self
     }
 
     /// Sets the IPv4 TTL or IPv6 hop limit.
@@ -212,12 +230,12 @@ impl Frame {
         match self.transport {
             Transport::Udp => builder.udp(sport, dport).write(&mut frame, &self.payload),
             Transport::Tcp { syn, ack, fin, rst } => {
-                let mut tcp = builder.tcp(sport, dport, 1000, 64240);
+                let mut tcp = builder.tcp(sport, dport, self.seq, 64240);
                 if syn {
                     tcp = tcp.syn();
                 }
                 if ack {
-                    tcp = tcp.ack(2000);
+                    tcp = tcp.ack(self.ack_number);
                 }
                 if fin {
                     tcp = tcp.fin();

@@ -25,6 +25,7 @@ mod next_upstream;
 mod not_for_a_service;
 mod schedulers;
 mod snat_ports;
+mod syn_cookies;
 mod ttl;
 mod udp;
 mod vlan_and_options;
