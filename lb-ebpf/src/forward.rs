@@ -44,6 +44,22 @@ pub struct Route<'a> {
     pub dsr: bool,
 }
 
+impl<'a> Route<'a> {
+    /// A backend's reply on its way to the client, rewritten to come from
+    /// `src` (the service) to `dst` (the client), by the next hop `hop`.
+    #[inline(always)]
+    pub fn to_client(src: Endpoint<'a>, dst: Endpoint<'a>, hop: *mut NextHop, now: u64) -> Self {
+        Self {
+            src,
+            dst,
+            hop,
+            now,
+            local: false,
+            dsr: false,
+        }
+    }
+}
+
 /// Sends the (already rewritten) frame on. The next hop is the flow's
 /// remembered one while it is fresh, else `bpf_fib_lookup`'s answer, which
 /// is then remembered; a next hop XDP cannot send to is remembered too, as

@@ -107,18 +107,7 @@ fn stateless_reply(ctx: &XdpContext, packet: &Packet) -> Option<GlobalCounter> {
         (*scratch).hop = looked_up;
         &raw mut (*scratch).hop
     };
-    Some(send(
-        ctx,
-        packet,
-        &Route {
-            src,
-            dst,
-            hop,
-            now,
-            local: false,
-            dsr: false,
-        },
-    ))
+    Some(send(ctx, packet, &Route::to_client(src, dst, hop, now)))
 }
 
 /// A client's packet for a service: pick the backend, rewrite, send.
@@ -262,18 +251,7 @@ fn to_client(ctx: &XdpContext, packet: &Packet, reply: *mut Reply) -> GlobalCoun
     };
     // SAFETY: the helper has no preconditions.
     let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() };
-    send(
-        ctx,
-        packet,
-        &Route {
-            src,
-            dst,
-            hop,
-            now,
-            local: false,
-            dsr: false,
-        },
-    )
+    send(ctx, packet, &Route::to_client(src, dst, hop, now))
 }
 
 /// Rewrites the frame for `route` and sends it on.
