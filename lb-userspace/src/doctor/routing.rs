@@ -392,10 +392,7 @@ mod tests {
 
     #[test]
     fn dsr_backends_must_be_on_a_link_not_behind_a_gateway() {
-        let mut config = two_nic_config();
-        let service = &mut config.services[0];
-        service.mode = Mode::Dsr;
-        service.snat = None;
+        let config = dsr_config();
         let mut host = two_nic_host();
         assert!(found(&config, &host, Check::DsrNotOnLink).is_empty());
         let mut behind = on_link(3, "10.0.2.1");
@@ -413,10 +410,7 @@ mod tests {
 
     #[test]
     fn dsr_backends_behind_a_bridge_on_this_host_are_an_error() {
-        let mut config = two_nic_config();
-        let service = &mut config.services[0];
-        service.mode = Mode::Dsr;
-        service.snat = None;
+        let mut config = dsr_config();
         let mut host = two_nic_host();
         // eth1 becomes a bridge whose one port, vb0, xlb is attached to: the
         // bridge is covered, but XDP cannot send into it.

@@ -84,8 +84,18 @@ pub fn two_nic_config() -> Config {
 
 /// The same service in `dnat` mode.
 pub fn dnat_config() -> Config {
+    in_mode(crate::config::Mode::Dnat)
+}
+
+/// The same service in `dsr` mode.
+pub fn dsr_config() -> Config {
+    in_mode(crate::config::Mode::Dsr)
+}
+
+/// [`two_nic_config`]'s service in `mode`, which takes no SNAT address.
+fn in_mode(mode: crate::config::Mode) -> Config {
     let mut config = two_nic_config();
-    config.services[0].mode = crate::config::Mode::Dnat;
+    config.services[0].mode = mode;
     config.services[0].snat = None;
     config
 }
