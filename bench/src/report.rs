@@ -72,8 +72,9 @@ impl Results {
 }
 
 /// The per-packet targets of issue 13, as multiples of the floor's net
-/// cost in the same run (Katran's own multiples on this machine type).
-const PER_PACKET_TARGETS: [(&str, &str, &str, f64); 6] = [
+/// cost in the same run (Katran's own multiples on this machine type), in
+/// `nat` mode and, where the modes differ, in `dnat` mode.
+const PER_PACKET_TARGETS: [(&str, &str, &str, f64); 9] = [
     (
         "established, one hot flow",
         "flow table 1 (hot)",
@@ -100,6 +101,14 @@ const PER_PACKET_TARGETS: [(&str, &str, &str, f64); 6] = [
         1.2,
     ),
     ("reply, one hot flow", "flow table 1 (hot)", "reply", 3.0),
+    (
+        "dnat: established, one hot flow",
+        "dnat hot flow",
+        "established",
+        3.0,
+    ),
+    ("dnat: new flow (SYN)", "dnat", "new flow", 10.0),
+    ("dnat: reply, one hot flow", "dnat hot flow", "reply", 3.0),
 ];
 
 fn per_packet_targets(dp: &DataplaneResults) -> Vec<Target> {
