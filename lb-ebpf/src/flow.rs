@@ -209,6 +209,20 @@ pub fn track_reply<C: Frame>(ctx: &C, packet: &Packet, reply: *mut Reply) -> Tra
     Tracked::Forward
 }
 
+/// The cookie of a flow waiting for its backend's SYN-ACK: the reply
+/// entry's (`reply_cookie`). A handshake opened by an agent from before
+/// the cookie moved there, and handed over by an upgrade in place while it
+/// waits, has it in the flow's `seq_delta` instead, with the entry's word
+/// 0 (it was padding) and no shift set yet.
+#[inline(always)]
+fn handshake_cookie(flow: &Flow, reply_cookie: u32) -> u32 {
+    if reply_cookie == 0 && flow.flags & FLOW_F_SEQ_SHIFT == 0 {
+        flow.seq_delta
+    } else {
+        reply_cookie
+    }
+}
+
 /// A backend's reply to the load balancer's own SYN. Its SYN-ACK fixes the
 /// shift between its sequence numbers and the cookie the client knows. A
 /// refusal forgets the flow: the client's next packet still carries its
@@ -230,7 +244,8 @@ fn track_proxied<C: Frame>(
         // into a SYN while this wait lasts) with a second SYN-ACK, which
         // another CPU may handle at the same time, both seeing this state.
         // SAFETY: `reply` points into its map value, valid for this run.
-        let delta = u32::from_be_bytes(seq).wrapping_sub(unsafe { (*reply).cookie });
+        let cookie = handshake_cookie(flow, unsafe { (*reply).cookie });
+        let delta = u32::from_be_bytes(seq).wrapping_sub(cookie);
         flow.seq_delta = delta;
         flow.flags = (flow.flags & !FLOW_F_MSS_CLASS_MASK) | FLOW_F_SEQ_SHIFT;
         load::connected(flow);

@@ -4,7 +4,7 @@
 //! and from then on every sequence number is shifted between the two.
 
 use lb_common::{
-    Flow, FlowKey, GlobalCounter,
+    Flow, FlowKey, GlobalCounter, Reply,
     flood::{FloodConfig, SynCookies},
     flow::FLOW_PROXY_SYN,
 };
@@ -194,6 +194,37 @@ fn a_second_syn_ack_seen_while_the_flow_waits_keeps_the_shift() {
             let mut flow = flows.get(&key, 0).expect("the flow exists");
             flow.state = FLOW_PROXY_SYN;
             flows.insert(key, flow, 0).unwrap();
+            backend_accepts(h, &case);
+            exchange(h, &case, cookie);
+        }
+    });
+}
+
+/// An agent from before the cookie moved to the reply entry kept it in the
+/// flow's `seq_delta` while the handshake waited, the entry's word being
+/// padding (0). A handshake it handed over by an upgrade in place, waiting
+/// for the backend's SYN-ACK, still gets the cookie's shift.
+#[test]
+fn a_handshake_waiting_across_an_upgrade_from_the_old_layout_keeps_the_shift() {
+    with_cookies_always(|h| {
+        for case in [Case::dnat_v6(), Case::nat_v4()] {
+            let cookie = open(h, &case);
+            // The two entries as the older program wrote them.
+            let key = case.client_sends(Transport::ACK).flow_key();
+            let mut flows: aya::maps::HashMap<_, FlowKey, Flow> =
+                aya::maps::HashMap::try_from(h.dp.ebpf_mut().map_mut("FLOWS").unwrap()).unwrap();
+            let mut flow = flows.get(&key, 0).expect("the flow exists");
+            assert_eq!(flow.state, FLOW_PROXY_SYN);
+            flow.seq_delta = cookie;
+            flows.insert(key, flow, 0).unwrap();
+            let reply_key = case.backend_sends(Transport::ACK).flow_key();
+            let mut replies: aya::maps::HashMap<_, FlowKey, Reply> =
+                aya::maps::HashMap::try_from(h.dp.ebpf_mut().map_mut("REPLIES").unwrap()).unwrap();
+            let mut reply = replies.get(&reply_key, 0).expect("the reply entry exists");
+            assert_eq!(reply.cookie, cookie);
+            reply.cookie = 0;
+            replies.insert(reply_key, reply, 0).unwrap();
+
             backend_accepts(h, &case);
             exchange(h, &case, cookie);
         }
