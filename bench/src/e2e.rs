@@ -116,6 +116,19 @@ impl SetupResult {
     pub fn all_ok(&self, load: Load) -> bool {
         self.runs_of(load).all(RunResult::ok)
     }
+
+    /// The run of `load` with the median requests/s over the rounds that
+    /// got all their answers (the lower middle one for an even count).
+    pub fn clean_run(&self, load: Load) -> Option<&RunResult> {
+        let mut runs: Vec<&RunResult> = self.runs_of(load).filter(|r| r.ok()).collect();
+        runs.sort_by(|a, b| a.requests_per_s.total_cmp(&b.requests_per_s));
+        runs.get(runs.len().saturating_sub(1) / 2).copied()
+    }
+
+    /// Rounds of `load` that did not get all their answers.
+    pub fn rounds_with_problems(&self, load: Load) -> usize {
+        self.runs_of(load).filter(|r| !r.ok()).count()
+    }
 }
 
 /// Keep-alive connections, or one connection per request.
@@ -1211,5 +1224,60 @@ Transfer/sec:      8.75MB
             target_of("http://10.10.2.10:8000/").unwrap(),
             "10.10.2.10:8000".parse().unwrap()
         );
+    }
+
+    fn round(round: usize, requests_per_s: f64, problem: bool) -> RunResult {
+        RunResult {
+            load: Load::NewConnection,
+            round,
+            busy_before: 0.0,
+            command: String::new(),
+            requests: 0,
+            seconds: 5.0,
+            requests_per_s,
+            p50_us: 0.0,
+            p99_us: 0.0,
+            errors: WrkErrors::default(),
+            cpu: CpuTimes::default(),
+            cpu_us_per_request: 0.0,
+            xlb_counters: BTreeMap::new(),
+            tcp_retransmits: 0,
+            problems: if problem {
+                vec!["wrk errors: read 1".into()]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    fn setup(runs: Vec<RunResult>) -> SetupResult {
+        SetupResult {
+            name: "none".into(),
+            description: String::new(),
+            url: String::new(),
+            reached: BTreeMap::new(),
+            runs,
+            xlb_in_situ: Vec::new(),
+            flood: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_round_with_errors_is_left_out_of_the_median() {
+        let s = setup(vec![
+            round(0, 300.0, false),
+            round(1, 200.0, true),
+            round(2, 100.0, false),
+        ]);
+        // Of the clean rounds (300, 100) the lower middle; of all three the
+        // median would have been the round with errors.
+        assert_eq!(s.clean_run(Load::NewConnection).unwrap().round, 2);
+        assert_eq!(s.run(Load::NewConnection).unwrap().round, 1);
+        assert_eq!(s.rounds_with_problems(Load::NewConnection), 1);
+        assert_eq!(s.rounds_with_problems(Load::KeepAlive), 0);
+
+        let all_bad = setup(vec![round(0, 300.0, true), round(1, 200.0, true)]);
+        assert!(all_bad.clean_run(Load::NewConnection).is_none());
     }
 }

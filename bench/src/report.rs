@@ -31,7 +31,8 @@ pub struct Target {
     pub value: Option<f64>,
     /// How it was computed.
     pub detail: String,
-    /// `None` when it could not be measured (or a run behind it had errors).
+    /// `None` when it could not be measured (or every round behind it had
+    /// errors).
     pub met: Option<bool>,
 }
 
@@ -145,12 +146,10 @@ fn per_packet_targets(dp: &DataplaneResults) -> Vec<Target> {
 }
 
 fn e2e_targets(e2e: &E2eResults) -> Vec<Target> {
-    // The median round, or None when a round had errors.
-    let run = |setup: &str, load| {
-        e2e.setup(setup)
-            .filter(|s| s.all_ok(load))
-            .and_then(|s| s.run(load))
-    };
+    // The median of the rounds that got all their answers: a round with
+    // errors is left out (the table flags it, "Problems" says what), and
+    // the target says so.
+    let run = |setup: &str, load| e2e.setup(setup).and_then(|s| s.clean_run(load));
     let none_ka = run("none", Load::KeepAlive);
     let none_new = run("none", Load::NewConnection);
     // xlb over the 4 backends, and over b0 only: the same backend as none.
@@ -162,19 +161,29 @@ fn e2e_targets(e2e: &E2eResults) -> Vec<Target> {
     let ran = |name: &str| e2e.setup(name).is_some();
     let mut targets = Vec::new();
     for (name, note) in setups.iter().filter(|(n, _)| ran(n)) {
-        targets.push(ratio_target(
-            format!("{name}{note}: keep-alive req/s >= 0.95x no load balancer"),
-            run(name, Load::KeepAlive),
-            none_ka,
-            0.95,
+        targets.push(left_out(
+            ratio_target(
+                format!("{name}{note}: keep-alive req/s >= 0.95x no load balancer"),
+                run(name, Load::KeepAlive),
+                none_ka,
+                0.95,
+            ),
+            e2e,
+            &[name, "none"],
+            Load::KeepAlive,
         ));
     }
     for (name, note) in setups.iter().filter(|(n, _)| ran(n)) {
-        targets.push(p99_target(
-            format!("{name}{note}: keep-alive p99 latency <= 1.5x no load balancer's"),
-            run(name, Load::KeepAlive),
-            none_ka,
-            1.5,
+        targets.push(left_out(
+            p99_target(
+                format!("{name}{note}: keep-alive p99 latency <= 1.5x no load balancer's"),
+                run(name, Load::KeepAlive),
+                none_ka,
+                1.5,
+            ),
+            e2e,
+            &[name, "none"],
+            Load::KeepAlive,
         ));
     }
     let peers: Vec<(&str, Option<&RunResult>)> = ["nginx", "haproxy", "nftables"]
@@ -206,16 +215,28 @@ fn e2e_targets(e2e: &E2eResults) -> Vec<Target> {
                         met: Some(ratio > 1.0),
                     }
                 }
-                _ => Target::unmeasured(target, "a run is missing or had errors"),
+                _ => Target::unmeasured(target, "a setup is missing or every round had errors"),
             },
         );
+        let last = targets.pop().expect("just pushed");
+        targets.push(left_out(
+            last,
+            e2e,
+            &[name, "nginx", "haproxy", "nftables"],
+            Load::KeepAlive,
+        ));
     }
     for (name, note) in setups.iter().filter(|(n, _)| ran(n)) {
-        targets.push(ratio_target(
-            format!("{name}{note}: one-connection-per-request req/s >= 0.9x no load balancer"),
-            run(name, Load::NewConnection),
-            none_new,
-            0.9,
+        targets.push(left_out(
+            ratio_target(
+                format!("{name}{note}: one-connection-per-request req/s >= 0.9x no load balancer"),
+                run(name, Load::NewConnection),
+                none_new,
+                0.9,
+            ),
+            e2e,
+            &[name, "none"],
+            Load::NewConnection,
         ));
     }
     for name in ["xlb-nat", "xlb-dnat"].into_iter().filter(|n| ran(n)) {
@@ -242,6 +263,22 @@ fn e2e_targets(e2e: &E2eResults) -> Vec<Target> {
     targets
 }
 
+/// `target`, evaluated on the rounds of `setups` under `load` that got all
+/// their answers, with a note of the rounds left out, if any.
+fn left_out(mut target: Target, e2e: &E2eResults, setups: &[&str], load: Load) -> Target {
+    let left: Vec<String> = setups
+        .iter()
+        .filter_map(|name| {
+            let n = e2e.setup(name)?.rounds_with_problems(load);
+            (n > 0).then(|| format!("{name} {n}"))
+        })
+        .collect();
+    if target.value.is_some() && !left.is_empty() {
+        target.detail += &format!(" (rounds with errors left out: {})", left.join(", "));
+    }
+    target
+}
+
 fn ratio_target(
     target: String,
     run: Option<&RunResult>,
@@ -261,7 +298,7 @@ fn ratio_target(
                 met: Some(ratio >= goal),
             }
         }
-        _ => Target::unmeasured(target, "a run is missing or had errors"),
+        _ => Target::unmeasured(target, "a setup is missing or every round had errors"),
     }
 }
 
@@ -289,7 +326,7 @@ fn p99_target(
                 met: Some(ratio <= goal),
             }
         }
-        _ => Target::unmeasured(target, "a run is missing or had errors"),
+        _ => Target::unmeasured(target, "a setup is missing or every round had errors"),
     }
 }
 
