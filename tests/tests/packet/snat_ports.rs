@@ -74,6 +74,33 @@ fn a_nat_flow_finding_every_source_port_taken_is_dropped_and_logged() {
     });
 }
 
+/// Every candidate is tried before a flow is dropped: with all but the
+/// last held by live flows, the flow gets the last.
+#[test]
+fn a_nat_flow_tries_every_candidate_before_it_is_dropped() {
+    use lb_common::flow::SNAT_PORT_ATTEMPTS;
+    with_harness(|h| {
+        let syn = Frame::tcp("10.0.0.2:49100", "10.0.0.100:80", Transport::SYN);
+        for attempt in 0..SNAT_PORT_ATTEMPTS - 1 {
+            let port = snat_candidate(&syn, attempt);
+            let other = Frame::tcp(
+                &format!("10.0.0.{}:{port}", 10 + attempt),
+                "10.0.0.100:80",
+                Transport::SYN,
+            );
+            assert_eq!(h.run(&other).0, Action::Tx);
+        }
+        let last = snat_candidate(&syn, SNAT_PORT_ATTEMPTS - 1);
+        let out = syn.rewritten(
+            &format!("10.1.0.100:{last}"),
+            "10.1.0.10:8000",
+            LB_MAC,
+            backend_mac(0),
+        );
+        h.expect(&syn, Action::Tx, &out, GlobalCounter::ForwardTx);
+    });
+}
+
 #[test]
 fn nat_keeps_the_client_port_when_free_and_picks_another_when_not() {
     with_harness(|h| {
