@@ -28,20 +28,18 @@ use crate::{
 #[unsafe(no_mangle)]
 static FLOW_TIMEOUTS: FlowTimeouts = FlowTimeouts::DEFAULT;
 
-/// The timeouts the loader set. Only the address passes through
-/// `black_box`, so that the compiler neither folds in the default the
-/// loader replaces nor loads more than the one field a caller reads.
 #[inline(always)]
-fn timeouts() -> &'static FlowTimeouts {
-    // SAFETY: the address of a global, valid for the program's life.
-    unsafe { &*core::hint::black_box(&raw const FLOW_TIMEOUTS) }
+fn timeouts() -> FlowTimeouts {
+    // SAFETY: a plain read of a global; volatile so the compiler does not
+    // fold in the default, which the loader replaces.
+    unsafe { core::ptr::read_volatile(&raw const FLOW_TIMEOUTS) }
 }
 
 /// Whether `flow` (of protocol `proto`) has been idle past its timeout at
 /// `now`: its entry no longer counts.
 #[inline(always)]
 pub fn is_expired(flow: &Flow, proto: u8, now: u64) -> bool {
-    flow.is_expired(proto, now, timeouts())
+    flow.is_expired(proto, now, &timeouts())
 }
 
 /// Whether `flow`'s entry still holds for `packet`: not expired, and the

@@ -226,7 +226,7 @@ fn new_flow(
     // In `nat` mode the source port is filled in by `claim_port`.
     scratch.reply_key = key.reply_key(service, backend, 0);
     let snat_port_be = if snats(service, backend) {
-        snat::claim_port(scratch, hash, key.src_port_be)?
+        snat::claim_port(scratch, hash, key.src_port_be, now)?
     } else {
         // A `dsr` backend's replies do not come back this way.
         if !service.is_dsr() {

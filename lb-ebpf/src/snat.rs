@@ -11,7 +11,7 @@
 //! several times a lookup. With many flows per backend (100 000 over 4
 //! backends from one SNAT address) most new flows meet a busy candidate.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_coarse_ns};
+use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
     GlobalCounter, Reply,
     flow::{SNAT_PORT_ATTEMPTS, snat_candidate},
@@ -27,47 +27,33 @@ use crate::{
 /// candidate port in turn. Returns the port (network byte order), or
 /// [`GlobalCounter::DropSnatPortsBusy`] when live flows hold every
 /// candidate.
-///
-/// Each candidate is tried by a function of its own, called from the loop
-/// LLVM unrolls: inlined, the tries of all the candidates made one body
-/// whose stack went past the verifier's limit.
 #[inline(always)]
-pub fn claim_port(
-    scratch: &mut NewFlowScratch,
-    hash: u32,
-    client_port_be: u16,
-) -> Result<u16, GlobalCounter> {
-    for attempt in 0..SNAT_PORT_ATTEMPTS {
-        let port_be = snat_candidate(hash, u16::from_be(client_port_be), attempt).to_be();
-        if try_port(scratch, port_be) {
-            return Ok(port_be);
-        }
-    }
-    Err(GlobalCounter::DropSnatPortsBusy)
-}
-
-/// Claims `port_be` for the new flow in `scratch` if it is free, or held by
-/// a flow that has ended; returns whether it did.
-///
-/// Its stack frame adds to the verifier's 512 bytes for the deepest call
-/// chain (`xlb` → `to_backend` → `new_flow` → here): it takes no more
-/// arguments than it needs, and rereads from the map values rather than
-/// keeping values across helper calls.
-#[inline(never)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "by reference the map helpers read the entries where they are, in scratch space; by value they would be copied onto the stack"
 )]
-fn try_port(scratch: &mut NewFlowScratch, port_be: u16) -> bool {
-    scratch.reply_key.dst_port_be = port_be;
-    // SAFETY: a map value stays valid for this run (RCU); only read.
-    match unsafe { REPLIES.get(&scratch.reply_key) } {
-        Some(old) => reclaim(scratch, old),
-        // Another CPU may have claimed it since: BPF_NOEXIST decides.
-        None => REPLIES
-            .insert(&scratch.reply_key, &scratch.reply, BPF_NOEXIST as u64)
-            .is_ok(),
+pub fn claim_port(
+    scratch: &mut NewFlowScratch,
+    hash: u32,
+    client_port_be: u16,
+    now: u64,
+) -> Result<u16, GlobalCounter> {
+    for attempt in 0..SNAT_PORT_ATTEMPTS {
+        let port_be = snat_candidate(hash, u16::from_be(client_port_be), attempt).to_be();
+        scratch.reply_key.dst_port_be = port_be;
+        // SAFETY: a map value stays valid for this run (RCU); only read.
+        let claimed = match unsafe { REPLIES.get(&scratch.reply_key) } {
+            Some(old) => reclaim(scratch, old, now),
+            // Another CPU may have claimed it since: BPF_NOEXIST decides.
+            None => REPLIES
+                .insert(&scratch.reply_key, &scratch.reply, BPF_NOEXIST as u64)
+                .is_ok(),
+        };
+        if claimed {
+            return Ok(port_be);
+        }
     }
+    Err(GlobalCounter::DropSnatPortsBusy)
 }
 
 /// Takes over the reply entry `old` at `scratch.reply_key` (a source port
@@ -79,18 +65,16 @@ fn try_port(scratch: &mut NewFlowScratch, port_be: u16) -> bool {
     clippy::needless_borrows_for_generic_args,
     reason = "as in claim_port: keep the entries in scratch space"
 )]
-fn reclaim(scratch: &mut NewFlowScratch, old: &Reply) -> bool {
-    scratch.client_key = old.client_key(scratch.reply_key.proto);
+fn reclaim(scratch: &mut NewFlowScratch, old: &Reply, now: u64) -> bool {
+    let proto = scratch.reply_key.proto;
+    let port_be = scratch.reply_key.dst_port_be;
+    let old_backend = old.backend;
+    scratch.client_key = old.client_key(proto);
     // SAFETY: the value is only read.
     let live = unsafe { FLOWS.get(&scratch.client_key) }.is_some_and(|flow| {
-        flow.backend == old.backend
-            && flow.snat_port_be == scratch.reply_key.dst_port_be
-            && !flow::is_expired(
-                flow,
-                scratch.reply_key.proto,
-                // SAFETY: the helper has no preconditions.
-                unsafe { bpf_ktime_get_coarse_ns() },
-            )
+        flow.backend == old_backend
+            && flow.snat_port_be == port_be
+            && !flow::is_expired(flow, proto, now)
     });
     !live
         && REPLIES
