@@ -1,0 +1,196 @@
+//! The data plane stays within the verifier's limits with room to spare
+//! for kernels whose verifier works differently from the one the tests run
+//! on: the instructions it processes loading `xlb`, and the stack of every
+//! program's deepest chain of BPF-to-BPF calls.
+//!
+//! The stack is read from the eBPF object itself. The verifier adds up the
+//! frames of the calls on a chain, each rounded up: to 16 bytes since Linux
+//! 6.9 (for JIT-compiled programs), to 32 bytes before, against 512 bytes.
+//! A function's frame is the deepest slot it addresses below the frame
+//! pointer (`r10`); its calls are the `call` instructions with
+//! `src_reg = BPF_PSEUDO_CALL`, to a function of its own section
+//! (pc-relative) or of `.text` (relocated against the section, the target in
+//! the immediate). The verifier's own message names no function ("combined
+//! stack size of 4 calls is 544"); this test prints each program's chain.
+
+use std::collections::{BTreeMap, HashMap};
+
+use object::{Object as _, ObjectSection as _, ObjectSymbol as _, RelocationTarget, SymbolKind};
+use xlb::dataplane::Dataplane;
+use xlb_tests::require_root;
+
+const MAX_BPF_STACK: u64 = 512;
+/// The rounding of each frame on the oldest kernel xlb supports (6.9, see
+/// docs/operations.md); before 6.9 it was 32, and the deepest chain counts
+/// 544 bytes by that rule.
+const FRAME_ROUNDING: u64 = 16;
+/// The verifier's limit is 1 000 000 processed instructions; 80 % of it
+/// leaves room for verifiers that prune less.
+const MAX_VERIFIED_INSNS: u32 = 800_000;
+
+const INSN: u64 = 8;
+const BPF_CALL: u8 = 0x85;
+const BPF_PSEUDO_CALL: u8 = 1;
+const FRAME_POINTER: u8 = 10;
+
+/// A function of the object: its frame and whom it calls.
+struct Function {
+    section: String,
+    frame: u64,
+    /// (section, offset in bytes) of each function it calls.
+    calls: Vec<(String, u64)>,
+}
+
+/// Every function of the object's executable sections, keyed by (section,
+/// offset in bytes).
+fn functions(elf: &object::File<'_>) -> BTreeMap<(String, u64), (String, Function)> {
+    let mut starts: BTreeMap<(String, u64), (String, u64)> = BTreeMap::new();
+    for symbol in elf.symbols() {
+        let (Some(index), SymbolKind::Text) = (symbol.section_index(), symbol.kind()) else {
+            continue;
+        };
+        let section = elf.section_by_index(index).unwrap();
+        let name = symbol.name().unwrap_or("?").to_owned();
+        starts.insert(
+            (section.name().unwrap().to_owned(), symbol.address()),
+            (name, symbol.size()),
+        );
+    }
+    let mut out = BTreeMap::new();
+    for section in elf.sections() {
+        let Ok(section_name) = section.name() else {
+            continue;
+        };
+        if section.kind() != object::SectionKind::Text {
+            continue;
+        }
+        let code = section.data().unwrap();
+        // Calls relocated against a section: where, and against which.
+        let relocated: HashMap<u64, String> = section
+            .relocations()
+            .filter_map(|(at, reloc)| match reloc.target() {
+                RelocationTarget::Symbol(i) => {
+                    let symbol = elf.symbol_by_index(i).ok()?;
+                    let target = symbol.section_index()?;
+                    Some((
+                        at,
+                        elf.section_by_index(target).ok()?.name().ok()?.to_owned(),
+                    ))
+                }
+                _ => None,
+            })
+            .collect();
+        for ((sec, start), (name, size)) in
+            starts.range((section_name.to_owned(), 0)..=(section_name.to_owned(), u64::MAX))
+        {
+            let end = if *size > 0 {
+                start + size
+            } else {
+                code.len() as u64
+            };
+            let mut function = Function {
+                section: sec.clone(),
+                frame: 0,
+                calls: Vec::new(),
+            };
+            let mut at = *start;
+            while at + INSN <= end.min(code.len() as u64) {
+                let insn = &code[at as usize..(at + INSN) as usize];
+                let (op, dst, src) = (insn[0], insn[1] & 0x0f, insn[1] >> 4);
+                let off = i16::from_le_bytes([insn[2], insn[3]]);
+                let imm = i32::from_le_bytes([insn[4], insn[5], insn[6], insn[7]]);
+                let class = op & 0x07;
+                // LDX reads through src; ST and STX write through dst.
+                let base = if class == 0x01 { src } else { dst };
+                if matches!(class, 0x01..=0x03) && base == FRAME_POINTER && off < 0 {
+                    function.frame = function.frame.max(u64::from(off.unsigned_abs()));
+                }
+                if op == BPF_CALL && src == BPF_PSEUDO_CALL {
+                    let target = match relocated.get(&at) {
+                        Some(target_section) => {
+                            (target_section.clone(), (i64::from(imm) + 1) as u64 * INSN)
+                        }
+                        None => (
+                            sec.clone(),
+                            (at as i64 + (i64::from(imm) + 1) * INSN as i64) as u64,
+                        ),
+                    };
+                    function.calls.push(target);
+                }
+                // A 64-bit immediate load takes two slots.
+                at += if op == 0x18 { 2 * INSN } else { INSN };
+            }
+            out.insert((sec.clone(), *start), (name.clone(), function));
+        }
+    }
+    out
+}
+
+/// The deepest chain from `at`: its total stack and the names on it.
+fn deepest(
+    functions: &BTreeMap<(String, u64), (String, Function)>,
+    at: &(String, u64),
+    depth: usize,
+) -> (u64, Vec<String>) {
+    assert!(
+        depth < 8,
+        "calls nested past the verifier's 8 frames at {at:?}"
+    );
+    let (name, function) = functions
+        .get(at)
+        .unwrap_or_else(|| panic!("a call to {at:?}, where no function starts"));
+    let own = function.frame.div_ceil(FRAME_ROUNDING) * FRAME_ROUNDING;
+    let (below, mut chain) = function
+        .calls
+        .iter()
+        .map(|callee| deepest(functions, callee, depth + 1))
+        .max_by_key(|(bytes, _)| *bytes)
+        .unwrap_or_default();
+    chain.insert(0, format!("{name} ({} bytes)", function.frame));
+    (own + below, chain)
+}
+
+#[test]
+fn loading_xlb_takes_the_verifier_well_under_its_limit() {
+    require_root();
+    let mut dataplane = Dataplane::load().expect("load the data plane");
+    let info = dataplane.program().unwrap().info().unwrap();
+    let verified = info
+        .verified_instruction_count()
+        .expect("the kernel reports the instructions it verified");
+    eprintln!("xlb: the verifier processed {verified} instructions");
+    assert!(
+        verified < MAX_VERIFIED_INSNS,
+        "the verifier processed {verified} instructions loading xlb, over \
+         {MAX_VERIFIED_INSNS} (its limit is 1 000 000)"
+    );
+}
+
+#[test]
+fn every_programs_calls_fit_the_verifiers_stack() {
+    let elf = object::File::parse(xlb::ebpf_object()).expect("parse the eBPF object");
+    let functions = functions(&elf);
+    let programs: Vec<&(String, u64)> = functions
+        .iter()
+        .filter(|(_, (_, f))| f.section != ".text")
+        .map(|(at, _)| at)
+        .collect();
+    assert!(
+        programs.len() >= 3,
+        "expected the XDP, tc and cgroup programs"
+    );
+    let mut failures = Vec::new();
+    for at in programs {
+        let (bytes, chain) = deepest(&functions, at, 0);
+        eprintln!("{bytes:>4} bytes: {}", chain.join(" -> "));
+        if bytes > MAX_BPF_STACK {
+            failures.push(format!("{bytes} bytes: {}", chain.join(" -> ")));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "call chains over {MAX_BPF_STACK} bytes of stack with frames rounded to \
+         {FRAME_ROUNDING}:\n{}",
+        failures.join("\n")
+    );
+}
