@@ -15,7 +15,7 @@ use xlb_tests::{
     xdp::Action,
 };
 
-use crate::harness::{with_harness, with_harness_loaded};
+use crate::harness::{Harness, with_harness, with_harness_loaded};
 
 /// The `attempt`-th source port `nat` mode tries for `client` (0: its own).
 fn snat_candidate(client: &Frame, attempt: u32) -> u16 {
@@ -24,6 +24,20 @@ fn snat_candidate(client: &Frame, attempt: u32) -> u16 {
         client.src.port(),
         attempt,
     )
+}
+
+/// Opens, for other clients, live flows on the first `count` source ports
+/// `syn` would try.
+fn hold_candidates(h: &mut Harness, syn: &Frame, count: u32) {
+    for attempt in 0..count {
+        let port = snat_candidate(syn, attempt);
+        let other = Frame::tcp(
+            &format!("10.0.0.{}:{port}", 10 + attempt),
+            "10.0.0.100:80",
+            Transport::SYN,
+        );
+        assert_eq!(h.run(&other).0, Action::Tx);
+    }
 }
 
 /// Collects log records, as the agent's logger would print them.
@@ -49,15 +63,7 @@ fn a_nat_flow_finding_every_source_port_taken_is_dropped_and_logged() {
     with_harness(|h| {
         let syn = Frame::tcp("10.0.0.2:49000", "10.0.0.100:80", Transport::SYN);
         // Other clients' live flows hold every port this flow would try.
-        for attempt in 0..SNAT_PORT_ATTEMPTS {
-            let port = snat_candidate(&syn, attempt);
-            let other = Frame::tcp(
-                &format!("10.0.0.{}:{port}", 10 + attempt),
-                "10.0.0.100:80",
-                Transport::SYN,
-            );
-            assert_eq!(h.run(&other).0, Action::Tx);
-        }
+        hold_candidates(h, &syn, SNAT_PORT_ATTEMPTS);
         let capture = Capture::default();
         let mut logger = h.dp.kernel_logger(capture.clone()).unwrap();
         let before = h.counter(GlobalCounter::DropSnatPortsBusy);
@@ -81,15 +87,7 @@ fn a_nat_flow_tries_every_candidate_before_it_is_dropped() {
     use lb_common::flow::SNAT_PORT_ATTEMPTS;
     with_harness(|h| {
         let syn = Frame::tcp("10.0.0.2:49100", "10.0.0.100:80", Transport::SYN);
-        for attempt in 0..SNAT_PORT_ATTEMPTS - 1 {
-            let port = snat_candidate(&syn, attempt);
-            let other = Frame::tcp(
-                &format!("10.0.0.{}:{port}", 10 + attempt),
-                "10.0.0.100:80",
-                Transport::SYN,
-            );
-            assert_eq!(h.run(&other).0, Action::Tx);
-        }
+        hold_candidates(h, &syn, SNAT_PORT_ATTEMPTS - 1);
         let last = snat_candidate(&syn, SNAT_PORT_ATTEMPTS - 1);
         let out = syn.rewritten(
             &format!("10.1.0.100:{last}"),
