@@ -398,11 +398,9 @@ mod tests {
         let mut behind = on_link(3, "10.0.2.1");
         behind.gateway = Some(ip("10.0.2.254"));
         set_route(&mut host, "10.0.2.11", behind);
-        let findings = found(&config, &host, Check::DsrNotOnLink);
-        assert_eq!(findings.len(), 1, "{findings:?}");
-        assert_eq!(findings[0].severity, Severity::Error);
+        let finding = one_error(&config, &host, Check::DsrNotOnLink);
         assert!(
-            findings[0]
+            finding
                 .problem
                 .starts_with("10.0.2.11:8000 reached through a gateway")
         );
@@ -420,15 +418,13 @@ mod tests {
         host.links.push(port);
         config.interfaces = vec!["eth0".into(), "vb0".into()];
         assert!(found(&config, &host, Check::RepliesNotAttached).is_empty());
-        let findings = found(&config, &host, Check::DsrNotOnLink);
-        assert_eq!(findings.len(), 1, "{findings:?}");
-        assert_eq!(findings[0].severity, Severity::Error);
+        let finding = one_error(&config, &host, Check::DsrNotOnLink);
         assert!(
-            findings[0]
+            finding
                 .problem
                 .starts_with("10.0.2.10:8000, 10.0.2.11:8000 reached through bridge eth1"),
             "{}",
-            findings[0].problem
+            finding.problem
         );
         // The same backends in nat mode are forwarded by the kernel.
         config.services[0].mode = Mode::Nat;
@@ -441,15 +437,9 @@ mod tests {
         let mut config = two_nic_config();
         config.interfaces = vec!["eth0".into()];
         let host = two_nic_host();
-        let findings = found(&config, &host, Check::RepliesNotAttached);
-        assert_eq!(findings.len(), 1, "{findings:?}");
-        assert_eq!(findings[0].severity, Severity::Error);
-        assert!(
-            findings[0]
-                .problem
-                .contains("10.0.2.10:8000, 10.0.2.11:8000")
-        );
-        assert_eq!(findings[0].fix, "add \"eth1\" to `interfaces`");
+        let finding = one_error(&config, &host, Check::RepliesNotAttached);
+        assert!(finding.problem.contains("10.0.2.10:8000, 10.0.2.11:8000"));
+        assert_eq!(finding.fix, "add \"eth1\" to `interfaces`");
     }
 
     #[test]

@@ -177,3 +177,13 @@ pub fn found(config: &Config, facts: &HostFacts, check: super::Check) -> Vec<sup
         .filter(|f| f.check == check)
         .collect()
 }
+
+/// The one finding of `check` among all of `config` on `facts`, checked to
+/// be an error.
+pub fn one_error(config: &Config, facts: &HostFacts, check: super::Check) -> super::Finding {
+    let mut findings = found(config, facts, check);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    let finding = findings.remove(0);
+    assert_eq!(finding.severity, super::Severity::Error);
+    finding
+}
