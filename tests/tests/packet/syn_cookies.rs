@@ -86,6 +86,22 @@ fn without_payload(frame: Frame) -> Frame {
     }
 }
 
+/// Rewrites the entry at `key` of the data plane's map `map` with `edit`,
+/// as another CPU or an older program would have left it.
+fn edit_entry<V: aya::Pod>(h: &mut Harness, map: &str, key: FlowKey, edit: impl FnOnce(&mut V)) {
+    let mut entries: aya::maps::HashMap<_, FlowKey, V> =
+        aya::maps::HashMap::try_from(h.dp.ebpf_mut().map_mut(map).unwrap()).unwrap();
+    let mut value = entries.get(&key, 0).expect("the entry exists");
+    edit(&mut value);
+    entries.insert(key, value, 0).unwrap();
+}
+
+/// [`edit_entry`] for the client's flow of `case`.
+fn edit_flow(h: &mut Harness, case: &Case, edit: impl FnOnce(&mut Flow)) {
+    let key = case.client_sends(Transport::ACK).flow_key();
+    edit_entry(h, "FLOWS", key, edit);
+}
+
 fn with_cookies_always(test: impl FnOnce(&mut Harness) + Send) {
     let options = LoadOptions {
         flood: FloodConfig {
@@ -188,12 +204,7 @@ fn a_second_syn_ack_seen_while_the_flow_waits_keeps_the_shift() {
             backend_accepts(h, &case);
             // What the second CPU sees: the flow as the first left it, but
             // its state read before the first changed it.
-            let key = case.client_sends(Transport::ACK).flow_key();
-            let mut flows: aya::maps::HashMap<_, FlowKey, Flow> =
-                aya::maps::HashMap::try_from(h.dp.ebpf_mut().map_mut("FLOWS").unwrap()).unwrap();
-            let mut flow = flows.get(&key, 0).expect("the flow exists");
-            flow.state = FLOW_PROXY_SYN;
-            flows.insert(key, flow, 0).unwrap();
+            edit_flow(h, &case, |flow| flow.state = FLOW_PROXY_SYN);
             backend_accepts(h, &case);
             exchange(h, &case, cookie);
         }
@@ -210,20 +221,19 @@ fn a_handshake_waiting_across_an_upgrade_from_the_old_layout_keeps_the_shift() {
         for case in [Case::dnat_v6(), Case::nat_v4()] {
             let cookie = open(h, &case);
             // The two entries as the older program wrote them.
-            let key = case.client_sends(Transport::ACK).flow_key();
-            let mut flows: aya::maps::HashMap<_, FlowKey, Flow> =
-                aya::maps::HashMap::try_from(h.dp.ebpf_mut().map_mut("FLOWS").unwrap()).unwrap();
-            let mut flow = flows.get(&key, 0).expect("the flow exists");
-            assert_eq!(flow.state, FLOW_PROXY_SYN);
-            flow.seq_delta = cookie;
-            flows.insert(key, flow, 0).unwrap();
-            let reply_key = case.backend_sends(Transport::ACK).flow_key();
-            let mut replies: aya::maps::HashMap<_, FlowKey, Reply> =
-                aya::maps::HashMap::try_from(h.dp.ebpf_mut().map_mut("REPLIES").unwrap()).unwrap();
-            let mut reply = replies.get(&reply_key, 0).expect("the reply entry exists");
-            assert_eq!(reply.cookie, cookie);
-            reply.cookie = 0;
-            replies.insert(reply_key, reply, 0).unwrap();
+            edit_flow(h, &case, |flow| {
+                assert_eq!(flow.state, FLOW_PROXY_SYN);
+                flow.seq_delta = cookie;
+            });
+            edit_entry(
+                h,
+                "REPLIES",
+                case.backend_sends(Transport::ACK).flow_key(),
+                |reply: &mut Reply| {
+                    assert_eq!(reply.cookie, cookie);
+                    reply.cookie = 0;
+                },
+            );
 
             backend_accepts(h, &case);
             exchange(h, &case, cookie);
