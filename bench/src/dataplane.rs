@@ -402,22 +402,25 @@ pub fn profile(options: &Options, scenario: &str, path: &str, seconds: f64) -> a
 }
 
 /// Removes the flows the new-flow path opened (clients from index
-/// `scenario.flows` on, all on the first client address) with their reply
-/// entries, writes their handshakes off as expired, and starts the next new
-/// flow at that index again: the data plane is as after loading.
+/// `scenario.flows` on) with their reply entries, writes their handshakes
+/// off as expired, and starts the next new flow at that index again: the
+/// data plane is as after loading.
 fn forget_new_flows(loaded: &mut Loaded<'_>) -> anyhow::Result<()> {
-    let first_new = client(loaded.scenario.flows).port();
-    ensure!(
-        loaded.next_flow <= 50_000,
-        "new flows beyond the first client address"
-    );
+    // Each client's address and port, as the maps hold them.
+    let opened: std::collections::HashSet<([u8; 16], u16)> = (loaded.scenario.flows
+        ..loaded.next_flow)
+        .map(|i| {
+            let c = client(i);
+            (c.ip().to_ipv6_mapped().octets(), c.port().to_be())
+        })
+        .collect();
     let ebpf = loaded.dp.ebpf_mut();
     let mut flows: aya::maps::HashMap<_, FlowKey, Flow> =
         aya::maps::HashMap::try_from(ebpf.map_mut("FLOWS").context("no FLOWS map")?)?;
     let new: Vec<FlowKey> = flows
         .keys()
         .filter_map(Result::ok)
-        .filter(|key| u16::from_be(key.src_port_be) >= first_new)
+        .filter(|key| opened.contains(&(key.src, key.src_port_be)))
         .collect();
     for key in &new {
         flows.remove(key)?;
@@ -427,7 +430,7 @@ fn forget_new_flows(loaded: &mut Loaded<'_>) -> anyhow::Result<()> {
     let new: Vec<FlowKey> = replies
         .iter()
         .filter_map(Result::ok)
-        .filter(|(_, reply)| u16::from_be(reply.client_port_be) >= first_new)
+        .filter(|(_, reply)| opened.contains(&(reply.client, reply.client_port_be)))
         .map(|(key, _)| key)
         .collect();
     for key in &new {
