@@ -38,10 +38,20 @@ pub const fn live_flows(load: &BackendLoad, gone: u64) -> u64 {
 }
 
 /// The correction ([`live_flows`]'s `gone`) that makes a backend's live
-/// flows `counted`.
+/// flows `counted`, from its load read `before` and `after` the walk of the
+/// flow table that counted them. Flows keep opening and ending during the
+/// walk, which may or may not see each of them: the correction takes the
+/// opens before the walk and the ends after it, so that a flow that ended
+/// before the walk reached it, which the walk missed, is not also taken
+/// off as gone. The count is then never below the flows that are live, and
+/// above them by at most the opens and ends during the walk, until the
+/// next walk; exact if there were none.
 #[inline(always)]
-pub const fn correction(load: &BackendLoad, counted: u64) -> u64 {
-    load.opened.wrapping_sub(load.ended).wrapping_sub(counted)
+pub const fn correction(before: &BackendLoad, after: &BackendLoad, counted: u64) -> u64 {
+    before
+        .opened
+        .wrapping_sub(after.ended)
+        .wrapping_sub(counted)
 }
 
 /// Whether a backend at `max_conns` (0: no limit) with `live` flows takes
@@ -288,7 +298,7 @@ mod tests {
         };
         assert_eq!(live_flows(&load, 2), 5);
         assert_eq!(live_flows(&load, 20), 0);
-        assert_eq!(live_flows(&load, correction(&load, 4)), 4);
+        assert_eq!(live_flows(&load, correction(&load, &load, 4)), 4);
         // More ends than opens seen (flows carried over a restart).
         let restarted = BackendLoad {
             opened: 3,
@@ -296,7 +306,91 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(live_flows(&restarted, 0), 0);
-        assert_eq!(live_flows(&restarted, correction(&restarted, 3)), 3);
+        assert_eq!(
+            live_flows(&restarted, correction(&restarted, &restarted, 3)),
+            3
+        );
         assert!(at_limit(5, 5) && !at_limit(4, 5) && !at_limit(1_000, 0));
+    }
+
+    /// One flow of a recount's timeline: opens at `open`, ends at `end`
+    /// (seen by the data plane, or unseen: its entry expired), and the walk
+    /// of the flow table reaches its entry at `visit`.
+    #[derive(Clone, Copy)]
+    struct Timed {
+        open: u32,
+        end: Option<(u32, bool)>,
+        visit: u32,
+    }
+
+    /// The load read at `t`, and the flows live at `t`.
+    fn at(flows: &[Timed], t: u32) -> (BackendLoad, u64) {
+        let mut load = BackendLoad::default();
+        let mut live = 0;
+        for f in flows {
+            if f.open <= t {
+                load.opened += 1;
+                match f.end {
+                    Some((end, seen)) if end <= t => load.ended += u64::from(seen),
+                    _ => live += 1,
+                }
+            }
+        }
+        (load, live)
+    }
+
+    #[test]
+    fn a_recount_never_leaves_fewer_flows_than_are_live() {
+        // The load is read at 10, the walk runs from 10 to 20 (each entry
+        // reached at its `visit`), the load is read again at 20; flows open
+        // and end before, during and after. Every combination of three
+        // flows: the count the data plane then works with is never below
+        // the live flows (a limit would let more in), above them by at most
+        // the opens and ends during the walk, and exact if there were none.
+        let opens = [1, 12, 18];
+        let ends = [
+            None,
+            Some((5, true)),
+            Some((5, false)),
+            Some((14, true)),
+            Some((16, true)),
+        ];
+        let visits = [13, 15];
+        let mut one = Vec::new();
+        for open in opens {
+            for end in ends {
+                if end.is_some_and(|(e, _)| e <= open) {
+                    continue;
+                }
+                for visit in visits {
+                    one.push(Timed { open, end, visit });
+                }
+            }
+        }
+        for a in &one {
+            for b in &one {
+                for c in &one {
+                    let flows = [*a, *b, *c];
+                    let (before, _) = at(&flows, 10);
+                    let counted = flows
+                        .iter()
+                        .filter(|f| f.open <= f.visit && f.end.is_none_or(|(e, _)| e > f.visit))
+                        .count() as u64;
+                    let (after, live) = at(&flows, 20);
+                    let churn: u64 = flows
+                        .iter()
+                        .map(|f| {
+                            u64::from((10..20).contains(&f.open))
+                                + u64::from(f.end.is_some_and(|(e, _)| (10..20).contains(&e)))
+                        })
+                        .sum();
+                    let estimate = live_flows(&after, correction(&before, &after, counted));
+                    assert!(
+                        estimate >= live && estimate <= live + churn,
+                        "{live} live, {churn} changed during the walk, counted as {estimate}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -51,9 +51,10 @@ pub(super) fn live(
 /// Recounts every backend's live flows from the flow table and writes the
 /// data plane's correction (`BACKEND_GONE`, see `lb_common::load`), so that
 /// flows whose entries expired idle or were evicted, which the data plane
-/// never sees end, stop counting. The counts are read before the table, so
-/// flows that open or end during the pass are off by one until the next.
-/// Returns the live flows per backend id.
+/// never sees end, stop counting. The counts are read before and after the
+/// pass over the table (`load::correction`): flows that open or end during
+/// it may count one too many until the next, never one too few, which would
+/// let a backend past its `max_conns`. Returns the live flows per backend id.
 pub(super) fn recount_live(
     ebpf: &mut Ebpf,
     tables: &Tables,
@@ -64,12 +65,11 @@ pub(super) fn recount_live(
         .values()
         .flat_map(|s| s.backends.values().copied())
         .collect();
-    let before: Vec<(u32, BackendLoad)> = {
+    let read_loads = |ebpf: &Ebpf| -> anyhow::Result<Vec<BackendLoad>> {
         let loads = maps::backend_load(ebpf)?;
-        ids.iter()
-            .map(|&id| Ok((id, loads.get(id)?)))
-            .collect::<anyhow::Result<_>>()?
+        ids.iter().map(|&id| loads.get(id)).collect()
     };
+    let before = read_loads(ebpf)?;
     let mut counted: HashMap<u32, u64> = HashMap::new();
     for_each_current(ebpf, timeouts, |_, flow, _| {
         if is_live(flow.state) {
@@ -77,10 +77,11 @@ pub(super) fn recount_live(
         }
         true
     })?;
+    let after = read_loads(ebpf)?;
     let mut gone = maps::backend_gone_mut(ebpf)?;
-    for (id, load) in &before {
+    for ((id, before), after) in ids.iter().zip(&before).zip(&after) {
         let live = counted.get(id).copied().unwrap_or(0);
-        gone.set(*id, load::correction(load, live))?;
+        gone.set(*id, load::correction(before, after, live))?;
     }
     Ok(counted)
 }
