@@ -33,8 +33,6 @@ pub struct Scheduled {
     /// The flow's entry (in `FLOWS`, or for a new flow the copy it was
     /// inserted from), for its flags and sequence shift.
     pub flow: *const Flow,
-    /// The coarse time this packet was handled at.
-    pub now: u64,
 }
 
 /// Takes the packet's flow (`found`, as the caller looked it up; null if
@@ -43,16 +41,16 @@ pub struct Scheduled {
 /// avoiding that backend. A new flow's SYN may be answered with a cookie
 /// instead (`Err` is then that verdict), and a client's ACK with a valid
 /// cookie opens a flow whose handshake with the backend the data plane
-/// makes itself: the packet becomes that handshake's SYN.
+/// makes itself: the packet becomes that handshake's SYN. `now` is the
+/// coarse clock, read once by the caller for this and the route.
 #[inline(always)]
 pub fn schedule(
     ctx: &XdpContext,
     packet: &Packet,
     service: &Service,
     found: *mut Flow,
+    now: u64,
 ) -> Result<Scheduled, GlobalCounter> {
-    // SAFETY: the helper has no preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let key = &packet.key;
     let mut stale = None;
     let mut avoid = NO_BACKEND;
@@ -88,7 +86,6 @@ pub fn schedule(
                 backend,
                 snat_port_be: flow.snat_port_be,
                 flow: flow_ptr,
-                now,
             });
         }
         stale = Some(*flow);
@@ -286,7 +283,6 @@ fn new_flow(
         // The scratch copy, per CPU and valid for this run: what this
         // packet needs of the flow, without looking it up again.
         flow: &raw const scratch.flow,
-        now,
     })
 }
 

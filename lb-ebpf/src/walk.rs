@@ -145,7 +145,12 @@ fn for_service(
     }
     let bytes = frame::len(ctx);
     count_service(service.id, bytes);
-    let scheduled = match schedule(ctx, packet, service, flow) {
+    // Read here for both, not returned by `schedule`: a new flow's result
+    // one word shorter keeps this frame within Linux 6.6-6.8's stack rule
+    // (docs/datapath.md, "The verifier's limits").
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() };
+    let scheduled = match schedule(ctx, packet, service, flow, now) {
         Ok(scheduled) => scheduled,
         Err(counter) => {
             if counter != GlobalCounter::DropNoBackend && counter != GlobalCounter::ForwardSynCookie
@@ -197,7 +202,7 @@ fn for_service(
         src,
         dst,
         hop,
-        now: scheduled.now,
+        now,
         local: scheduled.backend.is_local(),
         dsr: service.is_dsr(),
     };
