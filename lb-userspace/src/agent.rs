@@ -115,6 +115,9 @@ pub async fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> 
     if config.interfaces.is_empty() {
         bail!("no interface to attach to: set `interfaces` in the configuration or pass --iface");
     }
+    if let Some(problem) = crate::doctor::kernel::too_old(&crate::host::kernel_release()) {
+        bail!("{problem}");
+    }
     crate::diagnose::log_startup(&config);
     let agent_cfg = config.agent.clone();
     let _locks = Locks::acquire(&agent_cfg.run_dir, &agent_cfg.name, &config.interfaces)?;

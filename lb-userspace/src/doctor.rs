@@ -4,6 +4,7 @@
 //! lists them all.
 
 mod interfaces;
+pub mod kernel;
 mod replies;
 mod routing;
 mod sysctls;
@@ -35,6 +36,7 @@ pub enum Severity {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Check {
+    KernelTooOld,
     NoInterfaces,
     InterfaceMissing,
     InterfaceDown,
@@ -144,6 +146,7 @@ pub fn query(config: &Config) -> Query {
 pub fn check(config: &Config, facts: &HostFacts) -> Vec<Finding> {
     let setup = Setup { config, facts };
     let mut findings = Vec::new();
+    kernel::check(&setup, &mut findings);
     interfaces::check(&setup, &mut findings);
     routing::check(&setup, &mut findings);
     sysctls::check(&setup, &mut findings);

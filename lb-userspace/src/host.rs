@@ -35,6 +35,8 @@ pub struct HostFacts {
     pub sysctls: Sysctls,
     /// Size of a memory page: bounds the frames native XDP takes.
     pub page_size: u32,
+    /// The running kernel's release (`uname -r`); empty if unknown.
+    pub kernel_release: String,
 }
 
 /// One network interface.
@@ -237,6 +239,7 @@ impl HostFacts {
             addresses,
             routes,
             page_size: page_size(),
+            kernel_release: kernel_release(),
         })
     }
 
@@ -335,9 +338,56 @@ fn page_size() -> u32 {
     u32::try_from(size).unwrap_or(4096)
 }
 
+/// The running kernel's release, as `uname -r` prints it (`6.8.0-45-generic`);
+/// empty if `uname` fails.
+pub fn kernel_release() -> String {
+    // SAFETY: all zeroes is a valid `utsname`, and `uname` only writes into
+    // the one it is given.
+    let mut names: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `names` is a valid, writable `utsname`.
+    if unsafe { libc::uname(&mut names) } != 0 {
+        return String::new();
+    }
+    // SAFETY: `uname` wrote a NUL-terminated string into `release`.
+    unsafe { std::ffi::CStr::from_ptr(names.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The major and minor version of a kernel release (`6.8.0-45-generic` →
+/// `(6, 8)`), if it starts with them.
+pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(['.', '-', '+']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?;
+    let digits = minor
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(minor.len());
+    Some((major, minor[..digits].parse().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_kernel_versions_as_distributions_write_them() {
+        for (release, version) in [
+            ("6.18.0", Some((6, 18))),
+            ("6.8.0-45-generic", Some((6, 8))),
+            ("6.1.0-18-amd64", Some((6, 1))),
+            ("6.12.9+bpo-amd64", Some((6, 12))),
+            ("5.15.0-105-generic", Some((5, 15))),
+            ("6.6", Some((6, 6))),
+            ("6.10rc1", Some((6, 10))),
+            ("", None),
+            ("6", None),
+            ("linux", None),
+        ] {
+            assert_eq!(kernel_version(release), version, "{release:?}");
+        }
+        assert!(kernel_version(&kernel_release()).is_some(), "this host's");
+    }
 
     #[test]
     fn reads_this_namespace() {

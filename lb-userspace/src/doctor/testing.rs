@@ -37,6 +37,7 @@ pub fn two_nic_host() -> HostFacts {
             interfaces: Default::default(),
         },
         page_size: 4096,
+        kernel_release: "6.12.9-amd64".into(),
     };
     for name in ["lo", "eth0", "eth1"] {
         facts.sysctls.interfaces.insert(
