@@ -24,11 +24,64 @@ fn add(id: u32, n: u64, field: impl FnOnce(*mut BackendLoad) -> *mut u64) {
     }
 }
 
-/// A live flow of backend `id` opened.
+/// Takes a place for a new live flow of backend `id`, unless that takes it
+/// past `max_conns` (0: no limit). The place is counted first, atomically,
+/// and then checked against the count: of CPUs opening flows to the backend
+/// at the same instant, only those that fit keep theirs.
 #[inline(always)]
-pub fn opened(id: u32) {
-    // SAFETY: `l` points to a value of the array (see `add`).
-    add(id, 1, |l| unsafe { &raw mut (*l).opened });
+pub fn open(id: u32, max_conns: u32) -> bool {
+    let Some(entry) = BACKEND_LOAD.get_ptr_mut(id) else {
+        return true;
+    };
+    // SAFETY: a pointer to an aligned u64 inside the array's value, valid
+    // for this run; other CPUs update it only atomically too.
+    let before = unsafe { fetch_add(&raw mut (*entry).opened, 1) };
+    if max_conns == 0 {
+        return true;
+    }
+    let gone = BACKEND_GONE.get(id).copied().unwrap_or(0);
+    // SAFETY: as above; `ended` only grows, so a value older than another
+    // CPU's add makes the count higher, never lower.
+    let ended = unsafe { core::ptr::read_volatile(&raw const (*entry).ended) };
+    let after = BackendLoad {
+        opened: before.wrapping_add(1),
+        ended,
+        ..BackendLoad::default()
+    };
+    if load::live_flows(&after, gone) > u64::from(max_conns) {
+        unopen(id);
+        return false;
+    }
+    true
+}
+
+/// Adds `n` to `*at` atomically and returns the value before: BPF's
+/// `atomic_fetch_add` (Linux 5.12), fully ordered, which the kernel's JITs
+/// compile to `lock xadd` (x86) or `ldaddal` (arm64).
+///
+/// # Safety
+/// `at` points to an aligned u64 valid for this run.
+#[inline(always)]
+unsafe fn fetch_add(at: *mut u64, n: u64) -> u64 {
+    let mut value = n;
+    // SAFETY: the caller's; the instruction reads and writes `*at` only.
+    unsafe {
+        core::arch::asm!(
+            "{value} = atomic_fetch_add((u64 *)({at} + 0), {value})",
+            at = in(reg) at,
+            value = inout(reg) value,
+            options(nostack),
+        );
+    }
+    value
+}
+
+/// Gives back the place [`open`] took for a flow that was not recorded.
+#[inline(always)]
+pub fn unopen(id: u32) {
+    // SAFETY: `l` points to a value of the array (see `add`); adding
+    // `u64::MAX` wraps to taking one away.
+    add(id, u64::MAX, |l| unsafe { &raw mut (*l).opened });
 }
 
 /// `flow` leaves `state` for `next`: if it stops being live, its backend

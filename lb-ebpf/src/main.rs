@@ -13,6 +13,9 @@
 // stable atomics).
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
+// `load::fetch_add`: an atomic add that returns the old value, which LLVM
+// emits for BPF only at `-mcpu=v3` and up, a flag aya-build does not pass.
+#![feature(asm_experimental_arch)]
 
 mod cookie;
 mod floor;

@@ -8,8 +8,8 @@ use aya_ebpf::{
 use lb_common::{
     Backend, Flow, FlowKey, GlobalCounter, Reply, Service,
     flow::{
-        FLOW_F_HALF_OPEN, FLOW_F_MSS_CLASS_MASK, FLOW_F_MSS_CLASS_SHIFT, FLOW_PROXY_SYN,
-        FLOW_SYN_SENT, NextHop, is_live, snats,
+        FLOW_CLOSING, FLOW_F_HALF_OPEN, FLOW_F_MSS_CLASS_MASK, FLOW_F_MSS_CLASS_SHIFT,
+        FLOW_PROXY_SYN, FLOW_REFUSED, FLOW_SYN_SENT, NextHop, is_live, snats,
     },
     hash::mix64,
     load::at_limit,
@@ -88,16 +88,23 @@ pub fn schedule(
                 flow: flow_ptr,
             });
         }
+        // The entry's flow is over here, whether or not a new flow replaces
+        // it: when every backend is full the packet is dropped and the
+        // entry stays for the client's next try, which must not end it (or
+        // settle its handshake) again.
+        flow::settle(flow);
+        if is_live(flow.state) && !flow::is_expired(flow, key.proto, now) {
+            // An expired entry's flow counts as gone already (the agent's).
+            load::ended(flow.backend);
+            flow.state = if next_upstream {
+                FLOW_REFUSED
+            } else {
+                FLOW_CLOSING
+            };
+        }
         stale = Some(*flow);
     }
     if let Some(old) = stale {
-        if old.flags & FLOW_F_HALF_OPEN != 0 {
-            cookie::settled();
-        }
-        if is_live(old.state) && !flow::is_expired(&old, key.proto, now) {
-            // An expired entry's flow counts as gone already (the agent's).
-            load::ended(old.backend);
-        }
         forget_reply(packet, service, &old);
     }
     if packet.is_syn() {
@@ -186,7 +193,8 @@ fn full(id: u32, backend: &Backend) -> bool {
 }
 
 /// Schedules a new flow: picks its backend, claims a source port in `nat`
-/// mode, and records the flow and its reply path.
+/// mode, takes a place under the backend's `max_conns`, and records the
+/// flow and its reply path.
 #[inline(never)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
@@ -248,11 +256,21 @@ fn new_flow(
         flow.state = FLOW_PROXY_SYN;
         flow.client_isn = answer.client_isn;
         flow.flags |= ((answer.mss_class as u8) << FLOW_F_MSS_CLASS_SHIFT) & FLOW_F_MSS_CLASS_MASK;
-    } else if scratch.flow.state == FLOW_SYN_SENT {
+    }
+    let live = is_live(scratch.flow.state);
+    // The pick saw room under `max_conns`; another CPU may have taken the
+    // last place since. The place is taken before the flow exists.
+    if live && !load::open(backend_id, backend.max_conns) {
+        if !service.is_dsr() {
+            let _ = REPLIES.remove(&scratch.reply_key);
+        }
+        return Err(GlobalCounter::DropMaxConns);
+    }
+    if cookie.is_none() && scratch.flow.state == FLOW_SYN_SENT {
         cookie::opened();
         scratch.flow.flags |= FLOW_F_HALF_OPEN;
     }
-    if is_live(scratch.flow.state) && packet.is_tcp() {
+    if live && packet.is_tcp() {
         // The SYN (the client's, or the data plane's own) leaves now.
         scratch.flow.syn_sent_us = load::now_us();
     }
@@ -264,16 +282,15 @@ fn new_flow(
             .insert(key, &scratch.flow, BPF_NOEXIST as u64)
             .is_err()
         {
+            load::unopen(backend_id);
             lose_cookie_race(packet, service, backend, snat_port_be);
             return Err(GlobalCounter::DropCookieRace);
         }
-    } else {
-        FLOWS
-            .insert(key, &scratch.flow, 0)
-            .map_err(|_| GlobalCounter::DropInternal)?;
-    }
-    if is_live(scratch.flow.state) {
-        load::opened(backend_id);
+    } else if FLOWS.insert(key, &scratch.flow, 0).is_err() {
+        if live {
+            load::unopen(backend_id);
+        }
+        return Err(GlobalCounter::DropInternal);
     }
     count_backend(backend_id, |c| c.new_flows += 1);
     Ok(Scheduled {

@@ -4,7 +4,9 @@
 //! agent's recount of expired ones), least time by the connect time it
 //! measures from SYN to SYN-ACK, and `max_conns`.
 
-use std::{net::SocketAddr, thread::sleep, time::Duration};
+use std::{net::SocketAddr, sync::Barrier, thread::sleep, time::Duration};
+
+use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 
 use lb_common::{GlobalCounter, flow::FlowTimeouts};
 use xlb::{config::Scheduler, dataplane::LoadOptions};
@@ -43,15 +45,7 @@ fn configure(h: &mut Harness, scheduler: Scheduler, backends: [(&str, u32, u32);
 
 /// Runs every packet on one CPU: round robin's turns are per CPU.
 fn on_one_cpu() {
-    // SAFETY: a zeroed set with one CPU added, for this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0
-        );
-    }
+    pin_to(0);
 }
 
 /// A client flow's SYN from `port`: the backend it went to.
@@ -201,6 +195,34 @@ fn max_conns_holds_and_frees_up_as_flows_end() {
 }
 
 #[test]
+fn a_flow_its_backend_left_ends_once_however_often_it_finds_every_backend_full() {
+    with_harness(|h| {
+        configure(h, Scheduler::RoundRobin, [(B0, 1, 1), (B1, 1, 1)]);
+        let a = 52700;
+        assert_eq!(open(h, a), b(B0));
+        assert_eq!(open(h, 52701), b(B1));
+        // b0 fails: a's packets are scheduled anew, and b1 is full.
+        h.fail("pair", b(B0));
+        let ack = Frame::tcp(&format!("10.0.0.2:{a}"), VIP, Transport::ACK);
+        let before = h.counter(GlobalCounter::DropMaxConns);
+        for _ in 0..3 {
+            assert_eq!(h.run(&ack).0, Action::Drop, "every backend is out or full");
+        }
+        assert_eq!(h.counter(GlobalCounter::DropMaxConns), before + 3);
+        // b0 comes back with its one place free: one new flow, not three.
+        let backend = h.desired.backend_mut("pair", b(B0)).unwrap();
+        backend.failed = false;
+        backend.weight = xlb::desired::WEIGHT_SCALE;
+        h.dp.apply(&h.desired).unwrap();
+        assert_eq!(open(h, 52702), b(B0));
+        let syn = Frame::tcp("10.0.0.2:52703", VIP, Transport::SYN);
+        assert_eq!(h.run(&syn).0, Action::Drop, "both backends are full again");
+        let live = h.dp.recount_live_flows().unwrap();
+        assert!(live.values().all(|&n| n == 1), "{live:?}");
+    });
+}
+
+#[test]
 fn flows_that_expire_stop_counting_after_the_recount() {
     let options = LoadOptions {
         timeouts: FlowTimeouts {
@@ -223,4 +245,87 @@ fn flows_that_expire_stop_counting_after_the_recount() {
         assert!(live.values().all(|&n| n == 0), "{live:?}");
         assert_eq!(h.run(&syn).0, Action::Tx);
     });
+}
+
+#[test]
+fn max_conns_holds_when_both_cpus_open_flows_at_once() {
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    assert!(cpus >= 2, "two CPUs needed to race for a place");
+    with_harness(|h| {
+        // One place on each backend: each CPU's round robin starts at b0,
+        // then, b0 full, b1; the two CPUs race for each place.
+        configure(h, Scheduler::RoundRobin, [(B0, 1, 1), (B1, 1, 1)]);
+        const ROUNDS: u16 = 300;
+        const SYNS: u16 = 4;
+        let ifindex = h.ifindex;
+        for round in 0..ROUNDS {
+            let first = 30_000 + round * 2 * SYNS;
+            let program: &Xdp = h.dp.program().unwrap();
+            let start = Barrier::new(2);
+            let admitted: Vec<u16> = std::thread::scope(|scope| {
+                let cpu = |cpu: usize| {
+                    let (start, program) = (&start, program);
+                    scope.spawn(move || {
+                        pin_to(cpu);
+                        let ports = first + cpu as u16 * SYNS..first + (cpu as u16 + 1) * SYNS;
+                        let syns: Vec<(u16, Vec<u8>)> = ports
+                            .map(|port| {
+                                let syn =
+                                    Frame::tcp(&format!("10.0.0.2:{port}"), VIP, Transport::SYN);
+                                (port, syn.build())
+                            })
+                            .collect();
+                        start.wait();
+                        syns.into_iter()
+                            .filter(|(_, frame)| {
+                                run_shared(program, ifindex, frame) == Action::Tx as u32
+                            })
+                            .map(|(port, _)| port)
+                            .collect::<Vec<u16>>()
+                    })
+                };
+                let (a, b) = (cpu(0), cpu(1));
+                [a, b].into_iter().flat_map(|t| t.join().unwrap()).collect()
+            });
+            let live = h.dp.recount_live_flows().unwrap();
+            assert!(
+                admitted.len() <= 2 && live.values().all(|&n| n <= 1),
+                "round {round}: {admitted:?} let in, live flows {live:?}, against one place on \
+                 each of two backends"
+            );
+            for port in admitted {
+                close(h, port);
+            }
+        }
+    });
+}
+
+/// Pins this thread to `cpu`.
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed set with one CPU added, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
+
+/// Runs `program` on `frame` as received on `ifindex`, from any thread:
+/// its XDP action.
+fn run_shared(program: &Xdp, ifindex: u32, frame: &[u8]) -> u32 {
+    let mut out = vec![0u8; frame.len() + 256];
+    let ctx = xlb_tests::xdp::xdp_md(frame.len(), ifindex);
+    program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(ctx.as_slice()),
+            ..TestRunOptions::new()
+        })
+        .expect("BPF_PROG_TEST_RUN")
+        .return_value
 }
