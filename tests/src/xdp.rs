@@ -1,6 +1,6 @@
 //! Running the data plane on fixture frames through `BPF_PROG_TEST_RUN`.
 
-use aya::programs::{TestRun, TestRunOptions};
+use aya::programs::{TestRun, TestRunOptions, Xdp};
 use xlb::dataplane::Dataplane;
 
 /// XDP verdicts, as the kernel numbers them.
@@ -41,7 +41,12 @@ pub fn xdp_md(frame_len: usize, ifindex: u32) -> Vec<u8> {
 /// with index `ifindex` (0: none, the kernel's default); returns its action
 /// and the frame as the program left it.
 pub fn run_on(dataplane: &mut Dataplane, ifindex: u32, frame: &[u8]) -> (Action, Vec<u8>) {
-    let program = dataplane.program().expect("program loaded");
+    run_program(dataplane.program().expect("program loaded"), ifindex, frame)
+}
+
+/// [`run_on`] for `program` itself, which several threads may run at once
+/// (each on the CPU it is pinned to).
+pub fn run_program(program: &Xdp, ifindex: u32, frame: &[u8]) -> (Action, Vec<u8>) {
     // Room for the program to grow the frame (encapsulation, VLAN push).
     let mut out = vec![0u8; frame.len() + 256];
     let ctx = xdp_md(frame.len(), ifindex);

@@ -6,14 +6,14 @@
 
 use std::{net::SocketAddr, sync::Barrier, thread::sleep, time::Duration};
 
-use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+use aya::programs::Xdp;
 
 use lb_common::{GlobalCounter, flow::FlowTimeouts};
 use xlb::{config::Scheduler, dataplane::LoadOptions};
 use xlb_tests::{
     fixture::{LB_MAC, backend_mac},
     frames::{Frame, Transport},
-    xdp::Action,
+    xdp::{Action, run_program},
 };
 
 use crate::harness::{Harness, with_harness, with_harness_loaded};
@@ -279,7 +279,7 @@ fn max_conns_holds_when_both_cpus_open_flows_at_once() {
                         start.wait();
                         syns.into_iter()
                             .filter(|(_, frame)| {
-                                run_shared(program, ifindex, frame) == Action::Tx as u32
+                                run_program(program, ifindex, frame).0 == Action::Tx
                             })
                             .map(|(port, _)| port)
                             .collect::<Vec<u16>>()
@@ -312,20 +312,4 @@ fn pin_to(cpu: usize) {
             0
         );
     }
-}
-
-/// Runs `program` on `frame` as received on `ifindex`, from any thread:
-/// its XDP action.
-fn run_shared(program: &Xdp, ifindex: u32, frame: &[u8]) -> u32 {
-    let mut out = vec![0u8; frame.len() + 256];
-    let ctx = xlb_tests::xdp::xdp_md(frame.len(), ifindex);
-    program
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(ctx.as_slice()),
-            ..TestRunOptions::new()
-        })
-        .expect("BPF_PROG_TEST_RUN")
-        .return_value
 }
