@@ -131,6 +131,8 @@ pub struct NewFlowScratch {
     /// The next hop of a packet looked up for it alone
     /// (`walk::stateless_reply`).
     pub hop: NextHop,
+    /// The search for a new flow's backend (`schedule::pick_usable`).
+    pub search: crate::schedule::Search,
 }
 
 #[map]

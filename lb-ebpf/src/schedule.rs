@@ -3,7 +3,10 @@
 //! entries in `FLOWS` and `REPLIES`.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext,
+    bindings::BPF_NOEXIST,
+    cty::c_void,
+    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_loop},
+    programs::XdpContext,
 };
 use lb_common::{
     Backend, Flow, FlowKey, GlobalCounter, Reply, Service,
@@ -133,42 +136,79 @@ pub fn schedule(
     {
         // The frame first: the new flow reads only the parsed 5-tuple.
         cookie::to_backend_syn(ctx, packet, answer.client_isn, answer.mss_class)?;
-        return new_flow(packet, service, NO_BACKEND, Some(&answer));
+        let backend_id = pick_usable(key, service, NO_BACKEND)?;
+        return new_flow(packet, service, backend_id, Some(&answer));
     }
-    new_flow(packet, service, avoid, None)
+    let backend_id = pick_usable(key, service, avoid)?;
+    new_flow(packet, service, backend_id, None)
 }
 
 /// No backend to avoid.
 const NO_BACKEND: u32 = u32::MAX;
-/// Slots a new flow tries after the one its hash picks, while the pick is
-/// the backend to avoid or one taking no new flows (taken out by the data
-/// plane, its table not rebuilt yet); the last pick stands if all are.
-const MORE_PICKS: u32 = 7;
+/// Picks a new flow makes while the pick is the backend to avoid or one
+/// taking no new flows (taken out by the data plane, its table not rebuilt
+/// yet); the last pick stands if all are.
+const PICKS: u32 = 8;
 
-/// The backend of a new flow with hash `hash`: the pick, or another pick
-/// if it is `avoid`, takes no new flows or is at its `max_conns`. If all
-/// are, the service's backup standing by (`fallback`) if it takes the flow,
-/// else the last pick, unless it is at its `max_conns`: a limit holds.
-#[inline(always)]
-fn pick_usable(
-    service: &Service,
-    hash: u32,
+/// The search for a new flow's backend, in per-CPU scratch space: what
+/// [`try_pick`] reads and where it leaves its result.
+#[repr(C)]
+pub struct Search {
+    /// A copy of the flow's service: the callback cannot take a pointer.
+    service: Service,
+    /// The flow's hash ([`pick::flow_hash`]): the first pick's draw, and
+    /// what `nat` mode spreads source ports by.
+    pub hash: u32,
+    /// The draw of the next pick: the hash, mixed once for each pick.
+    draw: u32,
     avoid: u32,
-) -> Result<(u32, &'static Backend), GlobalCounter> {
-    let mut id = pick::pick(service, hash)?;
-    let mut chosen = backend(id).ok_or(GlobalCounter::DropInternal)?;
-    let mut next = hash;
-    for _ in 0..MORE_PICKS {
-        if id != avoid && chosen.takes_new_flows() && !full(id, chosen) {
-            return Ok((id, chosen));
-        }
-        next = (mix64(u64::from(next)) >> 32) as u32;
-        id = pick::pick(service, next)?;
-        chosen = backend(id).ok_or(GlobalCounter::DropInternal)?;
+    /// The last pick.
+    id: u32,
+    /// Whether the last pick is usable.
+    found: bool,
+    /// Whether the search stopped on maps that disagree (a pick out of
+    /// the table, or of no backend).
+    broken: bool,
+}
+
+/// The backend id of a new flow with key `key`: the pick by its hash, or
+/// another pick if it is `avoid`, takes no new flows or is at its
+/// `max_conns`. If all are, the service's backup standing by (`fallback`)
+/// if it takes the flow, else the last pick, unless it is at its
+/// `max_conns`: a limit holds.
+///
+/// The picks run in `bpf_loop`, one [`try_pick`] each: the verifier follows
+/// one pick through every method rather than eight in a row, which takes
+/// almost half of its count off the program (docs/datapath.md). Called
+/// from `to_backend`'s frame, not `new_flow`'s: the callback's frame counts
+/// on top of its caller's.
+#[inline(always)]
+fn pick_usable(key: &FlowKey, service: &Service, avoid: u32) -> Result<u32, GlobalCounter> {
+    if service.table_size == 0 {
+        // No usable backend (`pick::pick` checks it too, in the callback).
+        return Err(GlobalCounter::DropNoBackend);
     }
-    if id != avoid && chosen.takes_new_flows() && !full(id, chosen) {
-        return Ok((id, chosen));
+    // SAFETY: per-CPU, and nothing else on this CPU runs meanwhile.
+    let search =
+        unsafe { &mut (*SCRATCH.get_ptr_mut(0).ok_or(GlobalCounter::DropInternal)?).search };
+    search.service = *service;
+    search.hash = pick::flow_hash(key, service);
+    search.draw = search.hash;
+    search.avoid = avoid;
+    search.id = NO_BACKEND;
+    search.found = false;
+    search.broken = false;
+    // SAFETY: `try_pick` is a BPF callback of `bpf_loop`'s type; it takes no
+    // context (null) and reads the search from scratch space.
+    unsafe { bpf_loop(PICKS, try_pick as *mut c_void, core::ptr::null_mut(), 0) };
+    if search.broken {
+        return Err(GlobalCounter::DropInternal);
     }
+    let id = search.id;
+    if search.found {
+        return Ok(id);
+    }
+    let chosen = backend(id).ok_or(GlobalCounter::DropInternal)?;
     // Every pick is out: primaries the data plane took out since the
     // agent's last table (each refused a handshake). nginx would try its
     // backup now; so does this.
@@ -178,12 +218,37 @@ fn pick_usable(
         && standby.takes_new_flows()
         && !full(service.fallback, standby)
     {
-        return Ok((service.fallback, standby));
+        return Ok(service.fallback);
     }
     if full(id, chosen) {
         return Err(GlobalCounter::DropMaxConns);
     }
-    Ok((id, chosen))
+    Ok(id)
+}
+
+/// One pick of [`pick_usable`]'s search (a `bpf_loop` callback): 1 ends the
+/// search, 0 asks for the next pick.
+#[inline(never)]
+extern "C" fn try_pick(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU, and nothing else on this CPU runs meanwhile.
+    let search = unsafe { &mut (*scratch).search };
+    let Some((id, chosen)) = pick::pick(&search.service, search.draw)
+        .ok()
+        .and_then(|id| Some((id, backend(id)?)))
+    else {
+        search.broken = true;
+        return 1;
+    };
+    search.id = id;
+    if id != search.avoid && chosen.takes_new_flows() && !full(id, chosen) {
+        search.found = true;
+        return 1;
+    }
+    search.draw = (mix64(u64::from(search.draw)) >> 32) as u32;
+    0
 }
 
 /// Whether backend `id` is at its `max_conns`.
@@ -192,9 +257,9 @@ fn full(id: u32, backend: &Backend) -> bool {
     backend.max_conns != 0 && at_limit(load::live(id), backend.max_conns)
 }
 
-/// Schedules a new flow: picks its backend, claims a source port in `nat`
-/// mode, takes a place under the backend's `max_conns`, and records the
-/// flow and its reply path.
+/// Schedules a new flow to backend `backend_id` ([`pick_usable`]'s):
+/// claims a source port in `nat` mode, takes a place under the backend's
+/// `max_conns`, and records the flow and its reply path.
 #[inline(never)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
@@ -203,7 +268,7 @@ fn full(id: u32, backend: &Backend) -> bool {
 fn new_flow(
     packet: &Packet,
     service: &Service,
-    avoid: u32,
+    backend_id: u32,
     cookie: Option<&Answer>,
 ) -> Result<Scheduled, GlobalCounter> {
     // Read here rather than passed: a BPF call takes five arguments, the
@@ -211,8 +276,7 @@ fn new_flow(
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let key = &packet.key;
-    let hash = pick::flow_hash(key, service);
-    let (backend_id, backend) = pick_usable(service, hash, avoid)?;
+    let backend = backend(backend_id).ok_or(GlobalCounter::DropInternal)?;
 
     // The entries are built in per-CPU scratch space, not on the stack: the
     // verifier allows 512 bytes for the whole call chain.
@@ -231,6 +295,7 @@ fn new_flow(
     // In `nat` mode the source port is filled in by `claim_port`.
     scratch.reply_key = key.reply_key(service, backend, 0);
     let snat_port_be = if snats(service, backend) {
+        let hash = scratch.search.hash;
         snat::claim_port(scratch, hash, key.src_port_be, now)?
     } else {
         // A `dsr` backend's replies do not come back this way.

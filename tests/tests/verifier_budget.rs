@@ -10,7 +10,8 @@
 //! pointer (`r10`); its calls are the `call` instructions with
 //! `src_reg = BPF_PSEUDO_CALL`, to a function of its own section
 //! (pc-relative) or of `.text` (relocated against the section, the target in
-//! the immediate). The verifier's own message names no function ("combined
+//! the immediate, or against the function itself, such as `memcpy`), and the functions whose address it loads for a helper to
+//! call back (`bpf_loop`), which the verifier counts the same way. The verifier's own message names no function ("combined
 //! stack size of 4 calls is 544"); this test prints each program's chain.
 
 use std::collections::{BTreeMap, HashMap};
@@ -31,6 +32,8 @@ const MAX_VERIFIED_INSNS: u32 = 800_000;
 const INSN: u64 = 8;
 const BPF_CALL: u8 = 0x85;
 const BPF_PSEUDO_CALL: u8 = 1;
+/// `r = imm64`: a map's or a function's address once relocated.
+const LD_IMM64: u8 = 0x18;
 const FRAME_POINTER: u8 = 10;
 
 /// A function of the object: its frame and whom it calls.
@@ -65,16 +68,21 @@ fn functions(elf: &object::File<'_>) -> BTreeMap<(String, u64), (String, Functio
             continue;
         }
         let code = section.data().unwrap();
-        // Calls relocated against a section: where, and against which.
-        let relocated: HashMap<u64, String> = section
+        // Instructions relocated against a symbol: where, and the symbol's
+        // section, its address, and whether that section holds code.
+        let relocated: HashMap<u64, (String, u64, bool)> = section
             .relocations()
             .filter_map(|(at, reloc)| match reloc.target() {
                 RelocationTarget::Symbol(i) => {
                     let symbol = elf.symbol_by_index(i).ok()?;
-                    let target = symbol.section_index()?;
+                    let target = elf.section_by_index(symbol.section_index()?).ok()?;
                     Some((
                         at,
-                        elf.section_by_index(target).ok()?.name().ok()?.to_owned(),
+                        (
+                            target.name().ok()?.to_owned(),
+                            symbol.address(),
+                            target.kind() == object::SectionKind::Text,
+                        ),
                     ))
                 }
                 _ => None,
@@ -107,9 +115,10 @@ fn functions(elf: &object::File<'_>) -> BTreeMap<(String, u64), (String, Functio
                 }
                 if op == BPF_CALL && src == BPF_PSEUDO_CALL {
                     let target = match relocated.get(&at) {
-                        Some(target_section) => {
-                            (target_section.clone(), (i64::from(imm) + 1) as u64 * INSN)
-                        }
+                        Some((target_section, address, _)) => (
+                            target_section.clone(),
+                            address.wrapping_add(((i64::from(imm) + 1) * INSN as i64) as u64),
+                        ),
                         None => (
                             sec.clone(),
                             (at as i64 + (i64::from(imm) + 1) * INSN as i64) as u64,
@@ -117,8 +126,17 @@ fn functions(elf: &object::File<'_>) -> BTreeMap<(String, u64), (String, Functio
                     };
                     function.calls.push(target);
                 }
+                // A function's address loaded for a helper to call back
+                // (`bpf_loop`): the verifier counts the callback's frame
+                // on top of the function that loads it.
+                if op == LD_IMM64
+                    && let Some((target_section, address, true)) = relocated.get(&at)
+                {
+                    let offset = address + u64::from(imm as u32);
+                    function.calls.push((target_section.clone(), offset));
+                }
                 // A 64-bit immediate load takes two slots.
-                at += if op == 0x18 { 2 * INSN } else { INSN };
+                at += if op == LD_IMM64 { 2 * INSN } else { INSN };
             }
             out.insert((sec.clone(), *start), (name.clone(), function));
         }
