@@ -133,6 +133,8 @@ pub struct NewFlowScratch {
     pub hop: NextHop,
     /// The search for a new flow's backend (`schedule::pick_usable`).
     pub search: crate::schedule::Search,
+    /// The search for a `nat` flow's source port (`snat::claim_port`).
+    pub ports: crate::snat::PortSearch,
 }
 
 #[map]

@@ -11,7 +11,7 @@
 //! several times a lookup. With many flows per backend (100 000 over 4
 //! backends from one SNAT address) most new flows meet a busy candidate.
 
-use aya_ebpf::bindings::BPF_NOEXIST;
+use aya_ebpf::{bindings::BPF_NOEXIST, cty::c_void, helpers::generated::bpf_loop};
 use lb_common::{
     GlobalCounter, Reply,
     flow::{SNAT_PORT_ATTEMPTS, snat_candidate},
@@ -19,41 +19,95 @@ use lb_common::{
 
 use crate::{
     flow,
-    maps::{FLOWS, NewFlowScratch, REPLIES},
+    maps::{FLOWS, NewFlowScratch, REPLIES, SCRATCH},
 };
+
+/// The search for a new flow's source port, in per-CPU scratch space: what
+/// [`try_port`] reads, and whether it claimed one.
+#[repr(C)]
+pub struct PortSearch {
+    /// The coarse clock, for whether a held port's flow has expired.
+    now: u64,
+    /// The flow's hash, which spreads the candidates.
+    hash: u32,
+    /// The client's port (network byte order), the first candidate.
+    client_port_be: u16,
+    /// Whether a candidate was claimed: its port is `reply_key`'s.
+    claimed: bool,
+    _pad: u8,
+}
 
 /// Claims a source port for the new flow whose entries are built in
 /// `scratch`: inserts `scratch.reply` at `scratch.reply_key` with each
 /// candidate port in turn. Returns the port (network byte order), or
 /// [`GlobalCounter::DropSnatPortsBusy`] when live flows hold every
 /// candidate.
+///
+/// The candidates are tried in `bpf_loop`, one [`try_port`] each: the
+/// verifier checks one try, however many candidates there are, and the
+/// callback's small frame is all it adds to the stack of the call chain.
 #[inline(always)]
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "by reference the map helpers read the entries where they are, in scratch space; by value they would be copied onto the stack"
-)]
 pub fn claim_port(
     scratch: &mut NewFlowScratch,
     hash: u32,
     client_port_be: u16,
     now: u64,
 ) -> Result<u16, GlobalCounter> {
-    for attempt in 0..SNAT_PORT_ATTEMPTS {
-        let port_be = snat_candidate(hash, u16::from_be(client_port_be), attempt).to_be();
-        scratch.reply_key.dst_port_be = port_be;
-        // SAFETY: a map value stays valid for this run (RCU); only read.
-        let claimed = match unsafe { REPLIES.get(&scratch.reply_key) } {
-            Some(old) => reclaim(scratch, old, now),
-            // Another CPU may have claimed it since: BPF_NOEXIST decides.
-            None => REPLIES
-                .insert(&scratch.reply_key, &scratch.reply, BPF_NOEXIST as u64)
-                .is_ok(),
-        };
-        if claimed {
-            return Ok(port_be);
-        }
+    scratch.ports = PortSearch {
+        now,
+        hash,
+        client_port_be,
+        claimed: false,
+        _pad: 0,
+    };
+    // SAFETY: `try_port` is a BPF callback of `bpf_loop`'s type; it takes
+    // no context (null) and reads the search from scratch space.
+    unsafe {
+        bpf_loop(
+            SNAT_PORT_ATTEMPTS,
+            try_port as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    if scratch.ports.claimed {
+        Ok(scratch.reply_key.dst_port_be)
+    } else {
+        Err(GlobalCounter::DropSnatPortsBusy)
     }
-    Err(GlobalCounter::DropSnatPortsBusy)
+}
+
+/// Tries candidate `attempt` of [`claim_port`]'s search (a `bpf_loop`
+/// callback): claims it if it is free, or held by a flow that has ended.
+/// 1 ends the search, 0 asks for the next candidate.
+#[inline(never)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "by reference the map helpers read the entries where they are, in scratch space; by value they would be copied onto the stack"
+)]
+extern "C" fn try_port(attempt: u64, _ctx: *mut c_void) -> i64 {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU, and nothing else on this CPU runs meanwhile.
+    let scratch = unsafe { &mut *scratch };
+    let ports = &scratch.ports;
+    let port = snat_candidate(
+        ports.hash,
+        u16::from_be(ports.client_port_be),
+        attempt as u32,
+    );
+    scratch.reply_key.dst_port_be = port.to_be();
+    // SAFETY: a map value stays valid for this run (RCU); only read.
+    let claimed = match unsafe { REPLIES.get(&scratch.reply_key) } {
+        Some(old) => reclaim(scratch, old),
+        // Another CPU may have claimed it since: BPF_NOEXIST decides.
+        None => REPLIES
+            .insert(&scratch.reply_key, &scratch.reply, BPF_NOEXIST as u64)
+            .is_ok(),
+    };
+    scratch.ports.claimed = claimed;
+    i64::from(claimed)
 }
 
 /// Takes over the reply entry `old` at `scratch.reply_key` (a source port
@@ -63,9 +117,10 @@ pub fn claim_port(
 #[inline(always)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
-    reason = "as in claim_port: keep the entries in scratch space"
+    reason = "as in try_port: keep the entries in scratch space"
 )]
-fn reclaim(scratch: &mut NewFlowScratch, old: &Reply, now: u64) -> bool {
+fn reclaim(scratch: &mut NewFlowScratch, old: &Reply) -> bool {
+    let now = scratch.ports.now;
     let proto = scratch.reply_key.proto;
     let port_be = scratch.reply_key.dst_port_be;
     let old_backend = old.backend;
