@@ -188,24 +188,31 @@ fn pick_usable(key: &FlowKey, service: &Service, avoid: u32) -> Result<u32, Glob
         // No usable backend (`pick::pick` checks it too, in the callback).
         return Err(GlobalCounter::DropNoBackend);
     }
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(GlobalCounter::DropInternal)?;
+    // A raw pointer, not a reference held across `bpf_loop`: the callback
+    // writes the search meanwhile, and the compiler must read it again.
     // SAFETY: per-CPU, and nothing else on this CPU runs meanwhile.
-    let search =
-        unsafe { &mut (*SCRATCH.get_ptr_mut(0).ok_or(GlobalCounter::DropInternal)?).search };
-    search.service = *service;
-    search.hash = pick::flow_hash(key, service);
-    search.draw = search.hash;
-    search.avoid = avoid;
-    search.id = NO_BACKEND;
-    search.found = false;
-    search.broken = false;
+    let search = unsafe { &raw mut (*scratch).search };
+    let hash = pick::flow_hash(key, service);
+    // SAFETY: as above.
+    unsafe {
+        (*search).service = *service;
+        (*search).hash = hash;
+        (*search).draw = hash;
+        (*search).avoid = avoid;
+        (*search).id = NO_BACKEND;
+        (*search).found = false;
+        (*search).broken = false;
+    }
     // SAFETY: `try_pick` is a BPF callback of `bpf_loop`'s type; it takes no
     // context (null) and reads the search from scratch space.
     unsafe { bpf_loop(PICKS, try_pick as *mut c_void, core::ptr::null_mut(), 0) };
-    if search.broken {
+    // SAFETY: as above; the loop is over.
+    let (id, found, broken) = unsafe { ((*search).id, (*search).found, (*search).broken) };
+    if broken {
         return Err(GlobalCounter::DropInternal);
     }
-    let id = search.id;
-    if search.found {
+    if found {
         return Ok(id);
     }
     let chosen = backend(id).ok_or(GlobalCounter::DropInternal)?;
@@ -259,7 +266,9 @@ fn full(id: u32, backend: &Backend) -> bool {
 
 /// Schedules a new flow to backend `backend_id` ([`pick_usable`]'s):
 /// claims a source port in `nat` mode, takes a place under the backend's
-/// `max_conns`, and records the flow and its reply path.
+/// `max_conns`, and records the flow and its reply path. The flow's hash,
+/// which spreads source ports, is the one `pick_usable` just left in the
+/// scratch space (`Search::hash`): a BPF call has no room for it.
 #[inline(never)]
 #[expect(
     clippy::needless_borrows_for_generic_args,

@@ -46,19 +46,26 @@ pub struct PortSearch {
 /// The candidates are tried in `bpf_loop`, one [`try_port`] each: the
 /// verifier checks one try, however many candidates there are, and the
 /// callback's small frame is all it adds to the stack of the call chain.
+///
+/// `scratch` is a raw pointer, not a reference: the callback writes the
+/// scratch space during `bpf_loop`, and the compiler must read it again.
 #[inline(always)]
 pub fn claim_port(
-    scratch: &mut NewFlowScratch,
+    scratch: *mut NewFlowScratch,
     hash: u32,
     client_port_be: u16,
     now: u64,
 ) -> Result<u16, GlobalCounter> {
-    scratch.ports = PortSearch {
-        now,
-        hash,
-        client_port_be,
-        claimed: false,
-        _pad: 0,
+    // SAFETY: per-CPU scratch space, valid for this run; nothing else on
+    // this CPU runs meanwhile.
+    unsafe {
+        (*scratch).ports = PortSearch {
+            now,
+            hash,
+            client_port_be,
+            claimed: false,
+            _pad: 0,
+        }
     };
     // SAFETY: `try_port` is a BPF callback of `bpf_loop`'s type; it takes
     // no context (null) and reads the search from scratch space.
@@ -70,10 +77,13 @@ pub fn claim_port(
             0,
         )
     };
-    if scratch.ports.claimed {
-        Ok(scratch.reply_key.dst_port_be)
-    } else {
-        Err(GlobalCounter::DropSnatPortsBusy)
+    // SAFETY: as above; the loop is over.
+    unsafe {
+        if (*scratch).ports.claimed {
+            Ok((*scratch).reply_key.dst_port_be)
+        } else {
+            Err(GlobalCounter::DropSnatPortsBusy)
+        }
     }
 }
 
