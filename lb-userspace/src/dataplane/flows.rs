@@ -65,25 +65,50 @@ pub(super) fn recount_live(
         .values()
         .flat_map(|s| s.backends.values().copied())
         .collect();
-    let read_loads = |ebpf: &Ebpf| -> anyhow::Result<Vec<BackendLoad>> {
-        let loads = maps::backend_load(ebpf)?;
-        ids.iter().map(|&id| loads.get(id)).collect()
-    };
-    let before = read_loads(ebpf)?;
-    let mut counted: HashMap<u32, u64> = HashMap::new();
-    for_each_current(ebpf, timeouts, |_, flow, _| {
-        if is_live(flow.state) {
-            *counted.entry(flow.backend).or_insert(0) += 1;
-        }
-        true
-    })?;
-    let after = read_loads(ebpf)?;
+    let (corrections, counted) = recount(
+        &ids,
+        || {
+            let loads = maps::backend_load(ebpf)?;
+            ids.iter().map(|&id| loads.get(id)).collect()
+        },
+        || {
+            let mut counted: HashMap<u32, u64> = HashMap::new();
+            for_each_current(ebpf, timeouts, |_, flow, _| {
+                if is_live(flow.state) {
+                    *counted.entry(flow.backend).or_insert(0) += 1;
+                }
+                true
+            })?;
+            Ok(counted)
+        },
+    )?;
     let mut gone = maps::backend_gone_mut(ebpf)?;
-    for ((id, before), after) in ids.iter().zip(&before).zip(&after) {
-        let live = counted.get(id).copied().unwrap_or(0);
-        gone.set(*id, load::correction(before, after, live))?;
+    for (id, correction) in ids.iter().zip(corrections) {
+        gone.set(*id, correction)?;
     }
     Ok(counted)
+}
+
+/// [`recount_live`]'s order, apart from the maps: the loads of backends
+/// `ids` (`read_loads`, in that order) read before and after `count_live`
+/// walks the table; returns each backend's correction, in `ids`' order, and
+/// the live flows counted per backend id.
+fn recount(
+    ids: &[u32],
+    mut read_loads: impl FnMut() -> anyhow::Result<Vec<BackendLoad>>,
+    count_live: impl FnOnce() -> anyhow::Result<HashMap<u32, u64>>,
+) -> anyhow::Result<(Vec<u64>, HashMap<u32, u64>)> {
+    let before = read_loads()?;
+    let counted = count_live()?;
+    let after = read_loads()?;
+    let corrections = ids
+        .iter()
+        .zip(before.iter().zip(&after))
+        .map(|(id, (before, after))| {
+            load::correction(before, after, counted.get(id).copied().unwrap_or(0))
+        })
+        .collect();
+    Ok((corrections, counted))
 }
 
 /// Flow-table entries of `service` (at most `limit`): client, backend,
@@ -189,5 +214,39 @@ mod tests {
             assert_eq!(named.to_string().parse::<FlowState>().unwrap(), named);
         }
         assert_eq!(flow_state(FLOW_REFUSED), FlowState::Refused);
+    }
+
+    /// Backends 7 and 8 have two live flows each. While the walk runs, one
+    /// of 7's ends before the walk reaches it, and 8 opens a third after
+    /// the walk has passed its place: the walk counts one flow of 7 and two
+    /// of 8. The data plane counted that end and that open itself: the
+    /// corrections must leave 1 and 3 live, neither taking the end off
+    /// again nor losing the open.
+    #[test]
+    fn flows_opening_and_ending_during_the_recount_are_counted_once() {
+        let loads = std::cell::RefCell::new(
+            [BackendLoad {
+                opened: 2,
+                ..BackendLoad::default()
+            }; 2],
+        );
+        let (corrections, counted) = recount(
+            &[7, 8],
+            || Ok(loads.borrow().to_vec()),
+            || {
+                loads.borrow_mut()[0].ended += 1;
+                loads.borrow_mut()[1].opened += 1;
+                Ok(HashMap::from([(7, 1), (8, 2)]))
+            },
+        )
+        .unwrap();
+        assert_eq!(counted, HashMap::from([(7, 1), (8, 2)]));
+        let live: Vec<u64> = loads
+            .borrow()
+            .iter()
+            .zip(&corrections)
+            .map(|(load, gone)| load::live_flows(load, *gone))
+            .collect();
+        assert_eq!(live, [1, 3], "corrections {corrections:?}");
     }
 }
