@@ -64,8 +64,9 @@ const LATE: Duration = Duration::from_millis(500);
 /// may touch: docs/reliability.md's rare reset, which a Linux backend
 /// sends to nginx's connections as to xlb's (seen here about once in 25
 /// runs, for either). xlb passes it on (a broken request); nginx retries
-/// the request on the next upstream, the backup with `max_fails=1`. A
-/// balancing or failover fault touches many.
+/// the request on the next upstream, and with `max_fails=1` takes the
+/// primary that reset out for `fail_timeout`. A balancing or failover
+/// fault touches many.
 const RARE_RESETS: usize = 1;
 
 /// Where the client reaches nginx: it listens on port 80 of every address
@@ -631,6 +632,12 @@ fn an_imported_nginx_config_balances_like_nginx_on_the_same_backends() {
         .lines()
         .filter(|l| l.contains("connect() failed"))
         .count();
+    // The rare reset, as nginx logs it ("recv() failed (104: Connection
+    // reset by peer) while reading response header from upstream").
+    let upstream_resets = nginx_log
+        .lines()
+        .filter(|l| l.contains("reset by peer"))
+        .count();
     let kept = agent
         .stats()
         .map(|s| s.global[lb_common::GlobalCounter::DropRefusedHandshake.label()])
@@ -726,10 +733,21 @@ fn an_imported_nginx_config_balances_like_nginx_on_the_same_backends() {
             (settled - restarted).as_millis(),
             diagnostics(i)
         );
+        if i == 0 && upstream_resets > 0 {
+            // nginx takes a primary out for fail_timeout at its first
+            // failure (`max_fails=1`), a backend's rare reset included: its
+            // share is then off for 2 s by its own rules.
+            eprintln!(
+                "  nginx: {upstream_resets} reset(s) by a backend in its error log: its \
+                 share after the restart is not compared with the weights"
+            );
+            continue;
+        }
         assert!(
             (after.b0_share() - want).abs() <= 0.05,
-            "{name}: b0's share {:.4} back to normal, the weights' {want:.4}: {after:?}",
-            after.b0_share()
+            "{name}: b0's share {:.4} back to normal, the weights' {want:.4}: {after:?}\n{}",
+            after.b0_share(),
+            diagnostics(i)
         );
     }
     drop(agent);
