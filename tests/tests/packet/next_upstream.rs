@@ -216,3 +216,41 @@ fn with_every_primary_out_new_flows_go_to_the_backup_standing_by() {
         assert_eq!(sent_to(h, vip, 58001).0, b1, "a new client's SYN");
     });
 }
+
+/// The backends a new flow of `service` with client port `port` draws,
+/// pick after pick, as the data plane's search does: the flow's hash, then
+/// the draw mixed again (`schedule::try_pick`).
+fn draws(h: &Harness, service: &str, vip: &str, port: u16) -> impl Iterator<Item = SocketAddr> {
+    let syn = Frame::tcp(&format!("10.0.0.2:{port}"), vip, Transport::SYN);
+    let first = flow_hash(&syn.flow_key(), false);
+    std::iter::successors(Some(first), |draw| {
+        Some((lb_common::hash::mix64(u64::from(*draw)) >> 32) as u32)
+    })
+    .map(move |draw| h.dp.lookup(service, draw).unwrap().unwrap())
+}
+
+#[test]
+fn a_new_flow_looks_past_many_picks_of_a_backend_out_for_a_usable_one() {
+    with_harness(|h| {
+        let vip = "10.0.0.101:80";
+        let b0: SocketAddr = "10.1.0.10:8000".parse().unwrap();
+        let b1: SocketAddr = "10.1.0.11:8000".parse().unwrap();
+        // b0 refuses a handshake: out of new flows at once (max_fails = 1),
+        // its slots still in the table until the agent's next one.
+        let refused = port_to(h, "pair", vip, b0, 45000);
+        let (first, refusal) = sent_to(h, vip, refused);
+        assert_eq!(first, b0);
+        assert_eq!(h.run(&refusal).0, Action::Drop);
+        // A client whose first 12 draws all name b0 (one in 4 096), and a
+        // later one b1: the search must go that far.
+        let port = (46000..u16::MAX)
+            .find(|&port| draws(h, "pair", vip, port).take(12).all(|b| b == b0))
+            .expect("a port whose first 12 draws name b0");
+        assert!(draws(h, "pair", vip, port).take(32).any(|b| b == b1));
+        assert_eq!(
+            sent_to(h, vip, port).0,
+            b1,
+            "client port {port}: the search gave up on b0's slots"
+        );
+    });
+}
