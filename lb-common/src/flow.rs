@@ -125,6 +125,14 @@ pub const FLOW_F_SEQ_SHIFT: u8 = 1 << 1;
 /// flood's sources never ACK it) nor by a client's RST (the hosts whose
 /// addresses a flood forges answer a SYN-ACK with one).
 pub const FLOW_F_HALF_OPEN: u8 = 1 << 2;
+/// [`Flow::flags`]: the flow's SYN found an earlier entry of its 4-tuple (a
+/// SYN sent again, or a flood from one address whose ports wrap). A backend
+/// may still hold an earlier attempt's half-open connection on that
+/// 4-tuple, and Linux resets one that a SYN with a new sequence number in
+/// its window reaches: a RST to this flow's SYN is kept from the client
+/// (`next_upstream`) but is not the backend's refusal, and counts as no
+/// failed attempt.
+pub const FLOW_F_SYN_AGAIN: u8 = 1 << 3;
 /// [`Flow::flags`] bits 4 and 5, in [`FLOW_PROXY_SYN`]: the MSS class the
 /// client's cookie carried (`flood::mss_class`), for the SYN to the backend.
 pub const FLOW_F_MSS_CLASS_SHIFT: u8 = 4;

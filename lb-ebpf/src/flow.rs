@@ -9,8 +9,8 @@ use lb_common::{
     backend::{BACKEND_F_FAIL_AT_ONCE, BACKEND_F_NO_NEW_FLOWS},
     flow::{
         FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_F_HALF_OPEN, FLOW_F_MSS_CLASS_MASK,
-        FLOW_F_NEXT_ON_ERROR, FLOW_F_SEQ_SHIFT, FLOW_MIDSTREAM, FLOW_PROXY_SYN, FLOW_REFUSED,
-        FLOW_SYN_SENT, FlowTimeouts, LAST_SEEN_GRANULARITY_NS,
+        FLOW_F_NEXT_ON_ERROR, FLOW_F_SEQ_SHIFT, FLOW_F_SYN_AGAIN, FLOW_MIDSTREAM, FLOW_PROXY_SYN,
+        FLOW_REFUSED, FLOW_SYN_SENT, FlowTimeouts, LAST_SEEN_GRANULARITY_NS,
     },
     service::{SERVICE_F_NEXT_ON_ERROR, SERVICE_F_NEXT_ON_TIMEOUT},
 };
@@ -163,7 +163,8 @@ pub enum Tracked {
 
 /// Updates the client flow's state from a backend's reply: a SYN-ACK
 /// completes the handshake; a RST before that counts as a refusal (and a
-/// failed attempt). Returns what else to do with the reply.
+/// failed attempt, unless the SYN was one sent again: `FLOW_F_SYN_AGAIN`).
+/// Returns what else to do with the reply.
 #[inline(always)]
 pub fn track_reply<C: Frame>(ctx: &C, packet: &Packet, reply: *mut Reply) -> Tracked {
     if !packet.is_tcp() || packet.tcp_flags & (TCP_SYN | TCP_RST | TCP_FIN) == 0 {
@@ -184,8 +185,10 @@ pub fn track_reply<C: Frame>(ctx: &C, packet: &Packet, reply: *mut Reply) -> Tra
     if packet.tcp_flags & TCP_RST != 0 {
         if flow.state == FLOW_SYN_SENT {
             settle(flow);
-            count_backend(backend, |c| c.handshake_rsts += 1);
-            failed_attempt(backend);
+            if flow.flags & FLOW_F_SYN_AGAIN == 0 {
+                count_backend(backend, |c| c.handshake_rsts += 1);
+                failed_attempt(backend);
+            }
             if flow.flags & FLOW_F_NEXT_ON_ERROR != 0 {
                 load::leaves(flow, FLOW_REFUSED);
                 flow.state = FLOW_REFUSED;

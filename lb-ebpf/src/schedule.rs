@@ -12,7 +12,7 @@ use lb_common::{
     Backend, Flow, FlowKey, GlobalCounter, Reply, Service,
     flow::{
         FLOW_CLOSING, FLOW_F_HALF_OPEN, FLOW_F_MSS_CLASS_MASK, FLOW_F_MSS_CLASS_SHIFT,
-        FLOW_PROXY_SYN, FLOW_REFUSED, FLOW_SYN_SENT, NextHop, is_live, snats,
+        FLOW_F_SYN_AGAIN, FLOW_PROXY_SYN, FLOW_REFUSED, FLOW_SYN_SENT, NextHop, is_live, snats,
     },
     hash::mix64,
     load::at_limit,
@@ -136,10 +136,15 @@ pub fn schedule(
     {
         // The frame first: the new flow reads only the parsed 5-tuple.
         cookie::to_backend_syn(ctx, packet, answer.client_isn, answer.mss_class)?;
-        let backend_id = pick_usable(key, service, NO_BACKEND)?;
+        let backend_id = pick_usable(key, service, NO_BACKEND, 0)?;
         return new_flow(packet, service, backend_id, Some(&answer));
     }
-    let backend_id = pick_usable(key, service, avoid)?;
+    let flags = if packet.is_syn() && stale.is_some() {
+        FLOW_F_SYN_AGAIN
+    } else {
+        0
+    };
+    let backend_id = pick_usable(key, service, avoid, flags)?;
     new_flow(packet, service, backend_id, None)
 }
 
@@ -171,9 +176,12 @@ pub struct Search {
     /// Whether the search stopped on maps that disagree (a pick out of
     /// the table, or of no backend).
     broken: bool,
+    /// `FLOW_F_*` flags the new flow has besides its service's.
+    pub flags: u8,
 }
 
-/// The backend id of a new flow with key `key`: the pick by its hash, or
+/// The backend id of a new flow with key `key` and `FLOW_F_*` `flags`
+/// besides its service's (kept for `new_flow`): the pick by its hash, or
 /// another pick if it is `avoid`, takes no new flows or is at its
 /// `max_conns`. If all are, the service's backup standing by (`fallback`)
 /// if it takes the flow, else the last pick, unless it is at its
@@ -186,7 +194,12 @@ pub struct Search {
 /// from `to_backend`'s frame, not `new_flow`'s: the callback's frame counts
 /// on top of its caller's.
 #[inline(always)]
-fn pick_usable(key: &FlowKey, service: &Service, avoid: u32) -> Result<u32, GlobalCounter> {
+fn pick_usable(
+    key: &FlowKey,
+    service: &Service,
+    avoid: u32,
+    flags: u8,
+) -> Result<u32, GlobalCounter> {
     if service.table_size == 0 {
         // No usable backend (`pick::pick` checks it too, in the callback).
         return Err(GlobalCounter::DropNoBackend);
@@ -206,6 +219,7 @@ fn pick_usable(key: &FlowKey, service: &Service, avoid: u32) -> Result<u32, Glob
         (*search).id = NO_BACKEND;
         (*search).found = false;
         (*search).broken = false;
+        (*search).flags = flags;
     }
     // SAFETY: `try_pick` is a BPF callback of `bpf_loop`'s type; it takes no
     // context (null) and reads the search from scratch space.
@@ -270,8 +284,9 @@ fn full(id: u32, backend: &Backend) -> bool {
 /// Schedules a new flow to backend `backend_id` ([`pick_usable`]'s):
 /// claims a source port in `nat` mode, takes a place under the backend's
 /// `max_conns`, and records the flow and its reply path. The flow's hash,
-/// which spreads source ports, is the one `pick_usable` just left in the
-/// scratch space (`Search::hash`): a BPF call has no room for it.
+/// which spreads source ports, and its extra flags are the ones
+/// `pick_usable` just left in the scratch space (`Search::hash`,
+/// `Search::flags`): a BPF call has no room for them.
 #[inline(never)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
@@ -321,7 +336,7 @@ fn new_flow(
         backend: backend_id,
         snat_port_be,
         state: flow::initial_state(packet),
-        flags: flow::flags(service),
+        flags: flow::flags(service) | scratch.search.flags,
         seq_delta: 0,
         client_isn: 0,
         last_seen_ns: now,

@@ -254,3 +254,29 @@ fn a_new_flow_looks_past_many_picks_of_a_backend_out_for_a_usable_one() {
         );
     });
 }
+
+#[test]
+fn a_reset_to_a_syn_sent_again_takes_no_backend_out() {
+    with_harness(|h| {
+        let vip = "10.0.0.101:80";
+        let b0: SocketAddr = "10.1.0.10:8000".parse().unwrap();
+        let b1: SocketAddr = "10.1.0.11:8000".parse().unwrap();
+        // A client's SYN goes to b0, which does not answer; the SYN sent
+        // again goes to b1.
+        let port = port_to(h, "pair", vip, b0, 60000);
+        assert_eq!(sent_to(h, vip, port).0, b0);
+        let (again, reset) = sent_to(h, vip, port);
+        assert_eq!(again, b1);
+        // b1 resets it, as Linux resets a half-open connection an earlier
+        // attempt left on the same 4-tuple when a SYN with a new sequence
+        // number reaches it: kept from the client, not a refusal.
+        let kept = h.counter(GlobalCounter::DropRefusedHandshake);
+        assert_eq!(h.run(&reset).0, Action::Drop);
+        assert_eq!(h.counter(GlobalCounter::DropRefusedHandshake), kept + 1);
+        let counters = h.dp.backend_counters("pair", b1).unwrap();
+        assert_eq!(counters.handshake_rsts, 0);
+        // max_fails = 1, yet b1 still takes new flows.
+        let fresh = port_to(h, "pair", vip, b1, port + 1);
+        assert_eq!(sent_to(h, vip, fresh).0, b1, "b1 was taken out");
+    });
+}
