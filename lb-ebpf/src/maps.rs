@@ -133,8 +133,9 @@ pub struct NewFlowScratch {
     pub hop: NextHop,
     /// The search for a new flow's backend (`schedule::pick_usable`).
     pub search: crate::schedule::Search,
-    /// The search for a `nat` flow's source port (`snat::claim_port`).
-    pub ports: crate::snat::PortSearch,
+    /// Whether `snat::claim_port`'s search claimed a source port (then
+    /// `reply_key`'s).
+    pub port_claimed: bool,
 }
 
 #[map]

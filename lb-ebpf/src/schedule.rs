@@ -3,10 +3,7 @@
 //! entries in `FLOWS` and `REPLIES`.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    cty::c_void,
-    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_loop},
-    programs::XdpContext,
+    bindings::BPF_NOEXIST, cty::c_void, helpers::generated::bpf_loop, programs::XdpContext,
 };
 use lb_common::{
     Backend, Flow, FlowKey, GlobalCounter, Reply, Service,
@@ -136,7 +133,7 @@ pub fn schedule(
     {
         // The frame first: the new flow reads only the parsed 5-tuple.
         cookie::to_backend_syn(ctx, packet, answer.client_isn, answer.mss_class)?;
-        let backend_id = pick_usable(key, service, NO_BACKEND, 0)?;
+        let backend_id = pick_usable(key, service, NO_BACKEND, 0, now)?;
         return new_flow(packet, service, backend_id, Some(&answer));
     }
     let flags = if packet.is_syn() && stale.is_some() {
@@ -144,7 +141,7 @@ pub fn schedule(
     } else {
         0
     };
-    let backend_id = pick_usable(key, service, avoid, flags)?;
+    let backend_id = pick_usable(key, service, avoid, flags, now)?;
     new_flow(packet, service, backend_id, None)
 }
 
@@ -161,6 +158,9 @@ const PICKS: u32 = 32;
 /// [`try_pick`] reads and where it leaves its result.
 #[repr(C)]
 pub struct Search {
+    /// The coarse clock `to_backend` read for this packet: the new flow's
+    /// last-seen time, and whether a held source port's flow has expired.
+    pub now: u64,
     /// A copy of the flow's service: the callback cannot take a pointer.
     service: Service,
     /// The flow's hash ([`pick::flow_hash`]): the first pick's draw, and
@@ -180,8 +180,9 @@ pub struct Search {
     pub flags: u8,
 }
 
-/// The backend id of a new flow with key `key` and `FLOW_F_*` `flags`
-/// besides its service's (kept for `new_flow`): the pick by its hash, or
+/// The backend id of a new flow with key `key`, `FLOW_F_*` `flags` besides
+/// its service's, and the clock `now` (both kept for `new_flow`): the pick
+/// by its hash, or
 /// another pick if it is `avoid`, takes no new flows or is at its
 /// `max_conns`. If all are, the service's backup standing by (`fallback`)
 /// if it takes the flow, else the last pick, unless it is at its
@@ -199,6 +200,7 @@ fn pick_usable(
     service: &Service,
     avoid: u32,
     flags: u8,
+    now: u64,
 ) -> Result<u32, GlobalCounter> {
     if service.table_size == 0 {
         // No usable backend (`pick::pick` checks it too, in the callback).
@@ -212,6 +214,7 @@ fn pick_usable(
     let hash = pick::flow_hash(key, service);
     // SAFETY: as above.
     unsafe {
+        (*search).now = now;
         (*search).service = *service;
         (*search).hash = hash;
         (*search).draw = hash;
@@ -283,10 +286,10 @@ fn full(id: u32, backend: &Backend) -> bool {
 
 /// Schedules a new flow to backend `backend_id` ([`pick_usable`]'s):
 /// claims a source port in `nat` mode, takes a place under the backend's
-/// `max_conns`, and records the flow and its reply path. The flow's hash,
-/// which spreads source ports, and its extra flags are the ones
-/// `pick_usable` just left in the scratch space (`Search::hash`,
-/// `Search::flags`): a BPF call has no room for them.
+/// `max_conns`, and records the flow and its reply path. The clock, the
+/// flow's hash (which spreads source ports) and its extra flags are the
+/// ones `pick_usable` just left in the scratch space (`Search`): a BPF call
+/// has no room for them.
 #[inline(never)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
@@ -298,10 +301,6 @@ fn new_flow(
     backend_id: u32,
     cookie: Option<&Answer>,
 ) -> Result<Scheduled, GlobalCounter> {
-    // Read here rather than passed: a BPF call takes five arguments, the
-    // result's place among them.
-    // SAFETY: the helper has no preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let key = &packet.key;
     let backend = backend(backend_id).ok_or(GlobalCounter::DropInternal)?;
 
@@ -309,6 +308,7 @@ fn new_flow(
     // verifier allows 512 bytes for the whole call chain.
     // SAFETY: per-CPU, and nothing else on this CPU runs meanwhile.
     let scratch = unsafe { &mut *SCRATCH.get_ptr_mut(0).ok_or(GlobalCounter::DropInternal)? };
+    let now = scratch.search.now;
     scratch.reply = Reply {
         vip: key.dst,
         client: key.src,
@@ -322,8 +322,7 @@ fn new_flow(
     // In `nat` mode the source port is filled in by `claim_port`.
     scratch.reply_key = key.reply_key(service, backend, 0);
     let snat_port_be = if snats(service, backend) {
-        let hash = scratch.search.hash;
-        snat::claim_port(scratch, hash, key.src_port_be, now)?
+        snat::claim_port(scratch)?
     } else {
         // A `dsr` backend's replies do not come back this way.
         if !service.is_dsr() {

@@ -22,26 +22,12 @@ use crate::{
     maps::{FLOWS, NewFlowScratch, REPLIES, SCRATCH},
 };
 
-/// The search for a new flow's source port, in per-CPU scratch space: what
-/// [`try_port`] reads, and whether it claimed one.
-#[repr(C)]
-pub struct PortSearch {
-    /// The coarse clock, for whether a held port's flow has expired.
-    now: u64,
-    /// The flow's hash, which spreads the candidates.
-    hash: u32,
-    /// The client's port (network byte order), the first candidate.
-    client_port_be: u16,
-    /// Whether a candidate was claimed: its port is `reply_key`'s.
-    claimed: bool,
-    _pad: u8,
-}
-
 /// Claims a source port for the new flow whose entries are built in
 /// `scratch`: inserts `scratch.reply` at `scratch.reply_key` with each
-/// candidate port in turn. Returns the port (network byte order), or
-/// [`GlobalCounter::DropSnatPortsBusy`] when live flows hold every
-/// candidate.
+/// candidate port in turn, the client's own (`reply.client_port_be`) first,
+/// then ports spread by the flow's hash (`search.hash`). Returns the port
+/// (network byte order), or [`GlobalCounter::DropSnatPortsBusy`] when live
+/// flows hold every candidate.
 ///
 /// The candidates are tried in `bpf_loop`, one [`try_port`] each: the
 /// verifier checks one try, however many candidates there are, and the
@@ -50,23 +36,10 @@ pub struct PortSearch {
 /// `scratch` is a raw pointer, not a reference: the callback writes the
 /// scratch space during `bpf_loop`, and the compiler must read it again.
 #[inline(always)]
-pub fn claim_port(
-    scratch: *mut NewFlowScratch,
-    hash: u32,
-    client_port_be: u16,
-    now: u64,
-) -> Result<u16, GlobalCounter> {
+pub fn claim_port(scratch: *mut NewFlowScratch) -> Result<u16, GlobalCounter> {
     // SAFETY: per-CPU scratch space, valid for this run; nothing else on
     // this CPU runs meanwhile.
-    unsafe {
-        (*scratch).ports = PortSearch {
-            now,
-            hash,
-            client_port_be,
-            claimed: false,
-            _pad: 0,
-        }
-    };
+    unsafe { (*scratch).port_claimed = false };
     // SAFETY: `try_port` is a BPF callback of `bpf_loop`'s type; it takes
     // no context (null) and reads the search from scratch space.
     unsafe {
@@ -79,7 +52,7 @@ pub fn claim_port(
     };
     // SAFETY: as above; the loop is over.
     unsafe {
-        if (*scratch).ports.claimed {
+        if (*scratch).port_claimed {
             Ok((*scratch).reply_key.dst_port_be)
         } else {
             Err(GlobalCounter::DropSnatPortsBusy)
@@ -101,10 +74,9 @@ extern "C" fn try_port(attempt: u64, _ctx: *mut c_void) -> i64 {
     };
     // SAFETY: per-CPU, and nothing else on this CPU runs meanwhile.
     let scratch = unsafe { &mut *scratch };
-    let ports = &scratch.ports;
     let port = snat_candidate(
-        ports.hash,
-        u16::from_be(ports.client_port_be),
+        scratch.search.hash,
+        u16::from_be(scratch.reply.client_port_be),
         attempt as u32,
     );
     scratch.reply_key.dst_port_be = port.to_be();
@@ -116,7 +88,7 @@ extern "C" fn try_port(attempt: u64, _ctx: *mut c_void) -> i64 {
             .insert(&scratch.reply_key, &scratch.reply, BPF_NOEXIST as u64)
             .is_ok(),
     };
-    scratch.ports.claimed = claimed;
+    scratch.port_claimed = claimed;
     i64::from(claimed)
 }
 
@@ -130,7 +102,7 @@ extern "C" fn try_port(attempt: u64, _ctx: *mut c_void) -> i64 {
     reason = "as in try_port: keep the entries in scratch space"
 )]
 fn reclaim(scratch: &mut NewFlowScratch, old: &Reply) -> bool {
-    let now = scratch.ports.now;
+    let now = scratch.search.now;
     let proto = scratch.reply_key.proto;
     let port_be = scratch.reply_key.dst_port_be;
     let old_backend = old.backend;
