@@ -5,7 +5,7 @@
 //! its established flows stay; a SYN sent again (which any client can send)
 //! takes it out of nothing.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use lb_common::{GlobalCounter, flow::flow_hash};
 use xlb_tests::{
@@ -15,6 +15,13 @@ use xlb_tests::{
 };
 
 use crate::harness::{Harness, with_harness};
+
+/// Service `pair` of the fixture: its address, and backends b0 and b1.
+const PAIR: (&str, SocketAddr, SocketAddr) = (
+    "10.0.0.101:80",
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 1, 0, 10), 8000)),
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 1, 0, 11), 8000)),
+);
 
 fn mac_of(backend: SocketAddr) -> [u8; 6] {
     backend_mac(backend.ip().to_string().ends_with(".11") as u8)
@@ -51,9 +58,7 @@ fn sent_to(h: &mut Harness, vip: &str, port: u16) -> (SocketAddr, Frame) {
 #[test]
 fn a_refused_handshake_is_kept_from_the_client_and_its_syn_goes_elsewhere() {
     with_harness(|h| {
-        let vip = "10.0.0.101:80";
-        let b0: SocketAddr = "10.1.0.10:8000".parse().unwrap();
-        let b1: SocketAddr = "10.1.0.11:8000".parse().unwrap();
+        let (vip, b0, b1) = PAIR;
         let port = port_to(h, "pair", vip, b0, 53000);
         let (first, refusal) = sent_to(h, vip, port);
         assert_eq!(first, b0);
@@ -90,12 +95,11 @@ fn a_refused_handshake_is_kept_from_the_client_and_its_syn_goes_elsewhere() {
 #[test]
 fn a_syn_left_unanswered_goes_elsewhere_when_the_client_sends_it_again() {
     with_harness(|h| {
-        let vip = "10.0.0.101:80";
-        let b0: SocketAddr = "10.1.0.10:8000".parse().unwrap();
+        let (vip, b0, b1) = PAIR;
         let port = port_to(h, "pair", vip, b0, 54000);
         assert_eq!(sent_to(h, vip, port).0, b0);
         // No answer; the client sends its SYN again.
-        assert_eq!(sent_to(h, vip, port).0, "10.1.0.11:8000".parse().unwrap());
+        assert_eq!(sent_to(h, vip, port).0, b1);
         assert_eq!(h.dp.backend_counters("pair", b0).unwrap().syn_retries, 1);
     });
 }
@@ -103,9 +107,7 @@ fn a_syn_left_unanswered_goes_elsewhere_when_the_client_sends_it_again() {
 #[test]
 fn a_refusal_stops_new_flows_only_the_backends_established_flows_stay() {
     with_harness(|h| {
-        let vip = "10.0.0.101:80";
-        let b0: SocketAddr = "10.1.0.10:8000".parse().unwrap();
-        let b1: SocketAddr = "10.1.0.11:8000".parse().unwrap();
+        let (vip, b0, b1) = PAIR;
         // A connection established on b0.
         let kept = port_to(h, "pair", vip, b0, 57000);
         assert_eq!(sent_to(h, vip, kept).0, b0);
@@ -141,9 +143,7 @@ fn a_refusal_stops_new_flows_only_the_backends_established_flows_stay() {
 #[test]
 fn a_syn_sent_again_takes_no_backend_out() {
     with_harness(|h| {
-        let vip = "10.0.0.101:80";
-        let b0: SocketAddr = "10.1.0.10:8000".parse().unwrap();
-        let b1: SocketAddr = "10.1.0.11:8000".parse().unwrap();
+        let (vip, b0, b1) = PAIR;
         // One client repeats its SYNs (a flood whose ports wrap, or a
         // forged duplicate) on both backends: each repeat moves its
         // connection and is counted, and takes neither backend out, though
@@ -170,7 +170,7 @@ fn a_syn_sent_again_takes_no_backend_out() {
 fn with_max_fails_above_1_the_backend_stays_in_but_the_connection_moves() {
     with_harness(|h| {
         let vip = "10.0.0.109:80";
-        let b0: SocketAddr = "10.1.0.10:8000".parse().unwrap();
+        let b0 = PAIR.1; // pair3 has pair's backends, max_fails = 3
         let port = port_to(h, "pair3", vip, b0, 55000);
         let (first, refusal) = sent_to(h, vip, port);
         assert_eq!(first, b0);
@@ -197,9 +197,7 @@ fn without_next_upstream_the_refusal_reaches_the_client() {
 #[test]
 fn with_every_primary_out_new_flows_go_to_the_backup_standing_by() {
     with_harness(|h| {
-        let vip = "10.0.0.101:80";
-        let b0: SocketAddr = "10.1.0.10:8000".parse().unwrap();
-        let b1: SocketAddr = "10.1.0.11:8000".parse().unwrap();
+        let (vip, b0, b1) = PAIR;
         // b1 as a backup while b0, the one primary, takes the new flows.
         let backup = h.desired.backend_mut("pair", b1).unwrap();
         backup.weight = 0;
@@ -232,9 +230,7 @@ fn draws(h: &Harness, service: &str, vip: &str, port: u16) -> impl Iterator<Item
 #[test]
 fn a_new_flow_looks_past_many_picks_of_a_backend_out_for_a_usable_one() {
     with_harness(|h| {
-        let vip = "10.0.0.101:80";
-        let b0: SocketAddr = "10.1.0.10:8000".parse().unwrap();
-        let b1: SocketAddr = "10.1.0.11:8000".parse().unwrap();
+        let (vip, b0, b1) = PAIR;
         // b0 refuses a handshake: out of new flows at once (max_fails = 1),
         // its slots still in the table until the agent's next one.
         let refused = port_to(h, "pair", vip, b0, 45000);
@@ -258,9 +254,7 @@ fn a_new_flow_looks_past_many_picks_of_a_backend_out_for_a_usable_one() {
 #[test]
 fn a_reset_to_a_syn_sent_again_takes_no_backend_out() {
     with_harness(|h| {
-        let vip = "10.0.0.101:80";
-        let b0: SocketAddr = "10.1.0.10:8000".parse().unwrap();
-        let b1: SocketAddr = "10.1.0.11:8000".parse().unwrap();
+        let (vip, b0, b1) = PAIR;
         // A client's SYN goes to b0, which does not answer; the SYN sent
         // again goes to b1.
         let port = port_to(h, "pair", vip, b0, 60000);
