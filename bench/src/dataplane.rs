@@ -197,8 +197,10 @@ struct Scenario {
     extra: Extra,
     /// Every service's `scheduler`.
     scheduler: &'static str,
-    /// Every service's `mode`: `nat` (from the SNAT address) or `dnat`
-    /// (from the client's own address and port).
+    /// Every service's `mode`: `nat` (from the SNAT address), `dnat`
+    /// (from the client's own address and port) or `dsr` (the frame only
+    /// re-addressed at the link layer, as Katran's is by its tunnel; no
+    /// reply crosses the data plane).
     mode: &'static str,
 }
 
@@ -236,6 +238,10 @@ fn scenarios(options: &Options) -> Vec<Scenario> {
     let with = |extra, scenario: Scenario| Scenario { extra, ..scenario };
     let dnat = |scenario: Scenario| Scenario {
         mode: "dnat",
+        ..scenario
+    };
+    let dsr = |scenario: Scenario| Scenario {
+        mode: "dsr",
         ..scenario
     };
     // The baseline with another method: its new-flow cost beside Maglev's.
@@ -282,6 +288,8 @@ fn scenarios(options: &Options) -> Vec<Scenario> {
         ),
         dnat(s("dnat", 1, 4, 65_537, default_capacity, 10_000)),
         dnat(s("dnat hot flow", 1, 100, 65_537, 1_024, 1)),
+        dsr(s("dsr", 1, 4, 65_537, default_capacity, 10_000)),
+        dsr(s("dsr hot flow", 1, 100, 65_537, 1_024, 1)),
         by("round_robin"),
         by("least_conn"),
         by("random_two"),
@@ -722,13 +730,16 @@ impl Bench {
             }
         }
         // New flows last: they add to (and in a full table, evict from) the
-        // flows the other paths use.
+        // flows the other paths use. No reply crosses a `dsr` data plane.
         for kind in [
             PathKind::Established,
             PathKind::Reply,
             PathKind::Passthrough,
             PathKind::NewFlow,
         ] {
+            if matches!(kind, PathKind::Reply) && scenario.mode == "dsr" {
+                continue;
+            }
             let before = new_flows(&loaded)?;
             let busy = loaded.snat_ports_busy;
             let (raw, overhead) = self.interleaved(&mut loaded, &kind, options)?;
@@ -869,6 +880,21 @@ impl Bench {
         let Some((backend, port)) = self.check_new_flow(loaded, i, &syn, &c)? else {
             return Ok(None);
         };
+        if loaded.scenario.mode == "dsr" {
+            // The backend's SYN-ACK goes to the client directly; the
+            // client's ACK completes the handshake.
+            let ack = tcp(client(i), vip(loaded.scenario, i), Transport::ACK);
+            let c = call(
+                loaded.dp.program()?,
+                self.ifindex,
+                &ack.build(),
+                &mut self.out,
+                1,
+            )?;
+            let want = to_backend(&ack, loaded.scenario, backend, client(i));
+            check("handshake ACK", &c, &self.out, XDP_TX, &want)?;
+            return Ok(Some((i, backend, port)));
+        }
         let syn_ack = tcp(
             backend_addr(backend),
             sent_from(loaded.scenario, i, port),
@@ -946,7 +972,7 @@ impl Bench {
             c,
             &self.out,
             XDP_TX,
-            &to_backend(input, backend, from),
+            &to_backend(input, loaded.scenario, backend, from),
         )?;
         Ok(Some((backend, port)))
     }
@@ -957,15 +983,15 @@ impl Bench {
 fn established(scenario: &Scenario, (i, backend, port): (usize, u32, u16)) -> (Frame, Vec<u8>) {
     let mut input = tcp(client(i), vip(scenario, i), Transport::ACK);
     input.payload = b"GET / HTTP/1.1\r\n\r\n".to_vec();
-    let want = to_backend(&input, backend, sent_from(scenario, i, port));
+    let want = to_backend(&input, scenario, backend, sent_from(scenario, i, port));
     (input, want)
 }
 
 /// Where flow `i`'s packets reach its backend from: the SNAT address and
-/// `port` in `nat` mode, the client itself in `dnat` mode (where `port` is
-/// the client's).
+/// `port` in `nat` mode, the client itself in `dnat` and `dsr` mode (where
+/// `port` is the client's).
 fn sent_from(scenario: &Scenario, i: usize, port: u16) -> SocketAddrV4 {
-    if scenario.mode == "dnat" {
+    if scenario.mode != "nat" {
         client(i)
     } else {
         SocketAddrV4::new(SNAT, port)
@@ -990,15 +1016,20 @@ fn config_text(s: &Scenario) -> String {
     let mut text = String::new();
     for service in 0..s.services {
         text += &format!(
-            "[[service]]\nname = \"{}\"\nvip = \"{}\"\nport = {VIP_PORT}\nmode = \"{}\"\ntable_size = {}\nscheduler = \"{}\"\n",
+            "[[service]]\nname = \"{}\"\nvip = \"{}\"\nport = {}\nmode = \"{}\"\ntable_size = {}\nscheduler = \"{}\"\n",
             service_name(s, service),
             vip(s, service).ip(),
+            vip(s, service).port(),
             s.mode,
             s.table_size,
             s.scheduler
         );
         if s.mode == "nat" {
             text += &format!("snat = \"{SNAT}\"\n");
+        }
+        if s.mode == "dsr" {
+            // Required in `dsr` mode; the bench runs no agent to probe.
+            text += "[service.health_check]\ntype = \"tcp\"\n";
         }
         for k in 0..s.backends {
             let backend = backend_addr((service * s.backends + k) as u32);
@@ -1014,13 +1045,19 @@ fn service_name(s: &Scenario, i: usize) -> String {
 }
 
 /// VIP of the service of flow `i`.
+/// A `dsr` service listens on its backends' port (the frame keeps it).
 fn vip(s: &Scenario, i: usize) -> SocketAddrV4 {
     let service = i % s.services;
+    let port = if s.mode == "dsr" {
+        BACKEND_PORT
+    } else {
+        VIP_PORT
+    };
     if s.services == 1 {
-        SocketAddrV4::new(VIP, VIP_PORT)
+        SocketAddrV4::new(VIP, port)
     } else {
         let (hi, lo) = (service / 250, service % 250 + 1);
-        SocketAddrV4::new(Ipv4Addr::new(10, 100, hi as u8, lo as u8), VIP_PORT)
+        SocketAddrV4::new(Ipv4Addr::new(10, 100, hi as u8, lo as u8), port)
     }
 }
 
@@ -1066,11 +1103,17 @@ fn tcp(src: SocketAddrV4, dst: SocketAddrV4, transport: Transport) -> Frame {
 }
 
 /// A client packet as xlb sends it on to backend `g` from `from` (see
-/// [`sent_from`]; by XDP, so one hop further: TTL less one).
-fn to_backend(input: &Frame, g: u32, from: SocketAddrV4) -> Vec<u8> {
+/// [`sent_from`]; by XDP, so one hop further: TTL less one). A `dsr` frame
+/// stays addressed to the service.
+fn to_backend(input: &Frame, s: &Scenario, g: u32, from: SocketAddrV4) -> Vec<u8> {
+    let dst = if s.mode == "dsr" {
+        input.dst
+    } else {
+        SocketAddr::V4(backend_addr(g))
+    };
     Frame {
         src: SocketAddr::V4(from),
-        dst: SocketAddr::V4(backend_addr(g)),
+        dst,
         src_mac: LB_MAC,
         dst_mac: backend_mac(0),
         ..input.clone()

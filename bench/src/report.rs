@@ -481,6 +481,121 @@ fn dataplane_markdown(md: &mut String, dp: &DataplaneResults) {
     }
     md.push('\n');
     extra_markdown(md, dp, floor_net);
+    katran_markdown(md, dp);
+}
+
+/// A scenario's name and one of its paths (`("", "")`: none).
+type ScenarioPath = (&'static str, &'static str);
+
+/// Katran's net ns per packet on this machine type, as issue 13 measured
+/// them (its default build, 1 VIP, 4 reals, a per-CPU LRU of 262 144), and
+/// the scenario and path that time the same packet in each of xlb's modes.
+const BESIDE_KATRAN: [(&str, (f64, f64), [ScenarioPath; 3]); 5] = [
+    (
+        "established, one hot flow",
+        (150.0, 150.0),
+        [
+            ("flow table 1 (hot)", "established"),
+            ("dnat hot flow", "established"),
+            ("dsr hot flow", "established"),
+        ],
+    ),
+    (
+        "established, walk over 100 000 flows idle > 1 s",
+        (400.0, 470.0),
+        [("100k flows", "walk, idle > 1 s"), ("", ""), ("", "")],
+    ),
+    (
+        "established, walk over 100 000 flows idle < 1 s",
+        (400.0, 430.0),
+        [("100k flows", "walk, idle < 1 s"), ("", ""), ("", "")],
+    ),
+    (
+        "new flow (SYN)",
+        (500.0, 510.0),
+        [
+            ("baseline", "new flow"),
+            ("dnat", "new flow"),
+            ("dsr", "new flow"),
+        ],
+    ),
+    (
+        "passthrough (not a service)",
+        (50.0, 50.0),
+        [
+            ("baseline", "passthrough"),
+            ("dnat", "passthrough"),
+            ("dsr", "passthrough"),
+        ],
+    ),
+];
+
+/// xlb's net ns per packet in each mode beside Katran's. Katran sends by
+/// IPIP to the real, which answers the client itself: `dsr` is the like
+/// for like; `nat` and `dnat` also carry the replies (and keep an entry
+/// for them per flow).
+fn katran_markdown(md: &mut String, dp: &DataplaneResults) {
+    let net = |(scenario, path): (&str, &str)| {
+        dp.scenarios
+            .iter()
+            .find(|s| s.name == scenario)
+            .and_then(|s| s.path(path))
+            .map(|p| p.net_median)
+    };
+    if !BESIDE_KATRAN
+        .iter()
+        .any(|(_, _, modes)| modes.iter().any(|&m| net(m).is_some()))
+    {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "### Beside Katran: net ns per packet
+"
+    );
+    let _ = writeln!(
+        md,
+        "Katran's figures are issue 13's, on this machine type (not rerun here). Katran \
+         tunnels each packet to its real, which answers the client itself: `dsr` is the like \
+         for like; `nat` and `dnat` also carry every reply and keep a reply entry per flow. \
+         *at or below*: xlb's figure against the lower end of Katran's.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| path | Katran | nat | dnat | dsr | at or below Katran |\n|---|---:|---:|---:|---:|---|"
+    );
+    for &(what, (low, high), modes) in &BESIDE_KATRAN {
+        let katran = if low == high {
+            format!("{low:.0}")
+        } else {
+            format!("{low:.0}–{high:.0}")
+        };
+        let figures: Vec<Option<f64>> = modes.iter().map(|&m| net(m)).collect();
+        let cells: Vec<String> = figures
+            .iter()
+            .map(|f| f.map_or("-".to_owned(), |ns| format!("{ns:.0}")))
+            .collect();
+        let verdicts: Vec<&str> = ["nat", "dnat", "dsr"]
+            .into_iter()
+            .zip(&figures)
+            .filter_map(|(mode, f)| f.map(|ns| (mode, ns)))
+            .map(|(mode, ns)| if ns <= low { mode } else { "" })
+            .filter(|m| !m.is_empty())
+            .collect();
+        let verdict = if figures.iter().all(Option::is_none) {
+            "not measured".to_owned()
+        } else if verdicts.is_empty() {
+            "**no**".to_owned()
+        } else {
+            verdicts.join(", ")
+        };
+        let _ = writeln!(
+            md,
+            "| {what} | {katran} | {} | {} | {} | {verdict} |",
+            cells[0], cells[1], cells[2]
+        );
+    }
+    md.push('\n');
 }
 
 /// The walks, both CPUs at once, SYN cookies, and what one core sustains.
