@@ -31,6 +31,8 @@ use aya::{
 use lb_common::{
     Flow, FlowKey, GlobalCounter, Reply,
     flow::{SNAT_PORT_ATTEMPTS, flow_hash, snat_candidate},
+    hash::next_draw,
+    service::NEW_FLOW_PICKS,
 };
 use serde::Serialize;
 use xlb::{
@@ -202,6 +204,11 @@ struct Scenario {
     /// re-addressed at the link layer, as Katran's is by its tunnel; no
     /// reply crosses the data plane).
     mode: &'static str,
+    /// Backends of the (single) service that each refuse a handshake after
+    /// the flows are opened, the last first, and so take no new flows
+    /// (`max_fails = 1`), their slots still in the table as until the
+    /// agent's next one: new flows search past them.
+    out: usize,
 }
 
 /// Measurements some scenarios make beyond the usual four paths
@@ -234,6 +241,7 @@ fn scenarios(options: &Options) -> Vec<Scenario> {
         extra: Extra::None,
         scheduler: "maglev",
         mode: "nat",
+        out: 0,
     };
     let with = |extra, scenario: Scenario| Scenario { extra, ..scenario };
     let dnat = |scenario: Scenario| Scenario {
@@ -243,6 +251,10 @@ fn scenarios(options: &Options) -> Vec<Scenario> {
     let dsr = |scenario: Scenario| Scenario {
         mode: "dsr",
         ..scenario
+    };
+    let out = |name, out| Scenario {
+        out,
+        ..s(name, 1, 4, 65_537, default_capacity, 10_000)
     };
     // The baseline with another method: its new-flow cost beside Maglev's.
     let by = |scheduler| Scenario {
@@ -290,6 +302,8 @@ fn scenarios(options: &Options) -> Vec<Scenario> {
         dnat(s("dnat hot flow", 1, 100, 65_537, 1_024, 1)),
         dsr(s("dsr", 1, 4, 65_537, default_capacity, 10_000)),
         dsr(s("dsr hot flow", 1, 100, 65_537, 1_024, 1)),
+        out("3 of 4 backends out", 3),
+        out("4 of 4 backends out", 4),
         by("round_robin"),
         by("least_conn"),
         by("random_two"),
@@ -560,6 +574,8 @@ struct Bench {
 
 /// A loaded scenario: the data plane and the flows it holds.
 struct Loaded<'s> {
+    /// Backends taken out (`Scenario::out`), by global index.
+    out: Vec<u32>,
     scenario: &'s Scenario,
     dp: Dataplane,
     /// Per established flow: its client index, its backend's global index
@@ -678,6 +694,7 @@ impl Bench {
             flows: Vec::with_capacity(scenario.flows),
             next_flow: 0,
             snat_ports_busy: 0,
+            out: Vec::new(),
         };
         let config = Config::parse(&config_text(scenario))?;
         loaded.dp.apply(&xlb::desired::Desired::from(&config))?;
@@ -691,7 +708,60 @@ impl Bench {
                 .with_context(|| format!("opening flow {i} (drops so far: {})", drops(&loaded)))?;
             loaded.flows.extend(flow);
         }
-        Ok((loaded, started.elapsed().as_secs_f64()))
+        let seconds = started.elapsed().as_secs_f64();
+        for k in (0..scenario.out).map(|k| (scenario.backends - 1 - k) as u32) {
+            self.refuse(&mut loaded, k)
+                .with_context(|| format!("taking backend {k} out"))?;
+        }
+        Ok((loaded, seconds))
+    }
+
+    /// Backend `k` refuses a fresh client's handshake (a RST to its SYN):
+    /// the data plane takes it out of new flows (`max_fails = 1`).
+    fn refuse(&mut self, loaded: &mut Loaded<'_>, k: u32) -> anyhow::Result<()> {
+        let s = loaded.scenario;
+        let service = service_name(s, 0);
+        let mut i = loaded.next_flow;
+        while loaded.dp.lookup(&service, first_draw(s, i))? != Some(SocketAddr::V4(backend_addr(k)))
+        {
+            i += 1;
+        }
+        loaded.next_flow = i + 1;
+        let syn = tcp(client(i), vip(s, i), Transport::SYN);
+        let c = call(
+            loaded.dp.program()?,
+            self.ifindex,
+            &syn.build(),
+            &mut self.out,
+            1,
+        )?;
+        let (backend, port) = self
+            .check_new_flow(loaded, i, &syn, &c)?
+            .context("the SYN was dropped")?;
+        ensure!(backend == k, "the SYN went to backend {backend}");
+        let refusal = tcp(backend_addr(k), sent_from(s, i, port), Transport::RST)
+            .macs(backend_mac(0), LB_MAC);
+        let refused = loaded
+            .dp
+            .global_counter(GlobalCounter::DropRefusedHandshake)?;
+        let c = call(
+            loaded.dp.program()?,
+            self.ifindex,
+            &refusal.build(),
+            &mut self.out,
+            1,
+        )?;
+        ensure!(
+            c.action == XDP_DROP
+                && loaded
+                    .dp
+                    .global_counter(GlobalCounter::DropRefusedHandshake)?
+                    == refused + 1,
+            "the refusal was not kept from the client as one (action {})",
+            c.action
+        );
+        loaded.out.push(k);
+        Ok(())
     }
 
     fn scenario(
@@ -938,11 +1008,24 @@ impl Bench {
         ensure!(out.len() >= 38, "new flow: output of {} bytes", out.len());
         let hash = flow_hash(&input.flow_key(), false);
         let backend = if loaded.scenario.scheduler == "maglev" {
-            let expected = loaded
-                .dp
-                .lookup(&service_name(loaded.scenario, i), hash)?
-                .context("the service has no backend")?;
-            backend_index(expected)?
+            // The first of the search's draws that names a backend still
+            // taking new flows, else its last.
+            let service = service_name(loaded.scenario, i);
+            let mut draw = hash;
+            let mut expected = None;
+            for _ in 0..NEW_FLOW_PICKS {
+                let named = loaded
+                    .dp
+                    .lookup(&service, draw)?
+                    .context("the service has no backend")?;
+                let named = backend_index(named)?;
+                expected = Some(named);
+                if !loaded.out.contains(&named) {
+                    break;
+                }
+                draw = next_draw(draw);
+            }
+            expected.context("no draw")?
         } else {
             // Other methods pick by state (turns, live flows) the bench does
             // not model: any backend of the flow's service will do.
@@ -1037,6 +1120,11 @@ fn config_text(s: &Scenario) -> String {
         }
     }
     text
+}
+
+/// The first draw of flow `i`'s backend search: its SYN's hash.
+fn first_draw(s: &Scenario, i: usize) -> u32 {
+    flow_hash(&tcp(client(i), vip(s, i), Transport::SYN).flow_key(), false)
 }
 
 /// Service of flow `i` (flows are spread over the services in turn).

@@ -11,6 +11,14 @@ pub fn hash64(bytes: &[u8], seed: u64) -> u64 {
     mix64(h)
 }
 
+/// The draw a new flow's backend search makes after `draw` when that pick
+/// was out (the first draw is the flow's hash): see
+/// [`NEW_FLOW_PICKS`](crate::service::NEW_FLOW_PICKS).
+#[inline(always)]
+pub const fn next_draw(draw: u32) -> u32 {
+    (mix64(draw as u64) >> 32) as u32
+}
+
 /// SplitMix64 finalizer.
 #[inline(always)]
 pub const fn mix64(mut x: u64) -> u64 {

@@ -96,6 +96,15 @@ pub const SCHED_RANDOM_TWO: u32 = 3;
 /// per unit of weight.
 pub const SCHED_LEAST_TIME: u32 = 4;
 
+/// Picks a new flow makes while the pick is the backend to avoid or one
+/// taking no new flows (taken out by the data plane, its table not rebuilt
+/// yet) or at its `max_conns`, each by the method from the next draw
+/// ([`next_draw`](crate::hash::next_draw)); the last pick stands if all
+/// are. With a share *p* of the table's slots out, all 32 are with chance
+/// *p*^32: one flow in 10 000 with three backends of four out (8 picks: one
+/// in 10).
+pub const NEW_FLOW_PICKS: u32 = 32;
+
 /// Value of the `SERVICES` map.
 ///
 /// Userspace replaces the whole entry to switch tables: it writes the new

@@ -11,9 +11,9 @@ use lb_common::{
         FLOW_CLOSING, FLOW_F_HALF_OPEN, FLOW_F_MSS_CLASS_MASK, FLOW_F_MSS_CLASS_SHIFT,
         FLOW_F_SYN_AGAIN, FLOW_PROXY_SYN, FLOW_REFUSED, FLOW_SYN_SENT, NextHop, is_live, snats,
     },
-    hash::mix64,
+    hash::next_draw,
     load::at_limit,
-    service::{NO_FALLBACK, SERVICE_F_SYN_PROXY},
+    service::{NEW_FLOW_PICKS, NO_FALLBACK, SERVICE_F_SYN_PROXY},
 };
 
 use crate::{
@@ -147,12 +147,6 @@ pub fn schedule(
 
 /// No backend to avoid.
 const NO_BACKEND: u32 = u32::MAX;
-/// Picks a new flow makes while the pick is the backend to avoid or one
-/// taking no new flows (taken out by the data plane, its table not rebuilt
-/// yet) or at its `max_conns`; the last pick stands if all are. With a
-/// share *p* of the table's slots out, all 32 are with chance *p*^32: one
-/// flow in 10 000 with three backends of four out (8 picks: one in 10).
-const PICKS: u32 = 32;
 
 /// The search for a new flow's backend, in per-CPU scratch space: what
 /// [`try_pick`] reads and where it leaves its result.
@@ -191,7 +185,7 @@ pub struct Search {
 /// The picks run in `bpf_loop`, one [`try_pick`] each: the verifier follows
 /// one pick through every method rather than each pick in a row, which
 /// took almost half of its count off the program with 8 picks, and lets
-/// there be [`PICKS`] at no cost to it (docs/datapath.md). Called
+/// there be [`NEW_FLOW_PICKS`] at no cost to it (docs/datapath.md). Called
 /// from `to_backend`'s frame, not `new_flow`'s: the callback's frame counts
 /// on top of its caller's.
 #[inline(always)]
@@ -226,7 +220,14 @@ fn pick_usable(
     }
     // SAFETY: `try_pick` is a BPF callback of `bpf_loop`'s type; it takes no
     // context (null) and reads the search from scratch space.
-    unsafe { bpf_loop(PICKS, try_pick as *mut c_void, core::ptr::null_mut(), 0) };
+    unsafe {
+        bpf_loop(
+            NEW_FLOW_PICKS,
+            try_pick as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
     // SAFETY: as above; the loop is over.
     let (id, found, broken) = unsafe { ((*search).id, (*search).found, (*search).broken) };
     if broken {
@@ -274,7 +275,7 @@ extern "C" fn try_pick(_index: u64, _ctx: *mut c_void) -> i64 {
         search.found = true;
         return 1;
     }
-    search.draw = (mix64(u64::from(search.draw)) >> 32) as u32;
+    search.draw = next_draw(search.draw);
     0
 }
 

@@ -7,7 +7,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
-use lb_common::{GlobalCounter, flow::flow_hash};
+use lb_common::{GlobalCounter, flow::flow_hash, service::NEW_FLOW_PICKS};
 use xlb_tests::{
     fixture::{CLIENT_MAC, LB_MAC, backend_mac},
     frames::{Frame, Transport},
@@ -221,10 +221,8 @@ fn with_every_primary_out_new_flows_go_to_the_backup_standing_by() {
 fn draws(h: &Harness, service: &str, vip: &str, port: u16) -> impl Iterator<Item = SocketAddr> {
     let syn = Frame::tcp(&format!("10.0.0.2:{port}"), vip, Transport::SYN);
     let first = flow_hash(&syn.flow_key(), false);
-    std::iter::successors(Some(first), |draw| {
-        Some((lb_common::hash::mix64(u64::from(*draw)) >> 32) as u32)
-    })
-    .map(move |draw| h.dp.lookup(service, draw).unwrap().unwrap())
+    std::iter::successors(Some(first), |&draw| Some(lb_common::hash::next_draw(draw)))
+        .map(move |draw| h.dp.lookup(service, draw).unwrap().unwrap())
 }
 
 #[test]
@@ -242,7 +240,11 @@ fn a_new_flow_looks_past_many_picks_of_a_backend_out_for_a_usable_one() {
         let port = (46000..u16::MAX)
             .find(|&port| draws(h, "pair", vip, port).take(12).all(|b| b == b0))
             .expect("a port whose first 12 draws name b0");
-        assert!(draws(h, "pair", vip, port).take(32).any(|b| b == b1));
+        assert!(
+            draws(h, "pair", vip, port)
+                .take(NEW_FLOW_PICKS as usize)
+                .any(|b| b == b1)
+        );
         assert_eq!(
             sent_to(h, vip, port).0,
             b1,
