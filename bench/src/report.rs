@@ -558,7 +558,7 @@ fn katran_markdown(md: &mut String, dp: &DataplaneResults) {
         "Katran's figures are issue 13's, on this machine type (not rerun here). Katran \
          tunnels each packet to its real, which answers the client itself: `dsr` is the like \
          for like; `nat` and `dnat` also carry every reply and keep a reply entry per flow. \
-         *at or below*: xlb's figure against the lower end of Katran's.\n"
+         *at or below*: the modes at or below Katran's lower figure, or within its range.\n"
     );
     let _ = writeln!(
         md,
@@ -575,12 +575,15 @@ fn katran_markdown(md: &mut String, dp: &DataplaneResults) {
             .iter()
             .map(|f| f.map_or("-".to_owned(), |ns| format!("{ns:.0}")))
             .collect();
-        let verdicts: Vec<&str> = ["nat", "dnat", "dsr"]
+        // A mode at or below Katran's lower figure, or within its range.
+        let verdicts: Vec<String> = ["nat", "dnat", "dsr"]
             .into_iter()
             .zip(&figures)
-            .filter_map(|(mode, f)| f.map(|ns| (mode, ns)))
-            .map(|(mode, ns)| if ns <= low { mode } else { "" })
-            .filter(|m| !m.is_empty())
+            .filter_map(|(mode, f)| match f {
+                Some(ns) if *ns <= low => Some(mode.to_owned()),
+                Some(ns) if *ns <= high => Some(format!("{mode} (within its range)")),
+                _ => None,
+            })
             .collect();
         let verdict = if figures.iter().all(Option::is_none) {
             "not measured".to_owned()
