@@ -330,7 +330,14 @@ pub fn run(options: &Options) -> anyhow::Result<DataplaneResults> {
         let reference = bench.reference(options)?;
         let mut results = Vec::new();
         for scenario in scenarios(options) {
-            if !options.scenarios.is_empty() && !options.scenarios.iter().any(|s| s == scenario.name) {
+            // `--scenarios` splits at commas: "1000 services" names "1,000 services".
+            let unseparated = scenario.name.replace(',', "");
+            if !options.scenarios.is_empty()
+                && !options
+                    .scenarios
+                    .iter()
+                    .any(|s| *s == scenario.name || *s == unseparated)
+            {
                 continue;
             }
             eprintln!(

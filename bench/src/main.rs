@@ -46,7 +46,7 @@ struct Args {
     #[arg(long, default_value_t = 1_000_000)]
     big_flows: usize,
     /// Only these data-plane scenarios (comma-separated names, e.g.
-    /// baseline).
+    /// baseline; "1000 services" for "1,000 services").
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Instead of benchmarking, call one data-plane path of one scenario in

@@ -11,7 +11,7 @@ use lb_common::{
     LOCAL_PORT_WORDS, MAGLEV_SLOTS, MAX_BACKENDS, MAX_INTERFACES, MAX_LOCAL_SOCKETS, MAX_SERVICES,
     Reply, Service, ServiceKey, SockKey, SockPeer, TrafficCounters,
     counters::GLOBAL_COUNTERS,
-    filter::{ADDRESS_SLOTS, address_slot},
+    filter::{ADDRESS_WORDS, address_slot, roles_in, word_of},
     flood::{FLOOD_STATE_LEN, MAX_SOURCES},
     flow::NextHop,
     service::ServiceSlot,
@@ -50,14 +50,17 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 pub static BACKEND_HOPS: Array<NextHop> = Array::with_max_entries(MAX_BACKENDS, 0);
 
 /// The address filter (`lb_common::filter`): `ROLE_*` bits by address slot,
-/// written by the agent.
+/// eight slots to an entry, written by the agent.
 #[map]
-pub static ADDRESS_ROLES: Array<u8> = Array::with_max_entries(ADDRESS_SLOTS, 0);
+pub static ADDRESS_ROLES: Array<u64> = Array::with_max_entries(ADDRESS_WORDS, 0);
 
 /// The `ROLE_*` bits of `addr`'s slot in the address filter.
 #[inline(always)]
 pub fn address_roles(addr: &[u8; 16]) -> u8 {
-    ADDRESS_ROLES.get(address_slot(addr)).copied().unwrap_or(0)
+    let slot = address_slot(addr);
+    ADDRESS_ROLES
+        .get(word_of(slot))
+        .map_or(0, |&word| roles_in(word, slot))
 }
 
 /// Client flow (as received) → its backend.

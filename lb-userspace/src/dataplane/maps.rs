@@ -285,8 +285,11 @@ pub(super) fn backend_hops_mut(
     open_mut(ebpf, MapName::BackendHops)
 }
 
-/// `ADDRESS_ROLES`: the address filter, `ROLE_*` bits by address slot.
-pub(super) fn address_roles_mut(ebpf: &mut Ebpf) -> anyhow::Result<Named<Array<&mut MapData, u8>>> {
+/// `ADDRESS_ROLES`: the address filter, `ROLE_*` bits by address slot,
+/// eight slots to an entry (`lb_common::filter::pack`).
+pub(super) fn address_roles_mut(
+    ebpf: &mut Ebpf,
+) -> anyhow::Result<Named<Array<&mut MapData, u64>>> {
     open_mut(ebpf, MapName::AddressRoles)
 }
 

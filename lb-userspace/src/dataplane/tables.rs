@@ -14,7 +14,7 @@ use aya::Ebpf;
 use lb_common::{
     Backend, MAGLEV_SLOTS, MAX_BACKENDS, MAX_SERVICES, Service, ServiceKey,
     backend::{BACKEND_F_FAIL_AT_ONCE, BACKEND_F_FAILED, BACKEND_F_LOCAL, BACKEND_F_NO_NEW_FLOWS},
-    filter::{ADDRESS_SLOTS, ROLE_BACKEND, ROLE_STATELESS, ROLE_VIP, address_slot},
+    filter::{self, ADDRESS_SLOTS, ROLE_BACKEND, ROLE_STATELESS, ROLE_VIP, address_slot},
     flow::NextHop,
     load,
     maglev::{self, Candidate},
@@ -241,17 +241,16 @@ impl Tables {
         Ok(())
     }
 
-    /// Makes `ADDRESS_ROLES` hold `roles`, writing only the slots that
-    /// changed since the last write (all of them the first time).
+    /// Makes `ADDRESS_ROLES` hold `roles` (a byte per slot), writing only
+    /// the entries that changed since the last write (all of them the
+    /// first time).
     fn write_address_roles(&mut self, ebpf: &mut Ebpf, roles: Vec<u8>) -> anyhow::Result<()> {
+        let words = filter::pack(&roles);
+        let old = self.address_roles.as_deref().map(filter::pack);
         let mut map = maps::address_roles_mut(ebpf)?;
-        for (slot, role) in roles.iter().enumerate() {
-            if self
-                .address_roles
-                .as_ref()
-                .is_none_or(|old| old.get(slot) != Some(role))
-            {
-                map.set(slot as u32, *role)?;
+        for (i, word) in words.iter().enumerate() {
+            if old.as_ref().is_none_or(|old| old.get(i) != Some(word)) {
+                map.set(i as u32, *word)?;
             }
         }
         self.address_roles = Some(roles);
