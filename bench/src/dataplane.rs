@@ -385,6 +385,10 @@ pub fn profile(options: &Options, scenario: &str, path: &str, seconds: f64) -> a
     .into_iter()
     .find(|k| k.name() == path)
     .with_context(|| format!("no path {path:?}"))?;
+    ensure!(
+        !(matches!(kind, PathKind::Reply) && scenario.mode == "dsr"),
+        "no reply crosses a dsr data plane"
+    );
     let fx = FixtureNet::new().context("creating the fixture namespace")?;
     let ip = |args: &str| netns::run(&mut netns::ip_in(fx.name(), args.split_whitespace()));
     ip("route add 10.50.0.0/16 via 10.1.0.10 dev fx0")?;
@@ -727,11 +731,16 @@ impl Bench {
     /// the data plane takes it out of new flows (`max_fails = 1`).
     fn refuse(&mut self, loaded: &mut Loaded<'_>, k: u32) -> anyhow::Result<()> {
         let s = loaded.scenario;
+        ensure!(s.services == 1, "backends out: a scenario of one service");
         let service = service_name(s, 0);
+        let want = Some(SocketAddr::V4(backend_addr(k)));
         let mut i = loaded.next_flow;
-        while loaded.dp.lookup(&service, first_draw(s, i))? != Some(SocketAddr::V4(backend_addr(k)))
-        {
+        while loaded.dp.lookup(&service, first_draw(s, i))? != want {
             i += 1;
+            ensure!(
+                i < loaded.next_flow + 1_000_000,
+                "no client's first pick is backend {k}"
+            );
         }
         loaded.next_flow = i + 1;
         let syn = tcp(client(i), vip(s, i), Transport::SYN);
@@ -1036,6 +1045,10 @@ impl Bench {
         } else {
             // Other methods pick by state (turns, live flows) the bench does
             // not model: any backend of the flow's service will do.
+            ensure!(
+                loaded.scenario.mode != "dsr",
+                "a dsr frame keeps the VIP: its backend is checked by Maglev's pick only"
+            );
             let sent_to = SocketAddrV4::new(
                 std::net::Ipv4Addr::new(out[30], out[31], out[32], out[33]),
                 u16::from_be_bytes([out[36], out[37]]),

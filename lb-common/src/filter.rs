@@ -16,7 +16,8 @@
 //! 64-bit words): an array entry takes 8 bytes whatever its value's size,
 //! so the 32 768 slots take the 32 KiB that 4 096 one-byte entries took:
 //! the bench's 1 000 services of 4 backends mark 15 % of them, against 91 %
-//! of 4 096.
+//! of 4 096, so far fewer frames for other addresses share a slot with one
+//! of theirs.
 
 /// log2 of [`ADDRESS_SLOTS`].
 pub const ADDRESS_SLOT_BITS: u32 = 15;
@@ -99,11 +100,11 @@ mod tests {
     }
 
     #[test]
-    fn a_subnet_of_4096_addresses_spreads_over_most_slots() {
+    fn a_subnet_of_4096_addresses_takes_nearly_a_slot_each() {
         let slots: std::collections::HashSet<u32> = (0..4096u32)
             .map(|i| address_slot(&v4(10, 1, (i >> 8) as u8, i as u8)))
             .collect();
-        assert!(slots.len() > 4096 / 2, "{} slots used", slots.len());
+        assert!(slots.len() > 4096 * 9 / 10, "{} slots used", slots.len());
     }
 
     #[test]

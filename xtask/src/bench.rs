@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: installs the peers (nginx, HAProxy, nftables) and
 //! wrk, builds `xlb-bench` in release mode and runs it, which writes
-//! `bench/results/latest.{json,md}`. Never part of `cargo xtask test`.
+//! `bench/results/latest.{json,md}`. `cargo xtask test` runs only its
+//! data-plane part, short, for its checks (`bench/tests/dataplane.rs`).
 //!
 //! The bench logic lives in the `xlb-bench` crate (`bench/`), which needs
 //! the eBPF object; xtask itself stays free of eBPF-building crates.

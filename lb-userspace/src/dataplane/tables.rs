@@ -246,10 +246,12 @@ impl Tables {
     /// first time).
     fn write_address_roles(&mut self, ebpf: &mut Ebpf, roles: Vec<u8>) -> anyhow::Result<()> {
         let words = filter::pack(&roles);
-        let old = self.address_roles.as_deref().map(filter::pack);
+        let old = self.address_roles.take().as_deref().map(filter::pack);
         let mut map = maps::address_roles_mut(ebpf)?;
         for (i, word) in words.iter().enumerate() {
             if old.as_ref().is_none_or(|old| old.get(i) != Some(word)) {
+                // On an error the map is part old, part new: with no record
+                // (`take` above) the next write rewrites every entry.
                 map.set(i as u32, *word)?;
             }
         }
