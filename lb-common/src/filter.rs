@@ -41,6 +41,13 @@ pub const fn roles_in(word: u64, slot: u32) -> u8 {
     (word >> (slot % SLOTS_PER_WORD * 8)) as u8
 }
 
+/// The roles of every slot (a byte each) in the entries `words`: the
+/// inverse of [`pack`].
+#[cfg(any(feature = "std", test))]
+pub fn unpack(words: &[u64]) -> alloc::vec::Vec<u8> {
+    words.iter().flat_map(|word| word.to_le_bytes()).collect()
+}
+
 /// The entries of `ADDRESS_ROLES` for `roles`, a byte per slot: the
 /// inverse of [`roles_in`].
 #[cfg(any(feature = "std", test))]
@@ -112,6 +119,7 @@ mod tests {
         let roles: alloc::vec::Vec<u8> = (0..ADDRESS_SLOTS).map(|s| (s % 251) as u8).collect();
         let words = pack(&roles);
         assert_eq!(words.len(), ADDRESS_WORDS as usize);
+        assert_eq!(unpack(&words), roles);
         for slot in 0..ADDRESS_SLOTS {
             let word = words[word_of(slot) as usize];
             assert_eq!(roles_in(word, slot), roles[slot as usize], "slot {slot}");

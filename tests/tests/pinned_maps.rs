@@ -7,7 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, MapData, MapInfo, PerCpuArray};
-use lb_common::{GlobalCounter, MAX_BACKENDS, counters::GLOBAL_COUNTERS};
+use lb_common::{
+    GlobalCounter, MAX_BACKENDS, Service, ServiceKey, counters::GLOBAL_COUNTERS, filter,
+};
 use serde_json::Value;
 use xlb::{
     config::Config,
@@ -226,5 +228,105 @@ fn ids_in_use_are_told_from_the_pinned_maps_when_the_state_file_is_stale() {
     // The next change writes every table into the half packets do not use.
     dp.apply(&desired).unwrap();
     assert!(dp.lookup("pair", 7).unwrap().is_some());
+    dp.shut_down().unwrap();
+}
+
+/// The address filter's roles of `ip` in the pinned `ADDRESS_ROLES`.
+fn roles_of(dir: &PinDir, ip: &str) -> u8 {
+    let addr = match ip.parse::<std::net::IpAddr>().unwrap() {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(v6) => v6.octets(),
+    };
+    let map = MapData::from_pin(dir.pin(MapName::AddressRoles)).unwrap();
+    let words: Array<MapData, u64> = Array::try_from(aya::maps::Map::Array(map)).unwrap();
+    let slot = filter::address_slot(&addr);
+    filter::roles_in(words.get(&filter::word_of(slot), 0).unwrap(), slot)
+}
+
+#[test]
+fn an_address_filter_of_the_one_byte_layout_is_replaced_and_refilled() {
+    let dir = PinDir::new("filter-layout");
+    // ADDRESS_ROLES as agents before the packed filter pinned it.
+    Array::<MapData, u8>::create(4096, 0)
+        .unwrap()
+        .pin(dir.pin(MapName::AddressRoles))
+        .unwrap();
+    let mut dp = Dataplane::load_with(dir.options(4096)).unwrap();
+    let [replaced] = dp.pins().replaced.as_slice() else {
+        panic!("{:?}", dp.pins().replaced);
+    };
+    assert_eq!(replaced.map, MapName::AddressRoles);
+    assert!(replaced.lost.contains("nothing"), "{replaced}");
+    let config = Config::parse(include_str!("../fixtures/packet.toml")).unwrap();
+    dp.apply(&Desired::from(&config)).unwrap();
+    assert_ne!(roles_of(&dir, "10.0.0.101") & filter::ROLE_VIP, 0);
+    dp.shut_down().unwrap();
+}
+
+/// A restarted agent's first change keeps the running services' frames
+/// coming through the address filter until their entries are gone, as any
+/// change does: it starts from the filter the earlier agent left, read back
+/// from the pinned map. Seen when that change fails half-way: a service it
+/// was to move to another address keeps its old entry in `SERVICES`, so
+/// the old address must stay in the filter, or the service goes unserved
+/// until the next change that succeeds.
+#[test]
+fn a_restarted_agents_failed_first_change_keeps_the_filter_of_the_running_services() {
+    let dir = PinDir::new("filter-adopt");
+    let config = Config::parse(include_str!("../fixtures/packet.toml")).unwrap();
+    let mut dp = Dataplane::load_with(dir.options(4096)).unwrap();
+    dp.apply(&Desired::from(&config)).unwrap();
+    let state = dp.export_state();
+    drop(dp);
+    assert_ne!(roles_of(&dir, "10.0.0.108") & filter::ROLE_VIP, 0);
+
+    // The new configuration adds two services whose tables do not fit in
+    // the slots all services share, and then moves "plain" from 10.0.0.108
+    // to 10.0.0.118: the change fails before it reaches "plain".
+    let mut next = config.clone();
+    let at = next
+        .services
+        .iter()
+        .position(|s| s.name == "plain")
+        .unwrap();
+    let mut plain = next.services.remove(at);
+    for (name, vip) in [("huge1", "10.0.0.120"), ("huge2", "10.0.0.121")] {
+        let mut huge = plain.clone();
+        huge.name = name.to_owned();
+        huge.vip = vip.parse().unwrap();
+        huge.table_size = 1_000_003;
+        next.services.push(huge);
+    }
+    plain.vip = "10.0.0.118".parse().unwrap();
+    next.services.push(plain);
+    let mut dp = Dataplane::load_with(dir.options(4096)).unwrap();
+    dp.adopt(Ok(state), &Desired::from(&config)).unwrap();
+    let failed = format!("{:#}", dp.apply(&Desired::from(&next)).unwrap_err());
+    assert!(failed.contains("no room"), "{failed}");
+    let services = MapData::from_pin(dir.pin(MapName::Services)).unwrap();
+    let services: aya::maps::HashMap<MapData, ServiceKey, Service> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(services)).unwrap();
+    let old_key = ServiceKey::v6(
+        std::net::Ipv4Addr::new(10, 0, 0, 108)
+            .to_ipv6_mapped()
+            .octets(),
+        80u16.to_be(),
+        6,
+    );
+    assert!(
+        services.get(&old_key, 0).is_ok(),
+        "\"plain\" left 10.0.0.108"
+    );
+    assert_ne!(
+        roles_of(&dir, "10.0.0.108") & filter::ROLE_VIP,
+        0,
+        "\"plain\" is still at 10.0.0.108 in SERVICES: its address must stay in the filter"
+    );
+
+    // Without the services that do not fit, the change goes through.
+    next.services.retain(|s| !s.name.starts_with("huge"));
+    dp.apply(&Desired::from(&next)).unwrap();
+    assert_eq!(roles_of(&dir, "10.0.0.108") & filter::ROLE_VIP, 0);
+    assert_ne!(roles_of(&dir, "10.0.0.118") & filter::ROLE_VIP, 0);
     dp.shut_down().unwrap();
 }

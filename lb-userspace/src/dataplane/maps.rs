@@ -285,6 +285,11 @@ pub(super) fn backend_hops_mut(
     open_mut(ebpf, MapName::BackendHops)
 }
 
+/// `ADDRESS_ROLES`, to read.
+pub(super) fn address_roles(ebpf: &Ebpf) -> anyhow::Result<Named<Array<&MapData, u64>>> {
+    open(ebpf, MapName::AddressRoles)
+}
+
 /// `ADDRESS_ROLES`: the address filter, `ROLE_*` bits by address slot,
 /// eight slots to an entry (`lb_common::filter::pack`).
 pub(super) fn address_roles_mut(

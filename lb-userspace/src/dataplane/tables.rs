@@ -131,9 +131,10 @@ impl Tables {
     /// Makes the maps serve exactly `desired`'s services.
     pub(super) fn apply(&mut self, ebpf: &mut Ebpf, desired: &Desired) -> anyhow::Result<()> {
         self.load_backend_addrs(ebpf)?;
+        self.load_address_roles(ebpf)?;
         // The address filter lets the new services' frames through before
         // their entries exist, and stops a removed service's only after.
-        let mut before = self.address_roles.clone().unwrap_or_default();
+        let mut before = self.address_roles.clone().expect("loaded above");
         let addrs = self.backend_addrs.as_ref().expect("loaded above");
         let backends = desired
             .services
@@ -238,6 +239,21 @@ impl Tables {
             }
         }
         self.backend_addrs = Some(addrs);
+        Ok(())
+    }
+
+    /// Reads the address filter back from its map, unless the last write
+    /// left a record of it: over pinned maps, the first apply then keeps
+    /// the earlier agent's roles until the services it removes are gone.
+    fn load_address_roles(&mut self, ebpf: &Ebpf) -> anyhow::Result<()> {
+        if self.address_roles.is_some() {
+            return Ok(());
+        }
+        let map = maps::address_roles(ebpf)?;
+        let words = (0..map.len())
+            .map(|i| map.get(i))
+            .collect::<anyhow::Result<Vec<u64>>>()?;
+        self.address_roles = Some(filter::unpack(&words));
         Ok(())
     }
 
