@@ -209,6 +209,9 @@ struct Scenario {
     /// (`max_fails = 1`), their slots still in the table as until the
     /// agent's next one: new flows search past them.
     out: usize,
+    /// Every service's `protocol`: `tcp`, or `udp` (a flow opened by its
+    /// first datagram, its packets datagrams).
+    protocol: &'static str,
 }
 
 /// Measurements some scenarios make beyond the usual four paths
@@ -242,6 +245,7 @@ fn scenarios(options: &Options) -> Vec<Scenario> {
         scheduler: "maglev",
         mode: "nat",
         out: 0,
+        protocol: "tcp",
     };
     let with = |extra, scenario: Scenario| Scenario { extra, ..scenario };
     let dnat = |scenario: Scenario| Scenario {
@@ -250,6 +254,10 @@ fn scenarios(options: &Options) -> Vec<Scenario> {
     };
     let dsr = |scenario: Scenario| Scenario {
         mode: "dsr",
+        ..scenario
+    };
+    let udp = |scenario: Scenario| Scenario {
+        protocol: "udp",
         ..scenario
     };
     let out = |name, out| Scenario {
@@ -302,6 +310,8 @@ fn scenarios(options: &Options) -> Vec<Scenario> {
         dnat(s("dnat hot flow", 1, 100, 65_537, 1_024, 1)),
         dsr(s("dsr", 1, 4, 65_537, default_capacity, 10_000)),
         dsr(s("dsr hot flow", 1, 100, 65_537, 1_024, 1)),
+        udp(s("udp", 1, 4, 65_537, default_capacity, 10_000)),
+        udp(dnat(s("udp dnat", 1, 4, 65_537, default_capacity, 10_000))),
         out("3 of 4 backends out", 3),
         out("4 of 4 backends out", 4),
         by("round_robin"),
@@ -743,7 +753,7 @@ impl Bench {
             );
         }
         loaded.next_flow = i + 1;
-        let syn = tcp(client(i), vip(s, i), Transport::SYN);
+        let syn = segment(s, client(i), vip(s, i), Transport::SYN);
         let c = call(
             loaded.dp.program()?,
             self.ifindex,
@@ -755,7 +765,7 @@ impl Bench {
             .check_new_flow(loaded, i, &syn, &c)?
             .context("the SYN was dropped")?;
         ensure!(backend == k, "the SYN went to backend {backend}");
-        let refusal = tcp(backend_addr(k), sent_from(s, i, port), Transport::RST)
+        let refusal = segment(s, backend_addr(k), sent_from(s, i, port), Transport::RST)
             .macs(backend_mac(0), LB_MAC);
         let refused = loaded
             .dp
@@ -915,7 +925,8 @@ impl Bench {
             }
             PathKind::Reply => {
                 let (i, backend, port) = loaded.flows[self.rng.below(loaded.flows.len())];
-                let mut input = tcp(
+                let mut input = segment(
+                    loaded.scenario,
                     backend_addr(backend),
                     sent_from(loaded.scenario, i, port),
                     Transport::ACK,
@@ -933,7 +944,12 @@ impl Bench {
             PathKind::NewFlow => {
                 let i = loaded.next_flow;
                 loaded.next_flow += 1;
-                let input = tcp(client(i), vip(loaded.scenario, i), Transport::SYN);
+                let input = segment(
+                    loaded.scenario,
+                    client(i),
+                    vip(loaded.scenario, i),
+                    Transport::SYN,
+                );
                 let frame = input.build();
                 let c = call(loaded.dp.program()?, self.ifindex, &frame, &mut self.out, 1)?;
                 let opened = self.check_new_flow(loaded, i, &input, &c)?;
@@ -955,7 +971,12 @@ impl Bench {
         loaded: &mut Loaded<'_>,
         i: usize,
     ) -> anyhow::Result<Option<(usize, u32, u16)>> {
-        let syn = tcp(client(i), vip(loaded.scenario, i), Transport::SYN);
+        let syn = segment(
+            loaded.scenario,
+            client(i),
+            vip(loaded.scenario, i),
+            Transport::SYN,
+        );
         let c = call(
             loaded.dp.program()?,
             self.ifindex,
@@ -969,7 +990,12 @@ impl Bench {
         if loaded.scenario.mode == "dsr" {
             // The backend's SYN-ACK goes to the client directly; the
             // client's ACK completes the handshake.
-            let ack = tcp(client(i), vip(loaded.scenario, i), Transport::ACK);
+            let ack = segment(
+                loaded.scenario,
+                client(i),
+                vip(loaded.scenario, i),
+                Transport::ACK,
+            );
             let c = call(
                 loaded.dp.program()?,
                 self.ifindex,
@@ -981,7 +1007,8 @@ impl Bench {
             check("handshake ACK", &c, &self.out, XDP_TX, &want)?;
             return Ok(Some((i, backend, port)));
         }
-        let syn_ack = tcp(
+        let syn_ack = segment(
+            loaded.scenario,
             backend_addr(backend),
             sent_from(loaded.scenario, i, port),
             Transport::SYN_ACK,
@@ -1084,7 +1111,7 @@ impl Bench {
 /// A client's ACK with data on established `flow` (client index, backend,
 /// SNAT port), and the frame xlb sends the backend for it.
 fn established(scenario: &Scenario, (i, backend, port): (usize, u32, u16)) -> (Frame, Vec<u8>) {
-    let mut input = tcp(client(i), vip(scenario, i), Transport::ACK);
+    let mut input = segment(scenario, client(i), vip(scenario, i), Transport::ACK);
     input.payload = b"GET / HTTP/1.1\r\n\r\n".to_vec();
     let want = to_backend(&input, scenario, backend, sent_from(scenario, i, port));
     (input, want)
@@ -1130,6 +1157,9 @@ fn config_text(s: &Scenario) -> String {
         if s.mode == "nat" {
             text += &format!("snat = \"{SNAT}\"\n");
         }
+        if s.protocol == "udp" {
+            text += "protocol = \"udp\"\n";
+        }
         if s.mode == "dsr" {
             // Required in `dsr` mode; the bench runs no agent to probe.
             text += "[service.health_check]\ntype = \"tcp\"\n";
@@ -1144,7 +1174,10 @@ fn config_text(s: &Scenario) -> String {
 
 /// The first draw of flow `i`'s backend search: its SYN's hash.
 fn first_draw(s: &Scenario, i: usize) -> u32 {
-    flow_hash(&tcp(client(i), vip(s, i), Transport::SYN).flow_key(), false)
+    flow_hash(
+        &segment(s, client(i), vip(s, i), Transport::SYN).flow_key(),
+        false,
+    )
 }
 
 /// Service of flow `i` (flows are spread over the services in turn).
@@ -1201,6 +1234,20 @@ fn passthrough_frame() -> Frame {
         SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 22),
         Transport::ACK,
     )
+}
+
+/// A packet of one of `s`'s flows: a TCP segment with `transport`'s flags,
+/// or in a `udp` scenario a datagram (which has none: a flow's first
+/// stands for its SYN, the backend's first for its SYN-ACK).
+fn segment(s: &Scenario, src: SocketAddrV4, dst: SocketAddrV4, transport: Transport) -> Frame {
+    if s.protocol == "udp" {
+        let mut frame = Frame::udp("10.0.0.2:1", "10.0.0.1:1");
+        frame.src = src.into();
+        frame.dst = dst.into();
+        frame
+    } else {
+        tcp(src, dst, transport)
+    }
 }
 
 fn tcp(src: SocketAddrV4, dst: SocketAddrV4, transport: Transport) -> Frame {

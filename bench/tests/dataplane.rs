@@ -7,7 +7,7 @@
 use std::{path::PathBuf, process::Command};
 
 /// Every scenario the bench has, by name: a new one belongs here too.
-const SCENARIOS: [&str; 22] = [
+const SCENARIOS: [&str; 24] = [
     "baseline",
     "1 backend",
     "100 backends",
@@ -24,6 +24,8 @@ const SCENARIOS: [&str; 22] = [
     "dnat hot flow",
     "dsr",
     "dsr hot flow",
+    "udp",
+    "udp dnat",
     "3 of 4 backends out",
     "4 of 4 backends out",
     "round_robin",
