@@ -212,6 +212,9 @@ struct Scenario {
     /// Every service's `protocol`: `tcp`, or `udp` (a flow opened by its
     /// first datagram, its packets datagrams).
     protocol: &'static str,
+    /// Every address in IPv6 ([`at`]): the VIP, the backends, the clients,
+    /// the SNAT address.
+    ipv6: bool,
 }
 
 /// Measurements some scenarios make beyond the usual four paths
@@ -246,6 +249,7 @@ fn scenarios(options: &Options) -> Vec<Scenario> {
         mode: "nat",
         out: 0,
         protocol: "tcp",
+        ipv6: false,
     };
     let with = |extra, scenario: Scenario| Scenario { extra, ..scenario };
     let dnat = |scenario: Scenario| Scenario {
@@ -258,6 +262,10 @@ fn scenarios(options: &Options) -> Vec<Scenario> {
     };
     let udp = |scenario: Scenario| Scenario {
         protocol: "udp",
+        ..scenario
+    };
+    let ipv6 = |scenario: Scenario| Scenario {
+        ipv6: true,
         ..scenario
     };
     let out = |name, out| Scenario {
@@ -312,6 +320,8 @@ fn scenarios(options: &Options) -> Vec<Scenario> {
         dsr(s("dsr hot flow", 1, 100, 65_537, 1_024, 1)),
         udp(s("udp", 1, 4, 65_537, default_capacity, 10_000)),
         udp(dnat(s("udp dnat", 1, 4, 65_537, default_capacity, 10_000))),
+        ipv6(s("ipv6", 1, 4, 65_537, default_capacity, 10_000)),
+        ipv6(dnat(s("ipv6 dnat", 1, 4, 65_537, default_capacity, 10_000))),
         out("3 of 4 backends out", 3),
         out("4 of 4 backends out", 4),
         by("round_robin"),
@@ -327,6 +337,8 @@ pub fn run(options: &Options) -> anyhow::Result<DataplaneResults> {
     let ip = |args: &str| netns::run(&mut netns::ip_in(fx.name(), args.split_whitespace()));
     ip("route add 10.50.0.0/16 via 10.1.0.10 dev fx0")?;
     ip("route add 10.60.0.0/16 via 10.0.0.2 dev fx0")?;
+    ip("-6 route add fd50::/64 via fd01::10 dev fx0")?;
+    ip("-6 route add fd60::/64 via fd00::2 dev fx0")?;
     let ifindex = fx.ifindex();
     fx.run(|| -> anyhow::Result<DataplaneResults> {
         pin_to_cpu(options.cpu)?;
@@ -403,6 +415,8 @@ pub fn profile(options: &Options, scenario: &str, path: &str, seconds: f64) -> a
     let ip = |args: &str| netns::run(&mut netns::ip_in(fx.name(), args.split_whitespace()));
     ip("route add 10.50.0.0/16 via 10.1.0.10 dev fx0")?;
     ip("route add 10.60.0.0/16 via 10.0.0.2 dev fx0")?;
+    ip("-6 route add fd50::/64 via fd01::10 dev fx0")?;
+    ip("-6 route add fd60::/64 via fd00::2 dev fx0")?;
     let ifindex = fx.ifindex();
     fx.run(|| -> anyhow::Result<()> {
         pin_to_cpu(options.cpu)?;
@@ -454,7 +468,12 @@ fn forget_new_flows(loaded: &mut Loaded<'_>) -> anyhow::Result<()> {
         ..loaded.next_flow)
         .map(|i| {
             let c = client(i);
-            (c.ip().to_ipv6_mapped().octets(), c.port().to_be())
+            let c = at(loaded.scenario, c);
+            let ip = match c.ip() {
+                IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                IpAddr::V6(v6) => v6.octets(),
+            };
+            (ip, c.port().to_be())
         })
         .collect();
     let ebpf = loaded.dp.ebpf_mut();
@@ -743,7 +762,7 @@ impl Bench {
         let s = loaded.scenario;
         ensure!(s.services == 1, "backends out: a scenario of one service");
         let service = service_name(s, 0);
-        let want = Some(SocketAddr::V4(backend_addr(k)));
+        let want = Some(at(s, backend_addr(k)));
         let mut i = loaded.next_flow;
         while loaded.dp.lookup(&service, first_draw(s, i))? != want {
             i += 1;
@@ -1073,8 +1092,9 @@ impl Bench {
             // Other methods pick by state (turns, live flows) the bench does
             // not model: any backend of the flow's service will do.
             ensure!(
-                loaded.scenario.mode != "dsr",
-                "a dsr frame keeps the VIP: its backend is checked by Maglev's pick only"
+                loaded.scenario.mode != "dsr" && !loaded.scenario.ipv6,
+                "a dsr frame keeps the VIP, and IPv6 frames are not read here: their backend is \
+                 checked by Maglev's pick only"
             );
             let sent_to = SocketAddrV4::new(
                 std::net::Ipv4Addr::new(out[30], out[31], out[32], out[33]),
@@ -1089,7 +1109,14 @@ impl Bench {
             );
             backend
         };
-        let port = u16::from_be_bytes([out[34], out[35]]);
+        // The source port, after the Ethernet and IP headers.
+        let at_port = if loaded.scenario.ipv6 { 54 } else { 34 };
+        ensure!(
+            out.len() >= at_port + 2,
+            "new flow: output of {} bytes",
+            out.len()
+        );
+        let port = u16::from_be_bytes([out[at_port], out[at_port + 1]]);
         if loaded.scenario.mode == "nat" {
             ensure!(
                 (0..SNAT_PORT_ATTEMPTS).any(|a| snat_candidate(hash, input.src.port(), a) == port),
@@ -1135,7 +1162,7 @@ fn new_flows(loaded: &Loaded<'_>) -> anyhow::Result<u64> {
     for service in 0..s.services {
         let name = service_name(s, service);
         for k in 0..s.backends {
-            let addr = SocketAddr::V4(backend_addr((service * s.backends + k) as u32));
+            let addr = at(s, backend_addr((service * s.backends + k) as u32));
             total += loaded.dp.backend_counters(&name, addr)?.new_flows;
         }
     }
@@ -1148,14 +1175,15 @@ fn config_text(s: &Scenario) -> String {
         text += &format!(
             "[[service]]\nname = \"{}\"\nvip = \"{}\"\nport = {}\nmode = \"{}\"\ntable_size = {}\nscheduler = \"{}\"\n",
             service_name(s, service),
-            vip(s, service).ip(),
+            at(s, vip(s, service)).ip(),
             vip(s, service).port(),
             s.mode,
             s.table_size,
             s.scheduler
         );
         if s.mode == "nat" {
-            text += &format!("snat = \"{SNAT}\"\n");
+            let snat = at(s, SocketAddrV4::new(SNAT, 0)).ip();
+            text += &format!("snat = \"{snat}\"\n");
         }
         if s.protocol == "udp" {
             text += "protocol = \"udp\"\n";
@@ -1165,7 +1193,7 @@ fn config_text(s: &Scenario) -> String {
             text += "[service.health_check]\ntype = \"tcp\"\n";
         }
         for k in 0..s.backends {
-            let backend = backend_addr((service * s.backends + k) as u32);
+            let backend = at(s, backend_addr((service * s.backends + k) as u32));
             text += &format!("[[service.backend]]\naddress = \"{backend}\"\n");
         }
     }
@@ -1214,8 +1242,25 @@ fn backend_index(addr: SocketAddr) -> anyhow::Result<u32> {
             let [_, _, hi, lo] = v4.octets();
             Ok((u32::from(hi) << 8 | u32::from(lo)) - 1)
         }
+        IpAddr::V6(v6) if v6.segments()[..6] == [0xfd50, 0, 0, 0, 0, 0] => {
+            let [.., hi, lo] = v6.segments();
+            Ok((u32::from(hi) << 8 | u32::from(lo)) - 1)
+        }
         other => bail!("{other} is not a bench backend"),
     }
+}
+
+/// `addr` in `s`'s address family: itself, or in an IPv6 scenario
+/// 10.B.C.D as fdBB::C:D (B in hex digits: 10.50.0.1 is fd50::0:1 when B
+/// is 50, as every bench address's B is below 100) with the same port.
+fn at(s: &Scenario, addr: SocketAddrV4) -> SocketAddr {
+    if !s.ipv6 {
+        return SocketAddr::V4(addr);
+    }
+    let [_, b, c, d] = addr.ip().octets();
+    let prefix = 0xfd00 | u16::from(b / 10) << 4 | u16::from(b % 10);
+    let ip = std::net::Ipv6Addr::new(prefix, 0, 0, 0, 0, 0, u16::from(c), u16::from(d));
+    SocketAddr::new(IpAddr::V6(ip), addr.port())
 }
 
 /// Client of flow `i`: 10.60.0.1 onwards, 50 000 ports each.
@@ -1240,14 +1285,14 @@ fn passthrough_frame() -> Frame {
 /// or in a `udp` scenario a datagram (which has none: a flow's first
 /// stands for its SYN, the backend's first for its SYN-ACK).
 fn segment(s: &Scenario, src: SocketAddrV4, dst: SocketAddrV4, transport: Transport) -> Frame {
-    if s.protocol == "udp" {
-        let mut frame = Frame::udp("10.0.0.2:1", "10.0.0.1:1");
-        frame.src = src.into();
-        frame.dst = dst.into();
-        frame
+    let mut frame = if s.protocol == "udp" {
+        Frame::udp("10.0.0.2:1", "10.0.0.1:1")
     } else {
         tcp(src, dst, transport)
-    }
+    };
+    frame.src = at(s, src);
+    frame.dst = at(s, dst);
+    frame
 }
 
 fn tcp(src: SocketAddrV4, dst: SocketAddrV4, transport: Transport) -> Frame {
@@ -1264,10 +1309,10 @@ fn to_backend(input: &Frame, s: &Scenario, g: u32, from: SocketAddrV4) -> Vec<u8
     let dst = if s.mode == "dsr" {
         input.dst
     } else {
-        SocketAddr::V4(backend_addr(g))
+        at(s, backend_addr(g))
     };
     Frame {
-        src: SocketAddr::V4(from),
+        src: at(s, from),
         dst,
         src_mac: LB_MAC,
         dst_mac: backend_mac(0),
@@ -1281,8 +1326,8 @@ fn to_backend(input: &Frame, s: &Scenario, g: u32, from: SocketAddrV4) -> Vec<u8
 /// XDP, so one hop further: TTL less one).
 fn to_client(input: &Frame, s: &Scenario, i: usize) -> Vec<u8> {
     Frame {
-        src: SocketAddr::V4(vip(s, i)),
-        dst: SocketAddr::V4(client(i)),
+        src: at(s, vip(s, i)),
+        dst: at(s, client(i)),
         src_mac: LB_MAC,
         dst_mac: CLIENT_MAC,
         ..input.clone()

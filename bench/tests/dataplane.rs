@@ -7,7 +7,7 @@
 use std::{path::PathBuf, process::Command};
 
 /// Every scenario the bench has, by name: a new one belongs here too.
-const SCENARIOS: [&str; 24] = [
+const SCENARIOS: [&str; 26] = [
     "baseline",
     "1 backend",
     "100 backends",
@@ -26,6 +26,8 @@ const SCENARIOS: [&str; 24] = [
     "dsr hot flow",
     "udp",
     "udp dnat",
+    "ipv6",
+    "ipv6 dnat",
     "3 of 4 backends out",
     "4 of 4 backends out",
     "round_robin",
