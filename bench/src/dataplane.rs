@@ -772,14 +772,8 @@ impl Bench {
             );
         }
         loaded.next_flow = i + 1;
-        let syn = segment(s, client(i), vip(s, i), Transport::SYN);
-        let c = call(
-            loaded.dp.program()?,
-            self.ifindex,
-            &syn.build(),
-            &mut self.out,
-            1,
-        )?;
+        let syn = from_client(s, i, Transport::SYN);
+        let c = self.once(loaded, &syn.build())?;
         let (backend, port) = self
             .check_new_flow(loaded, i, &syn, &c)?
             .context("the SYN was dropped")?;
@@ -789,13 +783,7 @@ impl Bench {
         let refused = loaded
             .dp
             .global_counter(GlobalCounter::DropRefusedHandshake)?;
-        let c = call(
-            loaded.dp.program()?,
-            self.ifindex,
-            &refusal.build(),
-            &mut self.out,
-            1,
-        )?;
+        let c = self.once(loaded, &refusal.build())?;
         ensure!(
             c.action == XDP_DROP
                 && loaded
@@ -963,22 +951,22 @@ impl Bench {
             PathKind::NewFlow => {
                 let i = loaded.next_flow;
                 loaded.next_flow += 1;
-                let input = segment(
-                    loaded.scenario,
-                    client(i),
-                    vip(loaded.scenario, i),
-                    Transport::SYN,
-                );
+                let input = from_client(loaded.scenario, i, Transport::SYN);
                 let frame = input.build();
-                let c = call(loaded.dp.program()?, self.ifindex, &frame, &mut self.out, 1)?;
+                let c = self.once(loaded, &frame)?;
                 let opened = self.check_new_flow(loaded, i, &input, &c)?;
                 return Ok(opened.map(|_| c.ns));
             }
         };
         let frame = input.build();
-        let c = call(loaded.dp.program()?, self.ifindex, &frame, &mut self.out, 1)?;
+        let c = self.once(loaded, &frame)?;
         check(kind.name(), &c, &self.out, action, &want)?;
         Ok(Some(c.ns))
+    }
+
+    /// One `repeat = 1` run of the scenario's program on `frame`.
+    fn once(&mut self, loaded: &mut Loaded<'_>, frame: &[u8]) -> anyhow::Result<Call> {
+        call(loaded.dp.program()?, self.ifindex, frame, &mut self.out, 1)
     }
 
     /// Opens flow `i` through the program: the client's SYN (checked), then
@@ -990,38 +978,16 @@ impl Bench {
         loaded: &mut Loaded<'_>,
         i: usize,
     ) -> anyhow::Result<Option<(usize, u32, u16)>> {
-        let syn = segment(
-            loaded.scenario,
-            client(i),
-            vip(loaded.scenario, i),
-            Transport::SYN,
-        );
-        let c = call(
-            loaded.dp.program()?,
-            self.ifindex,
-            &syn.build(),
-            &mut self.out,
-            1,
-        )?;
+        let syn = from_client(loaded.scenario, i, Transport::SYN);
+        let c = self.once(loaded, &syn.build())?;
         let Some((backend, port)) = self.check_new_flow(loaded, i, &syn, &c)? else {
             return Ok(None);
         };
         if loaded.scenario.mode == "dsr" {
             // The backend's SYN-ACK goes to the client directly; the
             // client's ACK completes the handshake.
-            let ack = segment(
-                loaded.scenario,
-                client(i),
-                vip(loaded.scenario, i),
-                Transport::ACK,
-            );
-            let c = call(
-                loaded.dp.program()?,
-                self.ifindex,
-                &ack.build(),
-                &mut self.out,
-                1,
-            )?;
+            let ack = from_client(loaded.scenario, i, Transport::ACK);
+            let c = self.once(loaded, &ack.build())?;
             let want = to_backend(&ack, loaded.scenario, backend, client(i));
             check("handshake ACK", &c, &self.out, XDP_TX, &want)?;
             return Ok(Some((i, backend, port)));
@@ -1033,13 +999,7 @@ impl Bench {
             Transport::SYN_ACK,
         )
         .macs(backend_mac(0), LB_MAC);
-        let c = call(
-            loaded.dp.program()?,
-            self.ifindex,
-            &syn_ack.build(),
-            &mut self.out,
-            1,
-        )?;
+        let c = self.once(loaded, &syn_ack.build())?;
         let want = to_client(&syn_ack, loaded.scenario, i);
         check("SYN-ACK", &c, &self.out, XDP_TX, &want)?;
         Ok(Some((i, backend, port)))
@@ -1138,7 +1098,7 @@ impl Bench {
 /// A client's ACK with data on established `flow` (client index, backend,
 /// SNAT port), and the frame xlb sends the backend for it.
 fn established(scenario: &Scenario, (i, backend, port): (usize, u32, u16)) -> (Frame, Vec<u8>) {
-    let mut input = segment(scenario, client(i), vip(scenario, i), Transport::ACK);
+    let mut input = from_client(scenario, i, Transport::ACK);
     input.payload = b"GET / HTTP/1.1\r\n\r\n".to_vec();
     let want = to_backend(&input, scenario, backend, sent_from(scenario, i, port));
     (input, want)
@@ -1202,10 +1162,7 @@ fn config_text(s: &Scenario) -> String {
 
 /// The first draw of flow `i`'s backend search: its SYN's hash.
 fn first_draw(s: &Scenario, i: usize) -> u32 {
-    flow_hash(
-        &segment(s, client(i), vip(s, i), Transport::SYN).flow_key(),
-        false,
-    )
+    flow_hash(&from_client(s, i, Transport::SYN).flow_key(), false)
 }
 
 /// Service of flow `i` (flows are spread over the services in turn).
@@ -1279,6 +1236,11 @@ fn passthrough_frame() -> Frame {
         SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 22),
         Transport::ACK,
     )
+}
+
+/// Flow `i`'s client's packet to its service ([`segment`]).
+fn from_client(s: &Scenario, i: usize, transport: Transport) -> Frame {
+    segment(s, client(i), vip(s, i), transport)
 }
 
 /// A packet of one of `s`'s flows: a TCP segment with `transport`'s flags,

@@ -55,6 +55,14 @@ fn sent_to(h: &mut Harness, vip: &str, port: u16) -> (SocketAddr, Frame) {
     (backend, reply)
 }
 
+/// `reset`, a backend's RST to a handshake, is dropped and counted as a
+/// refusal kept from the client (`drop_refused_handshake`).
+fn assert_kept_from_client(h: &mut Harness, reset: &Frame) {
+    let before = h.counter(GlobalCounter::DropRefusedHandshake);
+    assert_eq!(h.run(reset).0, Action::Drop);
+    assert_eq!(h.counter(GlobalCounter::DropRefusedHandshake), before + 1);
+}
+
 #[test]
 fn a_refused_handshake_is_kept_from_the_client_and_its_syn_goes_elsewhere() {
     with_harness(|h| {
@@ -64,9 +72,7 @@ fn a_refused_handshake_is_kept_from_the_client_and_its_syn_goes_elsewhere() {
         assert_eq!(first, b0);
 
         // b0 refuses: the RST is dropped, counted, not sent to the client.
-        let before = h.counter(GlobalCounter::DropRefusedHandshake);
-        assert_eq!(h.run(&refusal).0, Action::Drop);
-        assert_eq!(h.counter(GlobalCounter::DropRefusedHandshake), before + 1);
+        assert_kept_from_client(h, &refusal);
         let c = h.dp.backend_counters("pair", b0).unwrap();
         assert_eq!(c.handshake_rsts, 1);
 
@@ -266,9 +272,7 @@ fn a_reset_to_a_syn_sent_again_takes_no_backend_out() {
         // b1 resets it, as Linux resets a half-open connection an earlier
         // attempt left on the same 4-tuple when a SYN with a new sequence
         // number reaches it: kept from the client, not a refusal.
-        let kept = h.counter(GlobalCounter::DropRefusedHandshake);
-        assert_eq!(h.run(&reset).0, Action::Drop);
-        assert_eq!(h.counter(GlobalCounter::DropRefusedHandshake), kept + 1);
+        assert_kept_from_client(h, &reset);
         let counters = h.dp.backend_counters("pair", b1).unwrap();
         assert_eq!(counters.handshake_rsts, 0);
         // max_fails = 1, yet b1 still takes new flows.
