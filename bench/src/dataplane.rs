@@ -1247,10 +1247,11 @@ fn from_client(s: &Scenario, i: usize, transport: Transport) -> Frame {
 /// or in a `udp` scenario a datagram (which has none: a flow's first
 /// stands for its SYN, the backend's first for its SYN-ACK).
 fn segment(s: &Scenario, src: SocketAddrV4, dst: SocketAddrV4, transport: Transport) -> Frame {
+    // Placeholder addresses, replaced below.
     let mut frame = if s.protocol == "udp" {
         Frame::udp("10.0.0.2:1", "10.0.0.1:1")
     } else {
-        tcp(src, dst, transport)
+        Frame::tcp("10.0.0.2:1", "10.0.0.1:1", transport)
     };
     frame.src = at(s, src);
     frame.dst = at(s, dst);
