@@ -137,6 +137,12 @@ pub const FLOW_F_SYN_AGAIN: u8 = 1 << 3;
 /// client's cookie carried (`flood::mss_class`), for the SYN to the backend.
 pub const FLOW_F_MSS_CLASS_SHIFT: u8 = 4;
 pub const FLOW_F_MSS_CLASS_MASK: u8 = 0b11 << FLOW_F_MSS_CLASS_SHIFT;
+/// [`Flow::flags`]: the flow has no `REPLIES` entry; its backend's replies
+/// find it in `FLOWS` by their backend's `dnat` service (`REPLY_SERVICES`)
+/// and go to the client by [`Flow::client_hop`]. A `dnat` flow to a
+/// backend of that one service, not opened by a SYN cookie nor to a local
+/// backend, is made so: one entry instead of two.
+pub const FLOW_F_REPLIES_BY_FLOW: u8 = 1 << 6;
 
 /// How long a flow may stay idle before its entry no longer counts and its
 /// next packet is scheduled again. The data plane reads it from a global
@@ -176,7 +182,8 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 /// A next hop as `bpf_fib_lookup` gave it, remembered so that packets skip
 /// the route lookup (a quarter of a microsecond) until the entry is
 /// [`NEXT_HOP_TTL_NS`] old: one per backend (`BACKEND_HOPS`), shared by all
-/// its flows, and one per reply entry, towards its client.
+/// its flows, and one towards the client in each reply entry, or in the
+/// flow itself when it has none ([`FLOW_F_REPLIES_BY_FLOW`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NextHop {
@@ -234,7 +241,15 @@ pub struct Flow {
     /// ([`crate::load::BackendLoad::connect_ns`]); 0 once measured, or for
     /// a flow not opened by a SYN.
     pub syn_sent_us: u32,
+    /// Next hop towards the client for the replies of a flow without a
+    /// reply entry ([`FLOW_F_REPLIES_BY_FLOW`]); unused otherwise.
+    pub client_hop: NextHop,
 }
+
+/// The size of a [`Flow`] as agents before [`Flow::client_hop`] pinned
+/// `FLOWS`: the same fields at the same places, without it. An agent
+/// upgraded over such a table carries its flows over.
+pub const FLOW_SIZE_WITHOUT_CLIENT_HOP: usize = 32;
 
 /// Whether a flow in `state` counts as a live connection of its backend
 /// (`BackendLoad`): opened by a SYN (or UDP), not yet ended by a FIN or
@@ -485,7 +500,14 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<FlowKey>(), 16 + 2 + 1 + 1 + 16 + 2 + 2);
         assert_eq!(size_of::<NextHop>(), 8 + 4 + 6 + 6);
-        assert_eq!(size_of::<Flow>(), 4 + 2 + 1 + 1 + 4 + 4 + 8 + 4 + 4);
+        assert_eq!(
+            size_of::<Flow>(),
+            4 + 2 + 1 + 1 + 4 + 4 + 8 + 4 + 4 + size_of::<NextHop>()
+        );
+        assert_eq!(
+            core::mem::offset_of!(Flow, client_hop),
+            FLOW_SIZE_WITHOUT_CLIENT_HOP
+        );
         assert_eq!(size_of::<Reply>(), 16 + 16 + 2 + 2 + 4 + 4 + 4 + 24);
     }
 

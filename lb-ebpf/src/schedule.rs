@@ -342,6 +342,7 @@ fn new_flow(
         last_seen_ns: now,
         service: service.id,
         syn_sent_us: 0,
+        client_hop: NextHop::default(),
     };
     if let Some(answer) = cookie {
         let flow = &mut scratch.flow;

@@ -6,9 +6,12 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, MapData, MapInfo, PerCpuArray};
+use aya::maps::{Array, Map, MapData, MapInfo, PerCpuArray};
 use lb_common::{
-    GlobalCounter, MAX_BACKENDS, Service, ServiceKey, counters::GLOBAL_COUNTERS, filter,
+    Flow, FlowKey, GlobalCounter, MAX_BACKENDS, Service, ServiceKey,
+    counters::GLOBAL_COUNTERS,
+    filter,
+    flow::{FLOW_ESTABLISHED, FLOW_SIZE_WITHOUT_CLIENT_HOP, NextHop},
 };
 use serde_json::Value;
 use xlb::{
@@ -329,4 +332,91 @@ fn a_restarted_agents_failed_first_change_keeps_the_filter_of_the_running_servic
     assert_eq!(roles_of(&dir, "10.0.0.108") & filter::ROLE_VIP, 0);
     assert_ne!(roles_of(&dir, "10.0.0.118") & filter::ROLE_VIP, 0);
     dp.shut_down().unwrap();
+}
+
+/// An agent upgraded over a `FLOWS` of the layout before the flow's next
+/// hop towards its client carries every flow over, the new field empty, so
+/// an upgrade keeps its connections; `REPLIES` is reused, and the table's
+/// size is kept.
+#[test]
+fn flows_of_the_layout_before_the_client_hop_are_carried_over() {
+    const CAPACITY: u32 = 8192;
+    let dir = PinDir::new("flows-layout");
+    drop(Dataplane::load_with(dir.options(CAPACITY)).unwrap());
+    let (replies_id, _) = dir.pinned(MapName::Replies);
+    std::fs::remove_file(dir.pin(MapName::Flows)).unwrap();
+
+    let flows: Vec<(FlowKey, Flow)> = (0..3u8)
+        .map(|i| {
+            let key = FlowKey::reverse_of(
+                &std::net::Ipv4Addr::new(10, 0, 0, 100 + i)
+                    .to_ipv6_mapped()
+                    .octets(),
+                8080u16.to_be(),
+                &std::net::Ipv4Addr::new(10, 9, 0, 1)
+                    .to_ipv6_mapped()
+                    .octets(),
+                (40000 + u16::from(i)).to_be(),
+                6,
+            );
+            let flow = Flow {
+                backend: u32::from(i) + 1,
+                snat_port_be: (50000 + u16::from(i)).to_be(),
+                state: FLOW_ESTABLISHED,
+                flags: 1 << i,
+                seq_delta: 7,
+                client_isn: 8,
+                last_seen_ns: 123_456_789,
+                service: 2,
+                syn_sent_us: 9,
+                client_hop: NextHop::default(),
+            };
+            (key, flow)
+        })
+        .collect();
+    let old = MapData::create(
+        aya_obj::Map::new_from_params(
+            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32,
+            size_of::<FlowKey>() as u32,
+            FLOW_SIZE_WITHOUT_CLIENT_HOP as u32,
+            CAPACITY,
+            0,
+        ),
+        "FLOWS",
+        None,
+    )
+    .unwrap();
+    old.pin(dir.pin(MapName::Flows)).unwrap();
+    let mut old: aya::maps::HashMap<MapData, FlowKey, [u8; FLOW_SIZE_WITHOUT_CLIENT_HOP]> =
+        aya::maps::HashMap::try_from(Map::LruHashMap(old)).unwrap();
+    for (key, flow) in &flows {
+        let mut bytes = [0u8; FLOW_SIZE_WITHOUT_CLIENT_HOP];
+        // SAFETY: `Flow` is `repr(C)` with no padding and at least this
+        // many bytes; its leading ones are the old layout.
+        bytes.copy_from_slice(unsafe {
+            std::slice::from_raw_parts(
+                (flow as *const Flow).cast::<u8>(),
+                FLOW_SIZE_WITHOUT_CLIENT_HOP,
+            )
+        });
+        old.insert(key, bytes, 0).unwrap();
+    }
+    drop(old);
+
+    // Asked for another size: the pinned one's is kept.
+    let dp = Dataplane::load_with(dir.options(4096)).unwrap();
+    assert_eq!(dp.pins().flows_carried, Some(flows.len()));
+    assert!(dp.pins().replaced.is_empty(), "{:?}", dp.pins().replaced);
+    assert!(dp.pins().reused(MapName::Replies));
+    assert_eq!(dp.pins().flow_capacity_kept, Some(CAPACITY));
+    assert_eq!(dir.pinned(MapName::Replies), (replies_id, CAPACITY));
+    let (_, entries) = dir.pinned(MapName::Flows);
+    assert_eq!(entries, CAPACITY);
+    let carried = MapData::from_pin(dir.pin(MapName::Flows)).unwrap();
+    let carried: aya::maps::HashMap<MapData, FlowKey, Flow> =
+        aya::maps::HashMap::try_from(Map::LruHashMap(carried)).unwrap();
+    let mut got: Vec<(FlowKey, Flow)> = carried.iter().map(Result::unwrap).collect();
+    got.sort_by_key(|(_, flow)| flow.backend);
+    assert_eq!(got, flows);
+    drop(dp);
 }

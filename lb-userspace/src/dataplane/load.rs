@@ -12,6 +12,10 @@
 //! with another number of entries than `[flows] table_size` asks are kept as
 //! they are, since their flows are worth more than the new size, which
 //! applies at the next start after a stop (SIGTERM removes the pins).
+//!
+//! A `FLOWS` of the layout before [`Flow::client_hop`] is carried over: its
+//! entries are copied into the fresh table, the new field empty, once the
+//! programs are verified, so that an upgrade keeps its flows.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -22,11 +26,15 @@ use std::{
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapInfo, MapType},
+    maps::{Map, MapData, MapInfo, MapType},
     programs::{CgroupSockAddr, SchedClassifier, Xdp},
 };
 use aya_obj::generated::bpf_map_type;
-use lb_common::{flood::FloodConfig, flow::FlowTimeouts};
+use lb_common::{
+    Flow, FlowKey,
+    flood::FloodConfig,
+    flow::{FLOW_SIZE_WITHOUT_CLIENT_HOP, FlowTimeouts},
+};
 
 use super::maps::MapName;
 use crate::xdp;
@@ -89,6 +97,9 @@ pub struct Pins {
     /// The pinned flow table's entries where they differ from
     /// `flow_capacity`: kept.
     pub flow_capacity_kept: Option<u32>,
+    /// Flows copied over from a pinned `FLOWS` of the layout before
+    /// [`Flow::client_hop`].
+    pub flows_carried: Option<usize>,
 }
 
 impl Pins {
@@ -175,13 +186,14 @@ impl fmt::Display for Layout {
 /// capacity in `options` becomes the pinned one where that is kept.
 pub(super) fn load(options: &mut LoadOptions) -> anyhow::Result<(Ebpf, Pins)> {
     let mut pins = Pins::default();
+    let mut old_flows = None;
     if let Some(dir) = &options.pin_dir {
         if dir.starts_with(xdp::BPF_FS) {
             xdp::ensure_bpffs()?;
         }
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating {} (is bpffs mounted?)", dir.display()))?;
-        pins = prepare_pins(dir, options.flow_capacity)?;
+        (pins, old_flows) = prepare_pins(dir, options.flow_capacity)?;
         if let Some(kept) = pins.flow_capacity_kept {
             options.flow_capacity = kept;
         }
@@ -214,7 +226,68 @@ pub(super) fn load(options: &mut LoadOptions) -> anyhow::Result<(Ebpf, Pins)> {
         retry_interrupted(|| Ok(socket_program(&mut ebpf, name)?.load()?))
             .with_context(|| format!("loading the socket program {name} (verifier)"))?;
     }
+    if let Some(old) = old_flows {
+        let carried = carry_flows(&mut ebpf, old).context("carrying the pinned flows over")?;
+        tracing::info!(
+            "carried {carried} flows over from a pinned FLOWS of the layout before the flow's \
+             next hop towards its client"
+        );
+        pins.flows_carried = Some(carried);
+    }
     Ok((ebpf, pins))
+}
+
+/// Copies every entry of `old`, a `FLOWS` of the layout before
+/// [`Flow::client_hop`], into this object's `FLOWS`, the new field empty
+/// (looked up at the flow's next reply). Returns how many.
+fn carry_flows(ebpf: &mut Ebpf, old: MapData) -> anyhow::Result<usize> {
+    let old: aya::maps::HashMap<MapData, FlowKey, [u8; FLOW_SIZE_WITHOUT_CLIENT_HOP]> =
+        aya::maps::HashMap::try_from(Map::LruHashMap(old))?;
+    let new = ebpf
+        .map_mut(MapName::Flows.as_str())
+        .ok_or_else(|| anyhow!("map FLOWS missing from the eBPF object"))?;
+    let mut new: aya::maps::HashMap<&mut MapData, FlowKey, Flow> =
+        aya::maps::HashMap::try_from(new)?;
+    let mut carried = 0;
+    for entry in old.iter() {
+        // An entry removed while the walk runs ends it early: the program
+        // being replaced still runs. What is not carried is scheduled
+        // again.
+        let Ok((key, bytes)) = entry else { break };
+        new.insert(key, flow_without_client_hop(&bytes), 0)?;
+        carried += 1;
+    }
+    Ok(carried)
+}
+
+/// A flow as agents before [`Flow::client_hop`] stored it.
+fn flow_without_client_hop(bytes: &[u8; FLOW_SIZE_WITHOUT_CLIENT_HOP]) -> Flow {
+    let mut flow = Flow::default();
+    // SAFETY: `Flow` is `repr(C)`, its first `FLOW_SIZE_WITHOUT_CLIENT_HOP`
+    // bytes are the old layout's fields at the same offsets (checked by a
+    // test in lb-common), and every byte pattern is valid for them
+    // (integers only).
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            (&raw mut flow).cast::<u8>(),
+            FLOW_SIZE_WITHOUT_CLIENT_HOP,
+        );
+    }
+    flow
+}
+
+/// Whether the pinned `have` is `FLOWS` as agents before
+/// [`Flow::client_hop`] made it, where this agent's is `want`; the entries
+/// may differ.
+fn is_flows_before_client_hop(have: Layout, want: Layout) -> bool {
+    have.value_size as usize == FLOW_SIZE_WITHOUT_CLIENT_HOP
+        && want.value_size as usize == size_of::<Flow>()
+        && Layout {
+            value_size: want.value_size,
+            max_entries: want.max_entries,
+            ..have
+        } == want
 }
 
 /// Runs `load` again while the kernel answers `EAGAIN`: a signal arrived
@@ -251,12 +324,15 @@ fn map_pin(dir: &Path, map: MapName) -> PathBuf {
 /// Compares every map pinned in `dir` with this object's and unpins those
 /// that differ (the flow table's entries aside), with the flow table if
 /// `BACKENDS` goes: flows name their backend by its id there. Logs each.
-fn prepare_pins(dir: &Path, flow_capacity: u32) -> anyhow::Result<Pins> {
+/// Returns a `FLOWS` of the layout before [`Flow::client_hop`], unpinned,
+/// for [`carry_flows`].
+fn prepare_pins(dir: &Path, flow_capacity: u32) -> anyhow::Result<(Pins, Option<MapData>)> {
     remove_foreign_pins(dir);
     let wanted = object_layouts(flow_capacity)?;
     let mut pins = Pins::default();
     let mut pinned = Vec::new();
     let mut differ = HashMap::new();
+    let mut flows_before_client_hop = false;
     for map in MapName::ALL {
         let path = map_pin(dir, map);
         if !path.exists() {
@@ -272,6 +348,13 @@ fn prepare_pins(dir: &Path, flow_capacity: u32) -> anyhow::Result<Pins> {
             }
         };
         let flow_table = matches!(map, MapName::Flows | MapName::Replies);
+        if map == MapName::Flows && is_flows_before_client_hop(have, want) {
+            if have.max_entries != want.max_entries {
+                pins.flow_capacity_kept.get_or_insert(have.max_entries);
+            }
+            flows_before_client_hop = true;
+            continue;
+        }
         if flow_table && have.max_entries != want.max_entries {
             let same_otherwise = Layout {
                 max_entries: want.max_entries,
@@ -302,6 +385,14 @@ fn prepare_pins(dir: &Path, flow_capacity: u32) -> anyhow::Result<Pins> {
         }
         pins.flow_capacity_kept = None;
     }
+    let mut old_flows = None;
+    if flows_before_client_hop && !differ.contains_key(&MapName::Flows) {
+        let path = map_pin(dir, MapName::Flows);
+        // Open before unpinning: the open map outlives its pin.
+        old_flows = Some(MapData::from_pin(&path).context("opening the pinned FLOWS")?);
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        pinned.retain(|&map| map != MapName::Flows);
+    }
     for map in pinned {
         let Some(why) = differ.remove(&map) else {
             pins.reused.push(map);
@@ -324,7 +415,7 @@ fn prepare_pins(dir: &Path, flow_capacity: u32) -> anyhow::Result<Pins> {
              starts after a stop"
         );
     }
-    Ok(pins)
+    Ok((pins, old_flows))
 }
 
 /// Removes pins in `dir` that are neither a map of this object nor an
