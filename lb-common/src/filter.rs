@@ -68,6 +68,9 @@ pub const ROLE_VIP: u8 = 1;
 pub const ROLE_BACKEND: u8 = 2;
 /// Some backend of a service with `stateless_replies` hashes to the slot.
 pub const ROLE_STATELESS: u8 = 4;
+/// Some backend in `REPLY_SERVICES` (its `dnat` flows keep no reply entry)
+/// hashes to the slot.
+pub const ROLE_REPLY_SERVICE: u8 = 8;
 
 /// The slot of `addr` (16 bytes, IPv4-mapped for IPv4): the four 32-bit
 /// words folded, then spread by a multiplicative hash.

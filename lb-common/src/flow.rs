@@ -327,7 +327,21 @@ impl Reply {
     }
 }
 
-impl_pod!(FlowKey, Flow, Reply, FlowTimeouts, NextHop);
+/// Value of `REPLY_SERVICES`, keyed by a backend's (address, port,
+/// protocol) in a `ServiceKey`'s shape: the one `dnat` service whose flows
+/// to it keep no reply entry ([`FLOW_F_REPLIES_BY_FLOW`]), and the
+/// backend's id there. Its replies find their flow by the service's VIP
+/// and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplyService {
+    /// The service's id (`SERVICE_SLOTS`).
+    pub service: u32,
+    /// The backend's id in that service (`BACKENDS`).
+    pub backend: u32,
+}
+
+impl_pod!(FlowKey, Flow, Reply, FlowTimeouts, NextHop, ReplyService);
 
 /// First port of the range `nat` mode takes source ports from.
 pub const SNAT_PORT_MIN: u16 = 1024;
@@ -509,6 +523,7 @@ mod tests {
             FLOW_SIZE_WITHOUT_CLIENT_HOP
         );
         assert_eq!(size_of::<Reply>(), 16 + 16 + 2 + 2 + 4 + 4 + 4 + 24);
+        assert_eq!(size_of::<ReplyService>(), 4 + 4);
     }
 
     #[test]

@@ -182,6 +182,17 @@ pub fn track_reply<C: Frame>(ctx: &C, packet: &Packet, reply: *mut Reply) -> Tra
     if flow.state == FLOW_PROXY_SYN {
         return track_proxied(ctx, packet, flow, reply, &client_key);
     }
+    track_answer(packet, flow, backend)
+}
+
+/// What a backend's (`backend`'s) SYN-ACK, FIN or RST does to its flow,
+/// one not in [`FLOW_PROXY_SYN`]: the handshake settles or fails, the flow
+/// closes.
+#[inline(always)]
+pub fn track_answer(packet: &Packet, flow: &mut Flow, backend: u32) -> Tracked {
+    if !packet.is_tcp() || packet.tcp_flags & (TCP_SYN | TCP_RST | TCP_FIN) == 0 {
+        return Tracked::Forward;
+    }
     if packet.tcp_flags & TCP_RST != 0 {
         if flow.state == FLOW_SYN_SENT {
             settle(flow);

@@ -13,7 +13,7 @@ use lb_common::{
     counters::GLOBAL_COUNTERS,
     filter::{ADDRESS_WORDS, address_slot, roles_in, word_of},
     flood::{FLOOD_STATE_LEN, MAX_SOURCES},
-    flow::NextHop,
+    flow::{NextHop, ReplyService},
     service::ServiceSlot,
 };
 
@@ -72,6 +72,15 @@ pub static FLOWS: LruHashMap<FlowKey, Flow> =
 #[map]
 pub static REPLIES: LruHashMap<FlowKey, Reply> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+
+/// Backends whose `dnat` flows keep no `REPLIES` entry
+/// (`lb_common::flow::ReplyService`): a backend's (address, port,
+/// protocol), in a `ServiceKey`'s shape → its one such service and its id
+/// there, by which its replies find their flow in `FLOWS`. Written by the
+/// agent.
+#[map]
+pub static REPLY_SERVICES: HashMap<ServiceKey, ReplyService> =
+    HashMap::with_max_entries(MAX_BACKENDS, 0);
 
 /// `dnat` services with `stateless_replies`: a backend's (address, port,
 /// protocol), in a `ServiceKey`'s shape → its service's id. A packet from
@@ -139,6 +148,12 @@ pub struct NewFlowScratch {
     /// Whether `snat::claim_port`'s search claimed a source port (then
     /// `reply_key`'s).
     pub port_claimed: bool,
+    /// A new flow's backend as a `REPLY_SERVICES` key
+    /// (`schedule::replies_by_flow`).
+    pub backend_key: ServiceKey,
+    /// Whether the new flow's replies find it by themselves (then it has no
+    /// reply entry): kept here, not on `new_flow`'s stack.
+    pub replies_by_flow: bool,
 }
 
 #[map]

@@ -6,10 +6,11 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST, cty::c_void, helpers::generated::bpf_loop, programs::XdpContext,
 };
 use lb_common::{
-    Backend, Flow, FlowKey, GlobalCounter, Reply, Service,
+    Backend, Flow, FlowKey, GlobalCounter, Reply, Service, ServiceKey,
     flow::{
         FLOW_CLOSING, FLOW_F_HALF_OPEN, FLOW_F_MSS_CLASS_MASK, FLOW_F_MSS_CLASS_SHIFT,
-        FLOW_F_SYN_AGAIN, FLOW_PROXY_SYN, FLOW_REFUSED, FLOW_SYN_SENT, NextHop, is_live, snats,
+        FLOW_F_REPLIES_BY_FLOW, FLOW_F_SYN_AGAIN, FLOW_PROXY_SYN, FLOW_REFUSED, FLOW_SYN_SENT,
+        NextHop, is_live, snats,
     },
     hash::next_draw,
     load::at_limit,
@@ -19,7 +20,7 @@ use lb_common::{
 use crate::{
     cookie::{self, Answer},
     flow, load,
-    maps::{BACKENDS, FLOWS, NewFlowScratch, REPLIES, SCRATCH, count_backend},
+    maps::{BACKENDS, FLOWS, NewFlowScratch, REPLIES, REPLY_SERVICES, SCRATCH, count_backend},
     parse::{Packet, TCP_RST},
     pick, snat,
 };
@@ -322,12 +323,19 @@ fn new_flow(
     };
     // In `nat` mode the source port is filled in by `claim_port`.
     scratch.reply_key = key.reply_key(service, backend, 0);
+    // A `dsr` backend's replies do not come back this way; a `dnat` flow's
+    // to a backend in `REPLY_SERVICES` for this service find the flow
+    // itself.
+    scratch.replies_by_flow = false;
     let snat_port_be = if snats(service, backend) {
         snat::claim_port(scratch)?
     } else {
-        // A `dsr` backend's replies do not come back this way.
         if !service.is_dsr() {
-            insert_reply(scratch, key, cookie.is_some())?;
+            scratch.replies_by_flow =
+                cookie.is_none() && replies_by_flow(scratch, service, backend, backend_id);
+            if !scratch.replies_by_flow {
+                insert_reply(scratch, key, cookie.is_some())?;
+            }
         }
         0
     };
@@ -336,7 +344,13 @@ fn new_flow(
         backend: backend_id,
         snat_port_be,
         state: flow::initial_state(packet),
-        flags: flow::flags(service) | scratch.search.flags,
+        flags: flow::flags(service)
+            | scratch.search.flags
+            | if scratch.replies_by_flow {
+                FLOW_F_REPLIES_BY_FLOW
+            } else {
+                0
+            },
         seq_delta: 0,
         client_isn: 0,
         last_seen_ns: now,
@@ -354,7 +368,7 @@ fn new_flow(
     // The pick saw room under `max_conns`; another CPU may have taken the
     // last place since. The place is taken before the flow exists.
     if live && !load::open(backend_id, backend.max_conns) {
-        if !service.is_dsr() {
+        if !service.is_dsr() && !scratch.replies_by_flow {
             let _ = REPLIES.remove(&scratch.reply_key);
         }
         return Err(GlobalCounter::DropMaxConns);
@@ -394,6 +408,32 @@ fn new_flow(
         // packet needs of the flow, without looking it up again.
         flow: &raw const scratch.flow,
     })
+}
+
+/// Whether the replies of a `dnat` flow of `service` to `backend` (id
+/// `backend_id`) find the flow by themselves: the agent put the backend in
+/// `REPLY_SERVICES` for this service, and it is not local (the tc egress
+/// path finds local backends' replies in `REPLIES` only). Then the flow
+/// needs no reply entry. Out of line: its key's copy would otherwise
+/// widen `new_flow`'s stack frame past Linux 6.6-6.8's rule.
+#[inline(never)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "as in new_flow: the key stays in scratch space"
+)]
+fn replies_by_flow(
+    scratch: &mut NewFlowScratch,
+    service: &Service,
+    backend: &Backend,
+    backend_id: u32,
+) -> bool {
+    if backend.is_local() {
+        return false;
+    }
+    scratch.backend_key = ServiceKey::v6(backend.addr, backend.port_be, scratch.reply_key.proto);
+    // SAFETY: the value is only read.
+    unsafe { REPLY_SERVICES.get(&scratch.backend_key) }
+        .is_some_and(|owner| owner.service == service.id && owner.backend == backend_id)
 }
 
 /// Inserts a `dnat` flow's reply entry (its key is the backend's 5-tuple

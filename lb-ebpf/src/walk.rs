@@ -7,19 +7,19 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    Flow, GlobalCounter, Reply, Service, ServiceKey,
-    filter::{ROLE_BACKEND, ROLE_STATELESS, ROLE_VIP},
-    flow::{FLOW_F_SEQ_SHIFT, NextHop, snats},
+    Flow, FlowKey, GlobalCounter, Reply, Service, ServiceKey,
+    filter::{ROLE_BACKEND, ROLE_REPLY_SERVICE, ROLE_STATELESS, ROLE_VIP},
+    flow::{FLOW_F_REPLIES_BY_FLOW, FLOW_F_SEQ_SHIFT, NextHop, snats},
 };
 
 use crate::{
     cookie,
-    flow::{Tracked, track_reply},
+    flow::{Tracked, track_answer, track_reply},
     forward::{self, Route, forward},
     frame,
     maps::{
-        self, BACKEND_HOPS, FLOWS, REPLIES, SCRATCH, SERVICE_SLOTS, STATELESS_REPLIES,
-        count_backend, count_service,
+        self, BACKEND_HOPS, FLOWS, REPLIES, REPLY_SERVICES, SCRATCH, SERVICE_SLOTS,
+        STATELESS_REPLIES, count_backend, count_service,
     },
     parse::{Packet, TCP_ACK, parse},
     rewrite::{Endpoint, rewrite},
@@ -49,6 +49,11 @@ pub fn walk(ctx: &XdpContext) -> GlobalCounter {
     }
     let roles = maps::address_roles(&key.src);
     if roles & ROLE_BACKEND != 0 {
+        if roles & ROLE_REPLY_SERVICE != 0
+            && let Some(verdict) = reply_by_flow(ctx, &packet)
+        {
+            return verdict;
+        }
         if let Some(reply) = REPLIES.get_ptr_mut(key) {
             return to_client(ctx, &packet, reply);
         }
@@ -59,6 +64,79 @@ pub fn walk(ctx: &XdpContext) -> GlobalCounter {
         }
     }
     GlobalCounter::PassNotService
+}
+
+/// A backend's reply to a flow without a reply entry
+/// ([`FLOW_F_REPLIES_BY_FLOW`]): the backend's service in `REPLY_SERVICES`
+/// gives the VIP and port, by which the flow is found in `FLOWS`. `None`:
+/// no such flow to this backend (one that moved to another backend since
+/// is not its flow any more).
+#[inline(never)]
+fn reply_by_flow(ctx: &XdpContext, packet: &Packet) -> Option<GlobalCounter> {
+    let key = &packet.key;
+    let from = ServiceKey::v6(key.src, key.src_port_be, key.proto);
+    // SAFETY: the value is copied out at once.
+    let owner = *unsafe { REPLY_SERVICES.get(from) }?;
+    let slot = SERVICE_SLOTS.get(owner.service)?;
+    // The client's key goes in per-CPU scratch space, not on the stack.
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU, and nothing else on this CPU runs meanwhile.
+    let client_key = unsafe { &mut (*scratch).client_key };
+    *client_key = FlowKey::reverse_of(
+        &slot.key.addr,
+        slot.key.port_be,
+        &key.dst,
+        key.dst_port_be,
+        key.proto,
+    );
+    let flow = FLOWS.get_ptr_mut(client_key)?;
+    // SAFETY: a map value, valid for this run; only read here.
+    let (flags, backend, service) = unsafe { ((*flow).flags, (*flow).backend, (*flow).service) };
+    if flags & FLOW_F_REPLIES_BY_FLOW == 0 || backend != owner.backend || service != owner.service {
+        return None;
+    }
+    Some(to_client_by_flow(ctx, packet, &slot.key, flow, backend))
+}
+
+/// [`reply_by_flow`]'s reply, of `flow` to `backend` of the service at
+/// `vip`: rewrite it to come from the service, send it on.
+#[inline(always)]
+fn to_client_by_flow(
+    ctx: &XdpContext,
+    packet: &Packet,
+    vip: &'static ServiceKey,
+    flow: *mut Flow,
+    backend: u32,
+) -> GlobalCounter {
+    if packet.ttl <= 1 {
+        return GlobalCounter::PassTtlExceeded;
+    }
+    let bytes = frame::len(ctx);
+    count_backend(backend, |c| {
+        c.reply_packets += 1;
+        c.reply_bytes += bytes as u64;
+    });
+    // SAFETY: `flow` points into its map value, valid for this run (RCU).
+    match track_answer(packet, unsafe { &mut *flow }, backend) {
+        Tracked::Forward => {}
+        Tracked::Refused => return GlobalCounter::DropRefusedHandshake,
+        // Only a flow opened by a SYN cookie, which keeps a reply entry.
+        Tracked::ProxyAccepted => return GlobalCounter::DropInternal,
+    }
+    let src = Endpoint {
+        addr: &vip.addr,
+        port_be: vip.port_be,
+    };
+    let dst = Endpoint {
+        addr: &packet.key.dst,
+        port_be: packet.key.dst_port_be,
+    };
+    // SAFETY: as above; `forward` writes the next hop and nothing else of
+    // the flow.
+    let hop = unsafe { &raw mut (*flow).client_hop };
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() };
+    send(ctx, packet, &Route::to_client(src, dst, hop, now))
 }
 
 /// A backend's packet to a client whose flow this node does not hold

@@ -149,6 +149,10 @@ fn loss(map: MapName) -> &'static str {
         MapName::LocalPorts | MapName::AddressRoles | MapName::StatelessReplies => {
             "nothing (refilled from the configuration)"
         }
+        MapName::ReplyServices => {
+            "the replies of flows to backends since removed from their `dnat` service (the \
+             configured ones are refilled from the configuration)"
+        }
         MapName::BackendHops => "nothing (next hops are looked up again)",
         MapName::BackendLoad => {
             "the live-flow counts (recounted from the flow table within seconds) and connect \

@@ -17,7 +17,8 @@ use aya::{
 };
 use lb_common::{
     Backend, BackendCounters, BackendLoad, Flow, FlowKey, Service, ServiceKey, TrafficCounters,
-    flow::NextHop, service::ServiceSlot,
+    flow::{NextHop, ReplyService},
+    service::ServiceSlot,
 };
 
 /// A map of the eBPF object that userspace reads or writes; all of them are
@@ -47,11 +48,12 @@ pub enum MapName {
     BackendGone,
     RoundRobin,
     StatelessReplies,
+    ReplyServices,
 }
 
 impl MapName {
     /// Every one, in the order of docs/datapath.md.
-    pub const ALL: [Self; 21] = [
+    pub const ALL: [Self; 22] = [
         Self::Services,
         Self::Maglev,
         Self::Backends,
@@ -73,6 +75,7 @@ impl MapName {
         Self::BackendGone,
         Self::RoundRobin,
         Self::StatelessReplies,
+        Self::ReplyServices,
     ];
 
     /// Its name in the eBPF object (and its pin's file name).
@@ -99,6 +102,7 @@ impl MapName {
             Self::BackendGone => "BACKEND_GONE",
             Self::RoundRobin => "ROUND_ROBIN",
             Self::StatelessReplies => "STATELESS_REPLIES",
+            Self::ReplyServices => "REPLY_SERVICES",
         }
     }
 }
@@ -244,6 +248,20 @@ pub(super) fn stateless_replies_mut(
     ebpf: &mut Ebpf,
 ) -> anyhow::Result<Named<HashMap<&mut MapData, ServiceKey, u32>>> {
     open_mut(ebpf, MapName::StatelessReplies)
+}
+
+/// `REPLY_SERVICES`: a backend's (address, port, protocol) → its `dnat`
+/// service and id there, whose flows keep no reply entry.
+pub(super) fn reply_services(
+    ebpf: &Ebpf,
+) -> anyhow::Result<Named<HashMap<&MapData, ServiceKey, ReplyService>>> {
+    open(ebpf, MapName::ReplyServices)
+}
+
+pub(super) fn reply_services_mut(
+    ebpf: &mut Ebpf,
+) -> anyhow::Result<Named<HashMap<&mut MapData, ServiceKey, ReplyService>>> {
+    open_mut(ebpf, MapName::ReplyServices)
 }
 
 /// `SERVICE_SLOTS`: service id → its key and entry, for established flows.

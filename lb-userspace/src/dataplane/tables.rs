@@ -14,8 +14,11 @@ use aya::Ebpf;
 use lb_common::{
     Backend, MAGLEV_SLOTS, MAX_BACKENDS, MAX_SERVICES, Service, ServiceKey,
     backend::{BACKEND_F_FAIL_AT_ONCE, BACKEND_F_FAILED, BACKEND_F_LOCAL, BACKEND_F_NO_NEW_FLOWS},
-    filter::{self, ADDRESS_SLOTS, ROLE_BACKEND, ROLE_STATELESS, ROLE_VIP, address_slot},
-    flow::NextHop,
+    filter::{
+        self, ADDRESS_SLOTS, ROLE_BACKEND, ROLE_REPLY_SERVICE, ROLE_STATELESS, ROLE_VIP,
+        address_slot,
+    },
+    flow::{NextHop, ReplyService},
     load,
     maglev::{self, Candidate},
     service::{
@@ -47,6 +50,8 @@ pub(super) struct Tables {
     pub(super) backend_addrs: Option<HashMap<u32, [u8; 16]>>,
     /// `ADDRESS_ROLES` as last written; `None` before the first write.
     pub(super) address_roles: Option<Vec<u8>>,
+    /// `REPLY_SERVICES` as last written; `None` before the first write.
+    pub(super) reply_services: Option<HashMap<ServiceKey, ReplyService>>,
     /// Whether `SERVICE_SLOTS` of ids no service uses were cleared (once,
     /// at the first write: an earlier agent may have left some).
     pub(super) slots_cleared: bool,
@@ -109,6 +114,7 @@ impl Tables {
             local_ports: None,
             backend_addrs: None,
             address_roles: None,
+            reply_services: None,
             slots_cleared: false,
         }
     }
@@ -132,6 +138,7 @@ impl Tables {
     pub(super) fn apply(&mut self, ebpf: &mut Ebpf, desired: &Desired) -> anyhow::Result<()> {
         self.load_backend_addrs(ebpf)?;
         self.load_address_roles(ebpf)?;
+        self.load_reply_services(ebpf)?;
         // The address filter lets the new services' frames through before
         // their entries exist, and stops a removed service's only after.
         let mut before = self.address_roles.clone().expect("loaded above");
@@ -142,12 +149,28 @@ impl Tables {
             .flat_map(|s| &s.backends)
             .map(|b| mapped(b.address.ip()))
             .chain(addrs.values().copied());
-        merge_roles(&mut before, &address_roles(desired, backends));
+        let reply_services = self.reply_services.as_ref().expect("loaded above");
+        let reply_backends = desired
+            .services
+            .iter()
+            .filter(|s| s.mode == Mode::Dnat)
+            .flat_map(|s| &s.backends)
+            .map(|b| mapped(b.address.ip()))
+            .chain(reply_services.keys().map(|key| key.addr));
+        merge_roles(
+            &mut before,
+            &address_roles(desired, backends, reply_backends),
+        );
         self.write_address_roles(ebpf, before)?;
         self.apply_services(ebpf, desired)?;
         self.clear_unused_slots(ebpf)?;
         let addrs = self.backend_addrs.as_ref().expect("loaded above");
-        let after = address_roles(desired, addrs.values().copied());
+        let reply_services = self.reply_services.as_ref().expect("written above");
+        let after = address_roles(
+            desired,
+            addrs.values().copied(),
+            reply_services.keys().map(|key| key.addr),
+        );
         self.write_address_roles(ebpf, after)
     }
 
@@ -167,7 +190,73 @@ impl Tables {
                 .with_context(|| format!("service {:?}", service.name))?;
         }
         self.write_stateless_replies(ebpf, desired)?;
+        self.write_reply_services(ebpf, desired)?;
         self.write_local_ports(ebpf, desired)
+    }
+
+    /// Reads `REPLY_SERVICES` back from the map, once: an earlier agent's
+    /// entries name the flows it made without a reply entry.
+    fn load_reply_services(&mut self, ebpf: &Ebpf) -> anyhow::Result<()> {
+        if self.reply_services.is_none() {
+            self.reply_services = Some(maps::reply_services(ebpf)?.entries().collect());
+        }
+        Ok(())
+    }
+
+    /// `REPLY_SERVICES`: each backend of a `dnat` service → that service
+    /// and the backend's id there, so that its flows keep no reply entry
+    /// (their replies find the flow by the service's VIP). An entry stays
+    /// while its service is `dnat` and its backend id still has its
+    /// address, even once the backend has left the service: flows may name
+    /// a removed backend's id until it is reused, and their replies need
+    /// the entry. A backend in two `dnat` services is the one's whose entry
+    /// it already has, else the first's; the other's flows keep reply
+    /// entries.
+    fn write_reply_services(&mut self, ebpf: &mut Ebpf, desired: &Desired) -> anyhow::Result<()> {
+        let addrs = self.backend_addrs.as_ref().expect("loaded in apply");
+        let mut dnat = HashMap::new();
+        for service in desired.services.iter().filter(|s| s.mode == Mode::Dnat) {
+            let state = self.service(&service.name)?;
+            dnat.insert(state.id, (service, state));
+        }
+        let present = self.reply_services.clone().expect("loaded in apply");
+        let mut wanted: HashMap<ServiceKey, ReplyService> = present
+            .iter()
+            .filter(|(key, owner)| {
+                dnat.get(&owner.service).is_some_and(|(service, _)| {
+                    lb_common::IpProto::from(service.protocol) as u8 == key.proto
+                }) && addrs.get(&owner.backend) == Some(&key.addr)
+            })
+            .map(|(key, owner)| (*key, *owner))
+            .collect();
+        let mut services: Vec<_> = dnat.values().collect();
+        services.sort_by_key(|(_, state)| state.id);
+        for (service, state) in services {
+            let proto = lb_common::IpProto::from(service.protocol) as u8;
+            for backend in &service.backends {
+                let key = service_key(backend.address.ip(), backend.address.port(), proto);
+                wanted.entry(key).or_insert(ReplyService {
+                    service: state.id,
+                    backend: state.backends[&backend.address],
+                });
+            }
+        }
+        // On an error the map is part old, part new: with no record the next
+        // write reads it back.
+        self.reply_services = None;
+        let mut map = maps::reply_services_mut(ebpf)?;
+        for (key, owner) in &present {
+            if wanted.get(key) != Some(owner) {
+                map.remove(key)?;
+            }
+        }
+        for (key, owner) in &wanted {
+            if present.get(key) != Some(owner) {
+                map.insert(*key, *owner)?;
+            }
+        }
+        self.reply_services = Some(wanted);
+        Ok(())
     }
 
     /// `STATELESS_REPLIES` for the services with `stateless_replies`: each
@@ -600,7 +689,11 @@ fn service_entry(
 
 /// The address filter for `desired`'s service addresses and `backends`:
 /// `ROLE_*` bits by slot (`lb_common::filter`).
-fn address_roles(desired: &Desired, backends: impl Iterator<Item = [u8; 16]>) -> Vec<u8> {
+fn address_roles(
+    desired: &Desired,
+    backends: impl Iterator<Item = [u8; 16]>,
+    reply_backends: impl Iterator<Item = [u8; 16]>,
+) -> Vec<u8> {
     let mut roles = vec![0u8; ADDRESS_SLOTS as usize];
     for service in &desired.services {
         roles[address_slot(&service.key().addr) as usize] |= ROLE_VIP;
@@ -612,6 +705,9 @@ fn address_roles(desired: &Desired, backends: impl Iterator<Item = [u8; 16]>) ->
     }
     for addr in backends {
         roles[address_slot(&addr) as usize] |= ROLE_BACKEND;
+    }
+    for addr in reply_backends {
+        roles[address_slot(&addr) as usize] |= ROLE_REPLY_SERVICE;
     }
     roles
 }

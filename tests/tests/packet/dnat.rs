@@ -1,13 +1,171 @@
 //! `dnat` mode: only the destination is rewritten; backends see the client.
 
-use lb_common::GlobalCounter;
+use lb_common::{
+    Flow, FlowKey, GlobalCounter, Reply,
+    flow::{FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_F_REPLIES_BY_FLOW},
+};
 use xlb_tests::{
     fixture::{CLIENT_MAC, LB_MAC, backend_mac},
     frames::{Frame, Transport},
     xdp::Action,
 };
 
-use crate::harness::with_harness;
+use crate::harness::{Harness, with_harness};
+
+/// The `FLOWS` entry of the client's packet `frame`.
+fn flow_of(h: &mut Harness, frame: &Frame) -> Option<Flow> {
+    let flows: aya::maps::HashMap<_, FlowKey, Flow> =
+        aya::maps::HashMap::try_from(h.dp.ebpf_mut().map("FLOWS").unwrap()).unwrap();
+    flows.get(&frame.flow_key(), 0).ok()
+}
+
+/// The `REPLIES` entry of the backend's packet `frame`.
+fn reply_entry_of(h: &mut Harness, frame: &Frame) -> Option<Reply> {
+    let replies: aya::maps::HashMap<_, FlowKey, Reply> =
+        aya::maps::HashMap::try_from(h.dp.ebpf_mut().map("REPLIES").unwrap()).unwrap();
+    replies.get(&frame.flow_key(), 0).ok()
+}
+
+/// The backend (address:port) an IPv4 TCP frame the data plane sent goes
+/// to, and the index of its MAC address.
+fn sent_to(out: &[u8]) -> (String, u8) {
+    let ip = std::net::Ipv4Addr::new(out[30], out[31], out[32], out[33]);
+    let port = u16::from_be_bytes([out[36], out[37]]);
+    (format!("{ip}:{port}"), out[5] - 0x10)
+}
+
+/// A `dnat` flow keeps one entry, in `FLOWS`: its backend's packets find it
+/// there by the backend's service, and are rewritten, tracked and sent by
+/// it (the next hop towards the client is the flow's).
+#[test]
+fn a_dnat_flow_keeps_no_reply_entry_its_backends_packets_find_the_flow() {
+    with_harness(|h| {
+        let syn = Frame::tcp("10.0.0.2:40101", "10.0.0.100:81", Transport::SYN);
+        let out = syn.rewritten("10.0.0.2:40101", "10.1.0.11:8001", LB_MAC, backend_mac(1));
+        h.expect(&syn, Action::Tx, &out, GlobalCounter::ForwardTx);
+        let flow = flow_of(h, &syn).expect("the flow");
+        assert_ne!(flow.flags & FLOW_F_REPLIES_BY_FLOW, 0, "{flow:?}");
+        assert_eq!(flow.client_hop.looked_up_ns, 0);
+
+        let syn_ack = Frame::tcp("10.1.0.11:8001", "10.0.0.2:40101", Transport::SYN_ACK)
+            .macs(backend_mac(1), LB_MAC);
+        assert_eq!(reply_entry_of(h, &syn_ack), None);
+        let back = syn_ack.rewritten("10.0.0.100:81", "10.0.0.2:40101", LB_MAC, CLIENT_MAC);
+        h.expect(&syn_ack, Action::Tx, &back, GlobalCounter::ForwardTx);
+        let flow = flow_of(h, &syn).unwrap();
+        assert_eq!(flow.state, FLOW_ESTABLISHED);
+        assert_ne!(
+            flow.client_hop.looked_up_ns, 0,
+            "the next hop is the flow's"
+        );
+        assert_eq!(flow.client_hop.dst_mac, CLIENT_MAC);
+
+        let data = Frame::tcp("10.1.0.11:8001", "10.0.0.2:40101", Transport::ACK)
+            .macs(backend_mac(1), LB_MAC);
+        let back = data.rewritten("10.0.0.100:81", "10.0.0.2:40101", LB_MAC, CLIENT_MAC);
+        h.expect(&data, Action::Tx, &back, GlobalCounter::ForwardTx);
+        let fin = Frame::tcp("10.1.0.11:8001", "10.0.0.2:40101", Transport::FIN_ACK)
+            .macs(backend_mac(1), LB_MAC);
+        let back = fin.rewritten("10.0.0.100:81", "10.0.0.2:40101", LB_MAC, CLIENT_MAC);
+        h.expect(&fin, Action::Tx, &back, GlobalCounter::ForwardTx);
+        assert_eq!(flow_of(h, &syn).unwrap().state, FLOW_CLOSING);
+        assert_eq!(reply_entry_of(h, &syn_ack), None);
+    });
+}
+
+/// A backend in two `dnat` services finds its flows by one of them: the
+/// other's flows keep a reply entry, and the replies of each come from its
+/// own VIP.
+#[test]
+fn a_backend_of_two_dnat_services_answers_the_flows_of_both() {
+    with_harness(|h| {
+        // 10.1.0.11:8001 serves "web-dnat" (10.0.0.100:81) and "plain"
+        // (10.0.0.108:80).
+        let mut by_flow = 0;
+        for (client, vip) in [
+            ("10.0.0.2:40111", "10.0.0.100:81"),
+            ("10.0.0.2:40112", "10.0.0.108:80"),
+        ] {
+            let syn = Frame::tcp(client, vip, Transport::SYN);
+            let out = syn.rewritten(client, "10.1.0.11:8001", LB_MAC, backend_mac(1));
+            h.expect(&syn, Action::Tx, &out, GlobalCounter::ForwardTx);
+            let syn_ack = Frame::tcp("10.1.0.11:8001", client, Transport::SYN_ACK)
+                .macs(backend_mac(1), LB_MAC);
+            let flow = flow_of(h, &syn).unwrap();
+            if flow.flags & FLOW_F_REPLIES_BY_FLOW != 0 {
+                by_flow += 1;
+                assert_eq!(reply_entry_of(h, &syn_ack), None);
+            } else {
+                assert!(
+                    reply_entry_of(h, &syn_ack).is_some(),
+                    "{vip}: no reply entry"
+                );
+            }
+            let back = syn_ack.rewritten(vip, client, LB_MAC, CLIENT_MAC);
+            h.expect(&syn_ack, Action::Tx, &back, GlobalCounter::ForwardTx);
+        }
+        assert_eq!(by_flow, 1, "one service's flows find their own way back");
+    });
+}
+
+/// A flow moved to another backend is no longer its first backend's: a
+/// late packet of the first to the client passes untouched, as it does
+/// once a reply entry is gone, and the new backend's is rewritten.
+#[test]
+fn a_packet_of_the_backend_a_flow_left_is_not_rewritten() {
+    with_harness(|h| {
+        let client = "10.0.0.2:40121";
+        let syn = Frame::tcp(client, "10.0.0.106:80", Transport::SYN);
+        let (first, mac) = sent_to(&h.run(&syn).1);
+        let syn_ack = Frame::tcp(&first, client, Transport::SYN_ACK).macs(backend_mac(mac), LB_MAC);
+        assert_eq!(h.run(&syn_ack).0, Action::Tx);
+        assert_ne!(flow_of(h, &syn).unwrap().flags & FLOW_F_REPLIES_BY_FLOW, 0);
+
+        h.fail("sticky", first.parse().unwrap());
+        let ack = Frame::tcp(client, "10.0.0.106:80", Transport::ACK);
+        let (second, mac2) = sent_to(&h.run(&ack).1);
+        assert_ne!(second, first, "the flow moves off its failed backend");
+
+        let late = Frame::tcp(&first, client, Transport::ACK).macs(backend_mac(mac), LB_MAC);
+        h.expect_pass_raw(&late.build(), GlobalCounter::PassNotService);
+        let answer = Frame::tcp(&second, client, Transport::ACK).macs(backend_mac(mac2), LB_MAC);
+        let back = answer.rewritten("10.0.0.106:80", client, LB_MAC, CLIENT_MAC);
+        h.expect(&answer, Action::Tx, &back, GlobalCounter::ForwardTx);
+    });
+}
+
+/// A backend removed from its `dnat` service keeps answering the flows it
+/// has (they name its id until the id is reused), though it has no reply
+/// entries: its entry in `REPLY_SERVICES` stays.
+#[test]
+fn a_backend_removed_from_its_dnat_service_still_answers_its_flows() {
+    with_harness(|h| {
+        let client = "10.0.0.2:40131";
+        let syn = Frame::tcp(client, "10.0.0.106:80", Transport::SYN);
+        let (backend, mac) = sent_to(&h.run(&syn).1);
+        let syn_ack =
+            Frame::tcp(&backend, client, Transport::SYN_ACK).macs(backend_mac(mac), LB_MAC);
+        assert_eq!(h.run(&syn_ack).0, Action::Tx);
+
+        let removed: std::net::SocketAddr = backend.parse().unwrap();
+        let sticky = h
+            .desired
+            .services
+            .iter_mut()
+            .find(|s| s.name == "sticky")
+            .unwrap();
+        sticky.backends.retain(|b| b.address != removed);
+        h.dp.apply(&h.desired).unwrap();
+
+        let ack = Frame::tcp(client, "10.0.0.106:80", Transport::ACK);
+        let out = ack.rewritten(client, &backend, LB_MAC, backend_mac(mac));
+        h.expect(&ack, Action::Tx, &out, GlobalCounter::ForwardTx);
+        let answer = Frame::tcp(&backend, client, Transport::ACK).macs(backend_mac(mac), LB_MAC);
+        assert_eq!(reply_entry_of(h, &answer), None);
+        let back = answer.rewritten("10.0.0.106:80", client, LB_MAC, CLIENT_MAC);
+        h.expect(&answer, Action::Tx, &back, GlobalCounter::ForwardTx);
+    });
+}
 
 #[test]
 fn dnat_keeps_the_client_address_ipv4() {

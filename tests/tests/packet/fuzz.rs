@@ -29,7 +29,10 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use lb_common::{Flow, FlowKey, GlobalCounter, Reply, flow::SNAT_PORT_MIN};
+use lb_common::{
+    Backend, Flow, FlowKey, GlobalCounter, Reply,
+    flow::{FLOW_F_REPLIES_BY_FLOW, SNAT_PORT_MIN},
+};
 use xlb::config::{Config, Mode, Protocol};
 use xlb_tests::{
     fixture::{LB_MAC, backend_mac},
@@ -580,6 +583,8 @@ struct Tally {
     ttl_expired: u64,
     to_backend: u64,
     to_client: u64,
+    /// Of `to_client`, replies of flows that keep no reply entry.
+    to_client_by_flow: u64,
     dropped: HashMap<&'static str, u64>,
 }
 
@@ -600,6 +605,54 @@ impl Fuzz<'_> {
         let replies: aya::maps::HashMap<_, FlowKey, Reply> =
             aya::maps::HashMap::try_from(self.h.dp.ebpf_mut().map("REPLIES").unwrap()).unwrap();
         replies.get(key, 0).ok()
+    }
+
+    /// The rewrite of a backend's packet `key` to a flow that keeps no
+    /// reply entry (`FLOW_F_REPLIES_BY_FLOW`): the flow of a `dnat` service
+    /// of the backend, from the packet's client, whose backend is the
+    /// packet's source.
+    fn reply_by_flow_of(&mut self, key: &FlowKey) -> Option<Reply> {
+        let from = unmapped(&key.src, key.src_port_be);
+        let vips: Vec<SocketAddr> = self
+            .services
+            .iter()
+            .filter(|s| !s.dsr && s.nat.is_none() && s.proto == key.proto)
+            .filter(|s| s.backends.contains(&from))
+            .map(|s| s.vip)
+            .collect();
+        for vip in vips {
+            let vip_addr = match vip.ip() {
+                IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                IpAddr::V6(v6) => v6.octets(),
+            };
+            let client_key = FlowKey::reverse_of(
+                &vip_addr,
+                vip.port().to_be(),
+                &key.dst,
+                key.dst_port_be,
+                key.proto,
+            );
+            let Ok(flow) = self.flows().get(&client_key, 0) else {
+                continue;
+            };
+            let backends: aya::maps::Array<_, Backend> =
+                aya::maps::Array::try_from(self.h.dp.ebpf_mut().map("BACKENDS").unwrap()).unwrap();
+            let backend = backends.get(&flow.backend, 0).unwrap();
+            if flow.flags & FLOW_F_REPLIES_BY_FLOW != 0
+                && backend.addr == key.src
+                && backend.port_be == key.src_port_be
+            {
+                return Some(Reply {
+                    vip: vip_addr,
+                    vip_port_be: vip.port().to_be(),
+                    client: key.dst,
+                    client_port_be: key.dst_port_be,
+                    backend: flow.backend,
+                    ..Reply::default()
+                });
+            }
+        }
+        None
     }
 
     /// The rewrite `stateless_replies` makes of a backend's packet `key`
@@ -660,10 +713,15 @@ impl Fuzz<'_> {
         // What the frame is to xlb, as the oracle sees it.
         let mut forward = None;
         let mut reply = None;
+        let mut by_flow = false;
         if let Class::Consistent(c) = &class {
             let k = key(c.src, c.dst, c.at.proto);
             if self.service_of(&k).is_some() {
                 forward = Some(*c);
+            } else if let Some(r) = self.reply_by_flow_of(&k) {
+                forward = Some(*c);
+                reply = Some(r);
+                by_flow = true;
             } else if let Some(r) = self.reply_of(&k).or_else(|| self.stateless_reply_of(&k)) {
                 forward = Some(*c);
                 reply = Some(r);
@@ -701,6 +759,7 @@ impl Fuzz<'_> {
                     .unwrap_or_else(|e| panic!("{e}: {}\n out {}", context(), hex(&out)));
                 if reply.is_some() {
                     self.tally.to_client += 1;
+                    self.tally.to_client_by_flow += u64::from(by_flow);
                 } else {
                     self.tally.to_backend += 1;
                 }
@@ -909,6 +968,10 @@ fn generated_frames_are_passed_untouched_or_rewritten_exactly() {
             ("TTL expired", t.ttl_expired),
             ("to a backend", t.to_backend),
             ("to a client", t.to_client),
+            (
+                "to a client of a flow without a reply entry",
+                t.to_client_by_flow,
+            ),
         ] {
             assert!(n > tenth, "only {n} frames {what}");
         }
