@@ -557,7 +557,8 @@ fn katran_markdown(md: &mut String, dp: &DataplaneResults) {
         md,
         "Katran's figures are issue 13's, on this machine type (not rerun here). Katran \
          tunnels each packet to its real, which answers the client itself: `dsr` is the like \
-         for like; `nat` and `dnat` also carry every reply and keep a reply entry per flow. \
+         for like; `nat` and `dnat` also carry every reply, `nat` with a reply entry per flow \
+         (its source-port claim), `dnat` finding the flow itself. \
          *at or below*: the modes at or below Katran's lower figure, or within its range.\n"
     );
     let _ = writeln!(

@@ -243,8 +243,16 @@ pub(super) fn load(options: &mut LoadOptions) -> anyhow::Result<(Ebpf, Pins)> {
 
 /// Copies every entry of `old`, a `FLOWS` of the layout before
 /// [`Flow::client_hop`], into this object's `FLOWS`, the new field empty
-/// (looked up at the flow's next reply). Returns how many.
+/// (looked up at the flow's next reply). Returns how many flows the new
+/// table holds.
+///
+/// The program being replaced still runs and may remove an entry while the
+/// walk is on it; the kernel then goes on from the table's first entry
+/// again. The walk therefore stops after as many steps as the table has
+/// entries: a flow it misses is scheduled again, as every flow was before
+/// flows were carried over.
 fn carry_flows(ebpf: &mut Ebpf, old: MapData) -> anyhow::Result<usize> {
+    let steps = old.info()?.max_entries() as usize;
     let old: aya::maps::HashMap<MapData, FlowKey, [u8; FLOW_SIZE_WITHOUT_CLIENT_HOP]> =
         aya::maps::HashMap::try_from(Map::LruHashMap(old))?;
     let new = ebpf
@@ -252,16 +260,13 @@ fn carry_flows(ebpf: &mut Ebpf, old: MapData) -> anyhow::Result<usize> {
         .ok_or_else(|| anyhow!("map FLOWS missing from the eBPF object"))?;
     let mut new: aya::maps::HashMap<&mut MapData, FlowKey, Flow> =
         aya::maps::HashMap::try_from(new)?;
-    let mut carried = 0;
-    for entry in old.iter() {
-        // An entry removed while the walk runs ends it early: the program
-        // being replaced still runs. What is not carried is scheduled
-        // again.
+    for entry in old.iter().take(steps) {
         let Ok((key, bytes)) = entry else { break };
         new.insert(key, flow_without_client_hop(&bytes), 0)?;
-        carried += 1;
     }
-    Ok(carried)
+    // Nothing else writes the new table yet: no program using it is
+    // attached.
+    Ok(new.keys().filter(Result::is_ok).count())
 }
 
 /// A flow as agents before [`Flow::client_hop`] stored it.
