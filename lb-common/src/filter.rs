@@ -7,8 +7,9 @@
 //! frame is looked up in `SERVICES` and `FLOWS` only if its destination's
 //! slot has `ROLE_VIP`, in `REPLIES` only if its source's slot has
 //! `ROLE_BACKEND` (every reply comes from a backend, in `nat` and `dnat`
-//! mode alike), and in `STATELESS_REPLIES` after a `REPLIES` miss only if
-//! that slot also has [`ROLE_STATELESS`]. Two addresses may share a slot:
+//! mode alike), in `REPLY_SERVICES` (before `REPLIES`) only if that slot
+//! also has [`ROLE_REPLY_SERVICE`], and in `STATELESS_REPLIES` after a
+//! `REPLIES` miss only if it also has [`ROLE_STATELESS`]. Two addresses may share a slot:
 //! the filter then lets a frame through to the lookups it would have had
 //! anyway, never the other way.
 //!

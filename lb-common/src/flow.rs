@@ -138,10 +138,10 @@ pub const FLOW_F_SYN_AGAIN: u8 = 1 << 3;
 pub const FLOW_F_MSS_CLASS_SHIFT: u8 = 4;
 pub const FLOW_F_MSS_CLASS_MASK: u8 = 0b11 << FLOW_F_MSS_CLASS_SHIFT;
 /// [`Flow::flags`]: the flow has no `REPLIES` entry; its backend's replies
-/// find it in `FLOWS` by their backend's `dnat` service (`REPLY_SERVICES`)
-/// and go to the client by [`Flow::client_hop`]. A `dnat` flow to a
-/// backend of that one service, not opened by a SYN cookie nor to a local
-/// backend, is made so: one entry instead of two.
+/// find it in `FLOWS` by the service key `REPLY_SERVICES` gives their
+/// backend, and go to the client by [`Flow::client_hop`]. A `dnat` flow of
+/// that service, not opened by a SYN cookie nor to a local backend, is
+/// made so: one entry instead of two.
 pub const FLOW_F_REPLIES_BY_FLOW: u8 = 1 << 6;
 
 /// How long a flow may stay idle before its entry no longer counts and its
@@ -327,21 +327,7 @@ impl Reply {
     }
 }
 
-/// Value of `REPLY_SERVICES`, keyed by a backend's (address, port,
-/// protocol) in a `ServiceKey`'s shape: the one `dnat` service whose flows
-/// to it keep no reply entry ([`FLOW_F_REPLIES_BY_FLOW`]), and the
-/// backend's id there. Its replies find their flow by the service's VIP
-/// and port.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ReplyService {
-    /// The service's id (`SERVICE_SLOTS`).
-    pub service: u32,
-    /// The backend's id in that service (`BACKENDS`).
-    pub backend: u32,
-}
-
-impl_pod!(FlowKey, Flow, Reply, FlowTimeouts, NextHop, ReplyService);
+impl_pod!(FlowKey, Flow, Reply, FlowTimeouts, NextHop);
 
 /// First port of the range `nat` mode takes source ports from.
 pub const SNAT_PORT_MIN: u16 = 1024;
@@ -523,7 +509,6 @@ mod tests {
             FLOW_SIZE_WITHOUT_CLIENT_HOP
         );
         assert_eq!(size_of::<Reply>(), 16 + 16 + 2 + 2 + 4 + 4 + 4 + 24);
-        assert_eq!(size_of::<ReplyService>(), 4 + 4);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use lb_common::{
     counters::GLOBAL_COUNTERS,
     filter::{ADDRESS_WORDS, address_slot, roles_in, word_of},
     flood::{FLOOD_STATE_LEN, MAX_SOURCES},
-    flow::{NextHop, ReplyService},
+    flow::NextHop,
     service::ServiceSlot,
 };
 
@@ -73,13 +73,12 @@ pub static FLOWS: LruHashMap<FlowKey, Flow> =
 pub static REPLIES: LruHashMap<FlowKey, Reply> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
 
-/// Backends whose `dnat` flows keep no `REPLIES` entry
-/// (`lb_common::flow::ReplyService`): a backend's (address, port,
-/// protocol), in a `ServiceKey`'s shape → its one such service and its id
-/// there, by which its replies find their flow in `FLOWS`. Written by the
-/// agent.
+/// Backends whose `dnat` flows keep no `REPLIES` entry: a backend's
+/// (address, port, protocol) → the key (VIP, port, protocol) of its one
+/// such service, both in a `ServiceKey`'s shape. Its replies find their
+/// flow in `FLOWS` by it. Written by the agent.
 #[map]
-pub static REPLY_SERVICES: HashMap<ServiceKey, ReplyService> =
+pub static REPLY_SERVICES: HashMap<ServiceKey, ServiceKey> =
     HashMap::with_max_entries(MAX_BACKENDS, 0);
 
 /// `dnat` services with `stateless_replies`: a backend's (address, port,

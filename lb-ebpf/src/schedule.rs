@@ -1,6 +1,6 @@
 //! Scheduling a client's packet: its flow's backend while the entry holds,
 //! else a new flow: the pick, a source port in `nat` mode, and the flow's
-//! entries in `FLOWS` and `REPLIES`.
+//! entry in `FLOWS` with its reply entry in `REPLIES` if it needs one.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST, cty::c_void, helpers::generated::bpf_loop, programs::XdpContext,
@@ -103,6 +103,10 @@ pub fn schedule(
                 FLOW_CLOSING
             };
         }
+        // Nor are its backend's replies this flow's any more, as when
+        // `forget_reply` removes a reply entry, even if no new flow
+        // replaces it.
+        flow.flags &= !FLOW_F_REPLIES_BY_FLOW;
         stale = Some(*flow);
     }
     if let Some(old) = stale {
@@ -331,8 +335,7 @@ fn new_flow(
         snat::claim_port(scratch)?
     } else {
         if !service.is_dsr() {
-            scratch.replies_by_flow =
-                cookie.is_none() && replies_by_flow(scratch, service, backend, backend_id);
+            scratch.replies_by_flow = cookie.is_none() && replies_by_flow(scratch, key, backend);
             if !scratch.replies_by_flow {
                 insert_reply(scratch, key, cookie.is_some())?;
             }
@@ -410,30 +413,24 @@ fn new_flow(
     })
 }
 
-/// Whether the replies of a `dnat` flow of `service` to `backend` (id
-/// `backend_id`) find the flow by themselves: the agent put the backend in
-/// `REPLY_SERVICES` for this service, and it is not local (the tc egress
-/// path finds local backends' replies in `REPLIES` only). Then the flow
-/// needs no reply entry. Out of line: its key's copy would otherwise
-/// widen `new_flow`'s stack frame past Linux 6.6-6.8's rule.
+/// Whether the replies of a `dnat` flow `key` to `backend` find the flow by
+/// themselves: the agent gave the backend's `REPLY_SERVICES` entry to the
+/// flow's service, and the backend is not local (the tc egress path finds
+/// local backends' replies in `REPLIES` only). Then the flow needs no reply
+/// entry. Out of line: its key's copy would otherwise widen `new_flow`'s
+/// stack frame past Linux 6.6-6.8's rule.
 #[inline(never)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "as in new_flow: the key stays in scratch space"
 )]
-fn replies_by_flow(
-    scratch: &mut NewFlowScratch,
-    service: &Service,
-    backend: &Backend,
-    backend_id: u32,
-) -> bool {
+fn replies_by_flow(scratch: &mut NewFlowScratch, key: &FlowKey, backend: &Backend) -> bool {
     if backend.is_local() {
         return false;
     }
-    scratch.backend_key = ServiceKey::v6(backend.addr, backend.port_be, scratch.reply_key.proto);
+    scratch.backend_key = ServiceKey::v6(backend.addr, backend.port_be, key.proto);
     // SAFETY: the value is only read.
-    unsafe { REPLY_SERVICES.get(&scratch.backend_key) }
-        .is_some_and(|owner| owner.service == service.id && owner.backend == backend_id)
+    unsafe { REPLY_SERVICES.get(&scratch.backend_key) }.is_some_and(|vip| vip == key.service_key())
 }
 
 /// Inserts a `dnat` flow's reply entry (its key is the backend's 5-tuple

@@ -18,7 +18,7 @@ use crate::{
     forward::{self, Route, forward},
     frame,
     maps::{
-        self, BACKEND_HOPS, FLOWS, REPLIES, REPLY_SERVICES, SCRATCH, SERVICE_SLOTS,
+        self, BACKEND_HOPS, BACKENDS, FLOWS, REPLIES, REPLY_SERVICES, SCRATCH, SERVICE_SLOTS,
         STATELESS_REPLIES, count_backend, count_service,
     },
     parse::{Packet, TCP_ACK, parse},
@@ -67,35 +67,32 @@ pub fn walk(ctx: &XdpContext) -> GlobalCounter {
 }
 
 /// A backend's reply to a flow without a reply entry
-/// ([`FLOW_F_REPLIES_BY_FLOW`]): the backend's service in `REPLY_SERVICES`
-/// gives the VIP and port, by which the flow is found in `FLOWS`. `None`:
-/// no such flow to this backend (one that moved to another backend since
-/// is not its flow any more).
+/// ([`FLOW_F_REPLIES_BY_FLOW`]): the service key `REPLY_SERVICES` gives the
+/// backend and the packet's destination (the client) make the flow's key in
+/// `FLOWS`. `None`: no such flow to this backend (one that moved to another
+/// backend since is not its flow any more).
 #[inline(never)]
 fn reply_by_flow(ctx: &XdpContext, packet: &Packet) -> Option<GlobalCounter> {
     let key = &packet.key;
     let from = ServiceKey::v6(key.src, key.src_port_be, key.proto);
     // SAFETY: the value is copied out at once.
-    let owner = *unsafe { REPLY_SERVICES.get(from) }?;
-    let slot = SERVICE_SLOTS.get(owner.service)?;
+    let vip = *unsafe { REPLY_SERVICES.get(from) }?;
     // The client's key goes in per-CPU scratch space, not on the stack.
     let scratch = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU, and nothing else on this CPU runs meanwhile.
     let client_key = unsafe { &mut (*scratch).client_key };
-    *client_key = FlowKey::reverse_of(
-        &slot.key.addr,
-        slot.key.port_be,
-        &key.dst,
-        key.dst_port_be,
-        key.proto,
-    );
+    *client_key = FlowKey::reverse_of(&vip.addr, vip.port_be, &key.dst, key.dst_port_be, key.proto);
     let flow = FLOWS.get_ptr_mut(client_key)?;
     // SAFETY: a map value, valid for this run; only read here.
-    let (flags, backend, service) = unsafe { ((*flow).flags, (*flow).backend, (*flow).service) };
-    if flags & FLOW_F_REPLIES_BY_FLOW == 0 || backend != owner.backend || service != owner.service {
+    let (flags, backend) = unsafe { ((*flow).flags, (*flow).backend) };
+    let sent_to = BACKENDS.get(backend)?;
+    if flags & FLOW_F_REPLIES_BY_FLOW == 0
+        || sent_to.addr != key.src
+        || sent_to.port_be != key.src_port_be
+    {
         return None;
     }
-    Some(to_client_by_flow(ctx, packet, &slot.key, flow, backend))
+    Some(to_client_by_flow(ctx, packet, &vip, flow, backend))
 }
 
 /// [`reply_by_flow`]'s reply, of `flow` to `backend` of the service at
@@ -104,7 +101,7 @@ fn reply_by_flow(ctx: &XdpContext, packet: &Packet) -> Option<GlobalCounter> {
 fn to_client_by_flow(
     ctx: &XdpContext,
     packet: &Packet,
-    vip: &'static ServiceKey,
+    vip: &ServiceKey,
     flow: *mut Flow,
     backend: u32,
 ) -> GlobalCounter {
@@ -120,7 +117,8 @@ fn to_client_by_flow(
     match track_answer(packet, unsafe { &mut *flow }, backend) {
         Tracked::Forward => {}
         Tracked::Refused => return GlobalCounter::DropRefusedHandshake,
-        // Only a flow opened by a SYN cookie, which keeps a reply entry.
+        // `track_answer` never proxies: only a flow opened by a SYN cookie
+        // does, and that flow keeps a reply entry.
         Tracked::ProxyAccepted => return GlobalCounter::DropInternal,
     }
     let src = Endpoint {

@@ -231,12 +231,21 @@ pub(super) fn load(options: &mut LoadOptions) -> anyhow::Result<(Ebpf, Pins)> {
             .with_context(|| format!("loading the socket program {name} (verifier)"))?;
     }
     if let Some(old) = old_flows {
-        let carried = carry_flows(&mut ebpf, old).context("carrying the pinned flows over")?;
-        tracing::info!(
-            "carried {carried} flows over from a pinned FLOWS of the layout before the flow's \
-             next hop towards its client"
-        );
-        pins.flows_carried = Some(carried);
+        // At worst the flows are lost, as when the table is replaced: the
+        // agent starts all the same.
+        match carry_flows(&mut ebpf, old) {
+            Ok(carried) => {
+                tracing::info!(
+                    "carried {carried} flows over from a pinned FLOWS of the layout before the \
+                     flow's next hop towards its client"
+                );
+                pins.flows_carried = Some(carried);
+            }
+            Err(e) => tracing::warn!(
+                "could not carry the pinned flows over into the new FLOWS ({e:#}): those not \
+                 carried are scheduled again"
+            ),
+        }
     }
     Ok((ebpf, pins))
 }
@@ -246,10 +255,12 @@ pub(super) fn load(options: &mut LoadOptions) -> anyhow::Result<(Ebpf, Pins)> {
 /// (looked up at the flow's next reply). Returns how many flows the new
 /// table holds.
 ///
-/// The program being replaced still runs and may remove an entry while the
-/// walk is on it; the kernel then goes on from the table's first entry
-/// again. The walk therefore stops after as many steps as the table has
-/// entries: a flow it misses is scheduled again, as every flow was before
+/// The program being replaced still runs until the takeover: what it
+/// changes after the copy (flows it opens, closes or moves) is not carried.
+/// It may also remove an entry while the walk is on it (an end, or an
+/// eviction for room); the kernel then goes on from the table's first entry
+/// again. The walk therefore stops after as many steps as the table's
+/// capacity: a flow it misses is scheduled again, as every flow was before
 /// flows were carried over.
 fn carry_flows(ebpf: &mut Ebpf, old: MapData) -> anyhow::Result<usize> {
     let steps = old.info()?.max_entries() as usize;

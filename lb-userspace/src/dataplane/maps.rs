@@ -17,8 +17,7 @@ use aya::{
 };
 use lb_common::{
     Backend, BackendCounters, BackendLoad, Flow, FlowKey, Service, ServiceKey, TrafficCounters,
-    flow::{NextHop, ReplyService},
-    service::ServiceSlot,
+    flow::NextHop, service::ServiceSlot,
 };
 
 /// A map of the eBPF object that userspace reads or writes; all of them are
@@ -250,17 +249,17 @@ pub(super) fn stateless_replies_mut(
     open_mut(ebpf, MapName::StatelessReplies)
 }
 
-/// `REPLY_SERVICES`: a backend's (address, port, protocol) → its `dnat`
-/// service and id there, whose flows keep no reply entry.
+/// `REPLY_SERVICES`: a backend's (address, port, protocol) → the key of
+/// its `dnat` service whose flows to it keep no reply entry.
 pub(super) fn reply_services(
     ebpf: &Ebpf,
-) -> anyhow::Result<Named<HashMap<&MapData, ServiceKey, ReplyService>>> {
+) -> anyhow::Result<Named<HashMap<&MapData, ServiceKey, ServiceKey>>> {
     open(ebpf, MapName::ReplyServices)
 }
 
 pub(super) fn reply_services_mut(
     ebpf: &mut Ebpf,
-) -> anyhow::Result<Named<HashMap<&mut MapData, ServiceKey, ReplyService>>> {
+) -> anyhow::Result<Named<HashMap<&mut MapData, ServiceKey, ServiceKey>>> {
     open_mut(ebpf, MapName::ReplyServices)
 }
 

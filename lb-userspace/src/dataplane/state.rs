@@ -292,6 +292,8 @@ pub(super) fn adopt(
 ) -> anyhow::Result<(Tables, Adoption)> {
     let flow_table = if pins.reused(MapName::Flows) && pins.reused(MapName::Replies) {
         "pinned flow table kept"
+    } else if pins.flows_carried.is_some() && pins.reused(MapName::Replies) {
+        "pinned flow table carried over into the new layout"
     } else if pins
         .replaced
         .iter()

@@ -18,7 +18,7 @@ use lb_common::{
         self, ADDRESS_SLOTS, ROLE_BACKEND, ROLE_REPLY_SERVICE, ROLE_STATELESS, ROLE_VIP,
         address_slot,
     },
-    flow::{NextHop, ReplyService},
+    flow::NextHop,
     load,
     maglev::{self, Candidate},
     service::{
@@ -51,7 +51,7 @@ pub(super) struct Tables {
     /// `ADDRESS_ROLES` as last written; `None` before the first write.
     pub(super) address_roles: Option<Vec<u8>>,
     /// `REPLY_SERVICES` as last written; `None` before the first write.
-    pub(super) reply_services: Option<HashMap<ServiceKey, ReplyService>>,
+    pub(super) reply_services: Option<HashMap<ServiceKey, ServiceKey>>,
     /// Whether `SERVICE_SLOTS` of ids no service uses were cleared (once,
     /// at the first write: an earlier agent may have left some).
     pub(super) slots_cleared: bool,
@@ -203,42 +203,53 @@ impl Tables {
         Ok(())
     }
 
-    /// `REPLY_SERVICES`: each backend of a `dnat` service → that service
-    /// and the backend's id there, so that its flows keep no reply entry
-    /// (their replies find the flow by the service's VIP). An entry stays
-    /// while its service is `dnat` and its backend id still has its
-    /// address, even once the backend has left the service: flows may name
-    /// a removed backend's id until it is reused, and their replies need
-    /// the entry. A backend in two `dnat` services is the one's whose entry
-    /// it already has, else the first's; the other's flows keep reply
+    /// `REPLY_SERVICES`: each backend of a `dnat` service → the service's
+    /// key, so that its flows keep no reply entry (their replies find the
+    /// flow by that key). An entry stays while a `dnat` service has that key
+    /// and the backend is still one of it or some backend id handed out
+    /// still has its address: flows may name a removed backend's id until
+    /// it is reused, and their replies need the entry. A backend (address,
+    /// port, protocol) in two `dnat` services keeps the one it has, else
+    /// goes to the one with the lowest id; the other's flows keep reply
     /// entries.
     fn write_reply_services(&mut self, ebpf: &mut Ebpf, desired: &Desired) -> anyhow::Result<()> {
-        let addrs = self.backend_addrs.as_ref().expect("loaded in apply");
-        let mut dnat = HashMap::new();
+        let mut dnat: Vec<(u32, &DesiredService)> = Vec::new();
         for service in desired.services.iter().filter(|s| s.mode == Mode::Dnat) {
-            let state = self.service(&service.name)?;
-            dnat.insert(state.id, (service, state));
+            dnat.push((self.service(&service.name)?.id, service));
         }
-        let present = self.reply_services.clone().expect("loaded in apply");
-        let mut wanted: HashMap<ServiceKey, ReplyService> = present
+        dnat.sort_by_key(|(id, _)| *id);
+        let members: HashMap<ServiceKey, HashSet<ServiceKey>> = dnat
             .iter()
-            .filter(|(key, owner)| {
-                dnat.get(&owner.service).is_some_and(|(service, _)| {
-                    lb_common::IpProto::from(service.protocol) as u8 == key.proto
-                }) && addrs.get(&owner.backend) == Some(&key.addr)
+            .map(|(_, service)| {
+                let proto = lb_common::IpProto::from(service.protocol) as u8;
+                let backends = service
+                    .backends
+                    .iter()
+                    .map(|b| service_key(b.address.ip(), b.address.port(), proto))
+                    .collect();
+                (service.key(), backends)
             })
-            .map(|(key, owner)| (*key, *owner))
             .collect();
-        let mut services: Vec<_> = dnat.values().collect();
-        services.sort_by_key(|(_, state)| state.id);
-        for (service, state) in services {
-            let proto = lb_common::IpProto::from(service.protocol) as u8;
-            for backend in &service.backends {
-                let key = service_key(backend.address.ip(), backend.address.port(), proto);
-                wanted.entry(key).or_insert(ReplyService {
-                    service: state.id,
-                    backend: state.backends[&backend.address],
-                });
+        let handed_out: HashSet<[u8; 16]> = self
+            .backend_addrs
+            .as_ref()
+            .expect("loaded in apply")
+            .values()
+            .copied()
+            .collect();
+        let present = self.reply_services.clone().expect("loaded in apply");
+        let mut wanted: HashMap<ServiceKey, ServiceKey> = present
+            .iter()
+            .filter(|(backend, vip)| {
+                members.get(*vip).is_some_and(|backends| {
+                    backends.contains(*backend) || handed_out.contains(&backend.addr)
+                })
+            })
+            .map(|(backend, vip)| (*backend, *vip))
+            .collect();
+        for (_, service) in &dnat {
+            for backend in &members[&service.key()] {
+                wanted.entry(*backend).or_insert(service.key());
             }
         }
         // On an error the map is part old, part new: with no record the next

@@ -206,3 +206,93 @@ fn stateless_replies_rewrite_a_backends_packet_that_no_flow_covers() {
         assert_eq!(h.run(&plain).0, Action::Pass);
     });
 }
+
+/// A service renamed (same address, port and backends) gets a new id and
+/// so do its backends: its open flows, which name the old ids, keep their
+/// replies, and its new flows keep one entry too.
+#[test]
+fn a_renamed_dnat_service_keeps_its_flows_replies_and_its_new_flows_one_entry() {
+    with_harness(|h| {
+        let old_client = "10.0.0.2:40141";
+        let syn = Frame::tcp(old_client, "10.0.0.106:80", Transport::SYN);
+        let (backend, mac) = sent_to(&h.run(&syn).1);
+        let before = flow_of(h, &syn).unwrap().backend;
+
+        h.desired
+            .services
+            .iter_mut()
+            .find(|s| s.name == "sticky")
+            .unwrap()
+            .name = "sticky-renamed".to_owned();
+        h.dp.apply(&h.desired).unwrap();
+
+        let answer =
+            Frame::tcp(&backend, old_client, Transport::SYN_ACK).macs(backend_mac(mac), LB_MAC);
+        let back = answer.rewritten("10.0.0.106:80", old_client, LB_MAC, CLIENT_MAC);
+        h.expect(&answer, Action::Tx, &back, GlobalCounter::ForwardTx);
+
+        // A new client whose hash picks the same backend (source-ip: the
+        // same address, another port).
+        let new_client = "10.0.0.2:40142";
+        let syn = Frame::tcp(new_client, "10.0.0.106:80", Transport::SYN);
+        assert_eq!(sent_to(&h.run(&syn).1).0, backend);
+        let flow = flow_of(h, &syn).unwrap();
+        assert_ne!(
+            flow.backend, before,
+            "a renamed service's backends get new ids"
+        );
+        assert_ne!(flow.flags & FLOW_F_REPLIES_BY_FLOW, 0, "{flow:?}");
+        let answer =
+            Frame::tcp(&backend, new_client, Transport::SYN_ACK).macs(backend_mac(mac), LB_MAC);
+        let back = answer.rewritten("10.0.0.106:80", new_client, LB_MAC, CLIENT_MAC);
+        h.expect(&answer, Action::Tx, &back, GlobalCounter::ForwardTx);
+    });
+}
+
+/// A flow whose backend failed while no other can take it is dropped, and
+/// its entry no longer takes the failed backend's packets as replies, as a
+/// removed reply entry would not.
+#[test]
+fn a_flow_with_nowhere_to_go_takes_no_more_replies_from_its_backend() {
+    with_harness(|h| {
+        let client = "10.0.0.2:40151";
+        let syn = Frame::tcp(client, "10.0.0.106:80", Transport::SYN);
+        let (backend, mac) = sent_to(&h.run(&syn).1);
+        let syn_ack =
+            Frame::tcp(&backend, client, Transport::SYN_ACK).macs(backend_mac(mac), LB_MAC);
+        assert_eq!(h.run(&syn_ack).0, Action::Tx);
+
+        h.fail("sticky", "10.1.0.10:8000".parse().unwrap());
+        h.fail("sticky", "10.1.0.11:8000".parse().unwrap());
+        let before = h.counter(GlobalCounter::DropNoBackend);
+        let ack = Frame::tcp(client, "10.0.0.106:80", Transport::ACK);
+        assert_eq!(h.run(&ack).0, Action::Drop);
+        assert_eq!(h.counter(GlobalCounter::DropNoBackend), before + 1);
+
+        let late = Frame::tcp(&backend, client, Transport::ACK).macs(backend_mac(mac), LB_MAC);
+        h.expect_pass_raw(&late.build(), GlobalCounter::PassNotService);
+    });
+}
+
+/// A backend refusing the handshake of a flow without a reply entry: the
+/// RST is kept from the client and counted as the backend's refusal, and
+/// the client's SYN, sent again, goes to the other backend.
+#[test]
+fn a_refusal_to_a_flow_without_reply_entry_is_kept_from_the_client() {
+    with_harness(|h| {
+        let client = "10.0.0.2:40161";
+        let syn = Frame::tcp(client, "10.0.0.106:80", Transport::SYN);
+        let (backend, mac) = sent_to(&h.run(&syn).1);
+        assert_ne!(flow_of(h, &syn).unwrap().flags & FLOW_F_REPLIES_BY_FLOW, 0);
+
+        let refusal = Frame::tcp(&backend, client, Transport::RST).macs(backend_mac(mac), LB_MAC);
+        let before = h.counter(GlobalCounter::DropRefusedHandshake);
+        assert_eq!(h.run(&refusal).0, Action::Drop);
+        assert_eq!(h.counter(GlobalCounter::DropRefusedHandshake), before + 1);
+        let counters =
+            h.dp.backend_counters("sticky", backend.parse().unwrap())
+                .unwrap();
+        assert_eq!(counters.handshake_rsts, 1);
+        assert_ne!(sent_to(&h.run(&syn).1).0, backend, "the SYN went back");
+    });
+}
