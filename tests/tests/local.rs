@@ -537,3 +537,18 @@ fn a_large_reply_from_a_local_backend_comes_back_whole() {
         "the reply arrived changed"
     );
 }
+
+/// The same backends behind a `dnat` service: local backends' replies leave
+/// by the tc egress program, which finds them in `REPLIES` only, so their
+/// flows keep a reply entry though a `dnat` flow elsewhere keeps none.
+/// Every request from outside is answered.
+#[test]
+fn a_dnat_service_of_local_backends_answers_outside_clients() {
+    let lab = lab(1, 4);
+    let config = tutorial().replacen("port = 80\n", "port = 80\nmode = \"dnat\"\n", 1);
+    let agent = Agent::start(&lab, &config).expect("xlb run");
+    wait_all_healthy(&agent);
+    let outside = requests_from(&lab.client_ns(), 200);
+    eprintln!("outside: {outside:?}");
+    assert_shares(&outside, &PRIMARIES);
+}
