@@ -420,3 +420,52 @@ fn flows_of_the_layout_before_the_client_hop_are_carried_over() {
     assert_eq!(got, flows);
     drop(dp);
 }
+
+/// The pinned `REPLY_SERVICES` entry of the backend `addr` (IPv4 TCP).
+fn reply_service_of(dir: &PinDir, addr: &str) -> Option<ServiceKey> {
+    let addr: std::net::SocketAddrV4 = addr.parse().unwrap();
+    let map = MapData::from_pin(dir.pin(MapName::ReplyServices)).unwrap();
+    let map: aya::maps::HashMap<MapData, ServiceKey, ServiceKey> =
+        aya::maps::HashMap::try_from(Map::HashMap(map)).unwrap();
+    let key = ServiceKey::v4(addr.ip().octets(), addr.port().to_be(), 6);
+    map.get(&key, 0).ok()
+}
+
+/// A backend removed from its `dnat` service keeps its `REPLY_SERVICES`
+/// entry while its id is not reused (its flows' replies need it), over a
+/// restart too: the new agent reads the entries back and keeps them; the
+/// entry goes with its service.
+#[test]
+fn a_removed_backends_reply_service_outlives_a_restart_and_goes_with_its_service() {
+    let dir = PinDir::new("reply-services");
+    let mut config = Config::parse(include_str!("../fixtures/packet.toml")).unwrap();
+    let mut dp = Dataplane::load_with(dir.options(4096)).unwrap();
+    dp.apply(&Desired::from(&config)).unwrap();
+    let sticky = ServiceKey::v4([10, 0, 0, 106], 80u16.to_be(), 6);
+    assert_eq!(reply_service_of(&dir, "10.1.0.10:8000"), Some(sticky));
+    // "web" (nat) has 10.1.0.10:8000 too: no entry of its own.
+    let service = config
+        .services
+        .iter_mut()
+        .find(|s| s.name == "sticky")
+        .unwrap();
+    service
+        .backends
+        .retain(|b| b.address.port() != 8000 || !b.address.ip().to_string().ends_with(".10"));
+    dp.apply(&Desired::from(&config)).unwrap();
+    assert_eq!(reply_service_of(&dir, "10.1.0.10:8000"), Some(sticky));
+    let state = dp.export_state();
+    drop(dp);
+
+    let mut dp = Dataplane::load_with(dir.options(4096)).unwrap();
+    dp.adopt(Ok(state), &Desired::from(&config)).unwrap();
+    dp.apply(&Desired::from(&config)).unwrap();
+    assert_eq!(reply_service_of(&dir, "10.1.0.10:8000"), Some(sticky));
+    assert_ne!(roles_of(&dir, "10.1.0.10") & filter::ROLE_REPLY_SERVICE, 0);
+
+    config.services.retain(|s| s.name != "sticky");
+    dp.apply(&Desired::from(&config)).unwrap();
+    assert_eq!(reply_service_of(&dir, "10.1.0.10:8000"), None);
+    assert_eq!(reply_service_of(&dir, "10.1.0.11:8000"), None);
+    dp.shut_down().unwrap();
+}
