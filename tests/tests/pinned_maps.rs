@@ -334,6 +334,40 @@ fn a_restarted_agents_failed_first_change_keeps_the_filter_of_the_running_servic
     dp.shut_down().unwrap();
 }
 
+/// Pins a `FLOWS` of the layout before the flow's next hop towards its
+/// client (32-byte values), of `capacity` entries, holding `flows`.
+fn pin_flows_before_the_client_hop(dir: &PinDir, capacity: u32, flows: &[(FlowKey, Flow)]) {
+    let _ = std::fs::remove_file(dir.pin(MapName::Flows));
+    let old = MapData::create(
+        aya_obj::Map::new_from_params(
+            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32,
+            size_of::<FlowKey>() as u32,
+            FLOW_SIZE_WITHOUT_CLIENT_HOP as u32,
+            capacity,
+            0,
+        ),
+        "FLOWS",
+        None,
+    )
+    .unwrap();
+    old.pin(dir.pin(MapName::Flows)).unwrap();
+    let mut old: aya::maps::HashMap<MapData, FlowKey, [u8; FLOW_SIZE_WITHOUT_CLIENT_HOP]> =
+        aya::maps::HashMap::try_from(Map::LruHashMap(old)).unwrap();
+    for (key, flow) in flows {
+        let mut bytes = [0u8; FLOW_SIZE_WITHOUT_CLIENT_HOP];
+        // SAFETY: `Flow` is `repr(C)` with no padding and at least this
+        // many bytes; its leading ones are the old layout.
+        bytes.copy_from_slice(unsafe {
+            std::slice::from_raw_parts(
+                (flow as *const Flow).cast::<u8>(),
+                FLOW_SIZE_WITHOUT_CLIENT_HOP,
+            )
+        });
+        old.insert(key, bytes, 0).unwrap();
+    }
+    drop(old);
+}
+
 /// An agent upgraded over a `FLOWS` of the layout before the flow's next
 /// hop towards its client carries every flow over, the new field empty, so
 /// an upgrade keeps its connections; `REPLIES` is reused, and the table's
@@ -374,34 +408,7 @@ fn flows_of_the_layout_before_the_client_hop_are_carried_over() {
             (key, flow)
         })
         .collect();
-    let old = MapData::create(
-        aya_obj::Map::new_from_params(
-            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32,
-            size_of::<FlowKey>() as u32,
-            FLOW_SIZE_WITHOUT_CLIENT_HOP as u32,
-            CAPACITY,
-            0,
-        ),
-        "FLOWS",
-        None,
-    )
-    .unwrap();
-    old.pin(dir.pin(MapName::Flows)).unwrap();
-    let mut old: aya::maps::HashMap<MapData, FlowKey, [u8; FLOW_SIZE_WITHOUT_CLIENT_HOP]> =
-        aya::maps::HashMap::try_from(Map::LruHashMap(old)).unwrap();
-    for (key, flow) in &flows {
-        let mut bytes = [0u8; FLOW_SIZE_WITHOUT_CLIENT_HOP];
-        // SAFETY: `Flow` is `repr(C)` with no padding and at least this
-        // many bytes; its leading ones are the old layout.
-        bytes.copy_from_slice(unsafe {
-            std::slice::from_raw_parts(
-                (flow as *const Flow).cast::<u8>(),
-                FLOW_SIZE_WITHOUT_CLIENT_HOP,
-            )
-        });
-        old.insert(key, bytes, 0).unwrap();
-    }
-    drop(old);
+    pin_flows_before_the_client_hop(&dir, CAPACITY, &flows);
 
     // Asked for another size: the pinned one's is kept.
     let dp = Dataplane::load_with(dir.options(4096)).unwrap();
@@ -418,6 +425,28 @@ fn flows_of_the_layout_before_the_client_hop_are_carried_over() {
     let mut got: Vec<(FlowKey, Flow)> = carried.iter().map(Result::unwrap).collect();
     got.sort_by_key(|(_, flow)| flow.backend);
     assert_eq!(got, flows);
+    drop(dp);
+
+    // With BACKENDS replaced too (its ids are what flows name), the flows
+    // are not carried: the flow table is replaced whole.
+    pin_flows_before_the_client_hop(&dir, CAPACITY, &flows);
+    std::fs::remove_file(dir.pin(MapName::Backends)).unwrap();
+    Array::<MapData, u64>::create(MAX_BACKENDS, 0)
+        .unwrap()
+        .pin(dir.pin(MapName::Backends))
+        .unwrap();
+    let dp = Dataplane::load_with(dir.options(4096)).unwrap();
+    assert_eq!(dp.pins().flows_carried, None);
+    let mut replaced: Vec<MapName> = dp.pins().replaced.iter().map(|r| r.map).collect();
+    replaced.sort_by_key(|m| m.as_str());
+    assert_eq!(
+        replaced,
+        [MapName::Backends, MapName::Flows, MapName::Replies]
+    );
+    let carried = MapData::from_pin(dir.pin(MapName::Flows)).unwrap();
+    let carried: aya::maps::HashMap<MapData, FlowKey, Flow> =
+        aya::maps::HashMap::try_from(Map::LruHashMap(carried)).unwrap();
+    assert_eq!(carried.keys().count(), 0);
     drop(dp);
 }
 
