@@ -102,6 +102,16 @@ fn a_pinned_map_of_another_size_is_replaced_and_named() {
     assert!(!dir.0.exists(), "pins left after shut_down");
 }
 
+/// Replaces the pinned `BACKENDS` with one of 8-byte values, as another
+/// build of the agent might have pinned it.
+fn pin_backends_of_another_value_size(dir: &PinDir) {
+    std::fs::remove_file(dir.pin(MapName::Backends)).unwrap();
+    Array::<MapData, u64>::create(MAX_BACKENDS, 0)
+        .unwrap()
+        .pin(dir.pin(MapName::Backends))
+        .unwrap();
+}
+
 #[test]
 fn the_flow_table_keeps_its_size_and_goes_whole_with_backends() {
     let dir = PinDir::new("flows");
@@ -119,11 +129,7 @@ fn the_flow_table_keeps_its_size_and_goes_whole_with_backends() {
     drop(dp);
 
     // BACKENDS of another value size: replaced, and the flow table with it.
-    std::fs::remove_file(dir.pin(MapName::Backends)).unwrap();
-    Array::<MapData, u64>::create(MAX_BACKENDS, 0)
-        .unwrap()
-        .pin(dir.pin(MapName::Backends))
-        .unwrap();
+    pin_backends_of_another_value_size(&dir);
     let dp = Dataplane::load_with(dir.options(8192)).unwrap();
     let mut replaced: Vec<MapName> = dp.pins().replaced.iter().map(|r| r.map).collect();
     replaced.sort_by_key(|m| m.as_str());
@@ -430,11 +436,7 @@ fn flows_of_the_layout_before_the_client_hop_are_carried_over() {
     // With BACKENDS replaced too (its ids are what flows name), the flows
     // are not carried: the flow table is replaced whole.
     pin_flows_before_the_client_hop(&dir, CAPACITY, &flows);
-    std::fs::remove_file(dir.pin(MapName::Backends)).unwrap();
-    Array::<MapData, u64>::create(MAX_BACKENDS, 0)
-        .unwrap()
-        .pin(dir.pin(MapName::Backends))
-        .unwrap();
+    pin_backends_of_another_value_size(&dir);
     let dp = Dataplane::load_with(dir.options(4096)).unwrap();
     assert_eq!(dp.pins().flows_carried, None);
     let mut replaced: Vec<MapName> = dp.pins().replaced.iter().map(|r| r.map).collect();

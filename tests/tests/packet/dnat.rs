@@ -10,7 +10,7 @@ use xlb_tests::{
     xdp::Action,
 };
 
-use crate::harness::{Harness, with_harness};
+use crate::harness::{Harness, destination, with_harness};
 
 /// The `FLOWS` entry of the client's packet `frame`.
 fn flow_of(h: &mut Harness, frame: &Frame) -> Option<Flow> {
@@ -26,12 +26,52 @@ fn reply_entry_of(h: &mut Harness, frame: &Frame) -> Option<Reply> {
     replies.get(&frame.flow_key(), 0).ok()
 }
 
-/// The backend (address:port) an IPv4 TCP frame the data plane sent goes
-/// to, and the index of its MAC address.
-fn sent_to(out: &[u8]) -> (String, u8) {
-    let ip = std::net::Ipv4Addr::new(out[30], out[31], out[32], out[33]);
-    let port = u16::from_be_bytes([out[36], out[37]]);
-    (format!("{ip}:{port}"), out[5] - 0x10)
+/// `sticky`: `dnat`, two backends (10.1.0.10:8000 and 10.1.0.11:8000).
+const STICKY: &str = "10.0.0.106:80";
+
+/// A backend as the frame the data plane sent it names it.
+struct SentTo {
+    addr: String,
+    /// Index of its MAC address (`backend_mac`).
+    mac: u8,
+}
+
+impl SentTo {
+    /// The backend of an untagged IPv4 frame the data plane sent on.
+    fn of(out: &[u8]) -> Self {
+        Self {
+            addr: destination(out).to_string(),
+            mac: out[5] - 0x10,
+        }
+    }
+
+    /// Its packet to `client`.
+    fn to(&self, client: &str, transport: Transport) -> Frame {
+        Frame::tcp(&self.addr, client, transport).macs(backend_mac(self.mac), LB_MAC)
+    }
+}
+
+/// `client`'s SYN to `sticky`, sent; the backend it went to.
+fn syn_to_sticky(h: &mut Harness, client: &str) -> (Frame, SentTo) {
+    let syn = Frame::tcp(client, STICKY, Transport::SYN);
+    let (action, out) = h.run(&syn);
+    assert_eq!(action, Action::Tx, "SYN from {client}");
+    (syn, SentTo::of(&out))
+}
+
+/// Checks that a backend's packet `answer` goes to `client` rewritten to
+/// come from `vip`.
+fn expect_answer(h: &mut Harness, answer: &Frame, vip: &str, client: &str) {
+    let back = answer.rewritten(vip, client, LB_MAC, CLIENT_MAC);
+    h.expect(answer, Action::Tx, &back, GlobalCounter::ForwardTx);
+}
+
+/// A flow of `client` to `sticky`, opened: its SYN and the backend's
+/// SYN-ACK, answered.
+fn open_sticky(h: &mut Harness, client: &str) -> (Frame, SentTo) {
+    let (syn, backend) = syn_to_sticky(h, client);
+    expect_answer(h, &backend.to(client, Transport::SYN_ACK), STICKY, client);
+    (syn, backend)
 }
 
 /// A `dnat` flow keeps one entry, in `FLOWS`: its backend's packets find it
@@ -47,11 +87,14 @@ fn a_dnat_flow_keeps_no_reply_entry_its_backends_packets_find_the_flow() {
         assert_ne!(flow.flags & FLOW_F_REPLIES_BY_FLOW, 0, "{flow:?}");
         assert_eq!(flow.client_hop.looked_up_ns, 0);
 
-        let syn_ack = Frame::tcp("10.1.0.11:8001", "10.0.0.2:40101", Transport::SYN_ACK)
-            .macs(backend_mac(1), LB_MAC);
+        let backend = SentTo {
+            addr: "10.1.0.11:8001".to_owned(),
+            mac: 1,
+        };
+        let (vip, client) = ("10.0.0.100:81", "10.0.0.2:40101");
+        let syn_ack = backend.to(client, Transport::SYN_ACK);
         assert_eq!(reply_entry_of(h, &syn_ack), None);
-        let back = syn_ack.rewritten("10.0.0.100:81", "10.0.0.2:40101", LB_MAC, CLIENT_MAC);
-        h.expect(&syn_ack, Action::Tx, &back, GlobalCounter::ForwardTx);
+        expect_answer(h, &syn_ack, vip, client);
         let flow = flow_of(h, &syn).unwrap();
         assert_eq!(flow.state, FLOW_ESTABLISHED);
         assert_ne!(
@@ -60,14 +103,8 @@ fn a_dnat_flow_keeps_no_reply_entry_its_backends_packets_find_the_flow() {
         );
         assert_eq!(flow.client_hop.dst_mac, CLIENT_MAC);
 
-        let data = Frame::tcp("10.1.0.11:8001", "10.0.0.2:40101", Transport::ACK)
-            .macs(backend_mac(1), LB_MAC);
-        let back = data.rewritten("10.0.0.100:81", "10.0.0.2:40101", LB_MAC, CLIENT_MAC);
-        h.expect(&data, Action::Tx, &back, GlobalCounter::ForwardTx);
-        let fin = Frame::tcp("10.1.0.11:8001", "10.0.0.2:40101", Transport::FIN_ACK)
-            .macs(backend_mac(1), LB_MAC);
-        let back = fin.rewritten("10.0.0.100:81", "10.0.0.2:40101", LB_MAC, CLIENT_MAC);
-        h.expect(&fin, Action::Tx, &back, GlobalCounter::ForwardTx);
+        expect_answer(h, &backend.to(client, Transport::ACK), vip, client);
+        expect_answer(h, &backend.to(client, Transport::FIN_ACK), vip, client);
         assert_eq!(flow_of(h, &syn).unwrap().state, FLOW_CLOSING);
         assert_eq!(reply_entry_of(h, &syn_ack), None);
     });
@@ -101,8 +138,7 @@ fn a_backend_of_two_dnat_services_answers_the_flows_of_both() {
                     "{vip}: no reply entry"
                 );
             }
-            let back = syn_ack.rewritten(vip, client, LB_MAC, CLIENT_MAC);
-            h.expect(&syn_ack, Action::Tx, &back, GlobalCounter::ForwardTx);
+            expect_answer(h, &syn_ack, vip, client);
         }
         assert_eq!(by_flow, 1, "one service's flows find their own way back");
     });
@@ -115,22 +151,20 @@ fn a_backend_of_two_dnat_services_answers_the_flows_of_both() {
 fn a_packet_of_the_backend_a_flow_left_is_not_rewritten() {
     with_harness(|h| {
         let client = "10.0.0.2:40121";
-        let syn = Frame::tcp(client, "10.0.0.106:80", Transport::SYN);
-        let (first, mac) = sent_to(&h.run(&syn).1);
-        let syn_ack = Frame::tcp(&first, client, Transport::SYN_ACK).macs(backend_mac(mac), LB_MAC);
-        assert_eq!(h.run(&syn_ack).0, Action::Tx);
+        let (syn, first) = open_sticky(h, client);
         assert_ne!(flow_of(h, &syn).unwrap().flags & FLOW_F_REPLIES_BY_FLOW, 0);
 
-        h.fail("sticky", first.parse().unwrap());
-        let ack = Frame::tcp(client, "10.0.0.106:80", Transport::ACK);
-        let (second, mac2) = sent_to(&h.run(&ack).1);
-        assert_ne!(second, first, "the flow moves off its failed backend");
+        h.fail("sticky", first.addr.parse().unwrap());
+        let ack = Frame::tcp(client, STICKY, Transport::ACK);
+        let second = SentTo::of(&h.run(&ack).1);
+        assert_ne!(
+            second.addr, first.addr,
+            "the flow moves off its failed backend"
+        );
 
-        let late = Frame::tcp(&first, client, Transport::ACK).macs(backend_mac(mac), LB_MAC);
+        let late = first.to(client, Transport::ACK);
         h.expect_pass_raw(&late.build(), GlobalCounter::PassNotService);
-        let answer = Frame::tcp(&second, client, Transport::ACK).macs(backend_mac(mac2), LB_MAC);
-        let back = answer.rewritten("10.0.0.106:80", client, LB_MAC, CLIENT_MAC);
-        h.expect(&answer, Action::Tx, &back, GlobalCounter::ForwardTx);
+        expect_answer(h, &second.to(client, Transport::ACK), STICKY, client);
     });
 }
 
@@ -141,13 +175,9 @@ fn a_packet_of_the_backend_a_flow_left_is_not_rewritten() {
 fn a_backend_removed_from_its_dnat_service_still_answers_its_flows() {
     with_harness(|h| {
         let client = "10.0.0.2:40131";
-        let syn = Frame::tcp(client, "10.0.0.106:80", Transport::SYN);
-        let (backend, mac) = sent_to(&h.run(&syn).1);
-        let syn_ack =
-            Frame::tcp(&backend, client, Transport::SYN_ACK).macs(backend_mac(mac), LB_MAC);
-        assert_eq!(h.run(&syn_ack).0, Action::Tx);
+        let (_, backend) = open_sticky(h, client);
 
-        let removed: std::net::SocketAddr = backend.parse().unwrap();
+        let removed: std::net::SocketAddr = backend.addr.parse().unwrap();
         let sticky = h
             .desired
             .services
@@ -157,13 +187,12 @@ fn a_backend_removed_from_its_dnat_service_still_answers_its_flows() {
         sticky.backends.retain(|b| b.address != removed);
         h.dp.apply(&h.desired).unwrap();
 
-        let ack = Frame::tcp(client, "10.0.0.106:80", Transport::ACK);
-        let out = ack.rewritten(client, &backend, LB_MAC, backend_mac(mac));
+        let ack = Frame::tcp(client, STICKY, Transport::ACK);
+        let out = ack.rewritten(client, &backend.addr, LB_MAC, backend_mac(backend.mac));
         h.expect(&ack, Action::Tx, &out, GlobalCounter::ForwardTx);
-        let answer = Frame::tcp(&backend, client, Transport::ACK).macs(backend_mac(mac), LB_MAC);
+        let answer = backend.to(client, Transport::ACK);
         assert_eq!(reply_entry_of(h, &answer), None);
-        let back = answer.rewritten("10.0.0.106:80", client, LB_MAC, CLIENT_MAC);
-        h.expect(&answer, Action::Tx, &back, GlobalCounter::ForwardTx);
+        expect_answer(h, &answer, STICKY, client);
     });
 }
 
@@ -214,8 +243,7 @@ fn stateless_replies_rewrite_a_backends_packet_that_no_flow_covers() {
 fn a_renamed_dnat_service_keeps_its_flows_replies_and_its_new_flows_one_entry() {
     with_harness(|h| {
         let old_client = "10.0.0.2:40141";
-        let syn = Frame::tcp(old_client, "10.0.0.106:80", Transport::SYN);
-        let (backend, mac) = sent_to(&h.run(&syn).1);
+        let (syn, backend) = syn_to_sticky(h, old_client);
         let before = flow_of(h, &syn).unwrap().backend;
 
         h.desired
@@ -225,27 +253,22 @@ fn a_renamed_dnat_service_keeps_its_flows_replies_and_its_new_flows_one_entry() 
             .unwrap()
             .name = "sticky-renamed".to_owned();
         h.dp.apply(&h.desired).unwrap();
-
-        let answer =
-            Frame::tcp(&backend, old_client, Transport::SYN_ACK).macs(backend_mac(mac), LB_MAC);
-        let back = answer.rewritten("10.0.0.106:80", old_client, LB_MAC, CLIENT_MAC);
-        h.expect(&answer, Action::Tx, &back, GlobalCounter::ForwardTx);
+        let answer = backend.to(old_client, Transport::SYN_ACK);
+        expect_answer(h, &answer, STICKY, old_client);
 
         // A new client whose hash picks the same backend (source-ip: the
         // same address, another port).
         let new_client = "10.0.0.2:40142";
-        let syn = Frame::tcp(new_client, "10.0.0.106:80", Transport::SYN);
-        assert_eq!(sent_to(&h.run(&syn).1).0, backend);
+        let (syn, again) = syn_to_sticky(h, new_client);
+        assert_eq!(again.addr, backend.addr);
         let flow = flow_of(h, &syn).unwrap();
         assert_ne!(
             flow.backend, before,
             "a renamed service's backends get new ids"
         );
         assert_ne!(flow.flags & FLOW_F_REPLIES_BY_FLOW, 0, "{flow:?}");
-        let answer =
-            Frame::tcp(&backend, new_client, Transport::SYN_ACK).macs(backend_mac(mac), LB_MAC);
-        let back = answer.rewritten("10.0.0.106:80", new_client, LB_MAC, CLIENT_MAC);
-        h.expect(&answer, Action::Tx, &back, GlobalCounter::ForwardTx);
+        let answer = backend.to(new_client, Transport::SYN_ACK);
+        expect_answer(h, &answer, STICKY, new_client);
     });
 }
 
@@ -256,20 +279,16 @@ fn a_renamed_dnat_service_keeps_its_flows_replies_and_its_new_flows_one_entry() 
 fn a_flow_with_nowhere_to_go_takes_no_more_replies_from_its_backend() {
     with_harness(|h| {
         let client = "10.0.0.2:40151";
-        let syn = Frame::tcp(client, "10.0.0.106:80", Transport::SYN);
-        let (backend, mac) = sent_to(&h.run(&syn).1);
-        let syn_ack =
-            Frame::tcp(&backend, client, Transport::SYN_ACK).macs(backend_mac(mac), LB_MAC);
-        assert_eq!(h.run(&syn_ack).0, Action::Tx);
+        let (_, backend) = open_sticky(h, client);
 
         h.fail("sticky", "10.1.0.10:8000".parse().unwrap());
         h.fail("sticky", "10.1.0.11:8000".parse().unwrap());
         let before = h.counter(GlobalCounter::DropNoBackend);
-        let ack = Frame::tcp(client, "10.0.0.106:80", Transport::ACK);
+        let ack = Frame::tcp(client, STICKY, Transport::ACK);
         assert_eq!(h.run(&ack).0, Action::Drop);
         assert_eq!(h.counter(GlobalCounter::DropNoBackend), before + 1);
 
-        let late = Frame::tcp(&backend, client, Transport::ACK).macs(backend_mac(mac), LB_MAC);
+        let late = backend.to(client, Transport::ACK);
         h.expect_pass_raw(&late.build(), GlobalCounter::PassNotService);
     });
 }
@@ -281,18 +300,18 @@ fn a_flow_with_nowhere_to_go_takes_no_more_replies_from_its_backend() {
 fn a_refusal_to_a_flow_without_reply_entry_is_kept_from_the_client() {
     with_harness(|h| {
         let client = "10.0.0.2:40161";
-        let syn = Frame::tcp(client, "10.0.0.106:80", Transport::SYN);
-        let (backend, mac) = sent_to(&h.run(&syn).1);
+        let (syn, backend) = syn_to_sticky(h, client);
         assert_ne!(flow_of(h, &syn).unwrap().flags & FLOW_F_REPLIES_BY_FLOW, 0);
 
-        let refusal = Frame::tcp(&backend, client, Transport::RST).macs(backend_mac(mac), LB_MAC);
+        let refusal = backend.to(client, Transport::RST);
         let before = h.counter(GlobalCounter::DropRefusedHandshake);
         assert_eq!(h.run(&refusal).0, Action::Drop);
         assert_eq!(h.counter(GlobalCounter::DropRefusedHandshake), before + 1);
         let counters =
-            h.dp.backend_counters("sticky", backend.parse().unwrap())
+            h.dp.backend_counters("sticky", backend.addr.parse().unwrap())
                 .unwrap();
         assert_eq!(counters.handshake_rsts, 1);
-        assert_ne!(sent_to(&h.run(&syn).1).0, backend, "the SYN went back");
+        let (_, again) = syn_to_sticky(h, client);
+        assert_ne!(again.addr, backend.addr, "the SYN went back");
     });
 }

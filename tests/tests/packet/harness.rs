@@ -149,6 +149,15 @@ pub fn with_harness_loaded(options: LoadOptions, test: impl FnOnce(&mut Harness)
     });
 }
 
+/// Where an untagged IPv4 TCP or UDP frame the data plane sent on goes:
+/// its destination address and port.
+pub fn destination(out: &[u8]) -> SocketAddr {
+    SocketAddr::new(
+        std::net::Ipv4Addr::new(out[30], out[31], out[32], out[33]).into(),
+        u16::from_be_bytes([out[36], out[37]]),
+    )
+}
+
 /// The source port `nat` mode gives a flow whose client port is free on the
 /// SNAT address: the client's own.
 pub fn first_snat_port(client: &Frame) -> u16 {

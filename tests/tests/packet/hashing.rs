@@ -7,13 +7,12 @@ use xlb_tests::{
     xdp::Action,
 };
 
-use crate::harness::with_harness;
+use crate::harness::{destination, with_harness};
 
 #[test]
 fn source_ip_hash_sends_every_flow_of_a_client_to_one_backend() {
     with_harness(|h| {
-        // Destination address of a rewritten, untagged IPv4 frame.
-        let backend_of = |out: &[u8]| std::net::Ipv4Addr::new(out[30], out[31], out[32], out[33]);
+        let backend_of = |out: &[u8]| destination(out).ip();
         for (service, vip, source_only) in [
             ("sticky", "10.0.0.106", true),
             ("pair", "10.0.0.101", false),
@@ -31,11 +30,7 @@ fn source_ip_hash_sends_every_flow_of_a_client_to_one_backend() {
                     h.dp.lookup(service, flow_hash(&syn.flow_key(), source_only))
                         .unwrap()
                         .unwrap();
-                assert_eq!(
-                    std::net::IpAddr::V4(backend_of(&out)),
-                    want.ip(),
-                    "{service} port {port}"
-                );
+                assert_eq!(backend_of(&out), want.ip(), "{service} port {port}");
                 reached.insert(backend_of(&out));
             }
             // One client: one backend with source-ip, both with the 5-tuple.

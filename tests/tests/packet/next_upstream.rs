@@ -14,7 +14,7 @@ use xlb_tests::{
     xdp::Action,
 };
 
-use crate::harness::{Harness, with_harness};
+use crate::harness::{Harness, destination, with_harness};
 
 /// Service `pair` of the fixture: its address, and backends b0 and b1.
 const PAIR: (&str, SocketAddr, SocketAddr) = (
@@ -45,10 +45,7 @@ fn sent_to(h: &mut Harness, vip: &str, port: u16) -> (SocketAddr, Frame) {
     let syn = Frame::tcp(&format!("10.0.0.2:{port}"), vip, Transport::SYN);
     let (action, out) = h.run(&syn);
     assert_eq!(action, Action::Tx);
-    let backend = SocketAddr::new(
-        std::net::Ipv4Addr::new(out[30], out[31], out[32], out[33]).into(),
-        u16::from_be_bytes([out[36], out[37]]),
-    );
+    let backend = destination(&out);
     let snat = format!("10.1.0.100:{}", u16::from_be_bytes([out[34], out[35]]));
     let reply =
         Frame::tcp(&backend.to_string(), &snat, Transport::RST).macs(mac_of(backend), LB_MAC);

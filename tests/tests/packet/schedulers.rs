@@ -16,7 +16,7 @@ use xlb_tests::{
     xdp::{Action, run_program},
 };
 
-use crate::harness::{Harness, with_harness, with_harness_loaded};
+use crate::harness::{Harness, destination, with_harness, with_harness_loaded};
 
 const VIP: &str = "10.0.0.101:80";
 const B0: &str = "10.1.0.10:8000";
@@ -78,10 +78,7 @@ fn open_nat(h: &mut Harness, port: u16) -> (SocketAddr, u16) {
     let syn = Frame::tcp(&format!("10.0.0.2:{port}"), VIP, Transport::SYN);
     let (action, out) = h.run(&syn);
     assert_eq!(action, Action::Tx, "SYN from port {port}");
-    let backend = SocketAddr::new(
-        std::net::Ipv4Addr::new(out[30], out[31], out[32], out[33]).into(),
-        u16::from_be_bytes([out[36], out[37]]),
-    );
+    let backend = destination(&out);
     (backend, u16::from_be_bytes([out[34], out[35]]))
 }
 
