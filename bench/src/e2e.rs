@@ -838,7 +838,17 @@ fn start(lab: &Lab, setup: Setup, options: &Options, flood: bool) -> anyhow::Res
                     }
                     let attached = dataplane
                         .attachments()
-                        .map(|a| format!("{} ({} XDP, out by {})", a.iface, a.mode, a.egress.path))
+                        .map(|a| {
+                            let ports = if a.xdp_ports.is_empty() {
+                                String::new()
+                            } else {
+                                format!("; to its ports {} by xdp", a.xdp_ports.join(", "))
+                            };
+                            format!(
+                                "{} ({} XDP, out by {}{ports})",
+                                a.iface, a.mode, a.egress.path
+                            )
+                        })
                         .collect();
                     Ok((dataplane, attached))
                 })?

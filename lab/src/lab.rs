@@ -179,6 +179,23 @@ impl Lab {
         Ok(())
     }
 
+    /// Turns GRO on or off on every backend's NIC (a namespace's `eth0`).
+    /// Off, a veth runs no NAPI, so its peer, a port of the lb's bridge in
+    /// the bridge shape, takes no XDP frames: as with containers whose
+    /// NICs run neither GRO nor XDP.
+    pub fn set_backend_gro(&self, on: bool) -> anyhow::Result<()> {
+        for backend in self.topo.backends() {
+            if self.topo.shape().local_backends() {
+                break;
+            }
+            ethtool(
+                &Iface::new(backend.ns, topology::HOST_IFACE),
+                &["gro", if on { "on" } else { "off" }],
+            )?;
+        }
+        Ok(())
+    }
+
     /// The load balancer's interfaces xlb should attach to, client side
     /// first: `eth0`, plus `eth1` (two-armed) or `brb` (bridge).
     pub fn lb_interfaces(&self) -> Vec<String> {
@@ -517,6 +534,9 @@ fn wire(plan: &wiring::Plan) -> anyhow::Result<()> {
     }
     for iface in &plan.txvlan_off {
         ethtool(iface, &["txvlan", "off"])?;
+    }
+    for iface in &plan.gro_on {
+        ethtool(iface, &["gro", "on"])?;
     }
     Ok(())
 }

@@ -70,6 +70,10 @@ pub struct Plan {
     pub txvlan_off: Vec<Iface>,
     /// Where the VLAN tagger runs (egress), in the VLAN shape.
     pub tagger: Option<Iface>,
+    /// Backend NICs that get GRO (`ethtool -K … gro on`), in the bridge
+    /// shape: a veth receiving with GRO runs NAPI, so its peer, the lb's
+    /// bridge port, takes XDP frames and xlb sends to it past the bridge.
+    pub gro_on: Vec<Iface>,
 }
 
 /// The plan of the lab `topo` describes.
@@ -186,6 +190,14 @@ pub fn plan(topo: &Topology) -> Plan {
             _ => Vec::new(),
         },
         tagger: tagger_port(topo.prefix(), shape),
+        gro_on: match shape {
+            Shape::Bridge => topo
+                .backends()
+                .into_iter()
+                .map(|b| Iface::new(b.ns, HOST_IFACE))
+                .collect(),
+            _ => Vec::new(),
+        },
     }
 }
 
@@ -300,6 +312,8 @@ mod tests {
             ("xlbt-1-2-lb", topology::LB_BRIDGE)
         );
         assert_eq!(bridge.bridges[1].mac, Some(topology::LB_BACKEND_MAC));
+        assert_eq!(bridge.gro_on[0], Iface::new("xlbt-1-2-b0", "eth0"));
+        assert!(two_armed.gro_on.is_empty());
         let vlan = plan_of(Shape::Vlan);
         assert_eq!(vlan.tagger, Some(Iface::new("xlbt-1-2-client", "eth0")));
         assert_eq!(vlan.txvlan_off.len(), 2);

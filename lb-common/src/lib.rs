@@ -12,6 +12,7 @@
 extern crate alloc;
 
 pub mod backend;
+pub mod bridge;
 pub mod checksum;
 pub mod counters;
 pub mod filter;
@@ -40,8 +41,16 @@ pub const MAX_BACKENDS: u32 = 16_384;
 /// default-size tables take 131 074; 10 000 backends need two tables of
 /// about a million.
 pub const MAGLEV_SLOTS: u32 = 1 << 21;
-/// Most interfaces one agent attaches to; sizes `INTERFACES`.
-pub const MAX_INTERFACES: u32 = 64;
+/// Most interfaces one agent attaches to; sizes `VLAN_PARENTS` and
+/// `ANSWER_IFACES`.
+pub const MAX_ATTACHED: u32 = 64;
+/// Most interfaces XDP sends frames out of: those one agent attaches to,
+/// and the ports of attached bridges ([`bridge`]); sizes `INTERFACES`.
+pub const MAX_INTERFACES: u32 = 1024;
+/// Most hosts behind attached bridges whose frames XDP sends straight to
+/// their bridge port; sizes `BRIDGE_PORTS`. Hosts past it are reached
+/// through the kernel.
+pub const MAX_BRIDGE_HOSTS: u32 = 8192;
 /// Entries of `SOCKETS`: connections (and unconnected UDP peers) that local
 /// clients opened to a service, by socket cookie and backend, so that
 /// `getpeername` and `recvmsg` show the service's address.

@@ -2,9 +2,11 @@
 //!
 //! The way out is decided before the Ethernet header changes. XDP sends a
 //! frame itself only out of interfaces where that is known to arrive: those
-//! the agent put in `INTERFACES` (attached, with the driver's XDP transmit).
-//! Every other frame goes to the kernel with the MAC addresses it arrived
-//! with, addressed to this host, so the kernel routes and forwards it.
+//! the agent put in `INTERFACES` (attached, with the driver's XDP transmit,
+//! and such ports of attached bridges). A route out of a bridge goes to the
+//! port `BRIDGE_PORTS` names for its next hop's MAC. Every other frame goes
+//! to the kernel with the MAC addresses it arrived with, addressed to this
+//! host, so the kernel routes and forwards it.
 
 use core::mem::size_of;
 
@@ -13,12 +15,12 @@ use aya_ebpf::{
     helpers::generated::bpf_fib_lookup as fib_lookup,
     programs::XdpContext,
 };
-use lb_common::{GlobalCounter, flow::NextHop};
+use lb_common::{GlobalCounter, bridge::BridgePortKey, flow::NextHop};
 use network_types::eth::EthHdr;
 
 use crate::{
     frame::ptr_at,
-    maps::INTERFACES,
+    maps::{BRIDGE_PORTS, INTERFACES},
     parse::Packet,
     rewrite::{self, Endpoint},
     vlan,
@@ -182,17 +184,28 @@ pub fn lookup(
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return Err(GlobalCounter::PassRouteLookup);
     }
-    let xdp_egress = INTERFACES.get(params.ifindex).is_some();
     Ok(NextHop {
         looked_up_ns: now,
-        ifindex: if xdp_egress {
-            params.ifindex
-        } else {
-            NextHop::KERNEL
-        },
+        ifindex: xdp_egress(params.ifindex, params.dmac),
         src_mac: params.smac,
         dst_mac: params.dmac,
     })
+}
+
+/// The interface XDP sends a frame routed out of `ifindex` to `dmac` by:
+/// `ifindex` itself if it is in `INTERFACES`, else, for a bridge, the port
+/// `dmac` is behind if that is; else [`NextHop::KERNEL`].
+#[inline(always)]
+fn xdp_egress(ifindex: u32, dmac: [u8; 6]) -> u32 {
+    if INTERFACES.get(ifindex).is_some() {
+        return ifindex;
+    }
+    let key = BridgePortKey::new(ifindex, dmac);
+    // SAFETY: the value is a plain `u32`, read once.
+    match unsafe { BRIDGE_PORTS.get(key) } {
+        Some(&port) if INTERFACES.get(port).is_some() => port,
+        _ => NextHop::KERNEL,
+    }
 }
 
 #[inline(always)]

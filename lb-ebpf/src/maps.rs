@@ -3,13 +3,16 @@
 //! Sizes come from named constants in `lb-common`, which userspace uses too.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     Backend, BackendCounters, BackendLoad, DEFAULT_FLOW_CAPACITY, Flow, FlowKey, GlobalCounter,
-    LOCAL_PORT_WORDS, MAGLEV_SLOTS, MAX_BACKENDS, MAX_INTERFACES, MAX_LOCAL_SOCKETS, MAX_SERVICES,
-    Reply, Service, ServiceKey, SockKey, SockPeer, TrafficCounters,
+    LOCAL_PORT_WORDS, MAGLEV_SLOTS, MAX_ATTACHED, MAX_BACKENDS, MAX_BRIDGE_HOSTS, MAX_INTERFACES,
+    MAX_LOCAL_SOCKETS, MAX_SERVICES, Reply, Service, ServiceKey, SockKey, SockPeer,
+    TrafficCounters,
+    bridge::BridgePortKey,
     counters::GLOBAL_COUNTERS,
     filter::{ADDRESS_WORDS, address_slot, roles_in, word_of},
     flood::{FLOOD_STATE_LEN, MAX_SOURCES},
@@ -89,21 +92,31 @@ pub static REPLY_SERVICES: HashMap<ServiceKey, ServiceKey> =
 pub static STATELESS_REPLIES: HashMap<ServiceKey, u32> = HashMap::with_max_entries(MAX_BACKENDS, 0);
 
 /// Interfaces XDP may send frames out of (`XDP_TX` or a redirect), by
-/// ifindex: those xlb is attached to whose driver transmits XDP frames. The
-/// agent keeps it current; frames for any other interface go to the kernel.
+/// ifindex: those xlb is attached to whose driver transmits XDP frames, and
+/// such ports of attached bridges. The agent keeps it current; frames for
+/// any other interface go to the kernel.
 #[map]
 pub static INTERFACES: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
+
+/// The forwarding tables of attached bridges, for hosts behind a port in
+/// `INTERFACES`: (bridge ifindex, MAC) → the port's ifindex
+/// (`lb_common::bridge`). The agent copies it from the kernel's. Not
+/// preallocated: read once a second per next hop, and empty on hosts
+/// without bridges.
+#[map]
+pub static BRIDGE_PORTS: HashMap<BridgePortKey, u32> =
+    HashMap::with_max_entries(MAX_BRIDGE_HOSTS, BPF_F_NO_PREALLOC);
 
 /// Attached interfaces with VLAN devices on them, by ifindex (the value is
 /// unused): a tagged frame handed to the kernel there keeps its tags.
 #[map]
-pub static VLAN_PARENTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_INTERFACES, 0);
+pub static VLAN_PARENTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_ATTACHED, 0);
 
 /// Interfaces XDP can answer a packet on (`XDP_TX` back out of the
 /// interface it came in on): those with the driver's XDP transmit, and any
 /// attached in generic mode. SYN cookies are answered only there.
 #[map]
-pub static ANSWER_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_INTERFACES, 0);
+pub static ANSWER_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_ATTACHED, 0);
 
 /// The half-open budget's counts and the SYN cookies' (`lb_common::flood`),
 /// shared by every CPU.

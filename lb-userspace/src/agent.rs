@@ -956,6 +956,7 @@ impl Agent {
                 path_reason: a.egress.reason().to_owned(),
                 xdp_features: a.egress.features.to_string(),
                 vlan_devices: a.egress.vlan_devices.clone(),
+                xdp_ports: a.xdp_ports.clone(),
             })
             .collect();
         Status {

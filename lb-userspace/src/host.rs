@@ -295,6 +295,28 @@ impl HostFacts {
     }
 }
 
+/// A host behind a port of a bridge, from the bridge's forwarding table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BridgeHost {
+    pub mac: [u8; 6],
+    /// Ifindex of the port it is behind.
+    pub port: u32,
+}
+
+/// The hosts behind the ports of bridge `bridge`, in the calling thread's
+/// network namespace.
+pub fn bridge_hosts(bridge: u32) -> anyhow::Result<Vec<BridgeHost>> {
+    let mut rtnl = rtnl::Rtnl::open().context("opening an rtnetlink socket")?;
+    rtnl.bridge_hosts(bridge)
+        .context("reading the bridge's forwarding table")
+}
+
+/// Every interface of the calling thread's network namespace.
+pub fn links() -> anyhow::Result<Vec<Link>> {
+    let mut rtnl = rtnl::Rtnl::open().context("opening an rtnetlink socket")?;
+    rtnl.links().context("listing interfaces")
+}
+
 /// Names of the VLAN devices sitting on interface `index`, in the calling
 /// thread's network namespace (netlink, so it holds under `nsenter --net`,
 /// where `/sys/class/net` shows another namespace).

@@ -398,6 +398,12 @@ fn print_status(status: &Status) {
             "attached to {} ({} XDP); frames leave by it through {}: {}",
             attachment.interface, attachment.mode, attachment.path, attachment.path_reason,
         );
+        if !attachment.xdp_ports.is_empty() {
+            println!(
+                "  frames to hosts behind its ports {} go straight to the port by XDP",
+                attachment.xdp_ports.join(", ")
+            );
+        }
     }
     if let Some(announce) = &status.announce {
         let vips: Vec<String> = announce

@@ -396,6 +396,11 @@ pub struct AttachmentStatus {
     pub xdp_features: String,
     /// VLAN devices on it.
     pub vlan_devices: Vec<String>,
+    /// A bridge's ports XDP sends frames to the hosts behind (the others'
+    /// go through the kernel); absent for other interfaces and from agents
+    /// before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub xdp_ports: Vec<String>,
 }
 
 /// `xlb stats`: the data plane's counters.
@@ -742,6 +747,7 @@ pub(crate) mod tests {
                 path_reason: "the driver transmits XDP frames".into(),
                 xdp_features: "basic,redirect,ndo-xmit".into(),
                 vlan_devices: vec![],
+                xdp_ports: vec![],
             }],
         }
     }

@@ -10,9 +10,9 @@
 //! - once a killed backend is marked down, every request is still answered
 //!   and none by it;
 //! - the agent attached in the expected modes, `xlb status` names the way
-//!   frames leave by each interface (XDP or the kernel), the data plane's
-//!   counters show frames took that way, and `xlb check` finds no error on
-//!   the host;
+//!   frames leave by each interface (XDP or the kernel) and the bridge ports
+//!   XDP sends to past the bridge, the data plane's counters show frames
+//!   took that way, and `xlb check` finds no error on the host;
 //! - in `generic` mode, where every attachment can answer a packet, with
 //!   `[flood] syn_cookies = "always"`: every TCP connection was opened by
 //!   the data plane's own handshake (a SYN cookie to the client, a SYN and
@@ -35,7 +35,7 @@ use xlb::{
     protocol::ServingState,
     xdp::{AttachedMode, ModeRequest},
 };
-use xlb_lab::{Lab, LabSpec, Shape, client, topology};
+use xlb_lab::{Lab, LabSpec, Role, Shape, client, topology};
 use xlb_tests::{
     agent::{Agent, xdp_mode_name},
     require_root,
@@ -231,23 +231,29 @@ fn avoid_killed(answers: &Answers) -> Vec<String> {
     problems
 }
 
+/// An attachment as `xlb status --json` lists it: interface, mode, way
+/// out, and the bridge ports XDP sends to.
+type Attached = (String, AttachedMode, EgressPath, Vec<String>);
+
 /// Asserts `xlb status --json` lists exactly the lab's lb interfaces, each
-/// in the mode [`expected_mode`] gives and with the way out `paths` gives.
+/// in the mode [`expected_mode`] gives and with the way out (and bridge
+/// ports taking XDP frames) `paths` gives.
 fn check_attachments(lab: &Lab, agent: &Agent, mode: ModeRequest, paths: &Paths, label: &str) {
     let status = agent.status();
-    let mut attached: Vec<(String, AttachedMode, EgressPath)> = status
+    let mut attached: Vec<Attached> = status
         .attachments
         .iter()
-        .map(|a| (a.interface.clone(), a.mode, a.path))
+        .map(|a| (a.interface.clone(), a.mode, a.path, a.xdp_ports.clone()))
         .collect();
     attached.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut expected: Vec<(String, AttachedMode, EgressPath)> = lab
+    let mut expected: Vec<Attached> = lab
         .lb_interfaces()
         .into_iter()
         .map(|iface| {
             let want = expected_mode(&iface, mode);
             let path = paths.of(&iface);
-            (iface, want, path)
+            let ports = paths.xdp_ports(lab, &iface);
+            (iface, want, path, ports)
         })
         .collect();
     expected.sort_by(|a, b| a.0.cmp(&b.0));
@@ -273,11 +279,33 @@ fn expected_mode(iface: &str, mode: ModeRequest) -> AttachedMode {
 /// interface, except those named here, where the kernel forwards them.
 struct Paths {
     kernel: &'static [&'static str],
+    /// The lb's bridge's ports take XDP frames: frames for the backends go
+    /// straight to their port by XDP, not through the kernel.
+    bridge_ports: bool,
 }
 
 impl Paths {
     /// Every interface's frames leave by XDP.
-    const XDP: Paths = Paths { kernel: &[] };
+    const XDP: Paths = Paths {
+        kernel: &[],
+        bridge_ports: false,
+    };
+
+    /// The bridges's ports `xlb status` should list for `iface`: every
+    /// backend's port of the lab's bridge when they take XDP frames.
+    fn xdp_ports(&self, lab: &Lab, iface: &str) -> Vec<String> {
+        if !self.bridge_ports || iface != topology::LB_BRIDGE {
+            return Vec::new();
+        }
+        (0..lab.backends().len())
+            .map(|i| topology::switch_port(Role::Backend(i)))
+            .collect()
+    }
+
+    /// Whether the kernel forwards some of the frames.
+    fn by_kernel(&self) -> bool {
+        !self.kernel.is_empty() && !self.bridge_ports
+    }
 
     /// The way out of `iface` `xlb status` should report.
     fn of(&self, iface: &str) -> EgressPath {
@@ -308,10 +336,9 @@ fn check_forwarding(lab: &Lab, agent: &Agent, paths: &Paths, label: &str) {
         counter(agent, GlobalCounter::PassKernelForward),
     );
     let sent = (REQUESTS + FAILOVER_REQUESTS) as u64 * 8;
-    let by_kernel = !paths.kernel.is_empty();
     let ok = if lab.lb_interfaces().len() == 1 {
         tx >= sent && redirect == 0 && kernel == 0
-    } else if by_kernel {
+    } else if paths.by_kernel() {
         // Requests through the kernel, replies by redirect (or the other
         // way round): each at least once per request.
         kernel >= sent && redirect >= sent
@@ -365,9 +392,11 @@ fn check_host(lab: &Lab, agent: &Agent, label: &str) {
 /// The whole check for one shape and XDP mode.
 fn serves_every_service(shape: Shape, mode: ModeRequest) {
     let paths = match shape {
-        // A bridge has no XDP transmit: the kernel forwards into it.
+        // A bridge has no XDP transmit, but its ports do (the backends'
+        // NICs run GRO, so the veths run NAPI): XDP sends past it.
         Shape::Bridge => Paths {
             kernel: &[topology::LB_BRIDGE],
+            bridge_ports: true,
         },
         _ => Paths::XDP,
     };
@@ -457,6 +486,7 @@ fn two_armed_auto_backend_nic_without_xdp_transmit() {
         ModeRequest::Auto,
         Paths {
             kernel: &[topology::LB_BACKEND_IFACE],
+            bridge_ports: false,
         },
         |lab| {
             lab.detach_pass(topology::LB_BACKEND_PORT)
@@ -473,6 +503,82 @@ fn bridge_auto() {
 #[test]
 fn bridge_generic() {
     serves_every_service(Shape::Bridge, ModeRequest::Generic);
+}
+
+/// A bridge whose ports take no XDP frames (the backends' NICs run neither
+/// GRO nor XDP, as many containers' do): the kernel forwards into the
+/// bridge; replies still go by XDP.
+#[test]
+fn bridge_auto_ports_without_xdp_transmit() {
+    serves_every_service_on(
+        Shape::Bridge,
+        ModeRequest::Auto,
+        Paths {
+            kernel: &[topology::LB_BRIDGE],
+            bridge_ports: false,
+        },
+        |lab| lab.set_backend_gro(false).expect("turning GRO off"),
+    );
+}
+
+/// The bridge's ports are read again while the agent runs: when they stop
+/// taking XDP frames, frames for the backends go through the kernel within
+/// the refresh and every request is still answered; when they take them
+/// again, XDP sends to them again.
+#[test]
+fn bridge_ports_are_followed_while_running() {
+    require_root();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let spec = LabSpec::for_test(WEIGHTS.len()).with_shape(Shape::Bridge);
+    let lab = Lab::up(spec).unwrap_or_else(|e| panic!("lab up (bridge): {e:#}"));
+    let services: Vec<Service> = Service::all().into_iter().take(1).collect();
+    let config: String = services.iter().map(|s| s.config(&lab)).collect();
+    let agent = Agent::start_with(&lab, &config, ModeRequest::Auto)
+        .unwrap_or_else(|e| panic!("starting xlb: {e:#}"));
+    let ports_listed = |agent: &Agent| {
+        agent
+            .status()
+            .attachments
+            .iter()
+            .find(|a| a.interface == topology::LB_BRIDGE)
+            .map_or(0, |a| a.xdp_ports.len())
+    };
+    let phases = [
+        (true, "ports taking XDP frames"),
+        (false, "GRO turned off in the backends"),
+        (true, "GRO turned on again"),
+    ];
+    for (on, phase) in phases {
+        lab.set_backend_gro(on).expect("setting GRO");
+        let want = if on { lab.backends().len() } else { 0 };
+        agent.wait_for(
+            &format!("{want} bridge ports in xlb status ({phase})"),
+            Duration::from_secs(5),
+            |a| ports_listed(a) == want,
+        );
+        // The next hops remembered before the change live for a second.
+        std::thread::sleep(Duration::from_millis(1100));
+        let kernel_before = counter(&agent, GlobalCounter::PassKernelForward);
+        let redirect_before = counter(&agent, GlobalCounter::ForwardRedirect);
+        let answers = send(&lab, &services, FAILOVER_REQUESTS);
+        check(&agent, phase, &services, &answers, |a| {
+            a.failure.iter().cloned().collect()
+        });
+        let kernel = counter(&agent, GlobalCounter::PassKernelForward) - kernel_before;
+        let redirect = counter(&agent, GlobalCounter::ForwardRedirect) - redirect_before;
+        let sent = FAILOVER_REQUESTS as u64;
+        let ok = if on {
+            kernel == 0 && redirect >= 2 * sent
+        } else {
+            kernel >= sent && redirect >= sent
+        };
+        assert!(
+            ok,
+            "{phase}: frames took other ways than expected (forward_redirect {redirect}, \
+             pass_kernel_forward {kernel} for {sent} requests)\n{}",
+            agent.diagnostics()
+        );
+    }
 }
 
 #[test]

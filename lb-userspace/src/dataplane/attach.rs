@@ -31,6 +31,9 @@ pub struct Attachment {
     pub mode: AttachedMode,
     /// How frames leave by it, as last read from the kernel.
     pub egress: Egress,
+    /// A bridge's ports XDP sends frames to the hosts behind, by name
+    /// (`bridge.rs`); empty for any other interface.
+    pub xdp_ports: Vec<String>,
 }
 
 /// Attaches the program to `iface` in `request`'s mode. With a pin
@@ -88,6 +91,7 @@ pub(super) fn attach(
         ifindex,
         mode,
         egress,
+        xdp_ports: Vec::new(),
     };
     Ok((link, attachment))
 }

@@ -139,9 +139,10 @@ fn loss(map: MapName) -> &'static str {
         MapName::Flows | MapName::Replies => {
             "every open flow: connections through xlb are scheduled again and may be reset"
         }
-        MapName::Interfaces | MapName::VlanParents | MapName::AnswerIfaces => {
-            "nothing (refilled when attaching)"
-        }
+        MapName::Interfaces
+        | MapName::BridgePorts
+        | MapName::VlanParents
+        | MapName::AnswerIfaces => "nothing (refilled when attaching)",
         MapName::FloodState => "the half-open count and cookie counts (the budget starts afresh)",
         MapName::ServiceStats => "the per-service counters (back to 0)",
         MapName::BackendStats => "the per-backend counters (back to 0)",

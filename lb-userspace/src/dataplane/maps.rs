@@ -17,7 +17,7 @@ use aya::{
 };
 use lb_common::{
     Backend, BackendCounters, BackendLoad, Flow, FlowKey, Service, ServiceKey, TrafficCounters,
-    flow::NextHop, service::ServiceSlot,
+    bridge::BridgePortKey, flow::NextHop, service::ServiceSlot,
 };
 
 /// A map of the eBPF object that userspace reads or writes; all of them are
@@ -32,6 +32,7 @@ pub enum MapName {
     Flows,
     Replies,
     Interfaces,
+    BridgePorts,
     VlanParents,
     ServiceStats,
     BackendStats,
@@ -52,13 +53,14 @@ pub enum MapName {
 
 impl MapName {
     /// Every one, in the order of docs/datapath.md.
-    pub const ALL: [Self; 22] = [
+    pub const ALL: [Self; 23] = [
         Self::Services,
         Self::Maglev,
         Self::Backends,
         Self::Flows,
         Self::Replies,
         Self::Interfaces,
+        Self::BridgePorts,
         Self::VlanParents,
         Self::ServiceStats,
         Self::BackendStats,
@@ -86,6 +88,7 @@ impl MapName {
             Self::Flows => "FLOWS",
             Self::Replies => "REPLIES",
             Self::Interfaces => "INTERFACES",
+            Self::BridgePorts => "BRIDGE_PORTS",
             Self::VlanParents => "VLAN_PARENTS",
             Self::ServiceStats => "SERVICE_STATS",
             Self::BackendStats => "BACKEND_STATS",
@@ -323,6 +326,21 @@ pub(super) fn flows(ebpf: &Ebpf) -> anyhow::Result<Named<HashMap<&MapData, FlowK
 /// `INTERFACES`: interfaces XDP may send out of.
 pub(super) fn interfaces_mut(ebpf: &mut Ebpf) -> anyhow::Result<Named<DevMapHash<&mut MapData>>> {
     open_mut(ebpf, MapName::Interfaces)
+}
+
+/// `BRIDGE_PORTS`, to read.
+pub(super) fn bridge_ports(
+    ebpf: &Ebpf,
+) -> anyhow::Result<Named<HashMap<&MapData, BridgePortKey, u32>>> {
+    open(ebpf, MapName::BridgePorts)
+}
+
+/// `BRIDGE_PORTS`: (attached bridge, host MAC) → the port XDP sends the
+/// host's frames to.
+pub(super) fn bridge_ports_mut(
+    ebpf: &mut Ebpf,
+) -> anyhow::Result<Named<HashMap<&mut MapData, BridgePortKey, u32>>> {
+    open_mut(ebpf, MapName::BridgePorts)
 }
 
 /// `VLAN_PARENTS`: attached interfaces with VLAN devices (value unused).

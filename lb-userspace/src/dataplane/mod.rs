@@ -13,6 +13,7 @@
 //! (`flows`) and the counters (`counters`); `maps` opens the maps.
 
 mod attach;
+mod bridge;
 mod counters;
 mod flows;
 mod load;
@@ -58,6 +59,8 @@ pub struct Dataplane {
     /// `route_localnet` as it was before attaching.
     localnet: RouteLocalnet,
     tables: Tables,
+    /// Ports of attached bridges XDP sends frames to.
+    bridges: bridge::BridgePorts,
 }
 
 impl Dataplane {
@@ -80,6 +83,7 @@ impl Dataplane {
             held: Vec::new(),
             localnet,
             tables: Tables::new(),
+            bridges: bridge::BridgePorts::default(),
         })
     }
 
@@ -107,6 +111,7 @@ impl Dataplane {
         let (link, attachment) = attach::attach(&mut self.ebpf, pin_dir, iface, request)?;
         let mode = attachment.mode;
         self.links.push((link, attachment));
+        refresh_bridges(&mut self.bridges, &mut self.ebpf, &mut self.links)?;
         // Next hops remembered before may name this interface as one XDP
         // cannot send out of.
         self.tables.forget_next_hops(&mut self.ebpf)?;
@@ -132,10 +137,17 @@ impl Dataplane {
     /// gained or lost its XDP program, VLAN devices may have come or gone)
     /// and updates the maps where it changed.
     pub fn refresh_egress(&mut self) -> anyhow::Result<()> {
-        if attach::refresh_egress(&mut self.ebpf, &mut self.links)? {
+        let changed = attach::refresh_egress(&mut self.ebpf, &mut self.links)?;
+        if self.refresh_bridges()? || changed {
             self.tables.forget_next_hops(&mut self.ebpf)?;
         }
         Ok(())
+    }
+
+    /// Reads the attached bridges' ports and forwarding tables again
+    /// (`bridge.rs`); returns whether the maps changed.
+    fn refresh_bridges(&mut self) -> anyhow::Result<bool> {
+        refresh_bridges(&mut self.bridges, &mut self.ebpf, &mut self.links)
     }
 
     /// Interfaces the program is attached to.
@@ -330,4 +342,14 @@ fn mapped(ip: IpAddr) -> [u8; 16] {
         IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
         IpAddr::V6(v6) => v6.octets(),
     }
+}
+
+/// [`Dataplane::refresh_bridges`], on the fields it needs.
+fn refresh_bridges(
+    bridges: &mut bridge::BridgePorts,
+    ebpf: &mut Ebpf,
+    links: &mut [(XdpLinkId, Attachment)],
+) -> anyhow::Result<bool> {
+    let mut attachments: Vec<&mut Attachment> = links.iter_mut().map(|(_, a)| a).collect();
+    bridges.refresh(ebpf, &mut attachments)
 }

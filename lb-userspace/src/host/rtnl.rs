@@ -14,11 +14,16 @@ use netlink_packet_route::{
     link::{
         InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp, State, XdpAttached,
     },
+    neighbour::{
+        NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourMessage, NeighbourState,
+    },
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-use super::{Address, Link, LinkKind, OperState, Route, RouteKind, XdpAttachment, XdpMode};
+use super::{
+    Address, BridgeHost, Link, LinkKind, OperState, Route, RouteKind, XdpAttachment, XdpMode,
+};
 
 /// An rtnetlink socket in the calling thread's network namespace.
 pub(crate) struct Rtnl {
@@ -72,6 +77,24 @@ impl Rtnl {
             }
         }
         Ok(addresses)
+    }
+
+    /// The hosts bridge `bridge`'s forwarding table places behind one of
+    /// its ports (`bridge fdb show br …`, without the bridge's and its
+    /// ports' own addresses). A VLAN-aware bridge's entries, which carry a
+    /// VLAN, are left out, as are locked ones (802.1X).
+    pub(super) fn bridge_hosts(&mut self, bridge: u32) -> anyhow::Result<Vec<BridgeHost>> {
+        let mut request = NeighbourMessage::default();
+        request.header.family = AddressFamily::Bridge;
+        let mut hosts = Vec::new();
+        for answer in self.request(RouteNetlinkMessage::GetNeighbour(request), NLM_F_DUMP)? {
+            if let RouteNetlinkMessage::NewNeighbour(message) = answer
+                && let Some(host) = bridge_host(&message, bridge)
+            {
+                hosts.push(host);
+            }
+        }
+        Ok(hosts)
     }
 
     /// The route the kernel would send a packet to `to` by (`ip route get`).
@@ -210,6 +233,40 @@ impl Rtnl {
             }
         }
     }
+}
+
+/// The host an entry of bridge `bridge`'s forwarding table places behind
+/// a port, if it is one.
+fn bridge_host(message: &NeighbourMessage, bridge: u32) -> Option<BridgeHost> {
+    let header = &message.header;
+    // A permanent entry is an address of the bridge or of a port itself;
+    // one of the port's own table (`self`) is not the bridge's.
+    if header.ifindex == bridge
+        || header.state == NeighbourState::Permanent
+        || header.flags.contains(NeighbourFlags::Own)
+    {
+        return None;
+    }
+    let mut master = None;
+    let mut mac = None;
+    for attribute in &message.attributes {
+        match attribute {
+            NeighbourAttribute::Controller(index) => master = Some(*index),
+            NeighbourAttribute::LinkLayerAddress(bytes) => {
+                mac = <[u8; 6]>::try_from(&bytes[..]).ok()
+            }
+            NeighbourAttribute::Vlan(_) => return None,
+            NeighbourAttribute::ExtFlags(flags) if flags.contains(NeighbourExtFlags::Locked) => {
+                return None;
+            }
+            _ => {}
+        }
+    }
+    (master == Some(bridge)).then_some(())?;
+    Some(BridgeHost {
+        mac: mac?,
+        port: header.ifindex,
+    })
 }
 
 fn link(message: LinkMessage) -> Link {
