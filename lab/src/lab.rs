@@ -184,10 +184,10 @@ impl Lab {
     /// the bridge shape, takes no XDP frames: as with containers whose
     /// NICs run neither GRO nor XDP.
     pub fn set_backend_gro(&self, on: bool) -> anyhow::Result<()> {
+        if self.topo.shape().local_backends() {
+            return Ok(());
+        }
         for backend in self.topo.backends() {
-            if self.topo.shape().local_backends() {
-                break;
-            }
             ethtool(
                 &Iface::new(backend.ns, topology::HOST_IFACE),
                 &["gro", if on { "on" } else { "off" }],

@@ -60,6 +60,17 @@ pub struct AgentConfig {
     pub run_dir: PathBuf,
     /// XDP mode: `auto`, `native` or `generic`.
     pub xdp_mode: String,
+    /// Frames for hosts behind an attached bridge go straight to their
+    /// bridge port by XDP where the port takes XDP frames; `false` leaves
+    /// them to the kernel (and the host's and the bridge's netfilter).
+    /// Written out only when off, so that the control API's answers stay
+    /// those of its version 1.
+    #[serde(skip_serializing_if = "is_true")]
+    pub xdp_past_bridges: bool,
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 impl Default for AgentConfig {
@@ -71,6 +82,7 @@ impl Default for AgentConfig {
             pin_dir: "/sys/fs/bpf/xlb".into(),
             run_dir: "/run/xlb".into(),
             xdp_mode: "auto".into(),
+            xdp_past_bridges: true,
         }
     }
 }
@@ -594,6 +606,7 @@ impl Config {
             flow_capacity: self.flows.table_size,
             timeouts: self.flows.timeouts(),
             flood: self.flood.data_plane(self.flows.table_size),
+            past_bridges: self.agent.xdp_past_bridges,
             ..Default::default()
         }
     }

@@ -303,18 +303,39 @@ pub struct BridgeHost {
     pub port: u32,
 }
 
+/// A bridge and its ports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BridgeView {
+    /// VLAN-aware (`vlan_filtering 1`): which ports a frame may leave by,
+    /// and with which tag, depends on its VLAN.
+    pub vlan_filtering: bool,
+    pub ports: Vec<BridgePort>,
+}
+
+/// A port of a bridge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BridgePort {
+    pub index: u32,
+    pub name: String,
+    pub oper: OperState,
+    /// In the STP forwarding state (always, without STP, while up).
+    pub forwarding: bool,
+}
+
+/// Bridge `bridge` and its ports, in the calling thread's network
+/// namespace; `None` if no bridge has that index.
+pub fn bridge_view(bridge: u32) -> anyhow::Result<Option<BridgeView>> {
+    let mut rtnl = rtnl::Rtnl::open().context("opening an rtnetlink socket")?;
+    rtnl.bridge_view(bridge)
+        .context("listing the bridge's ports")
+}
+
 /// The hosts behind the ports of bridge `bridge`, in the calling thread's
 /// network namespace.
 pub fn bridge_hosts(bridge: u32) -> anyhow::Result<Vec<BridgeHost>> {
     let mut rtnl = rtnl::Rtnl::open().context("opening an rtnetlink socket")?;
     rtnl.bridge_hosts(bridge)
         .context("reading the bridge's forwarding table")
-}
-
-/// Every interface of the calling thread's network namespace.
-pub fn links() -> anyhow::Result<Vec<Link>> {
-    let mut rtnl = rtnl::Rtnl::open().context("opening an rtnetlink socket")?;
-    rtnl.links().context("listing interfaces")
 }
 
 /// Names of the VLAN devices sitting on interface `index`, in the calling

@@ -291,7 +291,7 @@ impl Paths {
         bridge_ports: false,
     };
 
-    /// The bridges's ports `xlb status` should list for `iface`: every
+    /// The bridge's ports `xlb status` should list for `iface`: every
     /// backend's port of the lab's bridge when they take XDP frames.
     fn xdp_ports(&self, lab: &Lab, iface: &str) -> Vec<String> {
         if !self.bridge_ports || iface != topology::LB_BRIDGE {
@@ -529,20 +529,7 @@ fn bridge_auto_ports_without_xdp_transmit() {
 fn bridge_ports_are_followed_while_running() {
     require_root();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let spec = LabSpec::for_test(WEIGHTS.len()).with_shape(Shape::Bridge);
-    let lab = Lab::up(spec).unwrap_or_else(|e| panic!("lab up (bridge): {e:#}"));
-    let services: Vec<Service> = Service::all().into_iter().take(1).collect();
-    let config: String = services.iter().map(|s| s.config(&lab)).collect();
-    let agent = Agent::start_with(&lab, &config, ModeRequest::Auto)
-        .unwrap_or_else(|e| panic!("starting xlb: {e:#}"));
-    let ports_listed = |agent: &Agent| {
-        agent
-            .status()
-            .attachments
-            .iter()
-            .find(|a| a.interface == topology::LB_BRIDGE)
-            .map_or(0, |a| a.xdp_ports.len())
-    };
+    let (lab, services, agent) = bridge_lab_with_one_service("");
     let phases = [
         (true, "ports taking XDP frames"),
         (false, "GRO turned off in the backends"),
@@ -554,31 +541,75 @@ fn bridge_ports_are_followed_while_running() {
         agent.wait_for(
             &format!("{want} bridge ports in xlb status ({phase})"),
             Duration::from_secs(5),
-            |a| ports_listed(a) == want,
+            |a| bridge_ports_listed(a) == want,
         );
         // The next hops remembered before the change live for a second.
         std::thread::sleep(Duration::from_millis(1100));
-        let kernel_before = counter(&agent, GlobalCounter::PassKernelForward);
-        let redirect_before = counter(&agent, GlobalCounter::ForwardRedirect);
-        let answers = send(&lab, &services, FAILOVER_REQUESTS);
-        check(&agent, phase, &services, &answers, |a| {
-            a.failure.iter().cloned().collect()
-        });
-        let kernel = counter(&agent, GlobalCounter::PassKernelForward) - kernel_before;
-        let redirect = counter(&agent, GlobalCounter::ForwardRedirect) - redirect_before;
-        let sent = FAILOVER_REQUESTS as u64;
-        let ok = if on {
-            kernel == 0 && redirect >= 2 * sent
-        } else {
-            kernel >= sent && redirect >= sent
-        };
-        assert!(
-            ok,
-            "{phase}: frames took other ways than expected (forward_redirect {redirect}, \
-             pass_kernel_forward {kernel} for {sent} requests)\n{}",
-            agent.diagnostics()
-        );
+        expect_ways(&lab, &agent, &services, on, phase);
     }
+}
+
+/// `xdp_past_bridges = false`: ports that take XDP frames get none; the
+/// kernel forwards into the bridge, as a host's netfilter rules there
+/// expect.
+#[test]
+fn bridge_with_xdp_past_bridges_off_leaves_frames_to_the_kernel() {
+    require_root();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Before any table: the line belongs to the agent's `[agent]`.
+    let (lab, services, agent) = bridge_lab_with_one_service("xdp_past_bridges = false\n");
+    assert_eq!(bridge_ports_listed(&agent), 0, "{}", agent.diagnostics());
+    expect_ways(&lab, &agent, &services, false, "xdp_past_bridges = false");
+}
+
+/// A bridge lab whose ports take XDP frames, with an agent serving the
+/// first of [`Service::all`]; `agent_lines` go into its `[agent]` table.
+fn bridge_lab_with_one_service(agent_lines: &str) -> (Lab, Vec<Service>, Agent) {
+    let spec = LabSpec::for_test(WEIGHTS.len()).with_shape(Shape::Bridge);
+    let lab = Lab::up(spec).unwrap_or_else(|e| panic!("lab up (bridge): {e:#}"));
+    let services: Vec<Service> = Service::all().into_iter().take(1).collect();
+    let config: String =
+        agent_lines.to_owned() + &services.iter().map(|s| s.config(&lab)).collect::<String>();
+    let agent = Agent::start_with(&lab, &config, ModeRequest::Auto)
+        .unwrap_or_else(|e| panic!("starting xlb: {e:#}"));
+    (lab, services, agent)
+}
+
+/// How many ports of the lab's bridge `xlb status` says XDP sends to.
+fn bridge_ports_listed(agent: &Agent) -> usize {
+    agent
+        .status()
+        .attachments
+        .iter()
+        .find(|a| a.interface == topology::LB_BRIDGE)
+        .map_or(0, |a| a.xdp_ports.len())
+}
+
+/// Sends [`FAILOVER_REQUESTS`] requests to each of `services`; asserts
+/// every one is answered, and that the clients' frames went to the
+/// backends by XDP past the bridge (`past`) or through the kernel, the
+/// replies by XDP either way.
+fn expect_ways(lab: &Lab, agent: &Agent, services: &[Service], past: bool, what: &str) {
+    let kernel_before = counter(agent, GlobalCounter::PassKernelForward);
+    let redirect_before = counter(agent, GlobalCounter::ForwardRedirect);
+    let answers = send(lab, services, FAILOVER_REQUESTS);
+    check(agent, what, services, &answers, |a| {
+        a.failure.iter().cloned().collect()
+    });
+    let kernel = counter(agent, GlobalCounter::PassKernelForward) - kernel_before;
+    let redirect = counter(agent, GlobalCounter::ForwardRedirect) - redirect_before;
+    let sent = (FAILOVER_REQUESTS * services.len()) as u64;
+    let ok = if past {
+        kernel == 0 && redirect >= 2 * sent
+    } else {
+        kernel >= sent && redirect >= sent
+    };
+    assert!(
+        ok,
+        "{what}: frames took other ways than expected (forward_redirect {redirect}, \
+         pass_kernel_forward {kernel} for {sent} requests)\n{}",
+        agent.diagnostics()
+    );
 }
 
 #[test]

@@ -3,40 +3,77 @@
 //! attached bridge take XDP frames, and the bridge's forwarding table for
 //! them, kept in `INTERFACES` and `BRIDGE_PORTS`.
 //!
-//! A port takes XDP frames where the kernel says its driver transmits them
-//! (a NIC with XDP transmit, a veth whose peer runs an XDP program or GRO).
-//! Read again with every interface's way out ([`crate::agent::EGRESS_REFRESH`]):
-//! a host that moves to another port, or a port that stops taking XDP
-//! frames, is followed within that time and the next hops' lifetime.
+//! A port takes XDP frames while it is up, in the STP forwarding state,
+//! and the kernel says its driver transmits them (a NIC with XDP transmit,
+//! a veth whose peer runs an XDP program or GRO). A VLAN-aware bridge's
+//! ports take none: the tag a frame leaves with is the bridge's to choose.
+//! Read at each attachment of a bridge and with every interface's way out
+//! ([`crate::agent::EGRESS_REFRESH`]); until then, a port that stopped
+//! taking XDP frames drops those sent to it, as an attached veth whose peer
+//! lost its XDP program does.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use aya::Ebpf;
-use lb_common::{MAX_BRIDGE_HOSTS, bridge::BridgePortKey};
+use lb_common::{MAX_BRIDGE_HOSTS, MAX_INTERFACES, bridge::BridgePortKey};
 
 use super::{attach::Attachment, maps};
 use crate::{
     egress::{self, EgressPath},
-    host::{self, Link, LinkKind},
+    host::{self, OperState},
     netdev,
 };
 
+/// Ports in `INTERFACES`: ifindex → (its bridge's ifindex, its name).
+type Ports = BTreeMap<u32, (u32, String)>;
+/// `BRIDGE_PORTS`' entries.
+type Hosts = BTreeMap<BridgePortKey, u32>;
+
 /// What `INTERFACES` and `BRIDGE_PORTS` hold for the attached bridges.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct BridgePorts {
-    /// Ports in `INTERFACES`: ifindex → (its bridge's ifindex, its name).
-    ports: BTreeMap<u32, (u32, String)>,
-    /// `BRIDGE_PORTS` as written.
-    hosts: BTreeMap<BridgePortKey, u32>,
-    /// Whether what an earlier agent left in the pinned maps was read.
+    /// Whether frames are sent past bridges at all (`[agent]
+    /// xdp_past_bridges`); if not, the maps are kept empty.
+    enabled: bool,
+    /// The attached bridges, by ifindex.
+    bridges: BTreeSet<u32>,
+    /// Ports in `INTERFACES`, as written.
+    ports: Ports,
+    /// `BRIDGE_PORTS`, as written.
+    hosts: Hosts,
+    /// Whether what an earlier agent (or a failed write) left in the maps
+    /// was read back.
     loaded: bool,
+    /// A map is full: logged once until it is not.
+    full: bool,
 }
 
 impl BridgePorts {
-    /// Reads the ports and forwarding tables of the bridges among
-    /// `attachments` again and updates the maps where they changed; sets
-    /// each bridge's [`Attachment::xdp_ports`]. Returns whether anything
-    /// changed (remembered next hops may name a port no longer there).
+    pub(super) fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            bridges: BTreeSet::new(),
+            ports: Ports::new(),
+            hosts: Hosts::new(),
+            loaded: false,
+            full: false,
+        }
+    }
+
+    /// Notes that interface `ifindex` was attached; returns whether it is a
+    /// bridge.
+    pub(super) fn attached(&mut self, ifindex: u32) -> anyhow::Result<bool> {
+        let bridge = host::bridge_view(ifindex)?.is_some();
+        if bridge {
+            self.bridges.insert(ifindex);
+        }
+        Ok(bridge)
+    }
+
+    /// Reads the ports and forwarding tables of the attached bridges again
+    /// and updates the maps; sets each bridge's [`Attachment::xdp_ports`].
+    /// Returns whether `BRIDGE_PORTS` or the ports changed (remembered next
+    /// hops may name a port no longer there).
     pub(super) fn refresh(
         &mut self,
         ebpf: &mut Ebpf,
@@ -45,34 +82,30 @@ impl BridgePorts {
         if !self.loaded {
             self.load(ebpf, attachments)?;
         }
-        let links = host::links()?;
-        let bridges: BTreeSet<u32> = attachments
-            .iter()
-            .filter(|a| {
-                links
-                    .iter()
-                    .any(|l| l.index == a.ifindex && l.kind == LinkKind::Bridge)
-            })
-            .map(|a| a.ifindex)
-            .collect();
-        let (ports, hosts) = if bridges.is_empty() {
-            Default::default()
+        if self.bridges.is_empty() && self.ports.is_empty() && self.hosts.is_empty() {
+            return Ok(false);
+        }
+        let attached: BTreeSet<u32> = attachments.iter().map(|a| a.ifindex).collect();
+        let (ports, hosts) = if self.enabled {
+            self.wanted(&attached)?
         } else {
-            let attached: BTreeSet<u32> = attachments.iter().map(|a| a.ifindex).collect();
-            wanted(links, &bridges, &attached)?
+            Default::default()
         };
         let changed = ports != self.ports || hosts != self.hosts;
-        if changed {
-            self.write(ebpf, ports, hosts)?;
+        if let Err(e) = self.write(ebpf, &attached, ports, hosts) {
+            // What was written is unknown: read it back next time.
+            self.loaded = false;
+            return Err(e);
         }
         for attachment in attachments.iter_mut() {
-            let names: Vec<String> = self
+            let mut names: Vec<String> = self
                 .ports
                 .values()
                 .filter(|(bridge, _)| *bridge == attachment.ifindex)
                 .map(|(_, name)| name.clone())
                 .collect();
-            if names != attachment.xdp_ports && bridges.contains(&attachment.ifindex) {
+            names.sort();
+            if names != attachment.xdp_ports {
                 log_ports(&attachment.iface, &names);
             }
             attachment.xdp_ports = names;
@@ -80,12 +113,13 @@ impl BridgePorts {
         Ok(changed)
     }
 
-    /// Reads back what an earlier agent left in the pinned maps, so that a
-    /// host or port it wrote and this one does not want is taken out:
-    /// `BRIDGE_PORTS`, and the ports its entries name (other interfaces in
-    /// `INTERFACES` belong to their attachments).
+    /// Reads back what the maps hold from an earlier agent: `BRIDGE_PORTS`,
+    /// and the ports its entries name (other interfaces in `INTERFACES`
+    /// belong to their attachments), so that what this agent does not want
+    /// is taken out.
     fn load(&mut self, ebpf: &Ebpf, attachments: &[&mut Attachment]) -> anyhow::Result<()> {
         self.hosts = maps::bridge_ports(ebpf)?.entries().collect();
+        self.ports.clear();
         for (key, &port) in &self.hosts {
             if attachments.iter().all(|a| a.ifindex != port) {
                 self.ports.insert(port, (key.bridge, String::new()));
@@ -95,17 +129,73 @@ impl BridgePorts {
         Ok(())
     }
 
-    /// Makes the maps hold `ports` and `hosts`: ports come into
-    /// `INTERFACES` before the hosts that name them, and go after.
+    /// The ports of the attached bridges that take XDP frames (attached
+    /// interfaces aside: their way out is their own), and the hosts behind
+    /// them; each within what its map holds.
+    fn wanted(&mut self, attached: &BTreeSet<u32>) -> anyhow::Result<(Ports, Hosts)> {
+        let mut ports = Ports::new();
+        let mut hosts = Hosts::new();
+        let room = (MAX_INTERFACES as usize).saturating_sub(attached.len());
+        let mut full = false;
+        for &bridge in &self.bridges {
+            let Some(view) = host::bridge_view(bridge)? else {
+                continue;
+            };
+            if view.vlan_filtering {
+                continue;
+            }
+            for port in view.ports {
+                let takes_xdp = port.oper == OperState::Up
+                    && port.forwarding
+                    && !attached.contains(&port.index)
+                    && netdev::xdp_features(port.index)
+                        .is_ok_and(|f| egress::path_for(f) == EgressPath::Xdp);
+                if !takes_xdp {
+                    continue;
+                }
+                if ports.len() == room {
+                    full = true;
+                    break;
+                }
+                ports.insert(port.index, (bridge, port.name));
+            }
+            for host in host::bridge_hosts(bridge)? {
+                if !ports.contains_key(&host.port) {
+                    continue;
+                }
+                if hosts.len() == MAX_BRIDGE_HOSTS as usize {
+                    full = true;
+                    break;
+                }
+                hosts.insert(BridgePortKey::new(bridge, host.mac), host.port);
+            }
+        }
+        if full && !self.full {
+            tracing::warn!(
+                ports = room,
+                hosts = MAX_BRIDGE_HOSTS,
+                "more bridge ports or hosts behind them than xlb's maps hold; the kernel \
+                 forwards frames to the others"
+            );
+        }
+        self.full = full;
+        Ok((ports, hosts))
+    }
+
+    /// Makes the maps hold `ports` and `hosts`: every wanted port is
+    /// (re)inserted in `INTERFACES` before the hosts that name it, ports no
+    /// longer wanted go after them, and an attached interface is never
+    /// taken out (its entry is its attachment's).
     fn write(
         &mut self,
         ebpf: &mut Ebpf,
-        ports: BTreeMap<u32, (u32, String)>,
-        hosts: BTreeMap<BridgePortKey, u32>,
+        attached: &BTreeSet<u32>,
+        ports: Ports,
+        hosts: Hosts,
     ) -> anyhow::Result<()> {
         {
             let mut interfaces = maps::interfaces_mut(ebpf)?;
-            for &port in ports.keys().filter(|p| !self.ports.contains_key(p)) {
+            for &port in ports.keys() {
                 interfaces.insert(port)?;
             }
         }
@@ -122,63 +212,22 @@ impl BridgePorts {
         }
         self.hosts = hosts;
         let mut interfaces = maps::interfaces_mut(ebpf)?;
-        for &port in self.ports.keys().filter(|p| !ports.contains_key(p)) {
-            interfaces.remove(port)?;
+        for &port in self.ports.keys() {
+            if !ports.contains_key(&port) && !attached.contains(&port) {
+                interfaces.remove(port)?;
+            }
         }
         self.ports = ports;
         Ok(())
     }
 }
 
-/// The ports of `bridges` (among `links`) that are up and take XDP
-/// frames, attached interfaces aside (their way out is their own), and the
-/// hosts behind them, up to [`MAX_BRIDGE_HOSTS`]. A kernel that cannot tell
-/// a port's XDP features (older than 6.3) gets none: the kernel forwards.
-#[allow(clippy::type_complexity)]
-fn wanted(
-    links: Vec<Link>,
-    bridges: &BTreeSet<u32>,
-    attached: &BTreeSet<u32>,
-) -> anyhow::Result<(BTreeMap<u32, (u32, String)>, BTreeMap<BridgePortKey, u32>)> {
-    let mut ports = BTreeMap::new();
-    for link in links {
-        let Some(bridge) = link.master.filter(|m| bridges.contains(m)) else {
-            continue;
-        };
-        if attached.contains(&link.index) || !link.up {
-            continue;
-        }
-        let transmits = netdev::xdp_features(link.index)
-            .is_ok_and(|features| egress::path_for(features) == EgressPath::Xdp);
-        if transmits {
-            ports.insert(link.index, (bridge, link.name));
-        }
-    }
-    let mut hosts = BTreeMap::new();
-    for &bridge in bridges {
-        for host in host::bridge_hosts(bridge)? {
-            if !ports.contains_key(&host.port) {
-                continue;
-            }
-            if hosts.len() == MAX_BRIDGE_HOSTS as usize {
-                tracing::warn!(
-                    max = MAX_BRIDGE_HOSTS,
-                    "more hosts behind the attached bridges than BRIDGE_PORTS holds; the \
-                     kernel forwards frames to the others"
-                );
-                return Ok((ports, hosts));
-            }
-            hosts.insert(BridgePortKey::new(bridge, host.mac), host.port);
-        }
-    }
-    Ok((ports, hosts))
-}
-
 fn log_ports(bridge: &str, ports: &[String]) {
     if ports.is_empty() {
         tracing::info!(
             iface = bridge,
-            "no port of the bridge takes XDP frames: the kernel forwards frames into it"
+            "no port of the bridge takes XDP frames (or xdp_past_bridges is off): the kernel \
+             forwards frames into it"
         );
     } else {
         tracing::info!(

@@ -73,6 +73,10 @@ pub struct LoadOptions {
     /// that they are restored even after the agent was killed and
     /// restarted; `None` keeps them in memory only.
     pub sysctl_record: Option<PathBuf>,
+    /// Send frames for hosts behind an attached bridge straight to their
+    /// port by XDP where it takes XDP frames (`[agent]
+    /// xdp_past_bridges`; `bridge.rs`).
+    pub past_bridges: bool,
 }
 
 impl Default for LoadOptions {
@@ -83,6 +87,7 @@ impl Default for LoadOptions {
             flood: FloodConfig::DEFAULT,
             pin_dir: None,
             sysctl_record: None,
+            past_bridges: true,
         }
     }
 }

@@ -75,6 +75,7 @@ impl Dataplane {
     pub fn load_with(mut options: LoadOptions) -> anyhow::Result<Self> {
         let (ebpf, pins) = load::load(&mut options)?;
         let localnet = RouteLocalnet::new(options.sysctl_record.clone());
+        let bridges = bridge::BridgePorts::new(options.past_bridges);
         Ok(Self {
             ebpf,
             options,
@@ -83,7 +84,7 @@ impl Dataplane {
             held: Vec::new(),
             localnet,
             tables: Tables::new(),
-            bridges: bridge::BridgePorts::default(),
+            bridges,
         })
     }
 
@@ -109,15 +110,21 @@ impl Dataplane {
     pub fn attach(&mut self, iface: &str, request: ModeRequest) -> anyhow::Result<AttachedMode> {
         let pin_dir = self.options.pin_dir.as_deref();
         let (link, attachment) = attach::attach(&mut self.ebpf, pin_dir, iface, request)?;
-        let mode = attachment.mode;
+        let (mode, ifindex) = (attachment.mode, attachment.ifindex);
         self.links.push((link, attachment));
-        refresh_bridges(&mut self.bridges, &mut self.ebpf, &mut self.links)?;
-        // Next hops remembered before may name this interface as one XDP
-        // cannot send out of.
-        self.tables.forget_next_hops(&mut self.ebpf)?;
         self.localnet.enable(iface)?;
         let egress = attach::attach_egress(&mut self.ebpf, pin_dir, iface)?;
         self.held.push(egress);
+        match self.bridges.attached(ifindex) {
+            Ok(true) => {
+                self.refresh_bridges();
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(iface, "cannot tell whether it is a bridge: {e:#}"),
+        }
+        // Next hops remembered before may name this interface as one XDP
+        // cannot send out of.
+        self.tables.forget_next_hops(&mut self.ebpf)?;
         Ok(mode)
     }
 
@@ -138,16 +145,23 @@ impl Dataplane {
     /// and updates the maps where it changed.
     pub fn refresh_egress(&mut self) -> anyhow::Result<()> {
         let changed = attach::refresh_egress(&mut self.ebpf, &mut self.links)?;
-        if self.refresh_bridges()? || changed {
+        if self.refresh_bridges() || changed {
             self.tables.forget_next_hops(&mut self.ebpf)?;
         }
         Ok(())
     }
 
     /// Reads the attached bridges' ports and forwarding tables again
-    /// (`bridge.rs`); returns whether the maps changed.
-    fn refresh_bridges(&mut self) -> anyhow::Result<bool> {
-        refresh_bridges(&mut self.bridges, &mut self.ebpf, &mut self.links)
+    /// (`bridge.rs`); returns whether the maps changed. A failure is
+    /// logged: frames to hosts behind a bridge keep the ways they had.
+    fn refresh_bridges(&mut self) -> bool {
+        let mut attachments: Vec<&mut Attachment> = self.links.iter_mut().map(|(_, a)| a).collect();
+        self.bridges
+            .refresh(&mut self.ebpf, &mut attachments)
+            .unwrap_or_else(|e| {
+                tracing::warn!("reading the attached bridges' ports: {e:#}");
+                false
+            })
     }
 
     /// Interfaces the program is attached to.
@@ -342,14 +356,4 @@ fn mapped(ip: IpAddr) -> [u8; 16] {
         IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
         IpAddr::V6(v6) => v6.octets(),
     }
-}
-
-/// [`Dataplane::refresh_bridges`], on the fields it needs.
-fn refresh_bridges(
-    bridges: &mut bridge::BridgePorts,
-    ebpf: &mut Ebpf,
-    links: &mut [(XdpLinkId, Attachment)],
-) -> anyhow::Result<bool> {
-    let mut attachments: Vec<&mut Attachment> = links.iter_mut().map(|(_, a)| a).collect();
-    bridges.refresh(ebpf, &mut attachments)
 }

@@ -373,8 +373,9 @@ fn dsr_behind_bridge(
             Severity::Error,
             format!("service {}", service.name),
             format!(
-                "{} reached through bridge {}: XDP cannot send frames into a bridge, and the \
-                 kernel would route them by the VIP, so mode dsr drops them (drop_dsr_no_path)",
+                "{} reached through bridge {}: XDP sends frames past a bridge only to ports \
+                 that take XDP frames, for hosts the bridge has learned; the kernel would route \
+                 any other by the VIP, so mode dsr drops them (drop_dsr_no_path)",
                 list(&backends),
                 setup.facts.link_name(bridge)
             ),

@@ -12,7 +12,8 @@ use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     address::{AddressAttribute, AddressMessage},
     link::{
-        InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp, State, XdpAttached,
+        BridgePortState, InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData,
+        LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp, State, XdpAttached,
     },
     neighbour::{
         NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -22,7 +23,8 @@ use netlink_packet_route::{
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use super::{
-    Address, BridgeHost, Link, LinkKind, OperState, Route, RouteKind, XdpAttachment, XdpMode,
+    Address, BridgeHost, BridgePort, BridgeView, Link, LinkKind, OperState, Route, RouteKind,
+    XdpAttachment, XdpMode,
 };
 
 /// An rtnetlink socket in the calling thread's network namespace.
@@ -77,6 +79,24 @@ impl Rtnl {
             }
         }
         Ok(addresses)
+    }
+
+    /// Bridge `bridge` and its ports; `None` if no bridge has that index.
+    pub(super) fn bridge_view(&mut self, bridge: u32) -> anyhow::Result<Option<BridgeView>> {
+        let request = RouteNetlinkMessage::GetLink(LinkMessage::default());
+        let mut view: Option<BridgeView> = None;
+        let mut ports = Vec::new();
+        for answer in self.request(request, NLM_F_DUMP)? {
+            let RouteNetlinkMessage::NewLink(message) = answer else {
+                continue;
+            };
+            if message.header.index == bridge {
+                view = bridge_of(&message);
+            } else if let Some(port) = port_of(&message, bridge) {
+                ports.push(port);
+            }
+        }
+        Ok(view.map(|view| BridgeView { ports, ..view }))
     }
 
     /// The hosts bridge `bridge`'s forwarding table places behind one of
@@ -235,6 +255,64 @@ impl Rtnl {
     }
 }
 
+/// The bridge `message` describes, without its ports; `None` if it is no
+/// bridge.
+fn bridge_of(message: &LinkMessage) -> Option<BridgeView> {
+    let infos = message.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => Some(infos),
+        _ => None,
+    })?;
+    let mut is_bridge = false;
+    let mut vlan_filtering = false;
+    for info in infos {
+        match info {
+            LinkInfo::Kind(InfoKind::Bridge) => is_bridge = true,
+            LinkInfo::Data(InfoData::Bridge(data)) => {
+                vlan_filtering = data
+                    .iter()
+                    .any(|d| matches!(d, InfoBridge::VlanFiltering(true)));
+            }
+            _ => {}
+        }
+    }
+    is_bridge.then_some(BridgeView {
+        vlan_filtering,
+        ports: Vec::new(),
+    })
+}
+
+/// The port of bridge `bridge` that `message` describes, if it is one.
+fn port_of(message: &LinkMessage, bridge: u32) -> Option<BridgePort> {
+    let mut port = BridgePort {
+        index: message.header.index,
+        name: String::new(),
+        oper: OperState::Unknown,
+        forwarding: false,
+    };
+    let mut master = None;
+    for attribute in &message.attributes {
+        match attribute {
+            LinkAttribute::IfName(name) => port.name = name.clone(),
+            LinkAttribute::Controller(index) => master = Some(*index),
+            LinkAttribute::OperState(state) => port.oper = oper_state(*state),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::PortData(InfoPortData::BridgePort(data)) = info {
+                        port.forwarding = data.iter().any(|d| {
+                            matches!(d, InfoBridgePort::State(BridgePortState::Forwarding))
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if master != Some(bridge) {
+        return None;
+    }
+    Some(port)
+}
+
 /// The host an entry of bridge `bridge`'s forwarding table places behind
 /// a port, if it is one.
 fn bridge_host(message: &NeighbourMessage, bridge: u32) -> Option<BridgeHost> {
@@ -262,7 +340,9 @@ fn bridge_host(message: &NeighbourMessage, bridge: u32) -> Option<BridgeHost> {
             _ => {}
         }
     }
-    (master == Some(bridge)).then_some(())?;
+    if master != Some(bridge) {
+        return None;
+    }
     Some(BridgeHost {
         mac: mac?,
         port: header.ifindex,
@@ -443,4 +523,119 @@ fn route(message: &RouteMessage) -> Route {
         }
     }
     route
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BRIDGE: u32 = 2;
+    const PORT: u32 = 4;
+    const MAC: [u8; 6] = [2, 0, 10, 10, 2, 10];
+
+    /// An entry as `bridge fdb show` dumps a learned one: `02:00:0a:0a:02:0a
+    /// dev b0 master brb`.
+    fn learned() -> NeighbourMessage {
+        let mut message = NeighbourMessage::default();
+        message.header.family = AddressFamily::Bridge;
+        message.header.ifindex = PORT;
+        message.header.state = NeighbourState::Reachable;
+        message.attributes = vec![
+            NeighbourAttribute::LinkLayerAddress(MAC.to_vec()),
+            NeighbourAttribute::Controller(BRIDGE),
+        ];
+        message
+    }
+
+    #[test]
+    fn a_learned_or_static_entry_of_the_bridge_is_a_host_behind_its_port() {
+        let host = BridgeHost {
+            mac: MAC,
+            port: PORT,
+        };
+        assert_eq!(bridge_host(&learned(), BRIDGE), Some(host));
+        let mut stale = learned();
+        stale.header.state = NeighbourState::Stale;
+        assert_eq!(bridge_host(&stale, BRIDGE), Some(host));
+        let mut fixed = learned();
+        fixed.header.state = NeighbourState::Noarp;
+        assert_eq!(bridge_host(&fixed, BRIDGE), Some(host));
+    }
+
+    #[test]
+    fn own_addresses_other_bridges_vlans_and_locked_entries_are_no_hosts() {
+        let mut own = learned();
+        own.header.state = NeighbourState::Permanent;
+        let mut on_the_bridge = learned();
+        on_the_bridge.header.ifindex = BRIDGE;
+        let mut port_table = learned();
+        port_table.header.flags = NeighbourFlags::Own;
+        let mut vlan = learned();
+        vlan.attributes.push(NeighbourAttribute::Vlan(100));
+        let mut locked = learned();
+        locked
+            .attributes
+            .push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Locked));
+        let mut no_master = learned();
+        no_master.attributes.pop();
+        for (what, entry) in [
+            ("a port's own address", own),
+            ("the bridge's own entry", on_the_bridge),
+            ("the port's own table", port_table),
+            ("a VLAN-aware entry", vlan),
+            ("a locked entry", locked),
+            ("an entry of no bridge", no_master),
+        ] {
+            assert_eq!(bridge_host(&entry, BRIDGE), None, "{what}");
+        }
+        assert_eq!(bridge_host(&learned(), BRIDGE + 1), None, "another bridge");
+    }
+
+    fn port_message(state: BridgePortState) -> LinkMessage {
+        let mut message = LinkMessage::default();
+        message.header.index = PORT;
+        message.attributes = vec![
+            LinkAttribute::IfName("b0".into()),
+            LinkAttribute::Controller(BRIDGE),
+            LinkAttribute::OperState(State::Up),
+            LinkAttribute::LinkInfo(vec![
+                LinkInfo::Kind(InfoKind::Veth),
+                LinkInfo::PortKind(netlink_packet_route::link::InfoPortKind::Bridge),
+                LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::State(state)])),
+            ]),
+        ];
+        message
+    }
+
+    #[test]
+    fn a_port_says_whether_it_forwards() {
+        let port = port_of(&port_message(BridgePortState::Forwarding), BRIDGE).unwrap();
+        assert_eq!(
+            port,
+            BridgePort {
+                index: PORT,
+                name: "b0".into(),
+                oper: OperState::Up,
+                forwarding: true,
+            }
+        );
+        let blocked = port_of(&port_message(BridgePortState::Blocking), BRIDGE).unwrap();
+        assert!(!blocked.forwarding);
+        assert_eq!(port_of(&port_message(BridgePortState::Forwarding), 9), None);
+    }
+
+    #[test]
+    fn a_bridge_says_whether_it_filters_vlans() {
+        let mut message = LinkMessage::default();
+        message.header.index = BRIDGE;
+        message.attributes = vec![LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Bridge),
+            LinkInfo::Data(InfoData::Bridge(vec![InfoBridge::VlanFiltering(true)])),
+        ])];
+        assert_eq!(bridge_of(&message).map(|b| b.vlan_filtering), Some(true));
+        message.attributes = vec![LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+            InfoKind::Veth,
+        )])];
+        assert_eq!(bridge_of(&message), None);
+    }
 }
