@@ -8,7 +8,7 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 
 use crate::{
-    cluster, netns, procs,
+    client, cluster, netns, procs,
     shape::Shape,
     status::{self, LabStatus},
     topology::{self, Backend, Role, Topology},
@@ -402,6 +402,21 @@ impl Lab {
         }
         for (child, b) in self.children.iter_mut().zip(topo.backends()) {
             procs::wait_ready(child, &run_dir, &b)?;
+        }
+        if topo.shape() == Shape::Bridge {
+            self.introduce_backends()?;
+        }
+        Ok(())
+    }
+
+    /// One request from the lb to each backend, so that the lb's bridge
+    /// has learned every backend's port, as on a host whose backends have
+    /// been talking: xlb sends past the bridge only to hosts it learned.
+    fn introduce_backends(&self) -> anyhow::Result<()> {
+        for b in self.topo.backends() {
+            let to = std::net::SocketAddr::from((b.v4, b.port));
+            self.in_lb(|| client::http_get(to, std::time::Duration::from_secs(1)))?
+                .with_context(|| format!("asking {} from the lb", b.name))?;
         }
         Ok(())
     }
