@@ -60,6 +60,7 @@ pub enum Check {
     NoNativeXdp,
     XdpNotAttached,
     XdpGeneric,
+    BridgeNetfilterSkipped,
     AcceptLocalOff,
     RepliesBypass,
 }

@@ -56,6 +56,7 @@ pub(super) fn check(setup: &Setup, out: &mut Vec<Finding>) {
         };
         state(link, out);
         offloads(setup.facts, link, out);
+        bridge_netfilter(setup, link, out);
         // Unknown features: assume native XDP is possible.
         let native = link.xdp_features.is_none_or(|f| f.native());
         match mode {
@@ -64,6 +65,29 @@ pub(super) fn check(setup: &Setup, out: &mut Vec<Finding>) {
             _ => mtu(setup.facts, link, out),
         }
     }
+}
+
+/// An attached bridge on a host whose bridged frames go through netfilter
+/// (`br_netfilter`): the frames xlb sends past it skip those rules.
+fn bridge_netfilter(setup: &Setup, link: &Link, out: &mut Vec<Finding>) {
+    let on = setup.facts.sysctls.global.bridge_netfilter == Some(true);
+    if link.kind != LinkKind::Bridge || !on || !setup.config.agent.xdp_past_bridges {
+        return;
+    }
+    let name = &link.name;
+    out.push(Finding::new(
+        Check::BridgeNetfilterSkipped,
+        Severity::Warning,
+        format!("interface {name}"),
+        format!(
+            "bridged frames go through netfilter here (br_netfilter: \
+             net.bridge.bridge-nf-call-iptables or -ip6tables is 1, as Docker and CNI set), but \
+             the clients' frames xlb sends past {name} straight to a port that takes XDP frames \
+             skip those rules and the FORWARD chain"
+        ),
+        "if rules there must see the clients' frames, set `xdp_past_bridges = false` under \
+         [agent]; otherwise nothing to do",
+    ));
 }
 
 fn state(link: &Link, out: &mut Vec<Finding>) {
@@ -302,6 +326,22 @@ mod tests {
         assert_eq!(lro[0].severity, Severity::Warning);
         let gro = found(&config, &host, Check::GroHw);
         assert!(gro[0].fix.contains("xdp_mode = \"generic\""), "{gro:?}");
+    }
+
+    #[test]
+    fn frames_sent_past_a_bridge_that_netfilter_sees_are_named() {
+        let mut config = two_nic_config();
+        let mut host = two_nic_host();
+        link_mut(&mut host, "eth1").kind = LinkKind::Bridge;
+        assert!(found(&config, &host, Check::BridgeNetfilterSkipped).is_empty());
+        host.sysctls.global.bridge_netfilter = Some(true);
+        let skipped = found(&config, &host, Check::BridgeNetfilterSkipped);
+        assert_eq!(skipped.len(), 1, "{skipped:?}");
+        assert_eq!(skipped[0].severity, Severity::Warning);
+        assert_eq!(skipped[0].subject, "interface eth1");
+        assert!(skipped[0].fix.contains("xdp_past_bridges = false"));
+        config.agent.xdp_past_bridges = false;
+        assert!(found(&config, &host, Check::BridgeNetfilterSkipped).is_empty());
     }
 
     #[test]

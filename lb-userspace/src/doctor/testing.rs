@@ -33,6 +33,7 @@ pub fn two_nic_host() -> HostFacts {
                 ipv4_forward: Some(true),
                 ipv6_forwarding: Some(true),
                 rp_filter_all: Some(RpFilter::Off),
+                bridge_netfilter: None,
             },
             interfaces: Default::default(),
         },

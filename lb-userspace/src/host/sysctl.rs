@@ -25,6 +25,10 @@ pub struct GlobalSysctls {
     /// `net.ipv4.conf.all.rp_filter`: the kernel uses the larger of it and
     /// the interface's value.
     pub rp_filter_all: Option<RpFilter>,
+    /// `net.bridge.bridge-nf-call-iptables` or `-ip6tables` is 1: bridged
+    /// frames go through the IP layer's netfilter hooks (`br_netfilter`,
+    /// loaded by Docker and most CNI setups); `None` without the module.
+    pub bridge_netfilter: Option<bool>,
 }
 
 /// One interface's sysctls.
@@ -79,6 +83,13 @@ impl Sysctls {
                 ipv4_forward: flag("ipv4/ip_forward"),
                 ipv6_forwarding: flag("ipv6/conf/all/forwarding"),
                 rp_filter_all: number("ipv4/conf/all/rp_filter").and_then(RpFilter::from_value),
+                bridge_netfilter: match (
+                    flag("bridge/bridge-nf-call-iptables"),
+                    flag("bridge/bridge-nf-call-ip6tables"),
+                ) {
+                    (None, None) => None,
+                    (v4, v6) => Some(v4 == Some(true) || v6 == Some(true)),
+                },
             },
             interfaces: interfaces
                 .iter()
