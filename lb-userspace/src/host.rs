@@ -330,6 +330,22 @@ pub fn bridge_view(bridge: u32) -> anyhow::Result<Option<BridgeView>> {
         .context("listing the bridge's ports")
 }
 
+/// The bridge interface `index` is a port of, if any, in the calling
+/// thread's network namespace.
+pub fn bridge_above(index: u32) -> anyhow::Result<Option<u32>> {
+    let mut rtnl = rtnl::Rtnl::open().context("opening an rtnetlink socket")?;
+    let links = rtnl.links().context("listing interfaces")?;
+    let master = links
+        .iter()
+        .find(|l| l.index == index)
+        .and_then(|l| l.master);
+    Ok(master.filter(|&m| {
+        links
+            .iter()
+            .any(|l| l.index == m && l.kind == LinkKind::Bridge)
+    }))
+}
+
 /// The hosts behind the ports of bridge `bridge`, in the calling thread's
 /// network namespace.
 pub fn bridge_hosts(bridge: u32) -> anyhow::Result<Vec<BridgeHost>> {

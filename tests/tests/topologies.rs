@@ -549,6 +549,28 @@ fn bridge_ports_are_followed_while_running() {
     }
 }
 
+/// The bridge's ports attached instead of the bridge, as with a host NIC
+/// enslaved to a bridge that holds the host's addresses: XDP sees every
+/// frame at the ports, replies leave by redirect, and a route out of the
+/// (unattached) bridge still goes straight to the backend's port.
+#[test]
+fn bridge_ports_attached_instead_of_the_bridge() {
+    require_root();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let spec = LabSpec::for_test(WEIGHTS.len()).with_shape(Shape::Bridge);
+    let lab = Lab::up(spec).unwrap_or_else(|e| panic!("lab up (bridge): {e:#}"));
+    let services = Service::all();
+    let config: String = services.iter().map(|s| s.config(&lab)).collect();
+    let mut interfaces = vec![topology::LB_IFACE.to_owned()];
+    interfaces.extend((0..lab.backends().len()).map(|i| topology::switch_port(Role::Backend(i))));
+    let label = "bridge, its ports attached";
+    let agent = Agent::configure_in(lab.lb_ns(), interfaces, &config, ModeRequest::Auto)
+        .and_then(|mut agent| agent.spawn().map(|()| agent))
+        .unwrap_or_else(|e| panic!("starting xlb ({label}): {e:#}"));
+    check_host(&lab, &agent, label);
+    expect_ways(&lab, &agent, &services, true, label);
+}
+
 /// `xdp_past_bridges = false`: ports that take XDP frames get none; the
 /// kernel forwards into the bridge, as a host's netfilter rules there
 /// expect.

@@ -1,7 +1,11 @@
-//! Frames to hosts behind an attached bridge, sent by XDP straight to the
-//! port the host is behind (`lb_common::bridge`): which ports of each
-//! attached bridge take XDP frames, and the bridge's forwarding table for
-//! them, kept in `INTERFACES` and `BRIDGE_PORTS`.
+//! Frames to hosts behind a bridge, sent by XDP straight to the port the
+//! host is behind (`lb_common::bridge`): which ports of each bridge xlb is
+//! attached to, or to some of whose ports it is, take XDP frames, and the
+//! bridge's forwarding table for them, kept in `INTERFACES` and
+//! `BRIDGE_PORTS`. An attached port takes them where its own way out
+//! allows (`attach.rs` puts it in `INTERFACES`): a host NIC enslaved to a
+//! bridge that holds the host's addresses, say, answers the hosts behind it
+//! by `XDP_TX`.
 //!
 //! A port takes XDP frames while it is up, in the STP forwarding state,
 //! and the kernel says its driver transmits them (a NIC with XDP transmit,
@@ -35,7 +39,7 @@ pub(super) struct BridgePorts {
     /// Whether frames are sent past bridges at all (`[agent]
     /// xdp_past_bridges`); if not, the maps are kept empty.
     enabled: bool,
-    /// The attached bridges, by ifindex.
+    /// The bridges attached, or some of whose ports are, by ifindex.
     bridges: BTreeSet<u32>,
     /// Ports in `INTERFACES`, as written.
     ports: Ports,
@@ -61,13 +65,17 @@ impl BridgePorts {
     }
 
     /// Notes that interface `ifindex` was attached; returns whether it is a
-    /// bridge.
+    /// bridge or a bridge's port.
     pub(super) fn attached(&mut self, ifindex: u32) -> anyhow::Result<bool> {
-        let bridge = host::bridge_view(ifindex)?.is_some();
-        if bridge {
-            self.bridges.insert(ifindex);
+        let bridge = if host::bridge_view(ifindex)?.is_some() {
+            Some(ifindex)
+        } else {
+            host::bridge_above(ifindex)?
+        };
+        if let Some(bridge) = bridge {
+            self.bridges.insert(bridge);
         }
-        Ok(bridge)
+        Ok(bridge.is_some())
     }
 
     /// Reads the ports and forwarding tables of the attached bridges again
@@ -129,9 +137,9 @@ impl BridgePorts {
         Ok(())
     }
 
-    /// The ports of the attached bridges that take XDP frames (attached
-    /// interfaces aside: their way out is their own), and the hosts behind
-    /// them; each within what its map holds.
+    /// The ports of the bridges that take XDP frames (attached interfaces
+    /// aside: their way out is their own), and the hosts behind them and
+    /// behind attached ports; each within what its map holds.
     fn wanted(&mut self, attached: &BTreeSet<u32>) -> anyhow::Result<(Ports, Hosts)> {
         let mut ports = Ports::new();
         let mut hosts = Hosts::new();
@@ -160,7 +168,7 @@ impl BridgePorts {
                 ports.insert(port.index, (bridge, port.name));
             }
             for host in host::bridge_hosts(bridge)? {
-                if !ports.contains_key(&host.port) {
+                if !ports.contains_key(&host.port) && !attached.contains(&host.port) {
                     continue;
                 }
                 if hosts.len() == MAX_BRIDGE_HOSTS as usize {
