@@ -403,21 +403,28 @@ impl Lab {
         for (child, b) in self.children.iter_mut().zip(topo.backends()) {
             procs::wait_ready(child, &run_dir, &b)?;
         }
-        if topo.shape() == Shape::Bridge {
-            self.introduce_backends()?;
+        if matches!(topo.shape(), Shape::Bridge | Shape::HostBridge) {
+            self.introduce_hosts()?;
         }
         Ok(())
     }
 
-    /// One request from the lb to each backend, so that the lb's bridge
-    /// has learned every backend's port, as on a host whose backends have
-    /// been talking: xlb sends past the bridge only to hosts it learned.
-    fn introduce_backends(&self) -> anyhow::Result<()> {
+    /// One request from the lb to each backend, and a datagram from the
+    /// client to the lb, so that the lb's bridge has learned where each of
+    /// them is, as on a host whose neighbours have been talking: xlb sends
+    /// past a bridge only to hosts it learned.
+    fn introduce_hosts(&self) -> anyhow::Result<()> {
         for b in self.topo.backends() {
             let to = std::net::SocketAddr::from((b.v4, b.port));
             self.in_lb(|| client::http_get(to, std::time::Duration::from_secs(1)))?
                 .with_context(|| format!("asking {} from the lb", b.name))?;
         }
+        let lb = std::net::SocketAddr::from((topology::LB_CLIENT_SIDE_V4, 9));
+        self.in_client(|| {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            socket.send_to(b"hello", lb).map(drop)
+        })?
+        .context("greeting the lb from the client")?;
         Ok(())
     }
 
@@ -532,6 +539,9 @@ fn wire(plan: &wiring::Plan) -> anyhow::Result<()> {
         )?;
         ip(&host.ns, &["link", "set", &host.name, "up"])?;
         ethtool(host, &["tx", "off"])?;
+    }
+    for (iface, bridge) in &plan.enslaved {
+        ip(&iface.ns, &["link", "set", &iface.name, "master", bridge])?;
     }
     for (iface, addrs) in &plan.addresses {
         for (addr, len) in addrs {

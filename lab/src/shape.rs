@@ -26,6 +26,11 @@ pub enum Shape {
     /// One-armed, but the client's TCP and UDP frames carry an 802.1Q tag
     /// (VLAN [`crate::topology::VLAN_ID`]) on the wire.
     Vlan,
+    /// One-armed, but the lb's `eth0` is the only port of a Linux bridge
+    /// `brh` in its namespace, which holds all its addresses: a host whose
+    /// NIC is enslaved to a bridge (a Proxmox or libvirt host). xlb attaches
+    /// to `eth0`.
+    HostBridge,
     /// One NIC, `eth0`, and no backend namespace: the backends are app
     /// instances on the load balancer's own host, in its namespace, on
     /// 127.0.0.1 (and the host's other addresses), ports 8000 + i, as in
@@ -35,21 +40,23 @@ pub enum Shape {
 
 impl Shape {
     /// Every shape, in the order the docs list them.
-    pub const ALL: [Shape; 5] = [
+    pub const ALL: [Shape; 6] = [
         Shape::OneArmed,
         Shape::TwoArmed,
         Shape::Bridge,
+        Shape::HostBridge,
         Shape::Vlan,
         Shape::Local,
     ];
 
     /// The shape's name on the command line: `one-armed`, `two-armed`,
-    /// `bridge`, `vlan`, `local`.
+    /// `bridge`, `host-bridge`, `vlan`, `local`.
     pub fn name(self) -> &'static str {
         match self {
             Shape::OneArmed => "one-armed",
             Shape::TwoArmed => "two-armed",
             Shape::Bridge => "bridge",
+            Shape::HostBridge => "host-bridge",
             Shape::Vlan => "vlan",
             Shape::Local => "local",
         }
@@ -58,7 +65,7 @@ impl Shape {
     /// The load balancer's interfaces xlb attaches to, client side first.
     pub fn lb_interfaces(self) -> &'static [&'static str] {
         match self {
-            Shape::OneArmed | Shape::Vlan | Shape::Local => &[LB_IFACE],
+            Shape::OneArmed | Shape::HostBridge | Shape::Vlan | Shape::Local => &[LB_IFACE],
             Shape::TwoArmed => &[LB_IFACE, LB_BACKEND_IFACE],
             Shape::Bridge => &[LB_IFACE, LB_BRIDGE],
         }

@@ -31,6 +31,9 @@ pub const LB_BACKEND_IFACE: &str = "eth1";
 /// The bridge in the load balancer's namespace whose ports lead to the
 /// backends, in the bridge shape.
 pub const LB_BRIDGE: &str = "brb";
+/// The bridge in the load balancer's namespace whose only port is its
+/// `eth0` and which holds its addresses, in the host-bridge shape.
+pub const LB_HOST_BRIDGE: &str = "brh";
 /// Bridge in the switch namespace joining the client and the lb's `eth0`
 /// (and, in the one-armed and VLAN shapes, the backends).
 pub const BRIDGE: &str = "br0";
@@ -248,7 +251,9 @@ impl Topology {
     /// `br1` in the switch namespace, or `brb` in the lb's.
     pub fn backend_segment(&self) -> (String, &'static str) {
         match self.shape {
-            Shape::OneArmed | Shape::Vlan | Shape::Local => (self.switch_ns(), BRIDGE),
+            Shape::OneArmed | Shape::HostBridge | Shape::Vlan | Shape::Local => {
+                (self.switch_ns(), BRIDGE)
+            }
             Shape::TwoArmed => (self.switch_ns(), BACKEND_BRIDGE),
             Shape::Bridge => (self.lb_ns(), LB_BRIDGE),
         }

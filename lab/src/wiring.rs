@@ -70,6 +70,9 @@ pub struct Plan {
     pub txvlan_off: Vec<Iface>,
     /// Where the VLAN tagger runs (egress), in the VLAN shape.
     pub tagger: Option<Iface>,
+    /// Host-side interfaces enslaved to a bridge of their own namespace
+    /// once created: the lb's `eth0` to `brh`, in the host-bridge shape.
+    pub enslaved: Vec<(Iface, &'static str)>,
     /// Backend NICs that get GRO (`ethtool -K … gro on`), in the bridge
     /// shape: a veth receiving with GRO runs NAPI, so its peer, the lb's
     /// bridge port, takes XDP frames and xlb sends to it past the bridge.
@@ -95,6 +98,10 @@ pub fn plan(topo: &Topology) -> Plan {
         Shape::Bridge => bridges.push(Bridge {
             dev: Iface::new(&lb, LB_BRIDGE),
             mac: Some(LB_BACKEND_MAC),
+        }),
+        Shape::HostBridge => bridges.push(Bridge {
+            dev: Iface::new(&lb, LB_HOST_BRIDGE),
+            mac: Some(LB_MAC),
         }),
         Shape::OneArmed | Shape::Vlan | Shape::Local => {}
     }
@@ -135,6 +142,11 @@ pub fn plan(topo: &Topology) -> Plan {
         Shape::OneArmed | Shape::Vlan | Shape::Local => LB_IFACE,
         Shape::TwoArmed => LB_BACKEND_IFACE,
         Shape::Bridge => LB_BRIDGE,
+        Shape::HostBridge => LB_HOST_BRIDGE,
+    };
+    let lb_client_side = match shape {
+        Shape::HostBridge => LB_HOST_BRIDGE,
+        _ => LB_IFACE,
     };
     let mut addresses = vec![
         (
@@ -142,7 +154,7 @@ pub fn plan(topo: &Topology) -> Plan {
             vec![(CLIENT_V4.into(), v4), (CLIENT_V6.into(), v6)],
         ),
         (
-            Iface::new(&lb, LB_IFACE),
+            Iface::new(&lb, lb_client_side),
             vec![
                 (LB_CLIENT_SIDE_V4.into(), v4),
                 (LB_CLIENT_SIDE_V6.into(), v6),
@@ -190,6 +202,10 @@ pub fn plan(topo: &Topology) -> Plan {
             _ => Vec::new(),
         },
         tagger: tagger_port(topo.prefix(), shape),
+        enslaved: match shape {
+            Shape::HostBridge => vec![(Iface::new(&lb, LB_IFACE), LB_HOST_BRIDGE)],
+            _ => Vec::new(),
+        },
         gro_on: match shape {
             Shape::Bridge => topo
                 .backends()
@@ -263,19 +279,27 @@ mod tests {
             .expect("address planned")
     }
 
+    /// The subnets sit where xlb attaches, or on the bridge whose port it
+    /// attaches to.
     #[test]
     fn every_shape_puts_the_backend_subnet_where_xlb_attaches() {
         for shape in Shape::ALL {
             let plan = plan_of(shape);
             let snat = addressed(&plan, topology::SNAT_V6.into());
             assert_eq!(snat.ns, "xlbt-1-2-lb", "{shape}");
-            assert!(
-                shape.lb_interfaces().contains(&snat.name.as_str()),
-                "{shape}: SNAT on {}",
-                snat.name
-            );
             let client_side = addressed(&plan, topology::LB_CLIENT_SIDE_V4.into());
-            assert_eq!(client_side.name, topology::LB_IFACE, "{shape}");
+            if shape == Shape::HostBridge {
+                // Every address on the bridge; xlb on its one port.
+                assert_eq!(snat.name, topology::LB_HOST_BRIDGE);
+                assert_eq!(client_side.name, topology::LB_HOST_BRIDGE);
+            } else {
+                assert!(
+                    shape.lb_interfaces().contains(&snat.name.as_str()),
+                    "{shape}: SNAT on {}",
+                    snat.name
+                );
+                assert_eq!(client_side.name, topology::LB_IFACE, "{shape}");
+            }
             // The client's 4, each backend's 2 (none in the local shape).
             let routes = if shape.local_backends() { 4 } else { 8 };
             assert_eq!(plan.routes.len(), routes, "{shape}");
@@ -313,6 +337,18 @@ mod tests {
         );
         assert_eq!(bridge.bridges[1].mac, Some(topology::LB_BACKEND_MAC));
         assert_eq!(bridge.gro_on[0], Iface::new("xlbt-1-2-b0", "eth0"));
+        let host_bridge = plan_of(Shape::HostBridge);
+        assert_eq!(
+            host_bridge.enslaved,
+            [(Iface::new("xlbt-1-2-lb", "eth0"), topology::LB_HOST_BRIDGE)]
+        );
+        assert!(
+            host_bridge
+                .addresses
+                .iter()
+                .filter(|(iface, _)| iface.ns == "xlbt-1-2-lb")
+                .all(|(iface, _)| iface.name == topology::LB_HOST_BRIDGE)
+        );
         assert!(two_armed.gro_on.is_empty());
         let vlan = plan_of(Shape::Vlan);
         assert_eq!(vlan.tagger, Some(Iface::new("xlbt-1-2-client", "eth0")));

@@ -1,5 +1,5 @@
 //! xlb on every host shape the lab builds (one-armed, two-armed, bridge,
-//! VLAN) in both XDP modes a user would pick: `auto` (native where the
+//! host bridge, VLAN) in both XDP modes a user would pick: `auto` (native where the
 //! driver allows; the bridge falls back to generic) and `generic`. Each test
 //! brings up one lab with three backends and one real `xlb run` agent
 //! serving eight services, {nat, dnat} × {IPv4, IPv6} × {TCP, UDP}, with
@@ -632,6 +632,19 @@ fn expect_ways(lab: &Lab, agent: &Agent, services: &[Service], past: bool, what:
          pass_kernel_forward {kernel} for {sent} requests)\n{}",
         agent.diagnostics()
     );
+}
+
+/// The lb's NIC enslaved to a bridge that holds its addresses, xlb on the
+/// NIC: the routes out of the bridge go straight back out of the NIC by
+/// `XDP_TX`, as in the one-armed shape.
+#[test]
+fn host_bridge_auto() {
+    serves_every_service(Shape::HostBridge, ModeRequest::Auto);
+}
+
+#[test]
+fn host_bridge_generic() {
+    serves_every_service(Shape::HostBridge, ModeRequest::Generic);
 }
 
 #[test]

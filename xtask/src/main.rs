@@ -57,8 +57,9 @@ enum LabAction {
         /// Number of backends.
         #[arg(long, default_value_t = 4)]
         backends: usize,
-        /// How the load balancer is wired: one-armed, two-armed, bridge or
-        /// vlan (docs/lab.md; `xlb-lab` checks the name).
+        /// How the load balancer is wired: one-armed, two-armed, bridge,
+        /// host-bridge, vlan or local (docs/lab.md; `xlb-lab` checks the
+        /// name).
         #[arg(long, default_value = "one-armed")]
         shape: String,
     },
