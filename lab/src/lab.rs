@@ -387,6 +387,10 @@ impl Lab {
         }
         let plan = wiring::plan(&topo);
         wire(&plan)?;
+        if topo.shape() == Shape::HostBridge {
+            netns::run_in(&topo.lb_ns(), bridged_frames_skip_netfilter)?
+                .context("turning bridge netfilter off in the lb's namespace")?;
+        }
         for port in &plan.xdp_pass {
             let pin = topo.pin_dir().join(format!("{}-pass", port.name));
             let mode = xdp::attach_pass(&port.ns, &port.name, &pin)?;
@@ -469,6 +473,21 @@ pub(crate) fn preflight() -> anyhow::Result<()> {
                 bail!("`{program}` is not installed; run `apt-get install {package}`")
             }
             Err(e) => return Err(anyhow!("running `{program} -V`: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// Frames the lb's bridge forwards skip the IP layer's netfilter hooks
+/// (`net.bridge.bridge-nf-call-iptables` and `-ip6tables` 0, where
+/// `br_netfilter` is loaded; per namespace): with them, nftables' DNAT to
+/// a host behind the bridge's only port, the bench's `nftables` setup,
+/// answers nothing, and a host running it sets them so.
+fn bridged_frames_skip_netfilter() -> anyhow::Result<()> {
+    for family in ["iptables", "ip6tables"] {
+        let key = format!("net/bridge/bridge-nf-call-{family}");
+        if std::path::Path::new("/proc/sys").join(&key).exists() {
+            netns::sysctl(&key, "0")?;
         }
     }
     Ok(())

@@ -67,18 +67,37 @@ pub(super) fn check(setup: &Setup, out: &mut Vec<Finding>) {
     }
 }
 
-/// An attached bridge on a host whose bridged frames go through netfilter
-/// (`br_netfilter`): the frames xlb sends past it skip those rules.
+/// An attached bridge, or the bridge of an attached port, on a host whose
+/// bridged frames go through netfilter (`br_netfilter`): the frames xlb
+/// sends past it skip those rules.
 fn bridge_netfilter(setup: &Setup, link: &Link, out: &mut Vec<Finding>) {
     let on = setup.facts.sysctls.global.bridge_netfilter == Some(true);
-    if link.kind != LinkKind::Bridge || !on || !setup.config.agent.xdp_past_bridges {
+    if !on || !setup.config.agent.xdp_past_bridges {
         return;
     }
-    let name = &link.name;
+    let bridge = if link.kind == LinkKind::Bridge {
+        Some(link)
+    } else {
+        link.master
+            .and_then(|m| setup.facts.link(m))
+            .filter(|m| m.kind == LinkKind::Bridge)
+    };
+    let Some(bridge) = bridge else {
+        return;
+    };
+    let name = &bridge.name;
+    let subject = format!("interface {name}");
+    // Several attached ports of one bridge make one finding.
+    if out
+        .iter()
+        .any(|f| f.check == Check::BridgeNetfilterSkipped && f.subject == subject)
+    {
+        return;
+    }
     out.push(Finding::new(
         Check::BridgeNetfilterSkipped,
         Severity::Warning,
-        format!("interface {name}"),
+        subject,
         format!(
             "bridged frames go through netfilter here (br_netfilter: \
              net.bridge.bridge-nf-call-iptables or -ip6tables is 1, as Docker and CNI set), but \
@@ -340,6 +359,19 @@ mod tests {
         assert_eq!(skipped[0].severity, Severity::Warning);
         assert_eq!(skipped[0].subject, "interface eth1");
         assert!(skipped[0].fix.contains("xdp_past_bridges = false"));
+        // The bridge of an attached port.
+        let mut above = two_nic_host();
+        above.sysctls.global.bridge_netfilter = Some(true);
+        above.links.push(link(7, "br0", LinkKind::Bridge));
+        link_mut(&mut above, "eth0").master = Some(7);
+        link_mut(&mut above, "eth1").master = Some(7);
+        let skipped = found(&config, &above, Check::BridgeNetfilterSkipped);
+        assert_eq!(
+            skipped.len(),
+            1,
+            "one for the bridge of both ports: {skipped:?}"
+        );
+        assert_eq!(skipped[0].subject, "interface br0");
         config.agent.xdp_past_bridges = false;
         assert!(found(&config, &host, Check::BridgeNetfilterSkipped).is_empty());
     }
