@@ -330,20 +330,24 @@ pub fn bridge_view(bridge: u32) -> anyhow::Result<Option<BridgeView>> {
         .context("listing the bridge's ports")
 }
 
-/// The bridge interface `index` is a port of, if any, in the calling
-/// thread's network namespace.
-pub fn bridge_above(index: u32) -> anyhow::Result<Option<u32>> {
+/// The bridge interface `index` is, or is a port of, if any, in the
+/// calling thread's network namespace.
+pub fn bridge_of(index: u32) -> anyhow::Result<Option<u32>> {
     let mut rtnl = rtnl::Rtnl::open().context("opening an rtnetlink socket")?;
     let links = rtnl.links().context("listing interfaces")?;
+    let is_bridge = |i: u32| {
+        links
+            .iter()
+            .any(|l| l.index == i && l.kind == LinkKind::Bridge)
+    };
+    if is_bridge(index) {
+        return Ok(Some(index));
+    }
     let master = links
         .iter()
         .find(|l| l.index == index)
         .and_then(|l| l.master);
-    Ok(master.filter(|&m| {
-        links
-            .iter()
-            .any(|l| l.index == m && l.kind == LinkKind::Bridge)
-    }))
+    Ok(master.filter(|&m| is_bridge(m)))
 }
 
 /// The hosts behind the ports of bridge `bridge`, in the calling thread's

@@ -67,11 +67,7 @@ impl BridgePorts {
     /// Notes that interface `ifindex` was attached; returns whether it is a
     /// bridge or a bridge's port.
     pub(super) fn attached(&mut self, ifindex: u32) -> anyhow::Result<bool> {
-        let bridge = if host::bridge_view(ifindex)?.is_some() {
-            Some(ifindex)
-        } else {
-            host::bridge_above(ifindex)?
-        };
+        let bridge = host::bridge_of(ifindex)?;
         if let Some(bridge) = bridge {
             self.bridges.insert(bridge);
         }
