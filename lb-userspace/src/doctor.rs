@@ -196,10 +196,15 @@ impl Setup<'_> {
 
     /// Whether XDP sees the frames that arrive for interface `index`: it is
     /// attached there, or at every device they pass first (all ports of a
-    /// bridge or bond, the NIC a VLAN sits on).
+    /// bridge or bond, the NIC a VLAN sits on). A macvlan or ipvlan that
+    /// takes frames from its siblings inside the host (containers on other
+    /// macvlans of the same NIC) is covered only by itself.
     fn covered(&self, index: u32) -> bool {
         if self.attached(index) {
             return true;
+        }
+        if self.facts.link(index).is_some_and(|l| l.sibling_delivery) {
+            return false;
         }
         let lowers = self.facts.lowers(index);
         !lowers.is_empty() && lowers.iter().all(|l| self.covered(l.index))

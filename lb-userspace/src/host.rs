@@ -58,6 +58,12 @@ pub struct Link {
     /// Index of the device a VLAN, macvlan or ipvlan interface sits on
     /// (in this namespace).
     pub parent: Option<u32>,
+    /// Frames between it and the other macvlans or ipvlans of its parent
+    /// (containers on them, say) stay inside the host and never cross the
+    /// parent: a macvlan in `bridge` mode, an ipvlan in neither `private`
+    /// nor `vepa` mode. XDP on the parent does not see them.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sibling_delivery: bool,
     /// The XDP program attached to it, if any.
     pub xdp: Option<XdpAttachment>,
     /// LRO, hardware GRO and VLAN stripping, where ethtool could tell (only

@@ -179,7 +179,13 @@ fn offloads(facts: &HostFacts, link: &Link, out: &mut Vec<Finding>) {
             fix,
         ));
     }
-    let uppers: Vec<&str> = facts.uppers(link.index).map(|l| l.name.as_str()).collect();
+    // Only VLAN devices need the tags; a macvlan or ipvlan takes frames by
+    // address.
+    let uppers: Vec<&str> = facts
+        .uppers(link.index)
+        .filter(|l| l.kind == LinkKind::Vlan)
+        .map(|l| l.name.as_str())
+        .collect();
     if Feature::on(offloads.rx_vlan).is_some() && !uppers.is_empty() {
         out.push(Finding::new(
             Check::RxVlanOffload,
@@ -215,7 +221,12 @@ fn no_native(link: &Link, mode: ModeRequest, out: &mut Vec<Finding>) {
         Check::NoNativeXdp,
         severity,
         format!("interface {name}"),
-        format!("{name} ({}, {driver}) has no native XDP: {what}", link.kind),
+        // A virtual device's driver is named after its kind: say it once.
+        if driver == link.kind.to_string() {
+            format!("{name} ({driver}) has no native XDP: {what}")
+        } else {
+            format!("{name} ({}, {driver}) has no native XDP: {what}", link.kind)
+        },
         "set `xdp_mode = \"auto\"` (or \"generic\") under [agent], or attach to a device \
          whose driver has native XDP",
     ));
@@ -382,6 +393,13 @@ mod tests {
         let mut host = two_nic_host();
         offloads_mut(&mut host, "eth0").rx_vlan = on(false);
         assert!(found(&config, &host, Check::RxVlanOffload).is_empty());
+        let mut macvlan = link(5, "mvb", LinkKind::Macvlan);
+        macvlan.parent = Some(2);
+        host.links.push(macvlan);
+        assert!(
+            found(&config, &host, Check::RxVlanOffload).is_empty(),
+            "a macvlan takes untagged frames"
+        );
         let mut vlan = link(4, "eth0.100", LinkKind::Vlan);
         vlan.parent = Some(2);
         host.links.push(vlan);

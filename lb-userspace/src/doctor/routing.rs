@@ -151,19 +151,27 @@ fn not_attached(
             .filter(|l| !setup.covered(l.index))
             .map(|l| l.name.as_str())
             .collect();
-        let alternative = match setup.facts.link(oif).map(|l| &l.kind) {
+        let link = setup.facts.link(oif);
+        let alternative = match link.map(|l| &l.kind) {
             Some(LinkKind::Bridge | LinkKind::Bond) if !ports.is_empty() => {
                 format!(" (or all of its ports not yet in it: {})", list(&ports))
             }
             _ => String::new(),
         };
+        let siblings = link
+            .filter(|l| l.sibling_delivery)
+            .and_then(|l| Some((&l.kind, setup.facts.link_name(l.parent?))))
+            .map_or_else(String::new, |(kind, parent)| {
+                format!(" (from hosts on other {kind}s of {parent}, without crossing {parent})")
+            });
         out.push(Finding::new(
             Check::RepliesNotAttached,
             Severity::Error,
             format!("service {}", service.name),
             format!(
                 "the route to backend(s) {} leaves by {name}, which xlb is not attached to: \
-                 their replies come back on {name}, where no XDP program sees them, so {consequence}",
+                 their replies come back on {name}{siblings}, where no XDP program sees them, so \
+                 {consequence}",
                 list(&backends)
             ),
             format!("add \"{name}\" to `interfaces`{alternative}"),
@@ -467,6 +475,38 @@ mod tests {
         vlan.parent = Some(2);
         host.links.push(vlan);
         set_route(&mut host, "10.0.2.11", on_link(7, "10.0.2.1"));
+        assert!(found(&config, &host, Check::RepliesNotAttached).is_empty());
+    }
+
+    #[test]
+    fn a_macvlan_delivering_between_siblings_is_covered_only_by_itself() {
+        // The backends are containers on macvlans of eth0, reached through
+        // the host's own macvlan mvb (bridge mode): their replies to mvb
+        // never cross eth0.
+        let mut host = two_nic_host();
+        let mut shim = link(5, "mvb", LinkKind::Macvlan);
+        shim.parent = Some(2);
+        shim.sibling_delivery = true;
+        host.links.push(shim);
+        for backend in ["10.0.2.10", "10.0.2.11"] {
+            set_route(&mut host, backend, on_link(5, "10.0.2.1"));
+        }
+        let mut config = two_nic_config();
+        config.interfaces = vec!["eth0".into()];
+        let finding = one_error(&config, &host, Check::RepliesNotAttached);
+        assert!(
+            finding.problem.contains(
+                "come back on mvb (from hosts on other macvlans of eth0, without crossing eth0)"
+            ),
+            "{}",
+            finding.problem
+        );
+        assert_eq!(finding.fix, "add \"mvb\" to `interfaces`");
+        config.interfaces.push("mvb".into());
+        assert!(found(&config, &host, Check::RepliesNotAttached).is_empty());
+        // In vepa or private mode siblings' frames cross eth0.
+        link_mut(&mut host, "mvb").sibling_delivery = false;
+        config.interfaces = vec!["eth0".into()];
         assert!(found(&config, &host, Check::RepliesNotAttached).is_empty());
     }
 

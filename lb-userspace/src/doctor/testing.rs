@@ -119,6 +119,7 @@ pub fn link(index: u32, name: &str, kind: LinkKind) -> Link {
         mtu: 1500,
         master: None,
         parent: None,
+        sibling_delivery: false,
         xdp: None,
         offloads: Some(Offloads {
             lro: off,

@@ -12,8 +12,9 @@ use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     address::{AddressAttribute, AddressMessage},
     link::{
-        BridgePortState, InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData,
-        LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp, State, XdpAttached,
+        BridgePortState, InfoBridge, InfoBridgePort, InfoData, InfoIpVlan, InfoKind, InfoMacVlan,
+        InfoPortData, IpVlanFlags, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp,
+        MacVlanMode, State, XdpAttached,
     },
     neighbour::{
         NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -365,6 +366,7 @@ fn link(message: LinkMessage) -> Link {
         mtu: 0,
         master: None,
         parent: None,
+        sibling_delivery: false,
         xdp: None,
         offloads: None,
         xdp_features: None,
@@ -379,11 +381,12 @@ fn link(message: LinkMessage) -> Link {
             LinkAttribute::LinkNetNsId(_) => link_netns = true,
             LinkAttribute::OperState(state) => link.oper = oper_state(state),
             LinkAttribute::LinkInfo(infos) => {
-                if let Some(kind) = infos.into_iter().find_map(|info| match info {
-                    LinkInfo::Kind(kind) => Some(kind),
-                    _ => None,
-                }) {
-                    link.kind = link_kind(kind);
+                for info in infos {
+                    match info {
+                        LinkInfo::Kind(kind) => link.kind = link_kind(kind),
+                        LinkInfo::Data(data) => link.sibling_delivery = sibling_delivery(&data),
+                        _ => {}
+                    }
                 }
             }
             LinkAttribute::Xdp(xdp) => link.xdp = xdp_attachment(&xdp),
@@ -406,6 +409,24 @@ fn link_kind(kind: InfoKind) -> LinkKind {
         InfoKind::MacVlan => LinkKind::Macvlan,
         InfoKind::IpVlan => LinkKind::Ipvlan,
         other => LinkKind::Other(other.to_string()),
+    }
+}
+
+/// Whether a macvlan or ipvlan with these settings delivers frames between
+/// itself and its siblings inside the host ([`Link::sibling_delivery`]):
+/// a macvlan only in `bridge` mode (the kernel's default for `ip link add
+/// … type macvlan` is `vepa`, Docker's is `bridge`); an ipvlan unless its
+/// port is `private` or `vepa`.
+fn sibling_delivery(data: &InfoData) -> bool {
+    match data {
+        InfoData::MacVlan(infos) => infos
+            .iter()
+            .any(|info| matches!(info, InfoMacVlan::Mode(MacVlanMode::Bridge))),
+        InfoData::IpVlan(infos) => !infos.iter().any(|info| {
+            matches!(info, InfoIpVlan::Flags(flags)
+                if flags.intersects(IpVlanFlags::Private | IpVlanFlags::Vepa))
+        }),
+        _ => false,
     }
 }
 
@@ -622,6 +643,55 @@ mod tests {
         let blocked = port_of(&port_message(BridgePortState::Blocking), BRIDGE).unwrap();
         assert!(!blocked.forwarding);
         assert_eq!(port_of(&port_message(BridgePortState::Forwarding), 9), None);
+    }
+
+    #[test]
+    fn macvlans_and_ipvlans_say_whether_siblings_talk_inside_the_host() {
+        let upper = |kind: InfoKind, data: InfoData| {
+            let mut message = LinkMessage::default();
+            message.header.index = PORT;
+            message.attributes = vec![
+                LinkAttribute::IfName("mvb".into()),
+                LinkAttribute::Link(BRIDGE),
+                LinkAttribute::LinkInfo(vec![LinkInfo::Kind(kind), LinkInfo::Data(data)]),
+            ];
+            link(message)
+        };
+        let macvlan = |mode| {
+            upper(
+                InfoKind::MacVlan,
+                InfoData::MacVlan(vec![InfoMacVlan::Mode(mode)]),
+            )
+        };
+        let bridge_mode = macvlan(MacVlanMode::Bridge);
+        assert_eq!(bridge_mode.kind, LinkKind::Macvlan);
+        assert_eq!(bridge_mode.parent, Some(BRIDGE));
+        assert!(bridge_mode.sibling_delivery, "macvlan mode bridge");
+        for mode in [
+            MacVlanMode::Vepa,
+            MacVlanMode::Private,
+            MacVlanMode::Passthrough,
+            MacVlanMode::Source,
+        ] {
+            assert!(!macvlan(mode).sibling_delivery, "macvlan mode {mode:?}");
+        }
+        let ipvlan = |flags| {
+            upper(
+                InfoKind::IpVlan,
+                InfoData::IpVlan(vec![InfoIpVlan::Flags(flags)]),
+            )
+        };
+        assert!(
+            ipvlan(IpVlanFlags::empty()).sibling_delivery,
+            "ipvlan bridge"
+        );
+        assert!(
+            !ipvlan(IpVlanFlags::Private).sibling_delivery,
+            "ipvlan private"
+        );
+        assert!(!ipvlan(IpVlanFlags::Vepa).sibling_delivery, "ipvlan vepa");
+        let vlan = upper(InfoKind::Vlan, InfoData::Vlan(Vec::new()));
+        assert!(!vlan.sibling_delivery, "a VLAN device");
     }
 
     #[test]
