@@ -559,6 +559,39 @@ fn wire(plan: &wiring::Plan) -> anyhow::Result<()> {
         ip(&host.ns, &["link", "set", &host.name, "up"])?;
         ethtool(host, &["tx", "off"])?;
     }
+    for (i, macvlan) in plan.macvlans.iter().enumerate() {
+        let (parent, dev) = (&macvlan.parent, &macvlan.dev);
+        // Made beside its parent, then moved and named: every backend's is
+        // `eth0` in its namespace.
+        let made = if dev.ns == parent.ns {
+            dev.name.clone()
+        } else {
+            format!("mvl{i}")
+        };
+        let mac = topology::fmt_mac(macvlan.mac);
+        ip(
+            &parent.ns,
+            &[
+                "link",
+                "add",
+                &made,
+                "link",
+                &parent.name,
+                "address",
+                &mac,
+                "type",
+                "macvlan",
+                "mode",
+                "bridge",
+            ],
+        )?;
+        if dev.ns != parent.ns {
+            ip(&parent.ns, &["link", "set", &made, "netns", &dev.ns])?;
+            ip(&dev.ns, &["link", "set", &made, "name", &dev.name])?;
+        }
+        ip(&dev.ns, &["link", "set", &dev.name, "up"])?;
+        ethtool(dev, &["tx", "off"])?;
+    }
     for (iface, bridge) in &plan.enslaved {
         ip(&iface.ns, &["link", "set", &iface.name, "master", bridge])?;
     }

@@ -5,7 +5,7 @@ use std::{fmt, str::FromStr};
 
 use anyhow::anyhow;
 
-use crate::topology::{LB_BACKEND_IFACE, LB_BRIDGE, LB_IFACE};
+use crate::topology::{LB_BACKEND_IFACE, LB_BRIDGE, LB_IFACE, LB_MACVLAN};
 
 /// How the load-balancer host is wired to the client and the backends.
 /// Addresses are the same in every shape; only the interfaces carrying them
@@ -31,6 +31,12 @@ pub enum Shape {
     /// NIC is enslaved to a bridge (a Proxmox or libvirt host). xlb attaches
     /// to `eth0`.
     HostBridge,
+    /// One NIC, `eth0`; the backends are containers on macvlans of it
+    /// (bridge mode), each in its namespace, as Docker's macvlan network
+    /// makes them. The lb reaches them through its own macvlan `mvb`
+    /// (bridge mode), which holds the backend subnet's addresses: their
+    /// frames to it never cross `eth0`. xlb attaches to `eth0` and `mvb`.
+    Macvlan,
     /// One NIC, `eth0`, and no backend namespace: the backends are app
     /// instances on the load balancer's own host, in its namespace, on
     /// 127.0.0.1 (and the host's other addresses), ports 8000 + i, as in
@@ -40,23 +46,25 @@ pub enum Shape {
 
 impl Shape {
     /// Every shape, in the order the docs list them.
-    pub const ALL: [Shape; 6] = [
+    pub const ALL: [Shape; 7] = [
         Shape::OneArmed,
         Shape::TwoArmed,
         Shape::Bridge,
         Shape::HostBridge,
+        Shape::Macvlan,
         Shape::Vlan,
         Shape::Local,
     ];
 
     /// The shape's name on the command line: `one-armed`, `two-armed`,
-    /// `bridge`, `host-bridge`, `vlan`, `local`.
+    /// `bridge`, `host-bridge`, `macvlan`, `vlan`, `local`.
     pub fn name(self) -> &'static str {
         match self {
             Shape::OneArmed => "one-armed",
             Shape::TwoArmed => "two-armed",
             Shape::Bridge => "bridge",
             Shape::HostBridge => "host-bridge",
+            Shape::Macvlan => "macvlan",
             Shape::Vlan => "vlan",
             Shape::Local => "local",
         }
@@ -68,6 +76,7 @@ impl Shape {
             Shape::OneArmed | Shape::HostBridge | Shape::Vlan | Shape::Local => &[LB_IFACE],
             Shape::TwoArmed => &[LB_IFACE, LB_BACKEND_IFACE],
             Shape::Bridge => &[LB_IFACE, LB_BRIDGE],
+            Shape::Macvlan => &[LB_IFACE, LB_MACVLAN],
         }
     }
 }
@@ -115,5 +124,6 @@ mod tests {
         assert!("triangle".parse::<Shape>().is_err());
         assert_eq!(Shape::Bridge.lb_interfaces(), ["eth0", "brb"]);
         assert_eq!("local".parse::<Shape>().unwrap(), Shape::Local);
+        assert_eq!(Shape::Macvlan.lb_interfaces(), ["eth0", "mvb"]);
     }
 }

@@ -34,6 +34,9 @@ pub const LB_BRIDGE: &str = "brb";
 /// The bridge in the load balancer's namespace whose only port is its
 /// `eth0` and which holds its addresses, in the host-bridge shape.
 pub const LB_HOST_BRIDGE: &str = "brh";
+/// The load balancer's own macvlan (bridge mode) on `eth0`, through which it
+/// reaches the backends' macvlans, in the macvlan shape.
+pub const LB_MACVLAN: &str = "mvb";
 /// Bridge in the switch namespace joining the client and the lb's `eth0`
 /// (and, in the one-armed and VLAN shapes, the backends).
 pub const BRIDGE: &str = "br0";
@@ -248,14 +251,14 @@ impl Topology {
     }
 
     /// Namespace and bridge the backends' veth peers are ports of: `br0` or
-    /// `br1` in the switch namespace, or `brb` in the lb's.
-    pub fn backend_segment(&self) -> (String, &'static str) {
+    /// `br1` in the switch namespace, or `brb` in the lb's; `None` where the
+    /// backends have no veth (on macvlans, or on the lb host itself).
+    pub fn backend_segment(&self) -> Option<(String, &'static str)> {
         match self.shape {
-            Shape::OneArmed | Shape::HostBridge | Shape::Vlan | Shape::Local => {
-                (self.switch_ns(), BRIDGE)
-            }
-            Shape::TwoArmed => (self.switch_ns(), BACKEND_BRIDGE),
-            Shape::Bridge => (self.lb_ns(), LB_BRIDGE),
+            Shape::OneArmed | Shape::HostBridge | Shape::Vlan => Some((self.switch_ns(), BRIDGE)),
+            Shape::TwoArmed => Some((self.switch_ns(), BACKEND_BRIDGE)),
+            Shape::Bridge => Some((self.lb_ns(), LB_BRIDGE)),
+            Shape::Macvlan | Shape::Local => None,
         }
     }
 
@@ -436,7 +439,10 @@ mod tests {
         assert!(Topology::new("xlb x", 1).is_err());
         assert!(Topology::new("xlb", 0).is_err());
         let t = Topology::with_shape("xlbt-1-2", 3, Shape::Bridge).unwrap();
-        assert_eq!(t.backend_segment(), ("xlbt-1-2-lb".to_owned(), LB_BRIDGE));
+        assert_eq!(
+            t.backend_segment(),
+            Some(("xlbt-1-2-lb".to_owned(), LB_BRIDGE))
+        );
         assert_eq!(t.lb_interfaces(), ["eth0", "brb"]);
     }
 }

@@ -51,6 +51,18 @@ pub struct Veth {
     pub mac: [u8; 6],
 }
 
+/// A macvlan in bridge mode on `parent`, created in the parent's namespace
+/// and moved to `dev`'s, where it is named `dev.name`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Macvlan {
+    /// The device it sits on.
+    pub parent: Iface,
+    /// The macvlan, where it ends up.
+    pub dev: Iface,
+    /// Its MAC address.
+    pub mac: [u8; 6],
+}
+
 /// Everything a lab of some shape is made of, in creation order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
@@ -58,6 +70,9 @@ pub struct Plan {
     pub bridges: Vec<Bridge>,
     /// Veth pairs.
     pub veths: Vec<Veth>,
+    /// Macvlans, created after the veths: the lb's and the backends' NICs
+    /// in the macvlan shape.
+    pub macvlans: Vec<Macvlan>,
     /// Addresses (with prefix length) to add, by interface.
     pub addresses: Vec<(Iface, Vec<(IpAddr, u8)>)>,
     /// Routes as (namespace, destination, gateway).
@@ -103,7 +118,7 @@ pub fn plan(topo: &Topology) -> Plan {
             dev: Iface::new(&lb, LB_HOST_BRIDGE),
             mac: Some(LB_MAC),
         }),
-        Shape::OneArmed | Shape::Vlan | Shape::Local => {}
+        Shape::OneArmed | Shape::Macvlan | Shape::Vlan | Shape::Local => {}
     }
 
     let host_veth = |role: Role, mac| Veth {
@@ -124,25 +139,41 @@ pub fn plan(topo: &Topology) -> Plan {
             mac: LB_BACKEND_MAC,
         });
     }
-    let (segment_ns, segment_bridge) = topo.backend_segment();
-    // Local backends run in the lb's namespace: no veth, no address.
+    // Local backends run in the lb's namespace: no NIC, no address.
     let remote = if shape.local_backends() {
         Vec::new()
     } else {
         topo.backends()
     };
-    veths.extend(remote.iter().cloned().map(|b| Veth {
-        port: Iface::new(&segment_ns, switch_port(Role::Backend(b.index))),
-        bridge: segment_bridge,
-        host: Iface::new(b.ns, HOST_IFACE),
-        mac: b.mac,
-    }));
+    if let Some((segment_ns, segment_bridge)) = topo.backend_segment() {
+        veths.extend(remote.iter().cloned().map(|b| Veth {
+            port: Iface::new(&segment_ns, switch_port(Role::Backend(b.index))),
+            bridge: segment_bridge,
+            host: Iface::new(b.ns, HOST_IFACE),
+            mac: b.mac,
+        }));
+    }
+    let mut macvlans = Vec::new();
+    if shape == Shape::Macvlan {
+        let parent = Iface::new(&lb, LB_IFACE);
+        macvlans.push(Macvlan {
+            parent: parent.clone(),
+            dev: Iface::new(&lb, LB_MACVLAN),
+            mac: LB_BACKEND_MAC,
+        });
+        macvlans.extend(remote.iter().cloned().map(|b| Macvlan {
+            parent: parent.clone(),
+            dev: Iface::new(b.ns, HOST_IFACE),
+            mac: b.mac,
+        }));
+    }
 
     let lb_backend_side = match shape {
         Shape::OneArmed | Shape::Vlan | Shape::Local => LB_IFACE,
         Shape::TwoArmed => LB_BACKEND_IFACE,
         Shape::Bridge => LB_BRIDGE,
         Shape::HostBridge => LB_HOST_BRIDGE,
+        Shape::Macvlan => LB_MACVLAN,
     };
     let lb_client_side = match shape {
         Shape::HostBridge => LB_HOST_BRIDGE,
@@ -191,6 +222,7 @@ pub fn plan(topo: &Topology) -> Plan {
     Plan {
         bridges,
         veths,
+        macvlans,
         addresses,
         routes,
         xdp_pass: pass_ports(topo.prefix(), shape),
@@ -318,6 +350,25 @@ mod tests {
             (b1.ns.as_str(), b1.v4, b1.port),
             ("xlbt-1-2-lb", std::net::Ipv4Addr::LOCALHOST, 8001)
         );
+    }
+
+    #[test]
+    fn macvlan_backends_sit_on_the_lbs_nic_beside_its_own_macvlan() {
+        let plan = plan_of(Shape::Macvlan);
+        assert_eq!(plan.veths.len(), 2, "client and lb only");
+        let lb_nic = Iface::new("xlbt-1-2-lb", "eth0");
+        assert!(plan.macvlans.iter().all(|m| m.parent == lb_nic));
+        let devs: Vec<&Iface> = plan.macvlans.iter().map(|m| &m.dev).collect();
+        assert_eq!(
+            devs,
+            [
+                &Iface::new("xlbt-1-2-lb", topology::LB_MACVLAN),
+                &Iface::new("xlbt-1-2-b0", "eth0"),
+                &Iface::new("xlbt-1-2-b1", "eth0"),
+            ]
+        );
+        assert_eq!(plan.macvlans[0].mac, topology::LB_BACKEND_MAC);
+        assert_eq!(plan.macvlans[2].mac, topology::backend_mac(1));
     }
 
     #[test]

@@ -17,7 +17,8 @@ pub use replies::{REPLY_GRACE, REPLY_WINDOW, Sample, replies_bypass};
 
 use crate::{
     config::Config,
-    host::{HostFacts, Link, Query},
+    host::{HostFacts, Link, Query, Siblings, XdpMode},
+    xdp::ModeRequest,
 };
 
 /// How bad a finding is.
@@ -196,18 +197,38 @@ impl Setup<'_> {
 
     /// Whether XDP sees the frames that arrive for interface `index`: it is
     /// attached there, or at every device they pass first (all ports of a
-    /// bridge or bond, the NIC a VLAN sits on). A macvlan or ipvlan that
-    /// takes frames from its siblings inside the host (containers on other
-    /// macvlans of the same NIC) is covered only by itself.
+    /// bridge or bond, the NIC a VLAN sits on). A macvlan or ipvlan also
+    /// takes frames from its siblings (containers on other macvlans of the
+    /// same NIC): a macvlan in bridge mode hands them to its parent's
+    /// kernel receive path, where only generic XDP runs; an ipvlan takes
+    /// them directly.
     fn covered(&self, index: u32) -> bool {
         if self.attached(index) {
             return true;
         }
-        if self.facts.link(index).is_some_and(|l| l.sibling_delivery) {
-            return false;
+        let siblings = self.facts.link(index).map(|l| (l.siblings, l.parent));
+        match siblings {
+            Some((Siblings::Direct, _)) => return false,
+            Some((Siblings::ThroughParentStack, Some(parent))) if !self.generic_at(parent) => {
+                return false;
+            }
+            _ => {}
         }
         let lowers = self.facts.lowers(index);
         !lowers.is_empty() && lowers.iter().all(|l| self.covered(l.index))
+    }
+
+    /// Whether xlb's program at interface `index` runs (or will run) in
+    /// generic mode: asked for, or where the running agent fell back to it.
+    fn generic_at(&self, index: u32) -> bool {
+        self.attached(index)
+            && (self.config.agent.xdp_mode.parse::<ModeRequest>().ok()
+                == Some(ModeRequest::Generic)
+                || self
+                    .facts
+                    .link(index)
+                    .and_then(|l| l.xdp.as_ref())
+                    .is_some_and(|x| x.mode == XdpMode::Generic))
     }
 
     /// The interface a unicast route to `ip` leaves by, if there is one.

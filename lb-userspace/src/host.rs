@@ -58,12 +58,10 @@ pub struct Link {
     /// Index of the device a VLAN, macvlan or ipvlan interface sits on
     /// (in this namespace).
     pub parent: Option<u32>,
-    /// Frames between it and the other macvlans or ipvlans of its parent
-    /// (containers on them, say) stay inside the host and never cross the
-    /// parent: a macvlan in `bridge` mode, an ipvlan in neither `private`
-    /// nor `vepa` mode. XDP on the parent does not see them.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub sibling_delivery: bool,
+    /// How frames from the other macvlans or ipvlans of its parent
+    /// (containers on them, say) reach it.
+    #[serde(skip_serializing_if = "Siblings::is_apart")]
+    pub siblings: Siblings,
     /// The XDP program attached to it, if any.
     pub xdp: Option<XdpAttachment>,
     /// LRO, hardware GRO and VLAN stripping, where ethtool could tell (only
@@ -73,6 +71,32 @@ pub struct Link {
     /// only read for the interfaces asked about).
     #[serde(serialize_with = "display")]
     pub xdp_features: Option<XdpFeatures>,
+}
+
+/// How a macvlan or ipvlan takes frames from the other devices on its
+/// parent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Siblings {
+    /// Only through the parent's driver, like frames from the wire: not
+    /// at all, or back from the switch (a macvlan in `vepa`, `private`,
+    /// `passthru` or `source` mode, an ipvlan in `private` or `vepa`
+    /// mode), or no such device.
+    #[default]
+    Apart,
+    /// Handed to the parent's kernel receive path, which passes them on by
+    /// MAC address (a macvlan in `bridge` mode, Docker's default): generic
+    /// XDP on the parent sees them, native XDP does not.
+    ThroughParentStack,
+    /// Delivered to it directly (an ipvlan in its default mode): no XDP on
+    /// the parent sees them.
+    Direct,
+}
+
+impl Siblings {
+    pub fn is_apart(&self) -> bool {
+        *self == Self::Apart
+    }
 }
 
 /// What kind of device an interface is (`ip -d link`'s kind).

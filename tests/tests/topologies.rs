@@ -1,5 +1,5 @@
 //! xlb on every host shape the lab builds (one-armed, two-armed, bridge,
-//! host bridge, VLAN) in both XDP modes a user would pick: `auto` (native where the
+//! host bridge, macvlan, VLAN) in both XDP modes a user would pick: `auto` (native where the
 //! driver allows; the bridge falls back to generic) and `generic`. Each test
 //! brings up one lab with three backends and one real `xlb run` agent
 //! serving eight services, {nat, dnat} × {IPv4, IPv6} × {TCP, UDP}, with
@@ -266,11 +266,11 @@ fn check_attachments(lab: &Lab, agent: &Agent, mode: ModeRequest, paths: &Paths,
 }
 
 /// The XDP mode the agent should report for `iface` when asked for `mode`:
-/// a bridge only takes generic XDP.
+/// a bridge or a macvlan only takes generic XDP.
 fn expected_mode(iface: &str, mode: ModeRequest) -> AttachedMode {
     match mode {
         ModeRequest::Generic => AttachedMode::Generic,
-        _ if iface == topology::LB_BRIDGE => AttachedMode::Generic,
+        _ if iface == topology::LB_BRIDGE || iface == topology::LB_MACVLAN => AttachedMode::Generic,
         _ => AttachedMode::Native,
     }
 }
@@ -339,9 +339,12 @@ fn check_forwarding(lab: &Lab, agent: &Agent, paths: &Paths, label: &str) {
     let ok = if lab.lb_interfaces().len() == 1 {
         tx >= sent && redirect == 0 && kernel == 0
     } else if paths.by_kernel() {
-        // Requests through the kernel, replies by redirect (or the other
-        // way round): each at least once per request.
-        kernel >= sent && redirect >= sent
+        // Requests through the kernel, replies by XDP (or the other way
+        // round): each at least once per request. The replies leave by a
+        // redirect to the other interface, or, on the macvlan host with
+        // generic XDP, by `XDP_TX` on the parent NIC, whose program sees
+        // them first.
+        kernel >= sent && redirect + tx >= sent
     } else {
         redirect >= 2 * sent && kernel == 0
     };
@@ -373,20 +376,8 @@ fn check_cookies(agent: &Agent, services: &[Service], label: &str) {
 /// `xlb check` on the agent's configuration, in the load balancer's
 /// namespace, finds no error on the lab's host.
 fn check_host(lab: &Lab, agent: &Agent, label: &str) {
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", lab.lb_ns()))
-        .arg(xlb_tests::agent::xlb_binary())
-        .args(["check", "--config"])
-        .arg(&agent.config_path)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("running xlb check");
-    assert!(
-        out.status.success(),
-        "{label}: xlb check found errors:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, report) = xlb_check(lab, agent);
+    assert!(ok, "{label}: xlb check found errors:\n{report}");
 }
 
 /// The whole check for one shape and XDP mode.
@@ -397,6 +388,13 @@ fn serves_every_service(shape: Shape, mode: ModeRequest) {
         Shape::Bridge => Paths {
             kernel: &[topology::LB_BRIDGE],
             bridge_ports: true,
+        },
+        // A macvlan has no XDP transmit: the kernel sends the clients'
+        // frames to the backends' macvlans; their replies, which reach the
+        // lb's macvlan without crossing eth0, go back by XDP.
+        Shape::Macvlan => Paths {
+            kernel: &[topology::LB_MACVLAN],
+            bridge_ports: false,
         },
         _ => Paths::XDP,
     };
@@ -645,6 +643,104 @@ fn host_bridge_auto() {
 #[test]
 fn host_bridge_generic() {
     serves_every_service(Shape::HostBridge, ModeRequest::Generic);
+}
+
+/// The backends are containers on macvlans of the lb's NIC, which reaches
+/// them by a macvlan of its own (Docker's macvlan network with the host's
+/// shim): xlb on the NIC and on that macvlan.
+#[test]
+fn macvlan_auto() {
+    serves_every_service(Shape::Macvlan, ModeRequest::Auto);
+}
+
+#[test]
+fn macvlan_generic() {
+    serves_every_service(Shape::Macvlan, ModeRequest::Generic);
+}
+
+/// Attached to the NIC alone in native mode, xlb never sees the replies of
+/// backends on its other macvlans (the kernel hands them to the NIC's
+/// receive path, past its driver) and serves nothing: `xlb check` says so,
+/// and names the fix. In generic mode the NIC's program sees them, and
+/// serves alone.
+#[test]
+fn macvlan_needs_the_hosts_macvlan_unless_its_nic_runs_generic_xdp() {
+    require_root();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let spec = LabSpec::for_test(WEIGHTS.len()).with_shape(Shape::Macvlan);
+    let lab = Lab::up(spec).unwrap_or_else(|e| panic!("lab up (macvlan): {e:#}"));
+    // One nat and one dnat service over TCP and IPv4.
+    let services: Vec<Service> = Service::all()
+        .into_iter()
+        .filter(|s| !s.udp && s.vip.is_ipv4())
+        .collect();
+    let config: String = services.iter().map(|s| s.config(&lab)).collect();
+    let nic_alone = |mode| {
+        Agent::configure_in(
+            lab.lb_ns(),
+            vec![topology::LB_IFACE.to_owned()],
+            &config,
+            mode,
+        )
+        .expect("configuring xlb")
+    };
+
+    let mut native = nic_alone(ModeRequest::Native);
+    let (ok, report) = xlb_check(&lab, &native);
+    assert!(!ok, "xlb check found no error:\n{report}");
+    for service in &services {
+        assert!(
+            report.contains(&format!(
+                "error[replies-not-attached] service {}: the route to backend(s)",
+                service.name
+            )) && report.contains(&format!(
+                "fix: add \"{}\" to `interfaces`",
+                topology::LB_MACVLAN
+            )),
+            "{}: no replies-not-attached error naming {}:\n{report}",
+            service.name,
+            topology::LB_MACVLAN
+        );
+    }
+    // The claim, against real traffic: nothing is answered.
+    native.spawn().expect("starting xlb");
+    let answers = send(&lab, &services, 1);
+    for (service, answers) in services.iter().zip(&answers) {
+        assert!(
+            answers.by_backend.is_empty(),
+            "{}: answered ({:?}) with xlb on eth0 alone\n{}",
+            service.name,
+            answers.by_backend,
+            native.diagnostics()
+        );
+    }
+    drop(native);
+
+    let mut generic = nic_alone(ModeRequest::Generic);
+    let (ok, report) = xlb_check(&lab, &generic);
+    assert!(ok, "xlb check found errors in generic mode:\n{report}");
+    generic.spawn().expect("starting xlb");
+    let what = "macvlan, eth0 alone in generic mode";
+    let answers = send(&lab, &services, FAILOVER_REQUESTS);
+    check(&generic, what, &services, &answers, |a| {
+        a.failure.iter().cloned().collect()
+    });
+}
+
+/// `xlb check` on `agent`'s configuration in the lab's lb namespace:
+/// whether it found no error, and what it printed.
+fn xlb_check(lab: &Lab, agent: &Agent) -> (bool, String) {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.lb_ns()))
+        .arg(xlb_tests::agent::xlb_binary())
+        .args(["check", "--config"])
+        .arg(&agent.config_path)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("running xlb check");
+    let report =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), report)
 }
 
 #[test]

@@ -159,7 +159,7 @@ fn not_attached(
             _ => String::new(),
         };
         let siblings = link
-            .filter(|l| l.sibling_delivery)
+            .filter(|l| !l.siblings.is_apart())
             .and_then(|l| Some((&l.kind, setup.facts.link_name(l.parent?))))
             .map_or_else(String::new, |(kind, parent)| {
                 format!(" (from hosts on other {kind}s of {parent}, without crossing {parent})")
@@ -397,7 +397,7 @@ fn dsr_behind_bridge(
 #[cfg(test)]
 mod tests {
     use super::{super::testing::*, *};
-    use crate::host::HostFacts;
+    use crate::host::{HostFacts, Siblings, XdpAttachment, XdpMode};
 
     #[test]
     fn dsr_backends_must_be_on_a_link_not_behind_a_gateway() {
@@ -479,14 +479,14 @@ mod tests {
     }
 
     #[test]
-    fn a_macvlan_delivering_between_siblings_is_covered_only_by_itself() {
+    fn a_macvlan_in_bridge_mode_is_covered_by_itself_or_generic_xdp_on_its_parent() {
         // The backends are containers on macvlans of eth0, reached through
         // the host's own macvlan mvb (bridge mode): their replies to mvb
-        // never cross eth0.
+        // enter eth0's kernel receive path, never its driver.
         let mut host = two_nic_host();
         let mut shim = link(5, "mvb", LinkKind::Macvlan);
         shim.parent = Some(2);
-        shim.sibling_delivery = true;
+        shim.siblings = Siblings::ThroughParentStack;
         host.links.push(shim);
         for backend in ["10.0.2.10", "10.0.2.11"] {
             set_route(&mut host, backend, on_link(5, "10.0.2.1"));
@@ -504,10 +504,24 @@ mod tests {
         assert_eq!(finding.fix, "add \"mvb\" to `interfaces`");
         config.interfaces.push("mvb".into());
         assert!(found(&config, &host, Check::RepliesNotAttached).is_empty());
-        // In vepa or private mode siblings' frames cross eth0.
-        link_mut(&mut host, "mvb").sibling_delivery = false;
+        // Generic XDP on eth0 sees them: asked for, or fallen back to.
         config.interfaces = vec!["eth0".into()];
+        config.agent.xdp_mode = "generic".into();
         assert!(found(&config, &host, Check::RepliesNotAttached).is_empty());
+        config.agent.xdp_mode = "auto".into();
+        link_mut(&mut host, "eth0").xdp = Some(XdpAttachment {
+            mode: XdpMode::Generic,
+            prog_id: None,
+        });
+        assert!(found(&config, &host, Check::RepliesNotAttached).is_empty());
+        // In vepa or private mode they come back through eth0's driver.
+        link_mut(&mut host, "eth0").xdp = None;
+        link_mut(&mut host, "mvb").siblings = Siblings::Apart;
+        assert!(found(&config, &host, Check::RepliesNotAttached).is_empty());
+        // An ipvlan takes them directly: only xlb on it sees them.
+        link_mut(&mut host, "mvb").siblings = Siblings::Direct;
+        config.agent.xdp_mode = "generic".into();
+        assert_eq!(found(&config, &host, Check::RepliesNotAttached).len(), 1);
     }
 
     #[test]

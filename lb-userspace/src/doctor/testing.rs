@@ -7,7 +7,7 @@ use crate::{
     config::Config,
     host::{
         Address, Feature, GlobalSysctls, HostFacts, IfaceSysctls, Link, LinkKind, Offloads,
-        OperState, Route, RouteKind, RouteLookup, RpFilter, Sysctls,
+        OperState, Route, RouteKind, RouteLookup, RpFilter, Siblings, Sysctls,
     },
 };
 
@@ -119,7 +119,7 @@ pub fn link(index: u32, name: &str, kind: LinkKind) -> Link {
         mtu: 1500,
         master: None,
         parent: None,
-        sibling_delivery: false,
+        siblings: Siblings::Apart,
         xdp: None,
         offloads: Some(Offloads {
             lro: off,

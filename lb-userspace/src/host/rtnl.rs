@@ -25,7 +25,7 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use super::{
     Address, BridgeHost, BridgePort, BridgeView, Link, LinkKind, OperState, Route, RouteKind,
-    XdpAttachment, XdpMode,
+    Siblings, XdpAttachment, XdpMode,
 };
 
 /// An rtnetlink socket in the calling thread's network namespace.
@@ -366,7 +366,7 @@ fn link(message: LinkMessage) -> Link {
         mtu: 0,
         master: None,
         parent: None,
-        sibling_delivery: false,
+        siblings: Siblings::Apart,
         xdp: None,
         offloads: None,
         xdp_features: None,
@@ -384,7 +384,7 @@ fn link(message: LinkMessage) -> Link {
                 for info in infos {
                     match info {
                         LinkInfo::Kind(kind) => link.kind = link_kind(kind),
-                        LinkInfo::Data(data) => link.sibling_delivery = sibling_delivery(&data),
+                        LinkInfo::Data(data) => link.siblings = siblings(&data),
                         _ => {}
                     }
                 }
@@ -412,21 +412,27 @@ fn link_kind(kind: InfoKind) -> LinkKind {
     }
 }
 
-/// Whether a macvlan or ipvlan with these settings delivers frames between
-/// itself and its siblings inside the host ([`Link::sibling_delivery`]):
-/// a macvlan only in `bridge` mode (the kernel's default for `ip link add
-/// … type macvlan` is `vepa`, Docker's is `bridge`); an ipvlan unless its
-/// port is `private` or `vepa`.
-fn sibling_delivery(data: &InfoData) -> bool {
+/// How a macvlan or ipvlan with these settings takes frames from its
+/// siblings ([`Link::siblings`]). The kernel's own default mode for a
+/// macvlan is `vepa`; Docker's is `bridge`.
+fn siblings(data: &InfoData) -> Siblings {
     match data {
-        InfoData::MacVlan(infos) => infos
-            .iter()
-            .any(|info| matches!(info, InfoMacVlan::Mode(MacVlanMode::Bridge))),
-        InfoData::IpVlan(infos) => !infos.iter().any(|info| {
-            matches!(info, InfoIpVlan::Flags(flags)
-                if flags.intersects(IpVlanFlags::Private | IpVlanFlags::Vepa))
-        }),
-        _ => false,
+        InfoData::MacVlan(infos)
+            if infos
+                .iter()
+                .any(|info| matches!(info, InfoMacVlan::Mode(MacVlanMode::Bridge))) =>
+        {
+            Siblings::ThroughParentStack
+        }
+        InfoData::IpVlan(infos)
+            if !infos.iter().any(|info| {
+                matches!(info, InfoIpVlan::Flags(flags)
+                    if flags.intersects(IpVlanFlags::Private | IpVlanFlags::Vepa))
+            }) =>
+        {
+            Siblings::Direct
+        }
+        _ => Siblings::Apart,
     }
 }
 
@@ -646,7 +652,7 @@ mod tests {
     }
 
     #[test]
-    fn macvlans_and_ipvlans_say_whether_siblings_talk_inside_the_host() {
+    fn macvlans_and_ipvlans_say_how_siblings_reach_them() {
         let upper = |kind: InfoKind, data: InfoData| {
             let mut message = LinkMessage::default();
             message.header.index = PORT;
@@ -666,14 +672,18 @@ mod tests {
         let bridge_mode = macvlan(MacVlanMode::Bridge);
         assert_eq!(bridge_mode.kind, LinkKind::Macvlan);
         assert_eq!(bridge_mode.parent, Some(BRIDGE));
-        assert!(bridge_mode.sibling_delivery, "macvlan mode bridge");
+        assert_eq!(bridge_mode.siblings, Siblings::ThroughParentStack);
         for mode in [
             MacVlanMode::Vepa,
             MacVlanMode::Private,
             MacVlanMode::Passthrough,
             MacVlanMode::Source,
         ] {
-            assert!(!macvlan(mode).sibling_delivery, "macvlan mode {mode:?}");
+            assert_eq!(
+                macvlan(mode).siblings,
+                Siblings::Apart,
+                "macvlan mode {mode:?}"
+            );
         }
         let ipvlan = |flags| {
             upper(
@@ -681,17 +691,11 @@ mod tests {
                 InfoData::IpVlan(vec![InfoIpVlan::Flags(flags)]),
             )
         };
-        assert!(
-            ipvlan(IpVlanFlags::empty()).sibling_delivery,
-            "ipvlan bridge"
-        );
-        assert!(
-            !ipvlan(IpVlanFlags::Private).sibling_delivery,
-            "ipvlan private"
-        );
-        assert!(!ipvlan(IpVlanFlags::Vepa).sibling_delivery, "ipvlan vepa");
+        assert_eq!(ipvlan(IpVlanFlags::empty()).siblings, Siblings::Direct);
+        assert_eq!(ipvlan(IpVlanFlags::Private).siblings, Siblings::Apart);
+        assert_eq!(ipvlan(IpVlanFlags::Vepa).siblings, Siblings::Apart);
         let vlan = upper(InfoKind::Vlan, InfoData::Vlan(Vec::new()));
-        assert!(!vlan.sibling_delivery, "a VLAN device");
+        assert_eq!(vlan.siblings, Siblings::Apart, "a VLAN device");
     }
 
     #[test]
