@@ -65,7 +65,7 @@ struct Args {
     #[arg(long, default_value_t = 32)]
     connections: u32,
     /// How the lab wires the load balancer for the end-to-end part:
-    /// one-armed, two-armed, bridge, host-bridge, macvlan, vlan or local (the backends on the lb
+    /// one-armed, two-armed, bridge, host-bridge, macvlan, vxlan, vlan or local (the backends on the lb
     /// host, 127.0.0.1:8000-8003) (docs/lab.md).
     #[arg(long, default_value_t = Shape::OneArmed)]
     shape: Shape,

@@ -592,6 +592,39 @@ fn wire(plan: &wiring::Plan) -> anyhow::Result<()> {
         ip(&dev.ns, &["link", "set", &dev.name, "up"])?;
         ethtool(dev, &["tx", "off"])?;
     }
+    for vxlan in &plan.vxlans {
+        // No local address: the tunnel's socket takes any of the host's.
+        let dev = &vxlan.dev;
+        let (id, remote) = (topology::VXLAN_ID.to_string(), vxlan.remote.to_string());
+        let mac = vxlan.mac.map(topology::fmt_mac);
+        let mut args = vec!["link", "add", &dev.name];
+        if let Some(mac) = &mac {
+            args.extend(["address", mac]);
+        }
+        args.extend([
+            "type",
+            "vxlan",
+            "id",
+            &id,
+            "remote",
+            &remote,
+            "dev",
+            vxlan.underlay,
+            "dstport",
+            "4789",
+        ]);
+        ip(&dev.ns, &args)?;
+        if let Some(master) = vxlan.master {
+            ip(&dev.ns, &["link", "set", &dev.name, "master", master])?;
+        }
+        ip(&dev.ns, &["link", "set", &dev.name, "up"])?;
+    }
+    for (iface, mtu) in &plan.mtu {
+        ip(
+            &iface.ns,
+            &["link", "set", &iface.name, "mtu", &mtu.to_string()],
+        )?;
+    }
     for (iface, bridge) in &plan.enslaved {
         ip(&iface.ns, &["link", "set", &iface.name, "master", bridge])?;
     }

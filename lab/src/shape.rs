@@ -5,7 +5,7 @@ use std::{fmt, str::FromStr};
 
 use anyhow::anyhow;
 
-use crate::topology::{LB_BACKEND_IFACE, LB_BRIDGE, LB_IFACE, LB_MACVLAN};
+use crate::topology::{LB_BACKEND_IFACE, LB_BRIDGE, LB_IFACE, LB_MACVLAN, LB_VXLAN};
 
 /// How the load-balancer host is wired to the client and the backends.
 /// Addresses are the same in every shape; only the interfaces carrying them
@@ -37,6 +37,12 @@ pub enum Shape {
     /// (bridge mode), which holds the backend subnet's addresses: their
     /// frames to it never cross `eth0`. xlb attaches to `eth0` and `mvb`.
     Macvlan,
+    /// One NIC, `eth0`; the backends are on a segment reached through a
+    /// VXLAN tunnel over it (an overlay network): the lb's `vxlan0` holds
+    /// the backend subnet's addresses, the tunnel's far end is the switch
+    /// (10.10.1.3), whose `vx0` is a port of the backends' bridge `br1`.
+    /// xlb attaches to `eth0` and `vxlan0`.
+    Vxlan,
     /// One NIC, `eth0`, and no backend namespace: the backends are app
     /// instances on the load balancer's own host, in its namespace, on
     /// 127.0.0.1 (and the host's other addresses), ports 8000 + i, as in
@@ -46,18 +52,19 @@ pub enum Shape {
 
 impl Shape {
     /// Every shape, in the order the docs list them.
-    pub const ALL: [Shape; 7] = [
+    pub const ALL: [Shape; 8] = [
         Shape::OneArmed,
         Shape::TwoArmed,
         Shape::Bridge,
         Shape::HostBridge,
         Shape::Macvlan,
+        Shape::Vxlan,
         Shape::Vlan,
         Shape::Local,
     ];
 
     /// The shape's name on the command line: `one-armed`, `two-armed`,
-    /// `bridge`, `host-bridge`, `macvlan`, `vlan`, `local`.
+    /// `bridge`, `host-bridge`, `macvlan`, `vxlan`, `vlan`, `local`.
     pub fn name(self) -> &'static str {
         match self {
             Shape::OneArmed => "one-armed",
@@ -65,6 +72,7 @@ impl Shape {
             Shape::Bridge => "bridge",
             Shape::HostBridge => "host-bridge",
             Shape::Macvlan => "macvlan",
+            Shape::Vxlan => "vxlan",
             Shape::Vlan => "vlan",
             Shape::Local => "local",
         }
@@ -77,6 +85,7 @@ impl Shape {
             Shape::TwoArmed => &[LB_IFACE, LB_BACKEND_IFACE],
             Shape::Bridge => &[LB_IFACE, LB_BRIDGE],
             Shape::Macvlan => &[LB_IFACE, LB_MACVLAN],
+            Shape::Vxlan => &[LB_IFACE, LB_VXLAN],
         }
     }
 }

@@ -37,6 +37,20 @@ pub const LB_HOST_BRIDGE: &str = "brh";
 /// The load balancer's own macvlan (bridge mode) on `eth0`, through which it
 /// reaches the backends' macvlans, in the macvlan shape.
 pub const LB_MACVLAN: &str = "mvb";
+/// The load balancer's VXLAN device toward the backends' segment, in the
+/// vxlan shape.
+pub const LB_VXLAN: &str = "vxlan0";
+/// The switch's VXLAN device, a port of [`BACKEND_BRIDGE`], in the vxlan
+/// shape.
+pub const SWITCH_VXLAN: &str = "vx0";
+/// VXLAN network id of the backends' segment, in the vxlan shape.
+pub const VXLAN_ID: u32 = 42;
+/// The switch's own address on the client segment (on [`BRIDGE`]): the far
+/// end of the backends' VXLAN tunnel, in the vxlan shape.
+pub const SWITCH_VTEP_V4: Ipv4Addr = Ipv4Addr::new(10, 10, 1, 3);
+/// MTU of the backends' NICs where their frames cross a VXLAN tunnel (1500
+/// less its 50 bytes of headers).
+pub const VXLAN_MTU: u32 = 1450;
 /// Bridge in the switch namespace joining the client and the lb's `eth0`
 /// (and, in the one-armed and VLAN shapes, the backends).
 pub const BRIDGE: &str = "br0";
@@ -256,7 +270,7 @@ impl Topology {
     pub fn backend_segment(&self) -> Option<(String, &'static str)> {
         match self.shape {
             Shape::OneArmed | Shape::HostBridge | Shape::Vlan => Some((self.switch_ns(), BRIDGE)),
-            Shape::TwoArmed => Some((self.switch_ns(), BACKEND_BRIDGE)),
+            Shape::TwoArmed | Shape::Vxlan => Some((self.switch_ns(), BACKEND_BRIDGE)),
             Shape::Bridge => Some((self.lb_ns(), LB_BRIDGE)),
             Shape::Macvlan | Shape::Local => None,
         }

@@ -63,6 +63,22 @@ pub struct Macvlan {
     pub mac: [u8; 6],
 }
 
+/// A VXLAN device over `underlay` whose tunnel's far end is `remote`, made a
+/// port of bridge `master` (in its namespace) if given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vxlan {
+    /// The device.
+    pub dev: Iface,
+    /// The interface its tunnel's packets leave by (same namespace).
+    pub underlay: &'static str,
+    /// The tunnel's far end.
+    pub remote: IpAddr,
+    /// Its MAC address, where it holds addresses (the lb's).
+    pub mac: Option<[u8; 6]>,
+    /// The bridge it joins (the switch's backend segment).
+    pub master: Option<&'static str>,
+}
+
 /// Everything a lab of some shape is made of, in creation order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
@@ -73,6 +89,11 @@ pub struct Plan {
     /// Macvlans, created after the veths: the lb's and the backends' NICs
     /// in the macvlan shape.
     pub macvlans: Vec<Macvlan>,
+    /// VXLAN devices, created after the macvlans: both ends of the
+    /// backends' tunnel in the vxlan shape.
+    pub vxlans: Vec<Vxlan>,
+    /// Interfaces whose MTU is set (the backends' NICs behind a tunnel).
+    pub mtu: Vec<(Iface, u32)>,
     /// Addresses (with prefix length) to add, by interface.
     pub addresses: Vec<(Iface, Vec<(IpAddr, u8)>)>,
     /// Routes as (namespace, destination, gateway).
@@ -106,7 +127,7 @@ pub fn plan(topo: &Topology) -> Plan {
         mac: None,
     }];
     match shape {
-        Shape::TwoArmed => bridges.push(Bridge {
+        Shape::TwoArmed | Shape::Vxlan => bridges.push(Bridge {
             dev: Iface::new(&sw, BACKEND_BRIDGE),
             mac: None,
         }),
@@ -174,6 +195,7 @@ pub fn plan(topo: &Topology) -> Plan {
         Shape::Bridge => LB_BRIDGE,
         Shape::HostBridge => LB_HOST_BRIDGE,
         Shape::Macvlan => LB_MACVLAN,
+        Shape::Vxlan => LB_VXLAN,
     };
     let lb_client_side = match shape {
         Shape::HostBridge => LB_HOST_BRIDGE,
@@ -201,6 +223,32 @@ pub fn plan(topo: &Topology) -> Plan {
             ],
         ),
     ];
+    let mut vxlans = Vec::new();
+    let mut mtu = Vec::new();
+    if shape == Shape::Vxlan {
+        // The switch is the tunnel's far end: it needs an address on the
+        // client segment.
+        addresses.push((Iface::new(&sw, BRIDGE), vec![(SWITCH_VTEP_V4.into(), v4)]));
+        vxlans.push(Vxlan {
+            dev: Iface::new(&sw, SWITCH_VXLAN),
+            underlay: BRIDGE,
+            remote: LB_CLIENT_SIDE_V4.into(),
+            mac: None,
+            master: Some(BACKEND_BRIDGE),
+        });
+        vxlans.push(Vxlan {
+            dev: Iface::new(&lb, LB_VXLAN),
+            underlay: LB_IFACE,
+            remote: SWITCH_VTEP_V4.into(),
+            mac: Some(LB_BACKEND_MAC),
+            master: None,
+        });
+        mtu.extend(
+            remote
+                .iter()
+                .map(|b| (Iface::new(b.ns.clone(), HOST_IFACE), VXLAN_MTU)),
+        );
+    }
     addresses.extend(remote.into_iter().map(|b| {
         (
             Iface::new(b.ns, HOST_IFACE),
@@ -223,6 +271,8 @@ pub fn plan(topo: &Topology) -> Plan {
         bridges,
         veths,
         macvlans,
+        vxlans,
+        mtu,
         addresses,
         routes,
         xdp_pass: pass_ports(topo.prefix(), shape),
@@ -369,6 +419,45 @@ mod tests {
         );
         assert_eq!(plan.macvlans[0].mac, topology::LB_BACKEND_MAC);
         assert_eq!(plan.macvlans[2].mac, topology::backend_mac(1));
+    }
+
+    #[test]
+    fn vxlan_backends_are_reached_through_a_tunnel_to_the_switch() {
+        let plan = plan_of(Shape::Vxlan);
+        let ends: Vec<(&str, &str, IpAddr, Option<&str>)> = plan
+            .vxlans
+            .iter()
+            .map(|v| (v.dev.name.as_str(), v.underlay, v.remote, v.master))
+            .collect();
+        assert_eq!(
+            ends,
+            [
+                (
+                    topology::SWITCH_VXLAN,
+                    topology::BRIDGE,
+                    topology::LB_CLIENT_SIDE_V4.into(),
+                    Some(topology::BACKEND_BRIDGE)
+                ),
+                (
+                    topology::LB_VXLAN,
+                    topology::LB_IFACE,
+                    topology::SWITCH_VTEP_V4.into(),
+                    None
+                ),
+            ]
+        );
+        assert_eq!(
+            addressed(&plan, topology::SWITCH_VTEP_V4.into()),
+            Iface::new("xlbt-1-2-sw", topology::BRIDGE)
+        );
+        assert_eq!(
+            plan.mtu,
+            [
+                (Iface::new("xlbt-1-2-b0", "eth0"), topology::VXLAN_MTU),
+                (Iface::new("xlbt-1-2-b1", "eth0"), topology::VXLAN_MTU),
+            ]
+        );
+        assert_eq!(plan.veths[2].bridge, topology::BACKEND_BRIDGE);
     }
 
     #[test]

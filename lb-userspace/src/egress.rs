@@ -74,8 +74,8 @@ impl Egress {
         match self.path {
             EgressPath::Xdp => "the driver transmits XDP frames",
             EgressPath::Kernel => {
-                "the driver does not transmit XDP frames (a bridge, or a veth whose peer runs \
-                 no XDP program)"
+                "the driver does not transmit XDP frames (a bridge, macvlan or VXLAN device, \
+                 or a veth whose peer runs neither an XDP program nor GRO)"
             }
         }
     }

@@ -1,5 +1,5 @@
 //! xlb on every host shape the lab builds (one-armed, two-armed, bridge,
-//! host bridge, macvlan, VLAN) in both XDP modes a user would pick: `auto` (native where the
+//! host bridge, macvlan, VXLAN, VLAN) in both XDP modes a user would pick: `auto` (native where the
 //! driver allows; the bridge falls back to generic) and `generic`. Each test
 //! brings up one lab with three backends and one real `xlb run` agent
 //! serving eight services, {nat, dnat} × {IPv4, IPv6} × {TCP, UDP}, with
@@ -266,11 +266,19 @@ fn check_attachments(lab: &Lab, agent: &Agent, mode: ModeRequest, paths: &Paths,
 }
 
 /// The XDP mode the agent should report for `iface` when asked for `mode`:
-/// a bridge or a macvlan only takes generic XDP.
+/// a bridge, a macvlan or a VXLAN device only takes generic XDP.
 fn expected_mode(iface: &str, mode: ModeRequest) -> AttachedMode {
     match mode {
         ModeRequest::Generic => AttachedMode::Generic,
-        _ if iface == topology::LB_BRIDGE || iface == topology::LB_MACVLAN => AttachedMode::Generic,
+        _ if [
+            topology::LB_BRIDGE,
+            topology::LB_MACVLAN,
+            topology::LB_VXLAN,
+        ]
+        .contains(&iface) =>
+        {
+            AttachedMode::Generic
+        }
         _ => AttachedMode::Native,
     }
 }
@@ -394,6 +402,12 @@ fn serves_every_service(shape: Shape, mode: ModeRequest) {
         // lb's macvlan without crossing eth0, go back by XDP.
         Shape::Macvlan => Paths {
             kernel: &[topology::LB_MACVLAN],
+            bridge_ports: false,
+        },
+        // Nor has a VXLAN device: the kernel encapsulates the clients'
+        // frames; the backends' replies, decapsulated, go back by XDP.
+        Shape::Vxlan => Paths {
+            kernel: &[topology::LB_VXLAN],
             bridge_ports: false,
         },
         _ => Paths::XDP,
@@ -741,6 +755,19 @@ fn xlb_check(lab: &Lab, agent: &Agent) -> (bool, String) {
     let report =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), report)
+}
+
+/// The backends' segment reached through a VXLAN tunnel over the lb's NIC
+/// (an overlay network): xlb on the NIC and on the VXLAN device, where the
+/// replies arrive decapsulated.
+#[test]
+fn vxlan_auto() {
+    serves_every_service(Shape::Vxlan, ModeRequest::Auto);
+}
+
+#[test]
+fn vxlan_generic() {
+    serves_every_service(Shape::Vxlan, ModeRequest::Generic);
 }
 
 #[test]

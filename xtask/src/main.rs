@@ -58,7 +58,7 @@ enum LabAction {
         #[arg(long, default_value_t = 4)]
         backends: usize,
         /// How the load balancer is wired: one-armed, two-armed, bridge,
-        /// host-bridge, macvlan, vlan or local (docs/lab.md; `xlb-lab` checks the
+        /// host-bridge, macvlan, vxlan, vlan or local (docs/lab.md; `xlb-lab` checks the
         /// name).
         #[arg(long, default_value = "one-armed")]
         shape: String,

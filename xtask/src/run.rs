@@ -44,7 +44,7 @@ pub struct RunArgs {
     #[arg(long)]
     no_demo: bool,
     /// How the lab wires the load balancer: one-armed, two-armed, bridge,
-    /// host-bridge, macvlan, vlan, or local (the backends on the load balancer's host, on
+    /// host-bridge, macvlan, vxlan, vlan, or local (the backends on the load balancer's host, on
     /// 127.0.0.1:8000-8004, with examples/local.toml) (docs/lab.md); xlb
     /// attaches to that shape's interfaces.
     #[arg(long, default_value = "one-armed", conflicts_with = "iface")]

@@ -26,7 +26,7 @@ enum Command {
         #[arg(long, default_value_t = topology::DEFAULT_BACKENDS)]
         backends: usize,
         /// How the load balancer is wired: one-armed, two-armed, bridge,
-        /// host-bridge, macvlan, vlan, or local (the backends on the load balancer's host, on
+        /// host-bridge, macvlan, vxlan, vlan, or local (the backends on the load balancer's host, on
         /// 127.0.0.1) (see docs/lab.md).
         #[arg(long, default_value_t = Shape::OneArmed)]
         shape: Shape,
