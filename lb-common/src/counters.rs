@@ -136,6 +136,12 @@ global_counters! {
     /// xlb is not attached to): the kernel would route it by the VIP, so it
     /// is dropped; the client sends it again.
     DropDsrNoPath => "drop_dsr_no_path",
+    /// Rewritten, but larger than the MTU of the interface XDP would send
+    /// it out of: a GSO packet generic XDP sees whole (from a container or
+    /// VM on this host, or merged by GRO), or a way out with a smaller MTU
+    /// (a tunnel). Passed to the kernel, which segments or fragments it as
+    /// it forwards it.
+    PassOversize => "pass_oversize",
 }
 
 /// Number of [`GlobalCounter`]s; sizes `GLOBAL_STATS`.

@@ -62,7 +62,7 @@ fn action(verdict: GlobalCounter) -> u32 {
         | DropDsrNoPath => xdp_action::XDP_DROP,
         PassNotIp | PassNotTcpUdp | PassFragment | PassNotService | PassMalformed
         | PassNoNeighbour | PassRouteLookup | PassKernelForward | PassBadLength
-        | PassTtlExceeded | PassLocal => xdp_action::XDP_PASS,
+        | PassTtlExceeded | PassLocal | PassOversize => xdp_action::XDP_PASS,
     }
 }
 

@@ -34,6 +34,36 @@ fn backends_behind_another_interface_are_reached_by_redirect() {
     });
 }
 
+/// A frame larger than its way out's MTU (a GSO packet generic XDP sees
+/// whole, a tunnel with a smaller MTU) goes to the kernel, which segments or
+/// fragments it, instead of a redirect the kernel would drop; a frame that
+/// fits, even a full-size tagged one, still goes by XDP.
+#[test]
+fn frames_larger_than_the_way_outs_mtu_go_to_the_kernel() {
+    with_harness(|h| {
+        h.dp.attach("fy0", ModeRequest::Generic).unwrap();
+        // 1500 bytes of IP behind two VLAN tags: fits fy0's MTU of 1500.
+        let mut full = Frame::tcp("10.0.0.2:47100", "10.0.0.104:80", Transport::SYN)
+            .service_vlan(100)
+            .vlan(7);
+        full.payload = vec![7; 1500 - 20 - 20];
+        let out = full
+            .rewritten("10.0.0.2:47100", "10.2.0.10:8000", FY0_MAC, backend_mac(0))
+            .untagged();
+        h.expect(
+            &full,
+            Action::Redirect,
+            &out,
+            GlobalCounter::ForwardRedirect,
+        );
+        // 2000 bytes of IP: more than fy0 takes.
+        let mut big = Frame::tcp("10.0.0.2:47101", "10.0.0.104:80", Transport::SYN);
+        big.payload = vec![7; 2000 - 20 - 20];
+        let out = big.rewritten("10.0.0.2:47101", "10.2.0.10:8000", CLIENT_MAC, LB_MAC);
+        h.expect(&big, Action::Pass, &out, GlobalCounter::PassOversize);
+    });
+}
+
 /// A frame whose way out XDP cannot take goes to the kernel rewritten but
 /// with the MAC addresses it came with, so the kernel routes it; VLAN tags
 /// go unless the interface has VLAN devices that would take them.
