@@ -99,9 +99,39 @@ impl HttpConn {
             .with_context(|| format!("HTTP GET http://{addr}/"))
     }
 
+    /// Sends `GET /bytes/n` on this connection (`xlb-lab-httpd` answers
+    /// with `n` bytes of `x`) and returns the backend's name (its header)
+    /// and how many bytes came, each checked to be an `x`.
+    pub fn get_bytes(&mut self, n: usize) -> anyhow::Result<(String, usize)> {
+        let (addr, timeout) = (self.addr, self.timeout);
+        let (backend, body) = self
+            .exchange_at(&format!("/bytes/{n}"))
+            .map_err(|e| explain_timeout(e, timeout))
+            .with_context(|| format!("HTTP GET http://{addr}/bytes/{n}"))?;
+        let backend = backend.ok_or_else(|| anyhow!("response without x-backend"))?;
+        ensure!(
+            body.iter().all(|&b| b == b'x'),
+            "a body of {n} bytes other than x"
+        );
+        Ok((backend, body.len()))
+    }
+
     fn exchange(&mut self) -> anyhow::Result<String> {
+        let (backend, body) = self.exchange_at("/")?;
+        let name = String::from_utf8(body)
+            .context("non-UTF-8 body")?
+            .trim_end()
+            .to_owned();
+        if let Some(header) = backend {
+            ensure!(header == name, "x-backend {header:?} but body {name:?}");
+        }
+        Ok(name)
+    }
+
+    /// One `GET path` exchange: the `x-backend` header and the body.
+    fn exchange_at(&mut self, path: &str) -> anyhow::Result<(Option<String>, Vec<u8>)> {
         let req = format!(
-            "GET / HTTP/1.1\r\nHost: {}\r\nConnection: keep-alive\r\n\r\n",
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: keep-alive\r\n\r\n",
             self.addr
         );
         self.reader.get_mut().write_all(req.as_bytes())?;
@@ -138,14 +168,7 @@ impl HttpConn {
         let length = length.ok_or_else(|| anyhow!("response without content-length"))?;
         let mut body = vec![0; length];
         self.reader.read_exact(&mut body)?;
-        let name = String::from_utf8(body)
-            .context("non-UTF-8 body")?
-            .trim_end()
-            .to_owned();
-        if let Some(header) = backend {
-            ensure!(header == name, "x-backend {header:?} but body {name:?}");
-        }
-        Ok(name)
+        Ok((backend, body))
     }
 }
 

@@ -179,6 +179,25 @@ impl Lab {
         Ok(())
     }
 
+    /// Turns checksum and segmentation offload (`ethtool -K eth0 tx on`)
+    /// on every backend's NIC, as containers' NICs have it: their TCP then
+    /// hands the lb GSO packets of many segments, whose checksum field holds
+    /// the kernel's unfinished seed. The lab turns it off by default, so
+    /// that frames reaching native XDP on a veth carry whole checksums, as
+    /// frames from the wire do.
+    pub fn set_backend_offloads(&self, on: bool) -> anyhow::Result<()> {
+        if self.topo.shape().local_backends() {
+            return Ok(());
+        }
+        for backend in self.topo.backends() {
+            ethtool(
+                &Iface::new(backend.ns, topology::HOST_IFACE),
+                &["tx", if on { "on" } else { "off" }],
+            )?;
+        }
+        Ok(())
+    }
+
     /// Turns GRO on or off on every backend's NIC (a namespace's `eth0`).
     /// Off, a veth runs no NAPI, so its peer, a port of the lb's bridge in
     /// the bridge shape, takes no XDP frames: as with containers whose

@@ -102,6 +102,11 @@ fn send(ctx: &XdpContext, packet: &Packet, route: &Route) -> Result<GlobalCounte
         return Err(GlobalCounter::PassKernelForward);
     }
     if !fits_mtu(ctx, packet, hop.ifindex) {
+        // Larger than the interface it came in on too: a GSO packet, whose
+        // L4 checksum field holds a seed, not a checksum.
+        if !fits_mtu(ctx, packet, 0) {
+            rewrite::reseed_l4(ctx, packet, &route.src, &route.dst)?;
+        }
         return Err(GlobalCounter::PassOversize);
     }
     let sent = if hop.ifindex == ctx.ingress_ifindex() as u32 {
@@ -138,7 +143,7 @@ fn send(ctx: &XdpContext, packet: &Packet, route: &Route) -> Result<GlobalCounte
 const FITS_ANY_MTU: usize = 1280 + EthHdr::LEN + 8;
 
 /// Whether the frame, once its VLAN tags are gone, fits the MTU of
-/// interface `ifindex`. A frame can be larger in two cases: a GSO packet
+/// interface `ifindex` (0: the one it came in on). A frame can be larger in two cases: a GSO packet
 /// that generic XDP sees whole (up to 64 KiB a segment train, from a
 /// container or a VM on this host whose NIC offloads segmentation, or
 /// merged by GRO), which a redirect would drop and `XDP_TX` would hand a

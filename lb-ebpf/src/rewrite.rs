@@ -9,9 +9,11 @@ use crate::{
 };
 
 /// IPv4: offset of the checksum and of the addresses in the IP header.
+const IPV4_TOTAL_LEN: usize = 2;
 const IPV4_CHECK: usize = 10;
 const IPV4_ADDRS: usize = 12;
 /// IPv6: offset of the addresses in the IP header.
+const IPV6_PAYLOAD_LEN: usize = 4;
 const IPV6_ADDRS: usize = 8;
 /// IPv4: offset of the TTL (followed by the protocol); IPv6: of the hop
 /// limit.
@@ -119,4 +121,47 @@ fn decrement(ctx: &XdpContext, packet: &Packet) -> Option<()> {
     let check = u16::from_be_bytes(read_at::<[u8; 2], _>(ctx, check_at)?);
     let check = checksum::update(check, &[packet.ttl, proto], &[ttl, proto]);
     write_at(ctx, check_at, check.to_be_bytes())
+}
+
+/// Rewrites the TCP or UDP checksum field of a rewritten GSO packet (one
+/// generic XDP sees whole, larger than the interface it came in on) as what
+/// it holds in such a packet: not a checksum but the seed of one, the
+/// pseudo-header's sum (`checksum::partial_seed`), which segmentation or
+/// the NIC completes per segment. [`rewrite`]'s update, right for a
+/// checksum, is wrong for a seed: this one is computed afresh from the new
+/// addresses and the packet's TCP or UDP length. A UDP packet without a
+/// checksum keeps none. Inlined: a call of its own would take the call
+/// chain past the verifier's 512 bytes of stack.
+#[inline(always)]
+pub fn reseed_l4(
+    ctx: &XdpContext,
+    packet: &Packet,
+    src: &Endpoint,
+    dst: &Endpoint,
+) -> Result<(), GlobalCounter> {
+    reseed(ctx, packet, src, dst).ok_or(GlobalCounter::DropRewrite)
+}
+
+#[inline(always)]
+fn reseed(ctx: &XdpContext, packet: &Packet, src: &Endpoint, dst: &Endpoint) -> Option<()> {
+    let check_at = packet.l4_checksum_offset();
+    if !packet.is_tcp() && read_at::<[u8; 2], _>(ctx, check_at)? == [0, 0] {
+        return Some(());
+    }
+    let l3 = packet.l3_offset();
+    let l4_len = if packet.ipv6 {
+        // No extension headers: the parser passes those packets on.
+        u32::from(u16::from_be_bytes(read_at::<[u8; 2], _>(
+            ctx,
+            l3 + IPV6_PAYLOAD_LEN,
+        )?))
+    } else {
+        let total = u32::from(u16::from_be_bytes(read_at::<[u8; 2], _>(
+            ctx,
+            l3 + IPV4_TOTAL_LEN,
+        )?));
+        total.checked_sub((packet.l4_offset() - l3) as u32)?
+    };
+    let seed = checksum::partial_seed(src.addr, dst.addr, packet.ipv6, packet.key.proto, l4_len);
+    write_at(ctx, check_at, seed.to_be_bytes())
 }

@@ -770,6 +770,46 @@ fn vxlan_generic() {
     serves_every_service(Shape::Vxlan, ModeRequest::Generic);
 }
 
+/// Backends on this host (containers behind the lb's bridge, or on its
+/// NIC's macvlans) whose NICs offload segmentation, as containers' do, send
+/// large responses as GSO packets that generic XDP sees whole, their TCP
+/// checksum field a seed: each 4 MB response comes whole, through `nat` and
+/// `dnat` services over IPv4 and IPv6, and the data plane handed such
+/// packets to the kernel to segment (`pass_oversize`).
+#[test]
+fn large_responses_from_backends_on_this_host_with_segmentation_offload() {
+    require_root();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for shape in [Shape::Bridge, Shape::Macvlan] {
+        let spec = LabSpec::for_test(WEIGHTS.len()).with_shape(shape);
+        let lab = Lab::up(spec).unwrap_or_else(|e| panic!("lab up ({shape}): {e:#}"));
+        lab.set_backend_offloads(true).expect("turning offloads on");
+        let services: Vec<Service> = Service::all().into_iter().filter(|s| !s.udp).collect();
+        let config: String = services.iter().map(|s| s.config(&lab)).collect();
+        let agent = Agent::start_with(&lab, &config, ModeRequest::Auto)
+            .unwrap_or_else(|e| panic!("starting xlb ({shape}): {e:#}"));
+        const SIZE: usize = 4_000_000;
+        for service in &services {
+            for _ in 0..3 {
+                let got = lab.in_client(|| {
+                    client::HttpConn::connect(service.vip, Duration::from_secs(5))
+                        .and_then(|mut conn| conn.get_bytes(SIZE))
+                });
+                let (backend, len) = got.and_then(|r| r).unwrap_or_else(|e| {
+                    panic!("{shape}, {}: {e:#}\n{}", service.name, agent.diagnostics())
+                });
+                assert_eq!(len, SIZE, "{shape}, {}: from {backend}", service.name);
+            }
+        }
+        let oversize = counter(&agent, GlobalCounter::PassOversize);
+        assert!(
+            oversize > 0,
+            "{shape}: no GSO packet went to the kernel\n{}",
+            agent.diagnostics()
+        );
+    }
+}
+
 #[test]
 fn vlan_auto() {
     serves_every_service(Shape::Vlan, ModeRequest::Auto);

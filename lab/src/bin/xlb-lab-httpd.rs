@@ -19,6 +19,9 @@ use hyper::{Request, Response, body::Incoming, server::conn::http1, service::ser
 use hyper_util::rt::TokioIo;
 use socket2::{Domain, Protocol, Socket, Type};
 
+/// The largest body `GET /bytes/N` returns.
+const MAX_BYTES: usize = 64 << 20;
+
 #[derive(Parser)]
 #[command(about = "HTTP/UDP backend for the xlb lab")]
 struct Args {
@@ -124,7 +127,16 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         let (body, name, health_file) = (body.clone(), name.clone(), args.health_file.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                let mut response = Response::new(Full::new(body.clone()));
+                // `GET /bytes/N`: N bytes of `x` (a large response, up to
+                // 64 MiB) instead of the name.
+                let payload = req
+                    .uri()
+                    .path()
+                    .strip_prefix("/bytes/")
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .filter(|&n| n <= MAX_BYTES)
+                    .map_or_else(|| body.clone(), |n| Bytes::from(vec![b'x'; n]));
+                let mut response = Response::new(Full::new(payload));
                 response.headers_mut().insert("x-backend", name.clone());
                 if req.uri().path() == "/health"
                     && let Some(status) = health_file

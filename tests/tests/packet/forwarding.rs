@@ -34,33 +34,67 @@ fn backends_behind_another_interface_are_reached_by_redirect() {
     });
 }
 
-/// A frame larger than its way out's MTU (a GSO packet generic XDP sees
-/// whole, a tunnel with a smaller MTU) goes to the kernel, which segments or
-/// fragments it, instead of a redirect the kernel would drop; a frame that
-/// fits, even a full-size tagged one, still goes by XDP.
+/// A frame larger than its way out's MTU goes to the kernel, which
+/// segments or fragments it, instead of a redirect the kernel would drop.
+/// One larger than the interface it came in on too can only be a GSO packet
+/// generic XDP sees whole: its TCP checksum field holds the seed
+/// segmentation completes, which is set afresh for the new addresses. A
+/// frame that fits, even a full-size tagged one, still goes by XDP.
 #[test]
 fn frames_larger_than_the_way_outs_mtu_go_to_the_kernel() {
     with_harness(|h| {
         h.dp.attach("fy0", ModeRequest::Generic).unwrap();
+        let tcp_packet = |port: u16, ip_len: usize| {
+            let mut frame =
+                Frame::tcp(&format!("10.0.0.2:{port}"), "10.0.0.104:80", Transport::SYN);
+            frame.payload = vec![7; ip_len - 20 - 20];
+            frame
+        };
+        let to = |frame: &Frame, port: u16, src_mac, dst_mac| {
+            frame.rewritten(
+                &format!("10.0.0.2:{port}"),
+                "10.2.0.10:8000",
+                src_mac,
+                dst_mac,
+            )
+        };
         // 1500 bytes of IP behind two VLAN tags: fits fy0's MTU of 1500.
-        let mut full = Frame::tcp("10.0.0.2:47100", "10.0.0.104:80", Transport::SYN)
-            .service_vlan(100)
-            .vlan(7);
-        full.payload = vec![7; 1500 - 20 - 20];
-        let out = full
-            .rewritten("10.0.0.2:47100", "10.2.0.10:8000", FY0_MAC, backend_mac(0))
-            .untagged();
+        let full = tcp_packet(47100, 1500).service_vlan(100).vlan(7);
+        let out = to(&full, 47100, FY0_MAC, backend_mac(0)).untagged();
         h.expect(
             &full,
             Action::Redirect,
             &out,
             GlobalCounter::ForwardRedirect,
         );
-        // 2000 bytes of IP: more than fy0 takes.
-        let mut big = Frame::tcp("10.0.0.2:47101", "10.0.0.104:80", Transport::SYN);
-        big.payload = vec![7; 2000 - 20 - 20];
-        let out = big.rewritten("10.0.0.2:47101", "10.2.0.10:8000", CLIENT_MAC, LB_MAC);
-        h.expect(&big, Action::Pass, &out, GlobalCounter::PassOversize);
+
+        // 2000 bytes of IP, more than fy0 and the interface it came in on
+        // take: a GSO packet, to the kernel with its checksum seed.
+        let big = tcp_packet(47101, 2000);
+        let before = h.counter(GlobalCounter::PassOversize);
+        let (action, got) = h.run(&big);
+        assert_eq!(action, Action::Pass);
+        let mut want = to(&big, 47101, CLIENT_MAC, LB_MAC).build();
+        let [src, dst] = ["10.0.0.2", "10.2.0.10"].map(|ip| {
+            let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+            ip.to_ipv6_mapped().octets()
+        });
+        let seed = lb_common::checksum::partial_seed(&src, &dst, false, 6, 2000 - 20);
+        let check_at = 14 + 20 + 16;
+        want[check_at..check_at + 2].copy_from_slice(&seed.to_be_bytes());
+        assert_eq!(got, want, "the GSO packet, rewritten with its seed");
+        assert_eq!(h.counter(GlobalCounter::PassOversize), before + 1);
+
+        // fy0's MTU drops to 1400 (a tunnel): a full-size packet, which
+        // fits the interface it came in on, goes to the kernel with its
+        // checksum, to be fragmented or refused with "fragmentation needed".
+        xlb_lab::netns::run(
+            std::process::Command::new("ip").args(["link", "set", "fy0", "mtu", "1400"]),
+        )
+        .unwrap();
+        let full = tcp_packet(47102, 1500);
+        let out = to(&full, 47102, CLIENT_MAC, LB_MAC);
+        h.expect(&full, Action::Pass, &out, GlobalCounter::PassOversize);
     });
 }
 
