@@ -35,7 +35,8 @@ pub enum Shape {
     /// (bridge mode), each in its namespace, as Docker's macvlan network
     /// makes them. The lb reaches them through its own macvlan `mvb`
     /// (bridge mode), which holds the backend subnet's addresses: their
-    /// frames to it never cross `eth0`. xlb attaches to `eth0` and `mvb`.
+    /// frames to it never cross `eth0`'s driver. xlb attaches to `eth0`
+    /// and `mvb`.
     Macvlan,
     /// One NIC, `eth0`; the backends are on a segment reached through a
     /// VXLAN tunnel over it (an overlay network): the lb's `vxlan0` holds

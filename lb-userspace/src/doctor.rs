@@ -219,15 +219,20 @@ impl Setup<'_> {
     }
 
     /// Whether xlb's program at interface `index` runs (or will run) in
-    /// generic mode: asked for, or where the running agent fell back to it.
+    /// generic mode: asked for; in `auto` mode where the driver has no
+    /// native XDP; or where the running agent fell back to it.
     fn generic_at(&self, index: u32) -> bool {
+        let Some(link) = self.facts.link(index) else {
+            return false;
+        };
+        let mode = self.config.agent.xdp_mode.parse::<ModeRequest>().ok();
         self.attached(index)
-            && (self.config.agent.xdp_mode.parse::<ModeRequest>().ok()
-                == Some(ModeRequest::Generic)
-                || self
-                    .facts
-                    .link(index)
-                    .and_then(|l| l.xdp.as_ref())
+            && (mode == Some(ModeRequest::Generic)
+                || (mode == Some(ModeRequest::Auto)
+                    && link.xdp_features.is_some_and(|f| !f.native()))
+                || link
+                    .xdp
+                    .as_ref()
                     .is_some_and(|x| x.mode == XdpMode::Generic))
     }
 

@@ -11,7 +11,7 @@ use std::{
 use super::{Check, Finding, Setup, Severity, cidr_on, lb_address as lb_address_of, list};
 use crate::{
     config::{Mode, ServiceConfig},
-    host::{Link, LinkKind, Route, RouteKind},
+    host::{Link, LinkKind, Route, RouteKind, Siblings},
 };
 
 pub(super) fn check(setup: &Setup, out: &mut Vec<Finding>) {
@@ -158,12 +158,24 @@ fn not_attached(
             }
             _ => String::new(),
         };
-        let siblings = link
+        // Attached to the parent, xlb misses only the siblings' frames.
+        let parent = link
             .filter(|l| !l.siblings.is_apart())
-            .and_then(|l| Some((&l.kind, setup.facts.link_name(l.parent?))))
-            .map_or_else(String::new, |(kind, parent)| {
-                format!(" (from hosts on other {kind}s of {parent}, without crossing {parent})")
-            });
+            .and_then(|l| l.parent)
+            .filter(|&p| setup.attached(p))
+            .and_then(|p| Some((link?, setup.facts.link_name(p))));
+        let siblings = parent.as_ref().map_or_else(String::new, |(l, parent)| {
+            format!(
+                " (from hosts on other {}s of {parent}, without crossing {parent}'s driver)",
+                l.kind
+            )
+        });
+        let alternative = match parent {
+            Some((l, _)) if l.siblings == Siblings::ThroughParentStack => {
+                format!("{alternative}, or set `xdp_mode = \"generic\"`")
+            }
+            _ => alternative,
+        };
         out.push(Finding::new(
             Check::RepliesNotAttached,
             Severity::Error,
@@ -397,7 +409,7 @@ fn dsr_behind_bridge(
 #[cfg(test)]
 mod tests {
     use super::{super::testing::*, *};
-    use crate::host::{HostFacts, Siblings, XdpAttachment, XdpMode};
+    use crate::host::{HostFacts, XdpAttachment, XdpMode};
 
     #[test]
     fn dsr_backends_must_be_on_a_link_not_behind_a_gateway() {
@@ -496,12 +508,16 @@ mod tests {
         let finding = one_error(&config, &host, Check::RepliesNotAttached);
         assert!(
             finding.problem.contains(
-                "come back on mvb (from hosts on other macvlans of eth0, without crossing eth0)"
+                "come back on mvb (from hosts on other macvlans of eth0, without crossing eth0's \
+                 driver)"
             ),
             "{}",
             finding.problem
         );
-        assert_eq!(finding.fix, "add \"mvb\" to `interfaces`");
+        assert_eq!(
+            finding.fix,
+            "add \"mvb\" to `interfaces`, or set `xdp_mode = \"generic\"`"
+        );
         config.interfaces.push("mvb".into());
         assert!(found(&config, &host, Check::RepliesNotAttached).is_empty());
         // Generic XDP on eth0 sees them: asked for, or fallen back to.
@@ -514,8 +530,12 @@ mod tests {
             prog_id: None,
         });
         assert!(found(&config, &host, Check::RepliesNotAttached).is_empty());
-        // In vepa or private mode they come back through eth0's driver.
+        // A NIC without native XDP runs xlb in generic mode under `auto`.
         link_mut(&mut host, "eth0").xdp = None;
+        link_mut(&mut host, "eth0").xdp_features = Some(crate::netdev::XdpFeatures::default());
+        assert!(found(&config, &host, Check::RepliesNotAttached).is_empty());
+        link_mut(&mut host, "eth0").xdp_features = None;
+        // In vepa mode they come back through eth0's driver.
         link_mut(&mut host, "mvb").siblings = Siblings::Apart;
         assert!(found(&config, &host, Check::RepliesNotAttached).is_empty());
         // An ipvlan takes them directly: only xlb on it sees them.
