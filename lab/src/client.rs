@@ -193,6 +193,43 @@ pub fn udp_ask(addr: SocketAddr, timeout: Duration) -> anyhow::Result<String> {
         .with_context(|| format!("UDP request to {addr}"))
 }
 
+/// Sends `burst n` to `xlb-lab-httpd`'s UDP port at `addr`, which answers
+/// with `n` datagrams of 1 200 bytes of `x` in one GSO send; returns how
+/// many such datagrams came within `timeout` (waiting for all `n`).
+pub fn udp_burst(addr: SocketAddr, n: usize, timeout: Duration) -> anyhow::Result<usize> {
+    let local: SocketAddr = match addr {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(local)?;
+    socket.connect(addr)?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket.send(format!("burst {n}\n").as_bytes())?;
+    let mut buf = [0; 2048];
+    let mut got = 0;
+    while got < n {
+        match socket.recv(&mut buf) {
+            Ok(len) => {
+                ensure!(
+                    len == 1200 && buf[..len].iter().all(|&b| b == b'x'),
+                    "datagram {got} of {len} bytes, not 1200 bytes of x"
+                );
+                got += 1;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(got)
+}
+
 /// Socket timeouts surface as `EAGAIN`; say what they mean.
 fn explain_timeout(e: anyhow::Error, timeout: Duration) -> anyhow::Error {
     let timed_out = e.downcast_ref::<std::io::Error>().is_some_and(|io| {

@@ -787,10 +787,12 @@ fn vxlan_generic() {
 
 /// Backends on this host (containers behind the lb's bridge, or on its
 /// NIC's macvlans) whose NICs offload segmentation, as containers' do, send
-/// large responses as GSO packets that generic XDP sees whole, their TCP
-/// checksum field a seed: each 4 MB response comes whole, through `nat` and
-/// `dnat` services over IPv4 and IPv6, and the data plane handed such
-/// packets to the kernel to segment (`pass_oversize`).
+/// large responses as GSO packets that generic XDP sees whole, their TCP or
+/// UDP checksum field a seed: each 4 MB response comes whole, and each
+/// burst of 20 datagrams sent as one (as QUIC servers send) comes
+/// datagram by datagram, through `nat` and `dnat` services over IPv4 and
+/// IPv6, and the data plane handed such packets to the kernel to segment
+/// (`pass_oversize`).
 #[test]
 fn large_responses_from_backends_on_this_host_with_segmentation_offload() {
     require_root();
@@ -799,12 +801,28 @@ fn large_responses_from_backends_on_this_host_with_segmentation_offload() {
         let spec = LabSpec::for_test(WEIGHTS.len()).with_shape(shape);
         let lab = Lab::up(spec).unwrap_or_else(|e| panic!("lab up ({shape}): {e:#}"));
         lab.set_backend_offloads(true).expect("turning offloads on");
-        let services: Vec<Service> = Service::all().into_iter().filter(|s| !s.udp).collect();
+        let services = Service::all();
         let config: String = services.iter().map(|s| s.config(&lab)).collect();
         let agent = Agent::start_with(&lab, &config, ModeRequest::Auto)
             .unwrap_or_else(|e| panic!("starting xlb ({shape}): {e:#}"));
         const SIZE: usize = 4_000_000;
-        for service in &services {
+        const BURST: usize = 20;
+        for service in services.iter().filter(|s| s.udp) {
+            for _ in 0..3 {
+                let got = lab
+                    .in_client(|| client::udp_burst(service.vip, BURST, Duration::from_secs(2)))
+                    .and_then(|r| r)
+                    .unwrap_or_else(|e| panic!("{shape}, {}: {e:#}", service.name));
+                assert_eq!(
+                    got,
+                    BURST,
+                    "{shape}, {}: datagrams of a burst\n{}",
+                    service.name,
+                    agent.diagnostics()
+                );
+            }
+        }
+        for service in services.iter().filter(|s| !s.udp) {
             for _ in 0..3 {
                 let got = lab.in_client(|| {
                     client::HttpConn::connect(service.vip, Duration::from_secs(5))

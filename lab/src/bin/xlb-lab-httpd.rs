@@ -21,6 +21,34 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 /// The largest body `GET /bytes/N` returns.
 const MAX_BYTES: usize = 64 << 20;
+/// Size of each datagram a UDP `burst N` request gets back.
+const BURST_DATAGRAM: usize = 1200;
+/// The most datagrams one `burst` gets (the kernel's limit for one GSO
+/// send is 64 segments).
+const MAX_BURST: usize = 32;
+
+/// Asks the kernel to send what `socket` sends as datagrams of `size`
+/// bytes (`UDP_SEGMENT`): one send of several becomes one GSO packet.
+/// Kernels without it send the burst as one datagram, which the client
+/// then counts as wrong.
+fn segment_udp(socket: &tokio::net::UdpSocket, size: usize) {
+    use std::os::fd::AsRawFd as _;
+    const UDP_SEGMENT: libc::c_int = 103;
+    let size = size as libc::c_int;
+    // SAFETY: a valid socket and a pointer to an int of the given size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_UDP,
+            UDP_SEGMENT,
+            (&raw const size).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        eprintln!("UDP_SEGMENT: {}", std::io::Error::last_os_error());
+    }
+}
 
 #[derive(Parser)]
 #[command(about = "HTTP/UDP backend for the xlb lab")]
@@ -98,13 +126,26 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let on = SocketAddr::new(args.bind, args.port);
     eprintln!("{}: serving HTTP and UDP on {on}", args.name);
 
+    // Replies longer than a datagram leave as one GSO send, segmented by
+    // the kernel or the NIC, as QUIC servers send; the name fits in one.
+    segment_udp(&udp, BURST_DATAGRAM);
     let reply = body.clone();
     tokio::spawn(async move {
         let mut buf = [0u8; 2048];
         loop {
             match udp.recv_from(&mut buf).await {
-                Ok((_, peer)) => {
-                    if let Err(e) = udp.send_to(&reply, peer).await {
+                Ok((n, peer)) => {
+                    // `burst N`: N datagrams of BURST_DATAGRAM bytes of `x`.
+                    let burst = std::str::from_utf8(&buf[..n])
+                        .ok()
+                        .and_then(|s| s.trim().strip_prefix("burst "))
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .filter(|&n| (1..=MAX_BURST).contains(&n));
+                    let out = burst.map_or_else(
+                        || reply.clone(),
+                        |n| Bytes::from(vec![b'x'; n * BURST_DATAGRAM]),
+                    );
+                    if let Err(e) = udp.send_to(&out, peer).await {
                         eprintln!("udp reply to {peer}: {e}");
                     }
                 }
