@@ -11,10 +11,8 @@
 use core::mem::size_of;
 
 use aya_ebpf::{
-    bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_check_mtu_ret, bpf_fib_lookup,
-    },
-    helpers::generated::{bpf_check_mtu, bpf_fib_lookup as fib_lookup},
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
+    helpers::generated::bpf_fib_lookup as fib_lookup,
     programs::XdpContext,
 };
 use lb_common::{GlobalCounter, bridge::BridgePortKey, flow::NextHop};
@@ -23,6 +21,7 @@ use network_types::eth::EthHdr;
 use crate::{
     frame::ptr_at,
     maps::{BRIDGE_PORTS, INTERFACES},
+    mtu,
     parse::Packet,
     rewrite::{self, Endpoint},
     vlan,
@@ -101,12 +100,9 @@ fn send(ctx: &XdpContext, packet: &Packet, route: &Route) -> Result<GlobalCounte
     if hop.ifindex == NextHop::KERNEL {
         return Err(GlobalCounter::PassKernelForward);
     }
-    if !fits_mtu(ctx, packet, hop.ifindex) {
-        // Larger than the interface it came in on too: a GSO packet, whose
-        // L4 checksum field holds a seed, not a checksum.
-        if !fits_mtu(ctx, packet, 0) {
-            rewrite::reseed_l4(ctx, packet, &route.src, &route.dst)?;
-        }
+    // A redirect would drop it, and `XDP_TX` hand it to a driver that may
+    // not segment it: the kernel segments or fragments it as it forwards.
+    if !mtu::fits(ctx, packet, hop.ifindex) {
         return Err(GlobalCounter::PassOversize);
     }
     let sent = if hop.ifindex == ctx.ingress_ifindex() as u32 {
@@ -136,34 +132,6 @@ fn send(ctx: &XdpContext, packet: &Packet, route: &Route) -> Result<GlobalCounte
         (*eth).src_addr = hop.src_mac;
     }
     Ok(sent)
-}
-
-/// Frames up to this long (the IPv6 minimum MTU, an Ethernet header and two
-/// VLAN tags) fit every interface's MTU and skip [`fits_mtu`]'s check.
-const FITS_ANY_MTU: usize = 1280 + EthHdr::LEN + 8;
-
-/// Whether the frame, once its VLAN tags are gone, fits the MTU of
-/// interface `ifindex` (0: the one it came in on). A frame can be larger in two cases: a GSO packet
-/// that generic XDP sees whole (up to 64 KiB a segment train, from a
-/// container or a VM on this host whose NIC offloads segmentation, or
-/// merged by GRO), which a redirect would drop and `XDP_TX` would hand a
-/// driver that may not segment it; and an interface with a smaller MTU
-/// than the one the frame came in on (a tunnel). The kernel forwards
-/// either: it segments the one and fragments, or answers "fragmentation
-/// needed" for, the other. Most frames are short enough to skip the
-/// helper.
-#[inline(always)]
-fn fits_mtu(ctx: &XdpContext, packet: &Packet, ifindex: u32) -> bool {
-    let len = ctx.data_end() - ctx.data();
-    if len <= FITS_ANY_MTU {
-        return true;
-    }
-    let tags_len = (packet.l3_offset() - EthHdr::LEN) as i32;
-    let mut mtu: u32 = 0;
-    // SAFETY: `ctx` is this program's XDP context and `mtu` a writable u32;
-    // the helper reads the frame's length and the interface's MTU only.
-    let rc = unsafe { bpf_check_mtu(ctx.ctx as *mut _, ifindex, &mut mtu, -tags_len, 0) };
-    rc == bpf_check_mtu_ret::BPF_MTU_CHK_RET_SUCCESS as i64
 }
 
 /// Hands the rewritten frame to the kernel to route, with the MAC

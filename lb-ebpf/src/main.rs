@@ -27,6 +27,7 @@ mod load;
 mod local;
 mod log;
 mod maps;
+mod mtu;
 mod parse;
 mod pick;
 mod rewrite;

@@ -5,6 +5,7 @@ use lb_common::{GlobalCounter, checksum};
 
 use crate::{
     frame::{read_at, write_at},
+    mtu,
     parse::Packet,
 };
 
@@ -30,7 +31,7 @@ pub struct Endpoint<'a> {
 
 /// Sets the packet's source and destination to `src` and `dst`, updating
 /// the IPv4 header checksum and the TCP/UDP checksum (pseudo-header
-/// included). `packet.key` still holds the old values. `Err` is
+/// included; a GSO packet's checksum seed set afresh). `packet.key` still holds the old values. `Err` is
 /// [`GlobalCounter::DropRewrite`]: a field lay outside the frame, which
 /// parsing rules out, so the frame is half rewritten and must be dropped.
 #[inline(never)]
@@ -74,12 +75,41 @@ fn rewrite_fields(ctx: &XdpContext, packet: &Packet, src: &Endpoint, dst: &Endpo
     }
 
     if !keep_l4 {
-        if !packet.is_tcp() && l4_check == 0 {
+        if mtu::is_gso(ctx, packet) {
+            // Not a checksum but the seed of one: set afresh.
+            l4_check = gso_seed(ctx, packet, src, dst)?;
+        } else if !packet.is_tcp() && l4_check == 0 {
             l4_check = 0xffff; // UDP sends a computed zero as all ones
         }
         write_at(ctx, check_at, l4_check.to_be_bytes())?;
     }
     Some(())
+}
+
+/// The TCP or UDP checksum field of a GSO packet ([`mtu::is_gso`]) once
+/// rewritten to go from `src` to `dst`. It holds the seed of a checksum,
+/// the pseudo-header's sum (`checksum::partial_seed`), which segmentation
+/// or the NIC completes per segment; an incremental update, right for a
+/// checksum, is wrong for it (and the ports, which the completion sums
+/// itself, are not in it), so it is computed afresh from the new addresses
+/// and the packet's TCP or UDP length.
+#[inline(always)]
+fn gso_seed(ctx: &XdpContext, packet: &Packet, src: &Endpoint, dst: &Endpoint) -> Option<u16> {
+    let l3 = packet.l3_offset();
+    let l4_len = if packet.ipv6 {
+        // No extension headers: the parser passes those packets on.
+        u32::from(u16::from_be_bytes(read_at(ctx, l3 + IPV6_PAYLOAD_LEN)?))
+    } else {
+        let total = u32::from(u16::from_be_bytes(read_at(ctx, l3 + IPV4_TOTAL_LEN)?));
+        total.checked_sub((packet.l4_offset() - l3) as u32)?
+    };
+    Some(checksum::partial_seed(
+        src.addr,
+        dst.addr,
+        packet.ipv6,
+        packet.key.proto,
+        l4_len,
+    ))
 }
 
 #[inline(always)]
@@ -121,47 +151,4 @@ fn decrement(ctx: &XdpContext, packet: &Packet) -> Option<()> {
     let check = u16::from_be_bytes(read_at::<[u8; 2], _>(ctx, check_at)?);
     let check = checksum::update(check, &[packet.ttl, proto], &[ttl, proto]);
     write_at(ctx, check_at, check.to_be_bytes())
-}
-
-/// Rewrites the TCP or UDP checksum field of a rewritten GSO packet (one
-/// generic XDP sees whole, larger than the interface it came in on) as what
-/// it holds in such a packet: not a checksum but the seed of one, the
-/// pseudo-header's sum (`checksum::partial_seed`), which segmentation or
-/// the NIC completes per segment. [`rewrite`]'s update, right for a
-/// checksum, is wrong for a seed: this one is computed afresh from the new
-/// addresses and the packet's TCP or UDP length. A UDP packet without a
-/// checksum keeps none. Inlined: a call of its own would take the call
-/// chain past the verifier's 512 bytes of stack.
-#[inline(always)]
-pub fn reseed_l4(
-    ctx: &XdpContext,
-    packet: &Packet,
-    src: &Endpoint,
-    dst: &Endpoint,
-) -> Result<(), GlobalCounter> {
-    reseed(ctx, packet, src, dst).ok_or(GlobalCounter::DropRewrite)
-}
-
-#[inline(always)]
-fn reseed(ctx: &XdpContext, packet: &Packet, src: &Endpoint, dst: &Endpoint) -> Option<()> {
-    let check_at = packet.l4_checksum_offset();
-    if !packet.is_tcp() && read_at::<[u8; 2], _>(ctx, check_at)? == [0, 0] {
-        return Some(());
-    }
-    let l3 = packet.l3_offset();
-    let l4_len = if packet.ipv6 {
-        // No extension headers: the parser passes those packets on.
-        u32::from(u16::from_be_bytes(read_at::<[u8; 2], _>(
-            ctx,
-            l3 + IPV6_PAYLOAD_LEN,
-        )?))
-    } else {
-        let total = u32::from(u16::from_be_bytes(read_at::<[u8; 2], _>(
-            ctx,
-            l3 + IPV4_TOTAL_LEN,
-        )?));
-        total.checked_sub((packet.l4_offset() - l3) as u32)?
-    };
-    let seed = checksum::partial_seed(src.addr, dst.addr, packet.ipv6, packet.key.proto, l4_len);
-    write_at(ctx, check_at, seed.to_be_bytes())
 }

@@ -38,8 +38,9 @@ fn backends_behind_another_interface_are_reached_by_redirect() {
 /// segments or fragments it, instead of a redirect the kernel would drop.
 /// One larger than the interface it came in on too can only be a GSO packet
 /// generic XDP sees whole: its TCP checksum field holds the seed
-/// segmentation completes, which is set afresh for the new addresses. A
-/// frame that fits, even a full-size tagged one, still goes by XDP.
+/// segmentation completes, which is set afresh for the new addresses,
+/// whichever way it leaves. A frame that fits, even a full-size tagged one,
+/// still goes by XDP.
 #[test]
 fn frames_larger_than_the_way_outs_mtu_go_to_the_kernel() {
     with_harness(|h| {
@@ -74,24 +75,40 @@ fn frames_larger_than_the_way_outs_mtu_go_to_the_kernel() {
         let before = h.counter(GlobalCounter::PassOversize);
         let (action, got) = h.run(&big);
         assert_eq!(action, Action::Pass);
-        let mut want = to(&big, 47101, CLIENT_MAC, LB_MAC).build();
         let [src, dst] = ["10.0.0.2", "10.2.0.10"].map(|ip| {
             let ip: std::net::Ipv4Addr = ip.parse().unwrap();
             ip.to_ipv6_mapped().octets()
         });
         let seed = lb_common::checksum::partial_seed(&src, &dst, false, 6, 2000 - 20);
-        let check_at = 14 + 20 + 16;
-        want[check_at..check_at + 2].copy_from_slice(&seed.to_be_bytes());
+        let with_seed = |frame: Frame| {
+            let mut bytes = frame.build();
+            let check_at = 14 + 20 + 16;
+            bytes[check_at..check_at + 2].copy_from_slice(&seed.to_be_bytes());
+            bytes
+        };
+        let want = with_seed(to(&big, 47101, CLIENT_MAC, LB_MAC));
         assert_eq!(got, want, "the GSO packet, rewritten with its seed");
         assert_eq!(h.counter(GlobalCounter::PassOversize), before + 1);
+
+        let set_mtu = |mtu: &str| {
+            xlb_lab::netns::run(
+                std::process::Command::new("ip").args(["link", "set", "fy0", "mtu", mtu]),
+            )
+            .unwrap()
+        };
+        // fy0 takes 3000 bytes: the GSO packet is redirected, still with
+        // its seed, for fy0's transmit to segment.
+        set_mtu("3000");
+        let big = tcp_packet(47103, 2000);
+        let (action, got) = h.run(&big);
+        assert_eq!(action, Action::Redirect);
+        let want = with_seed(to(&big, 47103, FY0_MAC, backend_mac(0)).hop());
+        assert_eq!(got, want, "the GSO packet, redirected with its seed");
 
         // fy0's MTU drops to 1400 (a tunnel): a full-size packet, which
         // fits the interface it came in on, goes to the kernel with its
         // checksum, to be fragmented or refused with "fragmentation needed".
-        xlb_lab::netns::run(
-            std::process::Command::new("ip").args(["link", "set", "fy0", "mtu", "1400"]),
-        )
-        .unwrap();
+        set_mtu("1400");
         let full = tcp_packet(47102, 1500);
         let out = to(&full, 47102, CLIENT_MAC, LB_MAC);
         h.expect(&full, Action::Pass, &out, GlobalCounter::PassOversize);
