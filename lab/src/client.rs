@@ -176,13 +176,7 @@ impl HttpConn {
 /// waiting at most `timeout`.
 pub fn udp_ask(addr: SocketAddr, timeout: Duration) -> anyhow::Result<String> {
     let ask = || -> anyhow::Result<String> {
-        let local: SocketAddr = match addr {
-            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-            SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-        };
-        let socket = UdpSocket::bind(local)?;
-        socket.connect(addr)?;
-        socket.set_read_timeout(Some(timeout))?;
+        let socket = udp_socket_to(addr, timeout)?;
         socket.send(b"who?\n")?;
         let mut buf = [0; 1500];
         let n = socket.recv(&mut buf)?;
@@ -197,13 +191,7 @@ pub fn udp_ask(addr: SocketAddr, timeout: Duration) -> anyhow::Result<String> {
 /// with `n` datagrams of 1 200 bytes of `x` in one GSO send; returns how
 /// many such datagrams came within `timeout` (waiting for all `n`).
 pub fn udp_burst(addr: SocketAddr, n: usize, timeout: Duration) -> anyhow::Result<usize> {
-    let local: SocketAddr = match addr {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let socket = UdpSocket::bind(local)?;
-    socket.connect(addr)?;
-    socket.set_read_timeout(Some(timeout))?;
+    let socket = udp_socket_to(addr, timeout)?;
     socket.send(format!("burst {n}\n").as_bytes())?;
     let mut buf = [0; 2048];
     let mut got = 0;
@@ -228,6 +216,18 @@ pub fn udp_burst(addr: SocketAddr, n: usize, timeout: Duration) -> anyhow::Resul
         }
     }
     Ok(got)
+}
+
+/// A UDP socket connected to `addr` whose reads wait at most `timeout`.
+fn udp_socket_to(addr: SocketAddr, timeout: Duration) -> std::io::Result<UdpSocket> {
+    let local: SocketAddr = match addr {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(local)?;
+    socket.connect(addr)?;
+    socket.set_read_timeout(Some(timeout))?;
+    Ok(socket)
 }
 
 /// Socket timeouts surface as `EAGAIN`; say what they mean.

@@ -186,16 +186,7 @@ impl Lab {
     /// that frames reaching native XDP on a veth carry whole checksums, as
     /// frames from the wire do.
     pub fn set_backend_offloads(&self, on: bool) -> anyhow::Result<()> {
-        if self.topo.shape().local_backends() {
-            return Ok(());
-        }
-        for backend in self.topo.backends() {
-            ethtool(
-                &Iface::new(backend.ns, topology::HOST_IFACE),
-                &["tx", if on { "on" } else { "off" }],
-            )?;
-        }
-        Ok(())
+        self.set_backend_feature("tx", on)
     }
 
     /// Turns GRO on or off on every backend's NIC (a namespace's `eth0`).
@@ -203,13 +194,19 @@ impl Lab {
     /// the bridge shape, takes no XDP frames: as with containers whose
     /// NICs run neither GRO nor XDP.
     pub fn set_backend_gro(&self, on: bool) -> anyhow::Result<()> {
+        self.set_backend_feature("gro", on)
+    }
+
+    /// `ethtool -K eth0 <feature> on|off` on every backend's NIC; nothing
+    /// where the backends have none (the local shape).
+    fn set_backend_feature(&self, feature: &str, on: bool) -> anyhow::Result<()> {
         if self.topo.shape().local_backends() {
             return Ok(());
         }
         for backend in self.topo.backends() {
             ethtool(
                 &Iface::new(backend.ns, topology::HOST_IFACE),
-                &["gro", if on { "on" } else { "off" }],
+                &[feature, if on { "on" } else { "off" }],
             )?;
         }
         Ok(())
